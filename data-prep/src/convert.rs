@@ -1,0 +1,311 @@
+//! The conversion: archive → plan → per-split sharded arrays, built under `<out>.partial` and
+//! renamed to `<out>` only once everything (arrays, attributes, rejects report) is written.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+
+use crate::archive::{self, ArchiveFormat, PatchRecord, Reject};
+use crate::geotiff::{self, BandError};
+use crate::labels::{BEN19, NUM_CLASSES};
+use crate::layout::{
+    ALL_BANDS, BAND_GROUPS, FORMAT_VERSION, REJECTS_FILE, Split, SplitInfo, StoreAttributes, Tool,
+};
+use crate::plan::{self, ListFiles};
+use crate::stats::BandSums;
+use crate::store::{self, SplitWriter, StoreOptions};
+
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub archive: PathBuf,
+    pub out: PathBuf,
+    pub format: Option<ArchiveFormat>,
+    pub lists: ListFiles,
+    pub split_seed: u64,
+    pub skip_bad: bool,
+    pub overwrite: bool,
+    pub store: StoreOptions,
+}
+
+/// Where a store is built before it is complete.
+pub fn partial_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+pub struct Outcome {
+    pub attrs: StoreAttributes,
+    pub rejects: Vec<Reject>,
+}
+
+pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
+    if opts.out.exists() && !opts.overwrite {
+        bail!("{} already exists; pass --overwrite to replace it", opts.out.display());
+    }
+    if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let lock_path = sibling(&opts.out, ".lock");
+    let lock = fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.try_lock().map_err(|_| {
+        anyhow!("another data-prep is writing {} (lock {} is held)", opts.out.display(), lock_path.display())
+    })?;
+
+    let archive = archive::open(&opts.archive, opts.format)?;
+    tracing::info!(format = %archive.format, root = %archive.root.display(), patches = archive.patches.len(),
+        bad_metadata = archive.rejects.len(), "read archive metadata");
+    let plan = plan::make_plan(&opts.archive, archive, &opts.lists, opts.split_seed)?;
+    if !opts.skip_bad && !plan.rejects.is_empty() {
+        bail!(bad_input_message(&plan.rejects));
+    }
+
+    let partial = partial_path(&opts.out);
+    if partial.exists() {
+        tracing::warn!(path = %partial.display(), "removing an incomplete store left by an interrupted run");
+        fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
+    }
+    fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+
+    let total: usize = plan.splits.values().map(Vec::len).sum();
+    let progress = progress_bar(total as u64);
+    let mut accounting = plan.accounting.clone();
+    let mut rejects = plan.rejects.clone();
+    let mut split_infos = BTreeMap::new();
+    let mut train_sums = [BandSums::default(); 12];
+    for (&split, patches) in &plan.splits {
+        let writer = SplitWriter::create(&partial, split, patches.len() as u64, &opts.store)?;
+        let done = write_split(split, patches, &writer, &opts.store, opts.skip_bad, &progress)?;
+        tracing::info!(%split, written = done.names.len(), rejected = done.rejects.len(), "split written");
+        if split == Split::Train {
+            train_sums = done.sums;
+        }
+        let mut label_counts = vec![0u64; NUM_CLASSES];
+        for row in done.labels.chunks(NUM_CLASSES) {
+            for (c, &l) in row.iter().enumerate() {
+                label_counts[c] += l as u64;
+            }
+        }
+        accounting.written.insert(split, done.names.len() as u64);
+        accounting.rejected += done.rejects.len() as u64;
+        rejects.extend(done.rejects);
+        split_infos.insert(split, SplitInfo { patches: done.names.len() as u64, label_counts });
+        writer.finish(&done.labels, &done.names)?;
+    }
+    progress.finish_and_clear();
+    assert_eq!(accounting.accounted(), accounting.input_patches, "every input patch is accounted for");
+
+    let band_stats = ALL_BANDS
+        .iter()
+        .zip(train_sums.iter())
+        .filter_map(|(b, s)| s.stats().map(|st| (b.to_string(), st)))
+        .collect();
+    let attrs = StoreAttributes {
+        format_version: FORMAT_VERSION,
+        tool: Tool { name: "data-prep".into(), version: env!("CARGO_PKG_VERSION").into() },
+        classes: BEN19.iter().map(|s| s.to_string()).collect(),
+        band_groups: BAND_GROUPS
+            .iter()
+            .map(|g| (g.array.to_string(), g.bands.iter().map(|b| b.to_string()).collect()))
+            .collect(),
+        splits: split_infos,
+        band_stats,
+        source: plan.source.clone(),
+        options: serde_json::json!({
+            "codec": opts.store.codec,
+            "level": opts.store.level,
+            "shard_patches": opts.store.shard_patches,
+            "skip_bad": opts.skip_bad,
+            "split_seed": opts.split_seed,
+        }),
+        accounting,
+    };
+    write_rejects(&partial.join(REJECTS_FILE), &rejects)?;
+    store::write_root(&partial, &attrs)?;
+    finalize(&partial, &opts.out)?;
+    drop(lock);
+    let _ = fs::remove_file(&lock_path);
+    Ok(Outcome { attrs, rejects })
+}
+
+fn bad_input_message(rejects: &[Reject]) -> String {
+    let mut msg = format!("{} bad input patch(es); nothing was written:\n", rejects.len());
+    for r in rejects.iter().take(20) {
+        msg.push_str(&format!("  {r}\n"));
+    }
+    if rejects.len() > 20 {
+        msg.push_str(&format!("  ... and {} more\n", rejects.len() - 20));
+    }
+    msg.push_str("pass --skip-bad to write the other patches and a rejects report");
+    msg
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(total),
+        if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} patches {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Replaces `out` by the finished `partial` with renames only, so a reader sees the old store
+/// or the new one, never a mix; the old one is removed afterwards.
+fn finalize(partial: &Path, out: &Path) -> Result<()> {
+    fs::File::open(partial)?.sync_all()?;
+    if out.exists() {
+        let old = sibling(out, ".old");
+        if old.exists() {
+            fs::remove_dir_all(&old)?;
+        }
+        fs::rename(out, &old).with_context(|| format!("moving the old {} aside", out.display()))?;
+        fs::rename(partial, out).with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
+        fs::remove_dir_all(&old)?;
+    } else {
+        fs::rename(partial, out).with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
+    }
+    Ok(())
+}
+
+fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<()> {
+    let mut f = std::io::BufWriter::new(fs::File::create(path)?);
+    writeln!(f, "patch\tfile\treason")?;
+    for r in rejects {
+        let clean = |s: &str| s.replace(['\t', '\n'], " ");
+        writeln!(f, "{}\t{}\t{}", r.patch, clean(&r.file.display().to_string()), clean(&r.reason))?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// What one split's conversion produced.
+struct SplitDone {
+    names: Vec<String>,
+    labels: Vec<u8>,
+    /// Per band, in [`ALL_BANDS`] order.
+    sums: [BandSums; 12],
+    rejects: Vec<Reject>,
+}
+
+/// Patches read for one shard: values per band group, patch-major.
+#[derive(Default)]
+struct Shard {
+    groups: [Vec<u16>; 3],
+    names: Vec<String>,
+    labels: Vec<u8>,
+    sums: [BandSums; 12],
+    rejects: Vec<Reject>,
+}
+
+/// A patch's values, band group after band group, and its per-band sums.
+struct PatchPixels {
+    values: Vec<u16>,
+    sums: [BandSums; 12],
+}
+
+fn band_error_reason(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound { "missing band file".into() } else { format!("cannot read: {e}") }
+}
+
+fn read_patch(p: &PatchRecord) -> Result<PatchPixels, Reject> {
+    let mut values = Vec::with_capacity(crate::layout::VALUES_PER_PATCH);
+    let mut sums = [BandSums::default(); 12];
+    for g in BAND_GROUPS {
+        for band in g.bands {
+            let path = p.band_path(band);
+            let reject = |reason: String| Reject { patch: p.name.clone(), file: path.clone(), reason };
+            let bytes = fs::read(&path).map_err(|e| reject(band_error_reason(&e)))?;
+            let px = geotiff::decode_band(&bytes, g.side).map_err(|e: BandError| reject(e.to_string()))?;
+            let b = ALL_BANDS.iter().position(|x| x == band).expect("layout bands are archive bands");
+            sums[b] = BandSums::of(&px);
+            values.extend_from_slice(&px);
+        }
+    }
+    Ok(PatchPixels { values, sums })
+}
+
+impl Shard {
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    fn push(&mut self, p: &PatchRecord, px: PatchPixels) {
+        let mut at = 0;
+        for (g, buf) in BAND_GROUPS.iter().zip(self.groups.iter_mut()) {
+            buf.extend_from_slice(&px.values[at..at + g.values_per_patch()]);
+            at += g.values_per_patch();
+        }
+        self.names.push(p.name.clone());
+        self.labels.extend_from_slice(&p.labels);
+        for (acc, s) in self.sums.iter_mut().zip(px.sums.iter()) {
+            acc.add(s);
+        }
+    }
+
+    /// Reads patches from `patches[*cursor..]` until the shard holds `size` good ones or the
+    /// input ends. Bad patches stop the conversion, or with `skip_bad` are set aside.
+    fn fill(patches: &[PatchRecord], cursor: &mut usize, size: usize, skip_bad: bool) -> Result<Shard> {
+        let mut shard = Shard::default();
+        while shard.len() < size && *cursor < patches.len() {
+            let batch = &patches[*cursor..patches.len().min(*cursor + size - shard.len())];
+            *cursor += batch.len();
+            let results: Vec<Result<PatchPixels, Reject>> = batch.par_iter().map(read_patch).collect();
+            for (p, r) in batch.iter().zip(results) {
+                match r {
+                    Ok(px) => shard.push(p, px),
+                    Err(rej) if skip_bad => shard.rejects.push(rej),
+                    Err(rej) => bail!(bad_input_message(&[rej])),
+                }
+            }
+        }
+        Ok(shard)
+    }
+}
+
+fn write_split(
+    split: Split,
+    patches: &[PatchRecord],
+    writer: &SplitWriter,
+    opts: &StoreOptions,
+    skip_bad: bool,
+    progress: &ProgressBar,
+) -> Result<SplitDone> {
+    let size = opts.shard_patches as usize;
+    let mut done = SplitDone { names: Vec::new(), labels: Vec::new(), sums: [BandSums::default(); 12], rejects: Vec::new() };
+    let mut cursor = 0;
+    let mut next = Shard::fill(patches, &mut cursor, size, skip_bad)?;
+    // Encode and write one shard while the next one's files are read.
+    while next.len() > 0 || !next.rejects.is_empty() {
+        let current = next;
+        let start = done.names.len() as u64;
+        let (written, read) = rayon::join(
+            || if current.len() > 0 { writer.write(start, &current.groups) } else { Ok(()) },
+            || Shard::fill(patches, &mut cursor, size, skip_bad),
+        );
+        written.with_context(|| format!("writing split {split}"))?;
+        next = read?;
+        progress.inc((current.len() + current.rejects.len()) as u64);
+        done.names.extend(current.names);
+        done.labels.extend(current.labels);
+        for (acc, s) in done.sums.iter_mut().zip(current.sums.iter()) {
+            acc.add(s);
+        }
+        done.rejects.extend(current.rejects);
+    }
+    Ok(done)
+}

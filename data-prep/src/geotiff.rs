@@ -1,0 +1,250 @@
+//! Band files: reading any uint16 single-band (Geo)TIFF BigEarthNet may ship (strips or tiles,
+//! uncompressed, LZW or DEFLATE, with or without the horizontal predictor) through the `tiff`
+//! crate, and writing files byte-compatible with the real archive for the synthetic generator.
+
+use std::io::Cursor;
+
+use tiff::decoder::{Decoder, DecodingResult, Limits};
+use tiff::ColorType;
+
+/// Why a band file could not be used. Rendered into messages that also name patch and file.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BandError {
+    #[error("not a TIFF file ({0})")]
+    NotTiff(String),
+    #[error("unreadable TIFF: {0}")]
+    Decode(String),
+    #[error("wrong size: {width}x{height} pixels, expected {expected}x{expected} for this band")]
+    WrongSize { width: u32, height: u32, expected: usize },
+    #[error("wrong pixel type: {0}, expected single-band unsigned 16-bit")]
+    WrongType(String),
+}
+
+/// Decodes one band file held in memory, refusing anything but `side` x `side` uint16.
+pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
+    if bytes.len() < 8 || !(bytes.starts_with(b"II") || bytes.starts_with(b"MM")) {
+        return Err(BandError::NotTiff(format!("{} bytes, no TIFF header", bytes.len())));
+    }
+    let mut decoder = Decoder::new(Cursor::new(bytes))
+        .map_err(|e| BandError::Decode(e.to_string()))?
+        .with_limits(Limits::default());
+    let (width, height) = decoder.dimensions().map_err(|e| BandError::Decode(e.to_string()))?;
+    if width as usize != side || height as usize != side {
+        return Err(BandError::WrongSize { width, height, expected: side });
+    }
+    match decoder.colortype().map_err(|e| BandError::Decode(e.to_string()))? {
+        ColorType::Gray(16) => {}
+        other => return Err(BandError::WrongType(format!("{other:?}"))),
+    }
+    match decoder.read_image().map_err(|e| BandError::Decode(e.to_string()))? {
+        DecodingResult::U16(v) if v.len() == side * side => Ok(v),
+        DecodingResult::U16(v) => Err(BandError::Decode(format!(
+            "decoded {} values, expected {}",
+            v.len(),
+            side * side
+        ))),
+        other => Err(BandError::WrongType(sample_kind(&other).to_string())),
+    }
+}
+
+fn sample_kind(r: &DecodingResult) -> &'static str {
+    match r {
+        DecodingResult::U8(_) => "uint8",
+        DecodingResult::U16(_) => "uint16",
+        DecodingResult::U32(_) => "uint32",
+        DecodingResult::U64(_) => "uint64",
+        DecodingResult::I8(_) => "int8",
+        DecodingResult::I16(_) => "int16",
+        DecodingResult::I32(_) => "int32",
+        DecodingResult::I64(_) => "int64",
+        DecodingResult::F16(_) => "float16",
+        DecodingResult::F32(_) => "float32",
+        DecodingResult::F64(_) => "float64",
+    }
+}
+
+/// Georeferencing of one band file: upper-left corner in UTM metres, pixel size and CRS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoRef {
+    pub ulx: f64,
+    pub uly: f64,
+    pub gsd_m: f64,
+    /// UTM zone number, northern hemisphere (EPSG 326NN).
+    pub utm_zone: u16,
+}
+
+impl GeoRef {
+    pub fn epsg(&self) -> u16 {
+        32600 + self.utm_zone
+    }
+    pub fn crs_name(&self) -> String {
+        format!("WGS 84 / UTM zone {}N", self.utm_zone)
+    }
+}
+
+/// Which archive's band-file conventions to reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// BigEarthNet-S2 v1.0: 15 tags, LONG strip byte counts.
+    V1,
+    /// BigEarthNet v2.0: adds GDAL_NODATA "0" and stores strip byte counts as SHORT.
+    V2,
+}
+
+const SHORT: u16 = 3;
+const LONG: u16 = 4;
+const ASCII: u16 = 2;
+const DOUBLE: u16 = 12;
+
+/// Rows per strip in the real archive: 34 for 120x120 bands (4 strips), one strip otherwise.
+pub fn rows_per_strip(side: usize) -> usize {
+    if side == 120 { 34 } else { side }
+}
+
+/// Encodes a band as the real archive lays it out: little-endian, one IFD at offset 8, the
+/// tags' out-of-line values in tag order right after the IFD, then the uncompressed strips.
+pub fn encode_band(pixels: &[u16], side: usize, geo: &GeoRef, flavor: Flavor) -> Vec<u8> {
+    assert_eq!(pixels.len(), side * side, "pixel count does not match the side");
+    let rps = rows_per_strip(side);
+    let strips: Vec<(usize, usize)> = (0..side)
+        .step_by(rps)
+        .map(|row| (row, rps.min(side - row)))
+        .collect();
+    let strip_bytes: Vec<u32> = strips.iter().map(|&(_, rows)| (rows * side * 2) as u32).collect();
+
+    let citation = format!("{}|WGS 84|", geo.crs_name());
+    let mut ascii_params = citation.clone().into_bytes();
+    ascii_params.push(0);
+    let proj_len = geo.crs_name().len() as u16 + 1;
+    let geokeys: [u16; 32] = [
+        1, 1, 0, 7, // directory version, revision, minor revision, number of keys
+        1024, 0, 1, 1, // GTModelType: projected
+        1025, 0, 1, 1, // GTRasterType: PixelIsArea
+        1026, 34737, proj_len, 0, // GTCitation
+        2049, 34737, 7, proj_len, // GeogCitation "WGS 84|"
+        2054, 0, 1, 9102, // GeogAngularUnits: degree
+        3072, 0, 1, geo.epsg(), // ProjectedCSType
+        3076, 0, 1, 9001, // ProjLinearUnits: metre
+    ];
+
+    // (tag, type, count, value bytes); values of more than 4 bytes go out of line.
+    let n_strips = strips.len() as u32;
+    let le16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let le32 = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let le64 = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let side16 = side as u16;
+    let mut tags: Vec<(u16, u16, u32, Vec<u8>)> = vec![
+        (256, SHORT, 1, le16(&[side16])),
+        (257, SHORT, 1, le16(&[side16])),
+        (258, SHORT, 1, le16(&[16])),
+        (259, SHORT, 1, le16(&[1])),
+        (262, SHORT, 1, le16(&[1])),
+        (273, LONG, n_strips, vec![0; 4 * strips.len()]), // patched below
+        (277, SHORT, 1, le16(&[1])),
+        (278, SHORT, 1, le16(&[rps as u16])),
+        match flavor {
+            Flavor::V1 => (279, LONG, n_strips, le32(&strip_bytes)),
+            Flavor::V2 => {
+                let short: Vec<u16> = strip_bytes.iter().map(|&b| b as u16).collect();
+                (279, SHORT, n_strips, le16(&short))
+            }
+        },
+        (284, SHORT, 1, le16(&[1])),
+        (339, SHORT, 1, le16(&[1])),
+        (33550, DOUBLE, 3, le64(&[geo.gsd_m, geo.gsd_m, 0.0])),
+        (33922, DOUBLE, 6, le64(&[0.0, 0.0, 0.0, geo.ulx, geo.uly, 0.0])),
+        (34735, SHORT, 32, le16(&geokeys)),
+        (34737, ASCII, ascii_params.len() as u32, ascii_params),
+    ];
+    if flavor == Flavor::V2 {
+        tags.push((42113, ASCII, 2, b"0\0".to_vec()));
+    }
+
+    let ifd_len = 2 + 12 * tags.len() + 4;
+    let out_of_line: usize = tags.iter().filter(|t| t.3.len() > 4).map(|t| t.3.len().next_multiple_of(2)).sum();
+    let data_start = 8 + ifd_len + out_of_line;
+    let offsets: Vec<u32> = strip_bytes
+        .iter()
+        .scan(data_start as u32, |at, &len| {
+            let here = *at;
+            *at += len;
+            Some(here)
+        })
+        .collect();
+    tags[5].3 = le32(&offsets);
+
+    let mut out = Vec::with_capacity(data_start + side * side * 2);
+    out.extend_from_slice(b"II");
+    out.extend_from_slice(&42u16.to_le_bytes());
+    out.extend_from_slice(&8u32.to_le_bytes());
+    out.extend_from_slice(&(tags.len() as u16).to_le_bytes());
+    let mut next_value = 8 + ifd_len;
+    let mut values = Vec::with_capacity(out_of_line);
+    for (tag, typ, count, bytes) in &tags {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&typ.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        if bytes.len() <= 4 {
+            let mut inline = [0u8; 4];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            out.extend_from_slice(&inline);
+        } else {
+            out.extend_from_slice(&(next_value as u32).to_le_bytes());
+            values.extend_from_slice(bytes);
+            if bytes.len() % 2 == 1 {
+                values.push(0);
+            }
+            next_value += bytes.len().next_multiple_of(2);
+        }
+    }
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&values);
+    debug_assert_eq!(out.len(), data_start);
+    for &p in pixels {
+        out.extend_from_slice(&p.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo(gsd: f64) -> GeoRef {
+        GeoRef { ulx: 600_000.0, uly: 5_300_040.0, gsd_m: gsd, utm_zone: 33 }
+    }
+
+    fn ramp(side: usize) -> Vec<u16> {
+        (0..side * side).map(|i| (40 + i * 7 % 5_860) as u16).collect()
+    }
+
+    #[test]
+    fn v1_files_have_the_real_sizes_and_round_trip() {
+        for (side, gsd, size) in [(120, 10.0, 29_192), (60, 20.0, 7_560), (20, 60.0, 1_160)] {
+            let px = ramp(side);
+            let bytes = encode_band(&px, side, &geo(gsd), Flavor::V1);
+            assert_eq!(bytes.len(), size, "side {side}");
+            assert_eq!(&bytes[..8], &[0x49, 0x49, 42, 0, 8, 0, 0, 0]);
+            assert_eq!(decode_band(&bytes, side).unwrap(), px);
+        }
+    }
+
+    #[test]
+    fn v2_files_round_trip() {
+        let px = ramp(120);
+        let bytes = encode_band(&px, 120, &geo(10.0), Flavor::V2);
+        assert_eq!(decode_band(&bytes, 120).unwrap(), px);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        let bytes = encode_band(&ramp(60), 60, &geo(20.0), Flavor::V1);
+        assert_eq!(
+            decode_band(&bytes, 120).unwrap_err(),
+            BandError::WrongSize { width: 60, height: 60, expected: 120 }
+        );
+        assert!(matches!(decode_band(b"{\"labels\": []}", 60), Err(BandError::NotTiff(_))));
+        let truncated = &bytes[..bytes.len() - 100];
+        assert!(matches!(decode_band(truncated, 60), Err(BandError::Decode(_))), "{:?}", decode_band(truncated, 60));
+    }
+}

@@ -1,0 +1,168 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use data_prep::archive::ArchiveFormat;
+use data_prep::convert::{ConvertOptions, convert};
+use data_prep::logging::{self, LogFormat};
+use data_prep::plan::ListFiles;
+use data_prep::store::{Codec, Store, StoreOptions};
+use data_prep::synth::{SynthOptions, synth};
+use data_prep::summary;
+
+/// BigEarthNet archive → sharded Zarr v3 store (see docs/store.md).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert an archive into a store.
+    Convert(ConvertArgs),
+    /// Write a synthetic archive in the real on-disk format.
+    Synth(SynthArgs),
+    /// Print the summary of a finished store.
+    Info {
+        /// The store folder.
+        store: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Archive folder: v1.0 (patch folders, or the folder holding BigEarthNet-v1.0/) or v2.0
+    /// (holding metadata.parquet and BigEarthNet-S2/).
+    #[arg(long)]
+    archive: PathBuf,
+    /// Store folder to create.
+    #[arg(long)]
+    out: PathBuf,
+    /// Archive format (default: detected).
+    #[arg(long, value_enum)]
+    format: Option<ArchiveFormat>,
+    /// Seasonal-snow list (default: patches_with_seasonal_snow.csv beside the archive, if any).
+    #[arg(long)]
+    snow_list: Option<PathBuf>,
+    /// Cloud-and-shadow list (default: patches_with_cloud_and_shadow.csv beside the archive).
+    #[arg(long)]
+    cloud_list: Option<PathBuf>,
+    /// Train split list; give all three lists or none (default: train.csv / val.csv / test.csv
+    /// or bigearthnet-{train,val,test}.csv beside the archive, else v2.0's split column, else a
+    /// seeded random 52/24/24 split).
+    #[arg(long, requires_all = ["val_list", "test_list"])]
+    train_list: Option<PathBuf>,
+    #[arg(long, requires_all = ["train_list", "test_list"])]
+    val_list: Option<PathBuf>,
+    #[arg(long, requires_all = ["train_list", "val_list"])]
+    test_list: Option<PathBuf>,
+    /// Seed of the random split, used only when no split lists or column exist.
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
+    /// Write the good patches and a rejects report instead of stopping at bad input.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Replace an existing store.
+    #[arg(long)]
+    overwrite: bool,
+    /// Chunk compression.
+    #[arg(long, value_enum, default_value_t = Codec::Blosc)]
+    codec: Codec,
+    /// Compression level (zstd level, also inside blosc).
+    #[arg(long, default_value_t = 3)]
+    level: u8,
+    /// Patches per shard.
+    #[arg(long, default_value_t = 256)]
+    shard_patches: u64,
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    #[arg(long)]
+    patches: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = ArchiveFormat::V1)]
+    format: ArchiveFormat,
+    /// Folder to write the archive into.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+    }
+    match cli.command {
+        Command::Convert(a) => {
+            if a.shard_patches == 0 {
+                bail!("--shard-patches must be at least 1");
+            }
+            let opts = ConvertOptions {
+                archive: a.archive,
+                out: a.out.clone(),
+                format: a.format,
+                lists: ListFiles {
+                    snow: a.snow_list,
+                    cloud: a.cloud_list,
+                    splits: match (a.train_list, a.val_list, a.test_list) {
+                        (Some(t), Some(v), Some(s)) => Some([t, v, s]),
+                        _ => None,
+                    },
+                },
+                split_seed: a.split_seed,
+                skip_bad: a.skip_bad,
+                overwrite: a.overwrite,
+                store: StoreOptions { codec: a.codec, level: a.level, shard_patches: a.shard_patches },
+            };
+            let started = std::time::Instant::now();
+            let outcome = convert(&opts)?;
+            let secs = started.elapsed().as_secs_f64();
+            print!("{}", summary::render(&a.out, &outcome.attrs));
+            let written: u64 = outcome.attrs.accounting.written.values().sum();
+            println!("\nconverted {written} patches in {secs:.1} s ({:.0} patches/s)", written as f64 / secs);
+            if !outcome.rejects.is_empty() {
+                println!(
+                    "{} rejected patch(es) listed in {}",
+                    outcome.rejects.len(),
+                    a.out.join(data_prep::layout::REJECTS_FILE).display()
+                );
+            }
+        }
+        Command::Synth(a) => {
+            let s = synth(&SynthOptions { patches: a.patches, seed: a.seed, format: a.format, out: a.out.clone() })?;
+            println!(
+                "wrote {} synthetic patches ({}) to {}: {} snowy, {} cloudy, {} without a 19-class label; \
+                 train/validation/test {}/{}/{}",
+                s.patches, a.format, a.out.display(), s.snow, s.cloud, s.no_label, s.per_split[0], s.per_split[1], s.per_split[2]
+            );
+        }
+        Command::Info { store } => {
+            let s = Store::open(&store)?;
+            print!("{}", summary::render(&store, &s.attrs));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The Zarr v3 store on disk: creating and filling the per-split arrays (data-prep) and opening
+//! them for reading (the trainer, tests, `data-prep info`). Array names, shapes and attributes
+//! come from [`crate::layout`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use zarrs::array::codec::{
+    BloscCodec, BloscCompressionLevel, BloscCompressor, BloscShuffleMode, ZstdCodec,
+};
+use zarrs::array::{Array, ArrayBuilder, BytesToBytesCodecTraits, ArrayShardedReadableExt, ArrayShardedReadableExtCache, CodecOptions, data_type};
+use zarrs::filesystem::FilesystemStore;
+use zarrs::group::{Group, GroupBuilder};
+
+use crate::labels::NUM_CLASSES;
+use crate::layout::{ATTRIBUTES_KEY, BAND_GROUPS, LABELS_ARRAY, NAMES_ARRAY, Split, StoreAttributes, TABLE_CHUNK_ROWS};
+
+/// Compression of every chunk (inner chunk of a shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// blosc with zstd inside and byte shuffle (2-byte items).
+    Blosc,
+    /// plain zstd.
+    Zstd,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreOptions {
+    pub codec: Codec,
+    pub level: u8,
+    /// Patches per shard (one file per shard and band group).
+    pub shard_patches: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { codec: Codec::Blosc, level: 3, shard_patches: 256 }
+    }
+}
+
+fn compression(opts: &StoreOptions, item_bytes: usize) -> Result<Arc<dyn BytesToBytesCodecTraits>> {
+    Ok(match opts.codec {
+        Codec::Zstd => Arc::new(ZstdCodec::new(opts.level.into(), false)),
+        Codec::Blosc => Arc::new(BloscCodec::new(
+            BloscCompressor::Zstd,
+            BloscCompressionLevel::try_from(opts.level).map_err(|e| anyhow::anyhow!("blosc level: {e}"))?,
+            None,
+            if item_bytes > 1 { BloscShuffleMode::Shuffle } else { BloscShuffleMode::NoShuffle },
+            Some(item_bytes),
+        )?),
+    })
+}
+
+type Fs = FilesystemStore;
+
+fn open_storage(path: &Path) -> Result<Arc<Fs>> {
+    Ok(Arc::new(FilesystemStore::new(path).with_context(|| format!("opening store folder {}", path.display()))?))
+}
+
+/// Writes one split's arrays. The band arrays are created with room for every candidate patch
+/// and cut to the number actually written by [`SplitWriter::finish`].
+pub struct SplitWriter {
+    split: Split,
+    storage: Arc<Fs>,
+    bands: Vec<Array<Fs>>,
+    opts: StoreOptions,
+}
+
+impl SplitWriter {
+    pub fn create(store_path: &Path, split: Split, capacity: u64, opts: &StoreOptions) -> Result<Self> {
+        zarrs::config::global_config_mut().set_include_zarrs_metadata(false);
+        let storage = open_storage(store_path)?;
+        GroupBuilder::new().build(storage.clone(), &format!("/{split}"))?.store_metadata()?;
+        let mut bands = Vec::new();
+        for g in BAND_GROUPS {
+            let side = g.side as u64;
+            let nb = g.bands.len() as u64;
+            let array = ArrayBuilder::new(
+                vec![capacity, nb, side, side],
+                vec![opts.shard_patches, nb, side, side],
+                data_type::uint16(),
+                0u16,
+            )
+            .subchunk_shape(vec![1, nb, side, side])
+            .bytes_to_bytes_codecs(vec![compression(opts, 2)?])
+            .dimension_names(["patch", "band", "y", "x"].into())
+            .build(storage.clone(), &format!("/{split}/{}", g.array))?;
+            array.store_metadata()?;
+            bands.push(array);
+        }
+        Ok(SplitWriter { split, storage, bands, opts: opts.clone() })
+    }
+
+    /// Stores patches `start..start + n`; `groups[g]` holds their values of band group `g`,
+    /// patch-major in the layout's channel order.
+    pub fn write(&self, start: u64, groups: &[Vec<u16>]) -> Result<()> {
+        for (array, (g, values)) in self.bands.iter().zip(BAND_GROUPS.iter().zip(groups)) {
+            let n = (values.len() / g.values_per_patch()) as u64;
+            let side = g.side as u64;
+            let subset = [start..start + n, 0..g.bands.len() as u64, 0..side, 0..side];
+            array
+                .store_array_subset(&subset, values.as_slice())
+                .with_context(|| format!("writing {}/{} patches {start}..{}", self.split, g.array, start + n))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the final length and writes the per-patch labels and names.
+    pub fn finish(mut self, labels: &[u8], names: &[String]) -> Result<()> {
+        let n = names.len() as u64;
+        assert_eq!(labels.len(), names.len() * NUM_CLASSES);
+        for array in &mut self.bands {
+            let mut shape = array.shape().to_vec();
+            shape[0] = n;
+            array.set_shape(shape)?;
+            array.store_metadata()?;
+        }
+        let rows = TABLE_CHUNK_ROWS;
+        let label_array = ArrayBuilder::new(vec![n, NUM_CLASSES as u64], vec![rows, NUM_CLASSES as u64], data_type::uint8(), 0u8)
+            .bytes_to_bytes_codecs(vec![compression(&self.opts, 1)?])
+            .dimension_names(["patch", "class"].into())
+            .build(self.storage.clone(), &format!("/{}/{LABELS_ARRAY}", self.split))?;
+        label_array.store_metadata()?;
+        label_array.store_array_subset(&[0..n, 0..NUM_CLASSES as u64], labels)?;
+        let name_array = ArrayBuilder::new(vec![n], vec![rows], data_type::string(), "")
+            .bytes_to_bytes_codecs(vec![Arc::new(ZstdCodec::new(self.opts.level.into(), false))])
+            .dimension_names(["patch"].into())
+            .build(self.storage.clone(), &format!("/{}/{NAMES_ARRAY}", self.split))?;
+        name_array.store_metadata()?;
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        name_array.store_array_subset(&[0..n], refs)?;
+        Ok(())
+    }
+}
+
+/// Writes the root group with the project's attributes.
+pub fn write_root(store_path: &Path, attrs: &StoreAttributes) -> Result<()> {
+    zarrs::config::global_config_mut().set_include_zarrs_metadata(false);
+    let storage = open_storage(store_path)?;
+    let mut group = GroupBuilder::new().build(storage, "/")?;
+    group.attributes_mut().insert(ATTRIBUTES_KEY.into(), serde_json::to_value(attrs)?);
+    group.store_metadata()?;
+    Ok(())
+}
+
+/// A finished store, opened for reading.
+pub struct Store {
+    pub path: PathBuf,
+    pub attrs: StoreAttributes,
+    storage: Arc<Fs>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.join("zarr.json").is_file() {
+            let partial = crate::convert::partial_path(path);
+            if partial.exists() {
+                bail!(
+                    "{} is not a finished store: {} holds an interrupted or running data-prep; rerun data-prep",
+                    path.display(),
+                    partial.display()
+                );
+            }
+            bail!("{} is not a store made by data-prep (no zarr.json)", path.display());
+        }
+        let storage = open_storage(path)?;
+        let group = Group::open(storage.clone(), "/").with_context(|| format!("opening {}", path.display()))?;
+        let value = group
+            .attributes()
+            .get(ATTRIBUTES_KEY)
+            .with_context(|| format!("{}: no `{ATTRIBUTES_KEY}` attributes; not written by data-prep", path.display()))?;
+        let attrs: StoreAttributes = serde_json::from_value(value.clone())
+            .with_context(|| format!("{}: unreadable `{ATTRIBUTES_KEY}` attributes", path.display()))?;
+        attrs.check_compatible().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Store { path: path.to_path_buf(), attrs, storage })
+    }
+
+    pub fn split(&self, split: Split) -> Result<SplitData> {
+        let open = |name: &str| {
+            Array::open(self.storage.clone(), &format!("/{split}/{name}"))
+                .with_context(|| format!("{}: opening array {split}/{name}", self.path.display()))
+        };
+        let bands: Vec<Array<Fs>> = BAND_GROUPS.iter().map(|g| open(g.array)).collect::<Result<_>>()?;
+        let caches = bands.iter().map(ArrayShardedReadableExtCache::new).collect();
+        let labels_array = open(LABELS_ARRAY)?;
+        let labels: Vec<u8> = labels_array.retrieve_array_subset(&labels_array.subset_all())?;
+        let names_array = open(NAMES_ARRAY)?;
+        let names: Vec<String> = names_array.retrieve_array_subset(&names_array.subset_all())?;
+        let len = names.len();
+        for (a, g) in bands.iter().zip(BAND_GROUPS) {
+            if a.shape()[0] as usize != len || labels.len() != len * NUM_CLASSES {
+                bail!("{}: split {split}: {} has {} patches but names has {len}", self.path.display(), g.array, a.shape()[0]);
+            }
+        }
+        Ok(SplitData { split, len, names, labels, bands, caches })
+    }
+}
+
+/// One split of a store: names and labels in memory, pixels read on demand.
+pub struct SplitData {
+    pub split: Split,
+    pub len: usize,
+    pub names: Vec<String>,
+    /// `len` x 19, row-major.
+    pub labels: Vec<u8>,
+    bands: Vec<Array<Fs>>,
+    caches: Vec<ArrayShardedReadableExtCache>,
+}
+
+impl SplitData {
+    pub fn labels_of(&self, i: usize) -> &[u8] {
+        &self.labels[i * NUM_CLASSES..(i + 1) * NUM_CLASSES]
+    }
+
+    /// Values of band group `group` (index into [`BAND_GROUPS`]) of patch `i`: one inner chunk,
+    /// one small read.
+    pub fn read_group(&self, group: usize, i: usize) -> Result<Vec<u16>> {
+        let options = CodecOptions::default().with_concurrent_target(1);
+        self.bands[group]
+            .retrieve_subchunk_opt(&self.caches[group], &[i as u64, 0, 0, 0], &options)
+            .with_context(|| format!("reading {}/{} patch {i}", self.split, BAND_GROUPS[group].array))
+    }
+}
