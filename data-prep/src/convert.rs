@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -14,7 +14,7 @@ use crate::archive::{self, ArchiveFormat, PatchRecord, Reject};
 use crate::geotiff::{self, BandError};
 use crate::labels::{BEN19, NUM_CLASSES};
 use crate::layout::{
-    ALL_BANDS, BAND_GROUPS, FORMAT_VERSION, REJECTS_FILE, Split, SplitInfo, StoreAttributes, Tool,
+    ALL_BANDS, BAND_GROUPS, FORMAT_VERSION, Split, SplitInfo, StoreAttributes, Tool,
 };
 use crate::plan::{self, ListFiles};
 use crate::stats::BandSums;
@@ -62,13 +62,20 @@ pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
     lock.try_lock().map_err(|_| {
         anyhow!("another data-prep is writing {} (lock {} is held)", opts.out.display(), lock_path.display())
     })?;
+    let result = convert_locked(opts);
+    drop(lock);
+    let _ = fs::remove_file(&lock_path);
+    result
+}
+
+fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
 
     let archive = archive::open(&opts.archive, opts.format)?;
     tracing::info!(format = %archive.format, root = %archive.root.display(), patches = archive.patches.len(),
         bad_metadata = archive.rejects.len(), "read archive metadata");
     let plan = plan::make_plan(&opts.archive, archive, &opts.lists, opts.split_seed)?;
     if !opts.skip_bad && !plan.rejects.is_empty() {
-        bail!(bad_input_message(&plan.rejects));
+        bail!(bad_input_message(&plan.rejects, false));
     }
 
     let partial = partial_path(&opts.out);
@@ -78,6 +85,19 @@ pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
     }
     fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
 
+    let result = build(opts, &plan, &partial);
+    if result.is_err() {
+        // A failed build leaves nothing behind; a killed one leaves `.partial`, which the next
+        // run removes.
+        let _ = fs::remove_dir_all(&partial);
+    }
+    let outcome = result?;
+    finalize(&partial, &opts.out)?;
+    Ok(outcome)
+}
+
+/// Writes every split, the rejects report and the attributes into `partial`.
+fn build(opts: &ConvertOptions, plan: &plan::Plan, partial: &Path) -> Result<Outcome> {
     let total: usize = plan.splits.values().map(Vec::len).sum();
     let progress = progress_bar(total as u64);
     let mut accounting = plan.accounting.clone();
@@ -85,7 +105,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
     let mut split_infos = BTreeMap::new();
     let mut train_sums = [BandSums::default(); 12];
     for (&split, patches) in &plan.splits {
-        let writer = SplitWriter::create(&partial, split, patches.len() as u64, &opts.store)?;
+        let writer = SplitWriter::create(partial, split, patches.len() as u64, &opts.store)?;
         let done = write_split(split, patches, &writer, &opts.store, opts.skip_bad, &progress)?;
         tracing::info!(%split, written = done.names.len(), rejected = done.rejects.len(), "split written");
         if split == Split::Train {
@@ -131,16 +151,19 @@ pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
         }),
         accounting,
     };
-    write_rejects(&partial.join(REJECTS_FILE), &rejects)?;
-    store::write_root(&partial, &attrs)?;
-    finalize(&partial, &opts.out)?;
-    drop(lock);
-    let _ = fs::remove_file(&lock_path);
+    store::write_rejects(partial, &rejects)?;
+    store::write_root(partial, &attrs)?;
     Ok(Outcome { attrs, rejects })
 }
 
-fn bad_input_message(rejects: &[Reject]) -> String {
-    let mut msg = format!("{} bad input patch(es); nothing was written:\n", rejects.len());
+/// The error for bad input without `--skip-bad`: metadata problems are all listed at once;
+/// pixel problems stop the conversion at the first one.
+fn bad_input_message(rejects: &[Reject], stopped_at_first: bool) -> String {
+    let mut msg = if stopped_at_first {
+        "bad input; stopped, no store was written:\n".to_string()
+    } else {
+        format!("{} bad input patch(es); no store was written:\n", rejects.len())
+    };
     for r in rejects.iter().take(20) {
         msg.push_str(&format!("  {r}\n"));
     }
@@ -179,17 +202,6 @@ fn finalize(partial: &Path, out: &Path) -> Result<()> {
     } else {
         fs::rename(partial, out).with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
     }
-    Ok(())
-}
-
-fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<()> {
-    let mut f = std::io::BufWriter::new(fs::File::create(path)?);
-    writeln!(f, "patch\tfile\treason")?;
-    for r in rejects {
-        let clean = |s: &str| s.replace(['\t', '\n'], " ");
-        writeln!(f, "{}\t{}\t{}", r.patch, clean(&r.file.display().to_string()), clean(&r.reason))?;
-    }
-    f.flush()?;
     Ok(())
 }
 
@@ -269,7 +281,7 @@ impl Shard {
                 match r {
                     Ok(px) => shard.push(p, px),
                     Err(rej) if skip_bad => shard.rejects.push(rej),
-                    Err(rej) => bail!(bad_input_message(&[rej])),
+                    Err(rej) => bail!(bad_input_message(&[rej], true)),
                 }
             }
         }

@@ -34,7 +34,7 @@ pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
     }
     match decoder.colortype().map_err(|e| BandError::Decode(e.to_string()))? {
         ColorType::Gray(16) => {}
-        other => return Err(BandError::WrongType(format!("{other:?}"))),
+        other => return Err(BandError::WrongType(format!("{other:?} at {width}x{height}"))),
     }
     match decoder.read_image().map_err(|e| BandError::Decode(e.to_string()))? {
         DecodingResult::U16(v) if v.len() == side * side => Ok(v),
@@ -43,7 +43,7 @@ pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
             v.len(),
             side * side
         ))),
-        other => Err(BandError::WrongType(sample_kind(&other).to_string())),
+        other => Err(BandError::WrongType(format!("{} at {width}x{height}", sample_kind(&other)))),
     }
 }
 

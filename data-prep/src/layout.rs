@@ -55,8 +55,9 @@ pub const NAMES_ARRAY: &str = "names";
 /// Rows per chunk of the small per-patch arrays (labels, names), which readers load whole.
 pub const TABLE_CHUNK_ROWS: u64 = 16_384;
 
-/// File (inside the store folder) listing rejected patches, one `patch<TAB>reason` per line.
-pub const REJECTS_FILE: &str = "rejects.tsv";
+/// Group holding the rejects report: string arrays `patch`, `file`, `reason`, one row per
+/// rejected patch (empty when none was rejected).
+pub const REJECTS_GROUP: &str = "rejects";
 
 /// The splits, in the order they are written; the group names inside the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

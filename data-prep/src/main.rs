@@ -8,7 +8,8 @@ use data_prep::archive::ArchiveFormat;
 use data_prep::convert::{ConvertOptions, convert};
 use data_prep::logging::{self, LogFormat};
 use data_prep::plan::ListFiles;
-use data_prep::store::{Codec, Store, StoreOptions};
+use data_prep::archive::Reject;
+use data_prep::store::{Codec, Store, StoreOptions, read_rejects};
 use data_prep::synth::{SynthOptions, synth};
 use data_prep::summary;
 
@@ -36,6 +37,9 @@ enum Command {
     Info {
         /// The store folder.
         store: PathBuf,
+        /// Also list every rejected patch (tab-separated: patch, file, reason).
+        #[arg(long)]
+        rejects: bool,
     },
 }
 
@@ -132,11 +136,8 @@ fn run(cli: Cli) -> Result<()> {
             let written: u64 = outcome.attrs.accounting.written.values().sum();
             println!("\nconverted {written} patches in {secs:.1} s ({:.0} patches/s)", written as f64 / secs);
             if !outcome.rejects.is_empty() {
-                println!(
-                    "{} rejected patch(es) listed in {}",
-                    outcome.rejects.len(),
-                    a.out.join(data_prep::layout::REJECTS_FILE).display()
-                );
+                println!("\nrejected patches (also in the store's `rejects` group; `data-prep info --rejects`):");
+                print_rejects(&outcome.rejects, 50);
             }
         }
         Command::Synth(a) => {
@@ -147,12 +148,26 @@ fn run(cli: Cli) -> Result<()> {
                 s.patches, a.format, a.out.display(), s.snow, s.cloud, s.no_label, s.per_split[0], s.per_split[1], s.per_split[2]
             );
         }
-        Command::Info { store } => {
+        Command::Info { store, rejects } => {
             let s = Store::open(&store)?;
             print!("{}", summary::render(&store, &s.attrs));
+            if rejects {
+                println!("\nrejected patches");
+                print_rejects(&read_rejects(&store)?, usize::MAX);
+            }
         }
     }
     Ok(())
+}
+
+fn print_rejects(rejects: &[Reject], at_most: usize) {
+    println!("patch\tfile\treason");
+    for r in rejects.iter().take(at_most) {
+        println!("{}\t{}\t{}", r.patch, r.file.display(), r.reason);
+    }
+    if rejects.len() > at_most {
+        println!("... and {} more", rejects.len() - at_most);
+    }
 }
 
 fn main() -> ExitCode {

@@ -10,12 +10,13 @@ use serde::Serialize;
 use zarrs::array::codec::{
     BloscCodec, BloscCompressionLevel, BloscCompressor, BloscShuffleMode, ZstdCodec,
 };
-use zarrs::array::{Array, ArrayBuilder, BytesToBytesCodecTraits, ArrayShardedReadableExt, ArrayShardedReadableExtCache, CodecOptions, data_type};
+use zarrs::array::codec::{ShardingCodecOptions, SubchunkWriteOrder};
+use zarrs::array::{Array, ArrayBuilder, BytesToBytesCodecTraits, CodecSpecificOptions, ArrayShardedReadableExt, ArrayShardedReadableExtCache, CodecOptions, data_type};
 use zarrs::filesystem::FilesystemStore;
 use zarrs::group::{Group, GroupBuilder};
 
 use crate::labels::NUM_CLASSES;
-use crate::layout::{ATTRIBUTES_KEY, BAND_GROUPS, LABELS_ARRAY, NAMES_ARRAY, Split, StoreAttributes, TABLE_CHUNK_ROWS};
+use crate::layout::{ATTRIBUTES_KEY, BAND_GROUPS, LABELS_ARRAY, NAMES_ARRAY, REJECTS_GROUP, Split, StoreAttributes, TABLE_CHUNK_ROWS};
 
 /// Compression of every chunk (inner chunk of a shard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -85,6 +86,10 @@ impl SplitWriter {
                 0u16,
             )
             .subchunk_shape(vec![1, nb, side, side])
+            // Inner chunks in index order, not in the order threads finish: byte-identical shards.
+            .codec_specific_options(CodecSpecificOptions::default().with_option(
+                ShardingCodecOptions::default().with_subchunk_write_order(SubchunkWriteOrder::C),
+            ))
             .bytes_to_bytes_codecs(vec![compression(opts, 2)?])
             .dimension_names(["patch", "band", "y", "x"].into())
             .build(storage.clone(), &format!("/{split}/{}", g.array))?;
@@ -134,6 +139,46 @@ impl SplitWriter {
         name_array.store_array_subset(&[0..n], refs)?;
         Ok(())
     }
+}
+
+/// Writes the rejects report as a group of three aligned string arrays (patch, file, reason),
+/// so that Python readers see a plain Zarr hierarchy.
+pub fn write_rejects(store_path: &Path, rejects: &[crate::archive::Reject]) -> Result<()> {
+    let storage = open_storage(store_path)?;
+    GroupBuilder::new().build(storage.clone(), &format!("/{REJECTS_GROUP}"))?.store_metadata()?;
+    let n = rejects.len() as u64;
+    let columns: [(&str, Vec<String>); 3] = [
+        ("patch", rejects.iter().map(|r| r.patch.clone()).collect()),
+        ("file", rejects.iter().map(|r| r.file.display().to_string()).collect()),
+        ("reason", rejects.iter().map(|r| r.reason.clone()).collect()),
+    ];
+    for (name, values) in columns {
+        let array = ArrayBuilder::new(vec![n], vec![TABLE_CHUNK_ROWS], data_type::string(), "")
+            .bytes_to_bytes_codecs(vec![Arc::new(ZstdCodec::new(3, false))])
+            .dimension_names(["reject"].into())
+            .build(storage.clone(), &format!("/{REJECTS_GROUP}/{name}"))?;
+        array.store_metadata()?;
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        array.store_array_subset(&[0..n], refs)?;
+    }
+    Ok(())
+}
+
+/// Reads the rejects report of a finished store.
+pub fn read_rejects(store_path: &Path) -> Result<Vec<crate::archive::Reject>> {
+    let storage = open_storage(store_path)?;
+    let column = |name: &str| -> Result<Vec<String>> {
+        let a = Array::open(storage.clone(), &format!("/{REJECTS_GROUP}/{name}"))
+            .with_context(|| format!("{}: opening {REJECTS_GROUP}/{name}", store_path.display()))?;
+        Ok(a.retrieve_array_subset(&a.subset_all())?)
+    };
+    let (patch, file, reason) = (column("patch")?, column("file")?, column("reason")?);
+    Ok(patch
+        .into_iter()
+        .zip(file)
+        .zip(reason)
+        .map(|((patch, file), reason)| crate::archive::Reject { patch, file: file.into(), reason })
+        .collect())
 }
 
 /// Writes the root group with the project's attributes.

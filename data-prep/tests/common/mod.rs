@@ -1,0 +1,85 @@
+//! Helpers shared by data-prep's integration tests: running the real binary and making
+//! synthetic archives.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn data_prep() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_data-prep"))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    data_prep().args(args).output().expect("data-prep runs")
+}
+
+/// Runs data-prep and returns its stdout, failing the test with its stderr if it failed.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "data-prep {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs data-prep expecting failure; returns stderr.
+pub fn run_err(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "data-prep {args:?} should have failed:\n{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stderr).unwrap()
+}
+
+pub fn synth(dir: &Path, patches: usize, seed: u64, format: &str) -> PathBuf {
+    let out = dir.join(format!("archive-{format}-{seed}"));
+    run_ok(&["synth", "--patches", &patches.to_string(), "--seed", &seed.to_string(), "--format", format, "--out", out.to_str().unwrap()]);
+    out
+}
+
+pub fn convert(archive: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["convert", "--archive", archive.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_ok(&args)
+}
+
+/// The torchgeo fixtures in ../shared (LOSSBENCH_FIXTURES overrides). Their absence fails the
+/// test: CI always has them.
+pub fn fixtures() -> PathBuf {
+    let p = std::env::var_os("LOSSBENCH_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/torchgeo-bigearthnet")
+    });
+    assert!(p.join("v1").is_dir() && p.join("v2").is_dir(), "fixtures not found at {}", p.display());
+    p
+}
+
+/// Pixel values of an uncompressed band file as the synthetic generator writes it: the
+/// trailing side² little-endian u16, read without any TIFF parser.
+pub fn raw_pixels(path: &Path, side: usize) -> Vec<u16> {
+    let bytes = std::fs::read(path).unwrap();
+    bytes[bytes.len() - side * side * 2..].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+}
+
+/// Every file below `dir`, relative path → contents.
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Asserts two folders hold the same files with the same bytes, naming what differs.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (tree(a), tree(b));
+    let only_a: Vec<_> = ta.keys().filter(|k| !tb.contains_key(*k)).collect();
+    let only_b: Vec<_> = tb.keys().filter(|k| !ta.contains_key(*k)).collect();
+    assert!(only_a.is_empty() && only_b.is_empty(), "only in {}: {only_a:?}; only in {}: {only_b:?}", a.display(), b.display());
+    let differ: Vec<_> = ta.iter().filter(|(k, v)| tb[*k] != **v).map(|(k, _)| k).collect();
+    assert!(differ.is_empty(), "files differ between {} and {}: {differ:?}", a.display(), b.display());
+    assert!(ta.len() > 10, "suspiciously few files in {}", a.display());
+}

@@ -1,0 +1,45 @@
+//! A conversion killed with SIGKILL midway leaves nothing that looks like a store; the rerun
+//! finishes cleanly and gives the same store as an uninterrupted run.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use data_prep::convert::partial_path;
+use data_prep::store::Store;
+
+#[test]
+fn kill_9_midway_leaves_no_complete_looking_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = common::synth(tmp.path(), 1200, 21, "v1");
+    let out = tmp.path().join("store.zarr");
+    let partial = partial_path(&out);
+    let mut child = common::data_prep()
+        .args(["--threads", "1", "convert", "--archive", archive.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--shard-patches", "16"])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until shards are being written, then kill.
+    let started = Instant::now();
+    while !partial.join("train/b10m/c/1/0/0/0").exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no shard appeared");
+        assert!(child.try_wait().unwrap().is_none(), "conversion ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed run must not leave the final store");
+    assert!(partial.exists());
+    let err = Store::open(&out).err().expect("the store must not open").to_string();
+    assert!(err.contains("interrupted"), "{err}");
+
+    // Rerun: cleans the partial build and completes; identical to an uninterrupted run.
+    common::convert(&archive, &out, &["--shard-patches", "16"]);
+    assert!(!partial.exists());
+    let fresh = tmp.path().join("fresh.zarr");
+    common::convert(&archive, &fresh, &["--shard-patches", "16"]);
+    common::assert_same_tree(&out, &fresh);
+    assert_eq!(Store::open(&out).unwrap().attrs.accounting.accounted(), 1200);
+}
