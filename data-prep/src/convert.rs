@@ -224,31 +224,27 @@ struct Shard {
     rejects: Vec<Reject>,
 }
 
-/// A patch's values, band group after band group, and its per-band sums.
-struct PatchPixels {
-    values: Vec<u16>,
-    sums: [BandSums; 12],
-}
-
 fn band_error_reason(e: &std::io::Error) -> String {
     if e.kind() == std::io::ErrorKind::NotFound { "missing band file".into() } else { format!("cannot read: {e}") }
 }
 
-fn read_patch(p: &PatchRecord) -> Result<PatchPixels, Reject> {
-    let mut values = Vec::with_capacity(crate::layout::VALUES_PER_PATCH);
+/// Reads one patch's band files into `out` (one slice per band group, channels in layout
+/// order); returns the per-band sums in [`ALL_BANDS`] order.
+fn read_patch_into(p: &PatchRecord, out: [&mut [u16]; 3]) -> Result<[BandSums; 12], Reject> {
     let mut sums = [BandSums::default(); 12];
-    for g in BAND_GROUPS {
-        for band in g.bands {
+    for (g, dest) in BAND_GROUPS.iter().zip(out) {
+        let n = g.pixels_per_band();
+        for (k, band) in g.bands.iter().enumerate() {
             let path = p.band_path(band);
             let reject = |reason: String| Reject { patch: p.name.clone(), file: path.clone(), reason };
             let bytes = fs::read(&path).map_err(|e| reject(band_error_reason(&e)))?;
             let px = geotiff::decode_band(&bytes, g.side).map_err(|e: BandError| reject(e.to_string()))?;
             let b = ALL_BANDS.iter().position(|x| x == band).expect("layout bands are archive bands");
             sums[b] = BandSums::of(&px);
-            values.extend_from_slice(&px);
+            dest[k * n..(k + 1) * n].copy_from_slice(&px);
         }
     }
-    Ok(PatchPixels { values, sums })
+    Ok(sums)
 }
 
 impl Shard {
@@ -256,33 +252,49 @@ impl Shard {
         self.names.len()
     }
 
-    fn push(&mut self, p: &PatchRecord, px: PatchPixels) {
-        let mut at = 0;
-        for (g, buf) in BAND_GROUPS.iter().zip(self.groups.iter_mut()) {
-            buf.extend_from_slice(&px.values[at..at + g.values_per_patch()]);
-            at += g.values_per_patch();
-        }
-        self.names.push(p.name.clone());
-        self.labels.extend_from_slice(&p.labels);
-        for (acc, s) in self.sums.iter_mut().zip(px.sums.iter()) {
-            acc.add(s);
-        }
-    }
-
     /// Reads patches from `patches[*cursor..]` until the shard holds `size` good ones or the
-    /// input ends. Bad patches stop the conversion, or with `skip_bad` are set aside.
+    /// input ends. Pixels are decoded straight into the shard's buffers, in parallel; bad
+    /// patches stop the conversion, or with `skip_bad` are set aside and their slots reused.
     fn fill(patches: &[PatchRecord], cursor: &mut usize, size: usize, skip_bad: bool) -> Result<Shard> {
         let mut shard = Shard::default();
+        let per_patch = BAND_GROUPS.map(|g| g.values_per_patch());
         while shard.len() < size && *cursor < patches.len() {
             let batch = &patches[*cursor..patches.len().min(*cursor + size - shard.len())];
             *cursor += batch.len();
-            let results: Vec<Result<PatchPixels, Reject>> = batch.par_iter().map(read_patch).collect();
-            for (p, r) in batch.iter().zip(results) {
+            let start = shard.len();
+            for (buf, n) in shard.groups.iter_mut().zip(per_patch) {
+                buf.resize((start + batch.len()) * n, 0);
+            }
+            let [g10, g20, g60] = &mut shard.groups;
+            let results: Vec<Result<[BandSums; 12], Reject>> = g10[start * per_patch[0]..]
+                .par_chunks_mut(per_patch[0])
+                .zip(g20[start * per_patch[1]..].par_chunks_mut(per_patch[1]))
+                .zip(g60[start * per_patch[2]..].par_chunks_mut(per_patch[2]))
+                .zip(batch.par_iter())
+                .map(|(((a, b), c), p)| read_patch_into(p, [a, b, c]))
+                .collect();
+            for (k, (p, r)) in batch.iter().zip(results).enumerate() {
                 match r {
-                    Ok(px) => shard.push(p, px),
+                    Ok(sums) => {
+                        let (from, to) = (start + k, shard.len());
+                        if from != to {
+                            for (buf, n) in shard.groups.iter_mut().zip(per_patch) {
+                                buf.copy_within(from * n..(from + 1) * n, to * n);
+                            }
+                        }
+                        shard.names.push(p.name.clone());
+                        shard.labels.extend_from_slice(&p.labels);
+                        for (acc, s) in shard.sums.iter_mut().zip(sums.iter()) {
+                            acc.add(s);
+                        }
+                    }
                     Err(rej) if skip_bad => shard.rejects.push(rej),
                     Err(rej) => bail!(bad_input_message(&[rej], true)),
                 }
+            }
+            let kept = shard.len();
+            for (buf, n) in shard.groups.iter_mut().zip(per_patch) {
+                buf.truncate(kept * n);
             }
         }
         Ok(shard)

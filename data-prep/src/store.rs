@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use zarrs::array::codec::{
     BloscCodec, BloscCompressionLevel, BloscCompressor, BloscShuffleMode, ZstdCodec,
 };
@@ -19,7 +19,7 @@ use crate::labels::NUM_CLASSES;
 use crate::layout::{ATTRIBUTES_KEY, BAND_GROUPS, LABELS_ARRAY, NAMES_ARRAY, REJECTS_GROUP, Split, StoreAttributes, TABLE_CHUNK_ROWS};
 
 /// Compression of every chunk (inner chunk of a shard).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
     /// blosc with zstd inside and byte shuffle (2-byte items).
@@ -34,12 +34,6 @@ pub struct StoreOptions {
     pub level: u8,
     /// Patches per shard (one file per shard and band group).
     pub shard_patches: u64,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions { codec: Codec::Blosc, level: 3, shard_patches: 256 }
-    }
 }
 
 fn compression(opts: &StoreOptions, item_bytes: usize) -> Result<Arc<dyn BytesToBytesCodecTraits>> {
@@ -258,6 +252,13 @@ pub struct SplitData {
 impl SplitData {
     pub fn labels_of(&self, i: usize) -> &[u8] {
         &self.labels[i * NUM_CLASSES..(i + 1) * NUM_CLASSES]
+    }
+
+    /// The stored (compressed) bytes of one inner chunk, for measuring raw decode speed.
+    pub fn encoded_patch(&self, group: usize, i: usize) -> Result<Vec<u8>> {
+        self.bands[group]
+            .retrieve_encoded_subchunk(&self.caches[group], &[i as u64, 0, 0, 0])?
+            .with_context(|| format!("{}/{} patch {i} is not stored", self.split, BAND_GROUPS[group].array))
     }
 
     /// Values of band group `group` (index into [`BAND_GROUPS`]) of patch `i`: one inner chunk,
