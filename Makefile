@@ -23,7 +23,8 @@ deps:
 build:
 	$(CARGO) build --release --locked --workspace
 
-test: deps build test-rust test-python
+# cargo test builds the binaries the Python tests run (target/release/data-prep).
+test: deps test-rust test-python
 
 test-rust:
 	$(CARGO) test --release --locked --workspace

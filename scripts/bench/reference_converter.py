@@ -10,6 +10,7 @@ work a Python tool would do.
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +18,11 @@ import tifffile
 import zarr
 from zarr.codecs import BloscCodec
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "python"))
+from ben19 import CORINE_TO_19  # noqa: E402
+
 GROUPS = {"b10m": (["B04", "B03", "B02", "B08"], 120), "b20m": (["B05", "B06", "B07", "B8A", "B11", "B12"], 60),
           "b60m": (["B01", "B09"], 20)}
-CORINE_TO_19 = {
-    "Continuous urban fabric": 0, "Discontinuous urban fabric": 0, "Industrial or commercial units": 1,
-    "Non-irrigated arable land": 2, "Permanently irrigated land": 2, "Rice fields": 2, "Vineyards": 3,
-    "Fruit trees and berry plantations": 3, "Olive groves": 3, "Annual crops associated with permanent crops": 3,
-    "Pastures": 4, "Complex cultivation patterns": 5,
-    "Land principally occupied by agriculture, with significant areas of natural vegetation": 6,
-    "Agro-forestry areas": 7, "Broad-leaved forest": 8, "Coniferous forest": 9, "Mixed forest": 10,
-    "Natural grassland": 11, "Sparsely vegetated areas": 11, "Moors and heathland": 12,
-    "Sclerophyllous vegetation": 12, "Transitional woodland/shrub": 13, "Beaches, dunes, sands": 14,
-    "Inland marshes": 15, "Peatbogs": 15, "Salt marshes": 16, "Salines": 16, "Water courses": 17,
-    "Water bodies": 17, "Coastal lagoons": 18, "Estuaries": 18, "Sea and ocean": 18,
-}
 SHARD = 256
 
 
@@ -68,7 +60,7 @@ def main():
                     if label in CORINE_TO_19:
                         labels[start + k, CORINE_TO_19[label]] = 1
         g.create_array("labels", data=labels, chunks=(16384, 19))
-        g.create_array("names", data=np.array(names, dtype=str), chunks=(16384,))
+        g.create_array("names", data=np.array(names, dtype=np.dtypes.StringDType()), chunks=(16384,))
         written += n
     print(json.dumps({"written": written}))
 
