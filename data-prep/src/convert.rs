@@ -74,6 +74,11 @@ fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
     tracing::info!(format = %archive.format, root = %archive.root.display(), patches = archive.patches.len(),
         bad_metadata = archive.rejects.len(), "read archive metadata");
     let plan = plan::make_plan(&opts.archive, archive, &opts.lists, opts.split_seed)?;
+    tracing::info!(
+        to_write = plan.splits.values().map(Vec::len).sum::<usize>(),
+        rss_mib = resident_mib(),
+        "planned every patch"
+    );
     if !opts.skip_bad && !plan.rejects.is_empty() {
         bail!(bad_input_message(&plan.rejects, false));
     }
@@ -158,6 +163,14 @@ fn build(opts: &ConvertOptions, plan: &plan::Plan, partial: &Path) -> Result<Out
 
 /// The error for bad input without `--skip-bad`: metadata problems are all listed at once;
 /// pixel problems stop the conversion at the first one.
+/// Resident memory of this process (Linux), logged after planning: the per-patch index is all
+/// that grows with the archive.
+fn resident_mib() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
 fn bad_input_message(rejects: &[Reject], stopped_at_first: bool) -> String {
     let mut msg = if stopped_at_first {
         "bad input; stopped, no store was written:\n".to_string()

@@ -12,7 +12,7 @@ use zarrs::array::codec::{
 };
 use zarrs::array::codec::{ShardingCodecOptions, SubchunkWriteOrder};
 use zarrs::array::{Array, ArrayBuilder, BytesToBytesCodecTraits, CodecSpecificOptions, ArrayShardedReadableExt, ArrayShardedReadableExtCache, CodecOptions, data_type};
-use zarrs::filesystem::FilesystemStore;
+use zarrs::filesystem::{FilesystemStore, FilesystemStoreOptions};
 use zarrs::group::{Group, GroupBuilder};
 
 use crate::labels::NUM_CLASSES;
@@ -50,6 +50,10 @@ fn compression(opts: &StoreOptions, item_bytes: usize) -> Result<Arc<dyn BytesTo
 }
 
 type Fs = FilesystemStore;
+
+/// Shard files a reader keeps open (well below the usual 1024-file limit with room to spare:
+/// three band arrays per split and about 2,300 shards per split at full scale).
+const READ_HANDLE_CACHE: usize = 512;
 
 fn open_storage(path: &Path) -> Result<Arc<Fs>> {
     Ok(Arc::new(FilesystemStore::new(path).with_context(|| format!("opening store folder {}", path.display()))?))
@@ -205,7 +209,13 @@ impl Store {
             }
             bail!("{} is not a store made by data-prep (no zarr.json)", path.display());
         }
-        let storage = open_storage(path)?;
+        // Random reads hit the same shard files over and over: keep them open.
+        let mut fs_options = FilesystemStoreOptions::default();
+        fs_options.file_handle_cache_size(READ_HANDLE_CACHE);
+        let storage = Arc::new(
+            FilesystemStore::new_with_options(path, fs_options)
+                .with_context(|| format!("opening store folder {}", path.display()))?,
+        );
         let group = Group::open(storage.clone(), "/").with_context(|| format!("opening {}", path.display()))?;
         let value = group
             .attributes()

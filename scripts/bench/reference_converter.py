@@ -6,7 +6,7 @@ It reads the official split lists and writes whole shards at a time, as data-pre
 no validation and no statistics beyond what the layout needs, so it is a lower bound on the
 work a Python tool would do.
 
-    python reference_converter.py ARCHIVE OUT [--level 1]
+    python reference_converter.py ARCHIVE OUT [--level 3]
 """
 import argparse
 import json
@@ -30,7 +30,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("archive", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--level", type=int, default=1)
+    ap.add_argument("--level", type=int, default=3)
     args = ap.parse_args()
     patches = args.archive / "BigEarthNet-v1.0"
     root = zarr.open_group(args.out, mode="w")
