@@ -1,6 +1,9 @@
-//! lossbench: runs the BigEarthNet-19 loss-function study (docs/study.md in the shared docs)
-//! as repeatable batch jobs. This library is what the `trainer` and `collector` binaries are
-//! thin over; the store it trains from is written by the `data-prep` crate, whose layout and
-//! reader it re-exports so that both sides use one definition.
+//! lossbench: runs the BigEarthNet-19 loss-function study as repeatable batch jobs. This
+//! library is what the `trainer` and `collector` binaries are thin over; the store it trains
+//! from is written by the `data-prep` crate, whose layout and reader it re-exports so that both
+//! sides use one definition.
+
+pub mod losses;
+pub mod metrics;
 
 pub use data_prep::{labels, layout, store};
