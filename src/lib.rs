@@ -5,5 +5,6 @@
 
 pub mod losses;
 pub mod metrics;
+pub mod model;
 
 pub use data_prep::{labels, layout, store};

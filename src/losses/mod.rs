@@ -110,17 +110,23 @@ fn mean_all(elementwise: Tensor) -> Tensor {
 
 #[cfg(test)]
 pub(crate) mod testing {
-    use tch::{Kind, Tensor};
+    use tch::Tensor;
 
     /// Random logits (scale 3) and 0/1 targets with at least one positive and one negative per
-    /// row, in f64, seeded.
-    pub fn inputs(seed: i64, batch: i64) -> (Tensor, Tensor) {
-        tch::manual_seed(seed);
-        let z = Tensor::randn([batch, 19], (Kind::Double, tch::Device::Cpu)) * 3.0;
-        let y = Tensor::rand([batch, 19], (Kind::Double, tch::Device::Cpu)).lt(0.3).to_kind(Kind::Double);
-        let _ = y.narrow(1, 0, 1).fill_(1.0);
-        let _ = y.narrow(1, 1, 1).fill_(0.0);
-        (z, y)
+    /// row, in f64, from a local generator (torch's global one is shared by concurrent tests).
+    pub fn inputs(seed: u64, batch: i64) -> (Tensor, Tensor) {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n = (batch * 19) as usize;
+        let z: Vec<f64> = (0..n).map(|_| (rng.random::<f64>() - 0.5) * 6.0).collect();
+        let y: Vec<f64> = (0..n)
+            .map(|i| match i % 19 {
+                0 => 1.0,
+                1 => 0.0,
+                _ => (rng.random::<f64>() < 0.3) as u8 as f64,
+            })
+            .collect();
+        (Tensor::from_slice(&z).reshape([batch, 19]), Tensor::from_slice(&y).reshape([batch, 19]))
     }
 
     /// Checks autograd's gradient of `f` at `z` against central finite differences (f64).

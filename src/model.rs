@@ -1,0 +1,218 @@
+//! The K-Branch CNN of the BigEarthNet team (docs/training.md, "Model"): one branch per band
+//! group at its native resolution, fused into 19 logits. Inputs are z-scored bands
+//! (`[B,4,120,120]`, `[B,6,60,60]`, `[B,2,20,20]`, f32).
+//!
+//! Blocks are conv ("same" padding, Xavier-uniform weights, zero bias) → BatchNorm → ReLU; fully
+//! connected layers are Xavier-uniform too. Initialisation is a function of the seed given to
+//! [`KBranch::new`] alone.
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use crate::labels::NUM_CLASSES;
+
+const CONV_DROPOUT: f64 = 0.25;
+const FC_DROPOUT: f64 = 0.5;
+const HIDDEN: i64 = 128;
+
+/// BatchNorm as PyTorch initialises it (scale 1, shift 0), not tch's random scale.
+fn batch_norm_config() -> nn::BatchNormConfig {
+    nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), bs_init: nn::Init::Const(0.0), ..Default::default() }
+}
+
+fn xavier(fan_in: i64, fan_out: i64) -> nn::Init {
+    let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    nn::Init::Uniform { lo: -bound, up: bound }
+}
+
+/// Conv → BatchNorm → ReLU with "same" padding; even kernels pad one more on the right and
+/// bottom, as PyTorch's `padding="same"` does.
+#[derive(Debug)]
+struct ConvBlock {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+    kernel: i64,
+}
+
+impl ConvBlock {
+    fn new(p: &nn::Path, c_in: i64, c_out: i64, kernel: i64) -> Self {
+        let config = nn::ConvConfig {
+            padding: if kernel % 2 == 1 { kernel / 2 } else { 0 },
+            ws_init: xavier(c_in * kernel * kernel, c_out * kernel * kernel),
+            bs_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
+        ConvBlock {
+            conv: nn::conv2d(p / "conv", c_in, c_out, kernel, config),
+            bn: nn::batch_norm2d(p / "bn", c_out, batch_norm_config()),
+            kernel,
+        }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let x = if self.kernel % 2 == 0 {
+            let extra = self.kernel - 1;
+            x.constant_pad_nd([extra / 2, extra - extra / 2, extra / 2, extra - extra / 2])
+        } else {
+            x.shallow_clone()
+        };
+        self.conv.forward(&x).apply_t(&self.bn, train).relu()
+    }
+}
+
+/// Fully connected → BatchNorm → ReLU.
+#[derive(Debug)]
+struct DenseBlock {
+    linear: nn::Linear,
+    bn: nn::BatchNorm,
+}
+
+impl DenseBlock {
+    fn new(p: &nn::Path, d_in: i64, d_out: i64) -> Self {
+        let config = nn::LinearConfig { ws_init: xavier(d_in, d_out), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        DenseBlock { linear: nn::linear(p / "fc", d_in, d_out, config), bn: nn::batch_norm1d(p / "bn", d_out, batch_norm_config()) }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.linear.forward(x).apply_t(&self.bn, train).relu()
+    }
+}
+
+/// One branch: conv blocks, each optionally followed by 2x2 max-pooling, then a dense block.
+#[derive(Debug)]
+struct Branch {
+    convs: Vec<(ConvBlock, bool)>,
+    dense: DenseBlock,
+}
+
+impl Branch {
+    /// `layers`: (output channels, kernel, pool after) per conv block.
+    fn new(p: &nn::Path, c_in: i64, side: i64, layers: &[(i64, i64, bool)]) -> Self {
+        let (mut c, mut s) = (c_in, side);
+        let mut convs = Vec::new();
+        for (i, &(c_out, kernel, pool)) in layers.iter().enumerate() {
+            convs.push((ConvBlock::new(&(p / format!("conv{}", i + 1)), c, c_out, kernel), pool));
+            c = c_out;
+            if pool {
+                s /= 2;
+            }
+        }
+        Branch { convs, dense: DenseBlock::new(&(p / "dense"), c * s * s, HIDDEN) }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut x = x.shallow_clone();
+        for (block, pool) in &self.convs {
+            x = block.forward_t(&x, train);
+            if *pool {
+                x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+            }
+            x = x.dropout(CONV_DROPOUT, train);
+        }
+        self.dense.forward_t(&x.flatten(1, -1), train).dropout(FC_DROPOUT, train)
+    }
+}
+
+#[derive(Debug)]
+pub struct KBranch {
+    b10m: Branch,
+    b20m: Branch,
+    b60m: Branch,
+    fusion: DenseBlock,
+    head: nn::Linear,
+}
+
+impl KBranch {
+    /// Creates the variables under `p`, initialised from `seed`.
+    pub fn new(p: &nn::Path, seed: u64) -> Self {
+        tch::manual_seed(seed as i64);
+        let head_config = nn::LinearConfig {
+            ws_init: xavier(HIDDEN, NUM_CLASSES as i64),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        KBranch {
+            b10m: Branch::new(&(p / "b10m"), 4, 120, &[(32, 5, true), (32, 5, true), (64, 3, false)]),
+            b20m: Branch::new(&(p / "b20m"), 6, 60, &[(32, 3, true), (32, 3, false), (64, 3, false)]),
+            b60m: Branch::new(&(p / "b60m"), 2, 20, &[(32, 2, false), (32, 2, false), (32, 2, false)]),
+            fusion: DenseBlock::new(&(p / "fusion"), 3 * HIDDEN, HIDDEN),
+            head: nn::linear(p / "head", HIDDEN, NUM_CLASSES as i64, head_config),
+        }
+    }
+
+    /// Logits `[B, 19]`. Dropout and batch statistics are on when `train`.
+    pub fn forward_t(&self, x10: &Tensor, x20: &Tensor, x60: &Tensor, train: bool) -> Tensor {
+        let fused = Tensor::cat(
+            &[self.b10m.forward_t(x10, train), self.b20m.forward_t(x20, train), self.b60m.forward_t(x60, train)],
+            1,
+        );
+        self.fusion.forward_t(&fused, train).dropout(FC_DROPOUT, train).apply(&self.head)
+    }
+
+    /// Names of the conv weights, which get the L2 weight decay.
+    pub fn is_conv_weight(name: &str) -> bool {
+        name.ends_with("conv.weight")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// Torch's random generator is global: tests that seed it must not interleave.
+    static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn inputs(batch: i64) -> (Tensor, Tensor, Tensor) {
+        tch::manual_seed(99);
+        let o = (Kind::Float, Device::Cpu);
+        (Tensor::randn([batch, 4, 120, 120], o), Tensor::randn([batch, 6, 60, 60], o), Tensor::randn([batch, 2, 20, 20], o))
+    }
+
+    fn weights(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn shapes_size_and_seeded_initialisation() {
+        let _rng = TORCH_RNG.lock().unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = KBranch::new(&vs.root(), 5);
+        let (a, b, c) = inputs(3);
+        let out = model.forward_t(&a, &b, &c, false);
+        assert_eq!(out.size(), vec![3, 19]);
+        let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+        // The two flatten -> 128 layers dominate: 2 x 57,600 x 128, plus 12,800 x 128.
+        assert!((16_000_000..16_600_000).contains(&params), "{params} parameters");
+        let vs2 = nn::VarStore::new(Device::Cpu);
+        let _ = KBranch::new(&vs2.root(), 5);
+        let vs3 = nn::VarStore::new(Device::Cpu);
+        let _ = KBranch::new(&vs3.root(), 6);
+        for ((n1, t1), (n2, t2)) in weights(&vs).iter().zip(weights(&vs2).iter()) {
+            assert_eq!(n1, n2);
+            assert!(t1.equal(t2), "{n1} differs for the same seed");
+        }
+        assert!(weights(&vs).iter().zip(weights(&vs3).iter()).any(|((_, a), (_, b))| !a.equal(b)));
+        let conv_weights = weights(&vs).iter().filter(|(n, _)| KBranch::is_conv_weight(n)).count();
+        assert_eq!(conv_weights, 9);
+    }
+
+    #[test]
+    fn eval_is_deterministic_and_train_mode_draws_dropout_from_the_seed() {
+        let _rng = TORCH_RNG.lock().unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = KBranch::new(&vs.root(), 1);
+        let (a, b, c) = inputs(4);
+        let e1 = model.forward_t(&a, &b, &c, false);
+        let e2 = model.forward_t(&a, &b, &c, false);
+        assert!(e1.equal(&e2));
+        let train = |seed| {
+            tch::manual_seed(seed);
+            tch::no_grad(|| model.forward_t(&a, &b, &c, true))
+        };
+        assert!(train(7).equal(&train(7)));
+        assert!(!train(7).equal(&train(8)));
+    }
+}
