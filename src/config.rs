@@ -1,0 +1,349 @@
+//! Job configuration, read once at start (docs/training.md, "Configuration"): a TOML file that
+//! may extend another (`base = "base.toml"`), then command-line overrides. Unknown keys, wrong
+//! types and bad values are errors that name the key and the file and line that set it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::losses::{self, Loss};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub run: RunSection,
+    pub train: TrainSection,
+    pub loss: LossSection,
+    pub checkpoint: CheckpointSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    pub seed: u64,
+    /// The store written by data-prep.
+    pub data: PathBuf,
+    /// Folder holding one folder per run.
+    pub out: PathBuf,
+    /// Name of the run folder; default `<loss>-seed<seed>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    pub device: DeviceChoice,
+    /// Compute threads on the CPU; 0 = all cores.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub epochs: u32,
+    /// Patches per optimizer step (the global batch).
+    pub batch_size: usize,
+    /// Micro-batches per step; `batch_size` must be a multiple of it.
+    pub accumulate: usize,
+    pub lr: f64,
+    /// L2 weight decay on the conv weights.
+    pub conv_weight_decay: f64,
+    pub loader_threads: usize,
+    /// Batches read ahead of the one being computed.
+    pub prefetch_batches: usize,
+    /// bf16 autocast (CUDA only).
+    pub bf16: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossSection {
+    pub name: String,
+    pub focal_gamma: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub focal_alpha: Option<f64>,
+    pub ranking_margin: f64,
+    pub ranking_threshold: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Newest checkpoints kept besides the best one.
+    pub keep_last: usize,
+}
+
+/// Where a key's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File { path: PathBuf, line: usize },
+    CommandLine,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Origin::CommandLine => f.write_str("the command line"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{origin}: `{key}`: {message}")]
+    Key { key: String, origin: Origin, message: String },
+    #[error("config {path}: {message}")]
+    Other { path: PathBuf, message: String },
+}
+
+/// Dotted key → where it was last set.
+type Origins = BTreeMap<String, Origin>;
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// Records the line of every key (and table) in `table`, prefixed by `prefix`.
+fn record_origins(table: &toml::de::DeTable<'_>, prefix: &str, path: &Path, text: &str, out: &mut Origins) {
+    for (key, value) in table {
+        let dotted = if prefix.is_empty() { key.get_ref().to_string() } else { format!("{prefix}.{}", key.get_ref()) };
+        out.insert(dotted.clone(), Origin::File { path: path.to_path_buf(), line: line_of(text, key.span().start) });
+        if let toml::de::DeValue::Table(inner) = value.get_ref() {
+            record_origins(inner, &dotted, path, text, out);
+        }
+    }
+}
+
+/// Overlays `top` on `base`, table by table.
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Reads `path` and the files it extends, innermost first.
+fn read_layers(path: &Path, depth: usize, origins: &mut Origins) -> Result<toml::Table, ConfigError> {
+    if depth > 8 {
+        return Err(ConfigError::Other { path: path.into(), message: "`base` chain deeper than 8 files (a cycle?)".into() });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let spanned = toml::de::DeTable::parse(&text)
+        .map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+    let mut own: toml::Table =
+        toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+    let mut table = match own.remove("base") {
+        Some(toml::Value::String(base)) => {
+            let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
+            read_layers(&base_path, depth + 1, origins)?
+        }
+        Some(other) => {
+            return Err(ConfigError::Key {
+                key: "base".into(),
+                origin: Origin::File { path: path.into(), line: line_of(&text, spanned.span().start) },
+                message: format!("expected a file name, found {}", other.type_str()),
+            });
+        }
+        None => toml::Table::new(),
+    };
+    record_origins(spanned.get_ref(), "", path, &text, origins);
+    merge(&mut table, own);
+    Ok(table)
+}
+
+/// Command-line overrides, as dotted keys (`run.seed`, `train.epochs`, ...) and values.
+pub type Overrides = Vec<(&'static str, toml::Value)>;
+
+/// Reads a job config, applies overrides and checks every value.
+pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
+    let mut origins = Origins::new();
+    let mut table = read_layers(path, 0, &mut origins)?;
+    for (key, value) in overrides {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let leaf = parts.pop().expect("override keys are dotted");
+        let mut t = &mut table;
+        for part in parts {
+            t = t.entry(part).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().expect("a table");
+        }
+        t.insert(leaf.to_string(), value);
+        origins.insert(key.to_string(), Origin::CommandLine);
+    }
+    let origin_of = |key: &str| -> Origin {
+        // The key itself, else the nearest enclosing table that was written down.
+        let mut k = key.to_string();
+        loop {
+            if let Some(o) = origins.get(&k) {
+                return o.clone();
+            }
+            match k.rfind('.') {
+                Some(i) => k.truncate(i),
+                None => return Origin::File { path: path.to_path_buf(), line: 1 },
+            }
+        }
+    };
+    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.inner().to_string();
+        // An unknown key is reported at the table holding it: name the key itself.
+        let unknown = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()).map(str::to_string);
+        let key = match unknown {
+            Some(field) if key == "." => field,
+            Some(field) if !key.ends_with(&format!(".{field}")) && key != field => format!("{key}.{field}"),
+            _ => key,
+        };
+        ConfigError::Key { origin: origin_of(&key), key, message }
+    })?;
+    config.check().map_err(|(key, message)| ConfigError::Key { key: key.to_string(), origin: origin_of(key), message })?;
+    Ok(config)
+}
+
+impl Config {
+    /// Value checks beyond types: `Err((key, why))`.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let t = &self.train;
+        let positive = |key, v: f64| if v > 0.0 && v.is_finite() { Ok(()) } else { Err((key, format!("must be a positive number, got {v}"))) };
+        let at_least_one = |key, v: usize| if v >= 1 { Ok(()) } else { Err((key, "must be at least 1".to_string())) };
+        if t.epochs == 0 {
+            return Err(("train.epochs", "must be at least 1".into()));
+        }
+        at_least_one("train.batch_size", t.batch_size)?;
+        at_least_one("train.accumulate", t.accumulate)?;
+        if t.batch_size % t.accumulate != 0 {
+            return Err(("train.accumulate", format!("must divide train.batch_size = {}", t.batch_size)));
+        }
+        positive("train.lr", t.lr)?;
+        if !(t.conv_weight_decay >= 0.0 && t.conv_weight_decay.is_finite()) {
+            return Err(("train.conv_weight_decay", format!("must be 0 or more, got {}", t.conv_weight_decay)));
+        }
+        at_least_one("train.loader_threads", t.loader_threads)?;
+        at_least_one("train.prefetch_batches", t.prefetch_batches)?;
+        at_least_one("checkpoint.keep_last", self.checkpoint.keep_last)?;
+        let l = &self.loss;
+        if !losses::NAMES.contains(&l.name.as_str()) {
+            return Err(("loss.name", format!("unknown loss {:?}; expected one of {}", l.name, losses::NAMES.join(", "))));
+        }
+        if !(l.focal_gamma >= 0.0 && l.focal_gamma.is_finite()) {
+            return Err(("loss.focal_gamma", format!("must be 0 or more, got {}", l.focal_gamma)));
+        }
+        if let Some(a) = l.focal_alpha
+            && !(a > 0.0 && a < 1.0)
+        {
+            return Err(("loss.focal_alpha", format!("must be between 0 and 1, got {a}")));
+        }
+        positive("loss.ranking_margin", l.ranking_margin)?;
+        if !l.ranking_threshold.is_finite() {
+            return Err(("loss.ranking_threshold", "must be a finite number".into()));
+        }
+        if let Some(id) = &self.run.run_id
+            && (id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.'))
+        {
+            return Err(("run.run_id", format!("{id:?} is not usable as a folder name")));
+        }
+        Ok(())
+    }
+
+    /// The run's folder name.
+    pub fn run_id(&self) -> String {
+        self.run.run_id.clone().unwrap_or_else(|| format!("{}-seed{}", self.loss.name, self.run.seed))
+    }
+
+    /// The loss to train with; W-CE takes its weights from the training split's label counts.
+    pub fn loss(&self, train_label_counts: &[u64], train_patches: u64) -> Loss {
+        let l = &self.loss;
+        match l.name.as_str() {
+            "wce" => Loss::Wce { pos_weight: losses::positive_weights(train_label_counts, train_patches) },
+            "focal" => Loss::Focal { gamma: l.focal_gamma, alpha: l.focal_alpha },
+            "ranking" => Loss::Ranking { margin: l.ranking_margin, threshold: l.ranking_threshold },
+            name => name.parse().expect("checked by Config::check"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs")
+    }
+
+    #[test]
+    fn every_shipped_job_loads_with_the_study_defaults() {
+        for name in losses::NAMES {
+            let c = load(&jobs().join(format!("{name}.toml")), vec![]).unwrap();
+            assert_eq!(c.loss.name, name);
+            assert_eq!((c.train.batch_size, c.train.lr, c.train.epochs), (1024, 1e-4, 80));
+            assert_eq!(c.run_id(), format!("{name}-seed0"));
+        }
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn job_with(extra: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(jobs().join("base.toml"), dir.path().join("base.toml")).unwrap();
+        let p = write(dir.path(), "job.toml", &format!("base = \"base.toml\"\n\n[loss]\nname = \"ce\"\n{extra}"));
+        (dir, p)
+    }
+
+    #[test]
+    fn errors_name_the_key_file_and_line() {
+        let (_d, p) = job_with("\n[train]\nlrr = 0.1\n");
+        let e = load(&p, vec![]).unwrap_err().to_string();
+        assert!(e.contains("job.toml:7: `train.lrr`: unknown field `lrr`"), "{e}");
+
+        let (_d, p) = job_with("\n[train]\nepochs = \"many\"\n");
+        let e = load(&p, vec![]).unwrap_err().to_string();
+        assert!(e.contains("job.toml:7") && e.contains("train.epochs"), "{e}");
+
+        let (_d, p) = job_with("\n[train]\nlr = -1.0\n");
+        let e = load(&p, vec![]).unwrap_err().to_string();
+        assert!(e.contains("job.toml:7") && e.contains("train.lr") && e.contains("positive"), "{e}");
+
+        let (_d, p) = job_with("focal_alpha = 1.5\n");
+        let e = load(&p, vec![]).unwrap_err().to_string();
+        assert!(e.contains("job.toml:5") && e.contains("loss.focal_alpha"), "{e}");
+
+        let (_d, p) = job_with("");
+        let e = load(&p, vec![("train.accumulate", toml::Value::Integer(3))]).unwrap_err().to_string();
+        assert!(e.contains("command line") && e.contains("train.accumulate"), "{e}");
+
+        let (d, _) = job_with("");
+        let p = write(d.path(), "bad.toml", "base = \"base.toml\"\n[loss]\nname = \"mse\"\n");
+        let e = load(&p, vec![]).unwrap_err().to_string();
+        assert!(e.contains("bad.toml:3") && e.contains("unknown loss"), "{e}");
+
+        let p = write(d.path(), "syntax.toml", "[train\n");
+        let e = load(&p, vec![]).unwrap_err().to_string();
+        assert!(e.contains("syntax.toml") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn overrides_win_and_wce_weights_come_from_the_counts() {
+        let (_d, p) = job_with("");
+        let c = load(&p, vec![("run.seed", toml::Value::Integer(4)), ("train.epochs", toml::Value::Integer(2))]).unwrap();
+        assert_eq!((c.run.seed, c.train.epochs), (4, 2));
+        let mut c = c;
+        c.loss.name = "wce".into();
+        assert_eq!(c.loss(&[1, 3], 4), Loss::Wce { pos_weight: vec![3.0, 1.0 / 3.0] });
+    }
+}
