@@ -4,6 +4,7 @@
 //! sides use one definition.
 
 pub mod config;
+pub mod data;
 pub mod losses;
 pub mod metrics;
 pub mod model;
