@@ -8,5 +8,6 @@ pub mod data;
 pub mod losses;
 pub mod metrics;
 pub mod model;
+pub mod optim;
 
 pub use data_prep::{labels, layout, store};
