@@ -97,7 +97,7 @@ impl fmt::Display for Origin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
@@ -167,7 +167,7 @@ fn read_layers(path: &Path, depth: usize, origins: &mut Origins) -> Result<toml:
 }
 
 /// Command-line overrides, as dotted keys (`run.seed`, `train.epochs`, ...) and values.
-pub type Overrides = Vec<(&'static str, toml::Value)>;
+pub type Overrides = Vec<(String, toml::Value)>;
 
 /// Reads a job config, applies overrides and checks every value.
 pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
@@ -181,7 +181,7 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
             t = t.entry(part).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().expect("a table");
         }
         t.insert(leaf.to_string(), value);
-        origins.insert(key.to_string(), Origin::CommandLine);
+        origins.insert(key.clone(), Origin::CommandLine);
     }
     let origin_of = |key: &str| -> Origin {
         // The key itself, else the nearest enclosing table that was written down.
@@ -198,7 +198,8 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
     };
     let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let key = e.path().to_string();
-        let message = e.inner().to_string();
+        // Keep the first line: the path is reported separately.
+        let message = e.inner().to_string().lines().next().unwrap_or_default().to_string();
         // An unknown key is reported at the table holding it: name the key itself.
         let unknown = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()).map(str::to_string);
         let key = match unknown {
@@ -324,7 +325,7 @@ mod tests {
         assert!(e.contains("job.toml:5") && e.contains("loss.focal_alpha"), "{e}");
 
         let (_d, p) = job_with("");
-        let e = load(&p, vec![("train.accumulate", toml::Value::Integer(3))]).unwrap_err().to_string();
+        let e = load(&p, vec![("train.accumulate".into(), toml::Value::Integer(3))]).unwrap_err().to_string();
         assert!(e.contains("command line") && e.contains("train.accumulate"), "{e}");
 
         let (d, _) = job_with("");
@@ -340,7 +341,7 @@ mod tests {
     #[test]
     fn overrides_win_and_wce_weights_come_from_the_counts() {
         let (_d, p) = job_with("");
-        let c = load(&p, vec![("run.seed", toml::Value::Integer(4)), ("train.epochs", toml::Value::Integer(2))]).unwrap();
+        let c = load(&p, vec![("run.seed".into(), toml::Value::Integer(4)), ("train.epochs".into(), toml::Value::Integer(2))]).unwrap();
         assert_eq!((c.run.seed, c.train.epochs), (4, 2));
         let mut c = c;
         c.loss.name = "wce".into();

@@ -9,5 +9,6 @@ pub mod losses;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod train;
 
 pub use data_prep::{labels, layout, store};

@@ -1,0 +1,127 @@
+//! `trainer`: trains the K-Branch CNN with one loss (docs/training.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use data_prep::logging::{self, LogFormat};
+use lossbench::config::{self, DeviceChoice};
+use lossbench::train::Run;
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train one run (one loss, one seed).
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Job config, e.g. jobs/ce.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Overrides run.seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Overrides run.data (the store).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Overrides run.out (folder of run folders).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Overrides train.epochs.
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Overrides run.device.
+    #[arg(long, value_enum)]
+    device: Option<DeviceChoice>,
+    /// Overrides run.run_id (the run folder's name).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Overrides any key: `--set train.batch_size=64` (the value is TOML). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+/// Parses `--set KEY=VALUE`, the value as a TOML value (a bare word is taken as a string).
+fn parse_set(item: &str) -> Result<(String, toml::Value)> {
+    let (key, value) = item.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {item:?}: expected KEY=VALUE"))?;
+    let parsed: toml::Table = toml::from_str(&format!("v = {value}"))
+        .unwrap_or_else(|_| toml::Table::from_iter([("v".to_string(), toml::Value::String(value.to_string()))]));
+    Ok((key.trim().to_string(), parsed["v"].clone()))
+}
+
+fn overrides(a: &TrainArgs) -> Result<config::Overrides> {
+    let path = |p: &PathBuf| toml::Value::String(p.display().to_string());
+    let mut o: config::Overrides = Vec::new();
+    if let Some(v) = a.seed {
+        o.push(("run.seed".into(), toml::Value::Integer(v as i64)));
+    }
+    if let Some(v) = &a.data {
+        o.push(("run.data".into(), path(v)));
+    }
+    if let Some(v) = &a.out {
+        o.push(("run.out".into(), path(v)));
+    }
+    if let Some(v) = a.epochs {
+        o.push(("train.epochs".into(), toml::Value::Integer(v as i64)));
+    }
+    if let Some(v) = a.device {
+        let name = match v {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+        };
+        o.push(("run.device".into(), toml::Value::String(name.into())));
+    }
+    if let Some(v) = &a.run_id {
+        o.push(("run.run_id".into(), toml::Value::String(v.clone())));
+    }
+    for item in &a.set {
+        o.push(parse_set(item)?);
+    }
+    Ok(o)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => {
+            let config = config::load(&a.config, overrides(&a)?)?;
+            let mut run = Run::new(config)?;
+            tracing::info!(run = %run.dir.display(), loss = %run.loss, "training");
+            let records = run.train()?;
+            println!("{:>5} {:>11} {:>9} {:>13} {:>10} {:>8}", "epoch", "train loss", "val loss", "val F1 sample", "F1 micro", "img/s");
+            for r in &records {
+                println!(
+                    "{:>5} {:>11.4} {:>9.4} {:>13.4} {:>10.4} {:>8.0}",
+                    r.epoch, r.train_loss, r.val_loss, r.val.samples.f1, r.val.micro.f1, r.images_per_s
+                );
+            }
+            println!("records: {}", run.dir.join("epochs.jsonl").display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
