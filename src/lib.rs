@@ -3,6 +3,7 @@
 //! from is written by the `data-prep` crate, whose layout and reader it re-exports so that both
 //! sides use one definition.
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod losses;

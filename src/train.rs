@@ -16,6 +16,7 @@ use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
+use crate::checkpoint;
 use crate::config::{Config, DeviceChoice};
 use crate::data::{Normalizer, Prefetcher, epoch_order};
 use crate::layout::Split;
@@ -76,13 +77,18 @@ pub struct Run {
     val: Arc<SplitData>,
     norm: Arc<Normalizer>,
     pub loss: Loss,
-    _vs: VarStore,
+    vs: VarStore,
     model: KBranch,
     adam: Adam,
+    /// First epoch still to train (1 for a fresh run).
+    pub start_epoch: u32,
+    best_epoch: u32,
+    best_f1: f64,
 }
 
 impl Run {
-    pub fn new(config: Config) -> Result<Self> {
+    /// Sets up a run; with `resume`, continues from the newest valid checkpoint in its folder.
+    pub fn new(config: Config, resume: bool) -> Result<Self> {
         let device = resolve_device(config.run.device)?;
         if config.run.threads > 0 {
             tch::set_num_threads(config.run.threads as i32);
@@ -110,9 +116,44 @@ impl Run {
             .map(|(name, t)| (t, if KBranch::is_conv_weight(&name) { decay } else { 0.0 }))
             .collect();
         let adam = Adam::new(params, config.train.lr);
-        let run = Run { config, dir, device, train, val, norm, loss, _vs: vs, model, adam };
+        let mut run = Run { config, dir, device, train, val, norm, loss, vs, model, adam, start_epoch: 1, best_epoch: 0, best_f1: -1.0 };
+        if checkpoint::exists(&run.dir)? {
+            if !resume {
+                bail!(
+                    "run folder {} already has checkpoints; pass --resume auto to continue it, or choose another --run-id",
+                    run.dir.display()
+                );
+            }
+            match checkpoint::latest(&run.dir)? {
+                Some(c) => run.restore(c)?,
+                None => tracing::warn!(run = %run.dir.display(), "no usable checkpoint: starting from scratch"),
+            }
+        }
         run.write_resolved_config()?;
         Ok(run)
+    }
+
+    fn named_variables(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn restore(&mut self, c: checkpoint::Loaded) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for (name, mut var) in self.named_variables() {
+                let saved = c.model.iter().find(|(n, _)| *n == name).map(|(_, t)| t);
+                let saved = saved.with_context(|| format!("{}: the checkpoint lacks {name}", c.dir.display()))?;
+                var.copy_(&saved.to_device(self.device));
+            }
+            Ok(())
+        })?;
+        self.adam.load_state(&c.optimizer, c.state.optimizer_step)?;
+        self.start_epoch = c.state.epoch + 1;
+        self.best_epoch = c.state.best_epoch;
+        self.best_f1 = c.state.best_f1;
+        tracing::info!(checkpoint = %c.dir.display(), epoch = c.state.epoch, "resuming");
+        Ok(())
     }
 
     /// `config.toml` in the run folder: the merged config, plus what was derived from the data.
@@ -184,16 +225,33 @@ impl Run {
     }
 
     /// Runs every epoch, appending each record to `epochs.jsonl`; returns the records.
-    pub fn train(&mut self) -> Result<Vec<EpochRecord>> {
+    /// Records of epochs before `start_epoch` survive a resume; later ones (an epoch recorded
+    /// but killed before its checkpoint) are dropped, since that epoch is trained again.
+    fn open_records(&self) -> Result<fs::File> {
         let path = self.dir.join("epochs.jsonl");
-        let mut file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let kept: Vec<String> = match fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["epoch"].as_u64())
+                        .is_some_and(|e| e < self.start_epoch as u64)
+                })
+                .map(str::to_string)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let tmp = self.dir.join("epochs.jsonl.tmp");
+        fs::write(&tmp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+        fs::rename(&tmp, &path)?;
+        fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))
+    }
+
+    pub fn train(&mut self) -> Result<Vec<EpochRecord>> {
+        let mut file = self.open_records()?;
         let mut records = Vec::new();
-        for epoch in 1..=self.config.train.epochs {
+        for epoch in self.start_epoch..=self.config.train.epochs {
             let started = Instant::now();
             let (train_loss, train_s, waited_s) = self.train_epoch(epoch)?;
             let val = self.val.clone();
@@ -219,6 +277,18 @@ impl Run {
                 images_per_s = format!("{:.0}", record.images_per_s),
                 "epoch done"
             );
+            if record.val.samples.f1 > self.best_f1 {
+                self.best_f1 = record.val.samples.f1;
+                self.best_epoch = epoch;
+            }
+            let state = checkpoint::State {
+                epoch,
+                optimizer_step: self.adam.step,
+                best_epoch: self.best_epoch,
+                best_f1: self.best_f1,
+                crc32: [0, 0],
+            };
+            checkpoint::save(&self.dir, &self.named_variables(), &self.adam.state(), state, self.config.checkpoint.keep_last)?;
             records.push(record);
         }
         Ok(records)

@@ -80,3 +80,78 @@ fn bad_configs_are_refused_naming_the_key() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cannot read config no/such.toml: No such file"), "{err}");
 }
+
+fn tensors(path: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut v = tch::Tensor::read_safetensors(path).unwrap();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Validation results of every epoch, without the timing fields.
+fn val_records(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("epochs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            serde_json::json!([v["epoch"], v["train_loss"], v["val_loss"], v["val"]])
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = store(tmp.path());
+    let out = tmp.path().join("runs");
+    let args = |run_id: &str| -> Vec<String> {
+        [
+            "train", "--config", &job("focal"), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "--epochs", "3", "--device", "cpu", "--run-id", run_id, "--set", "train.batch_size=8",
+            "--set", "run.threads=2", "--set", "train.loader_threads=1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("whole")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args("killed"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = out.join("killed/checkpoints/epoch-0001");
+    let started = std::time::Instant::now();
+    while !first.exists() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300)); // into epoch 2
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.join("killed/checkpoints/epoch-0003").exists(), "killed too late to test a resume");
+
+    // Without --resume the folder is protected; with it the run finishes.
+    let refused = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("killed")).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume auto"));
+    let mut resume = args("killed");
+    resume.extend(["--resume".to_string(), "auto".to_string()]);
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(resume).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let (a, b) = (out.join("whole"), out.join("killed"));
+    for ((na, ta), (nb, tb)) in tensors(&a.join("checkpoints/epoch-0003/model.safetensors"))
+        .iter()
+        .zip(tensors(&b.join("checkpoints/epoch-0003/model.safetensors")).iter())
+    {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs after resume");
+    }
+    assert_eq!(val_records(&a), val_records(&b));
+    assert_eq!(val_records(&a).len(), 3);
+}

@@ -20,6 +20,12 @@ struct Cli {
     log_format: LogFormat,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Resume {
+    Auto,
+    Never,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train one run (one loss, one seed).
@@ -49,6 +55,10 @@ struct TrainArgs {
     /// Overrides run.run_id (the run folder's name).
     #[arg(long)]
     run_id: Option<String>,
+    /// `auto`: continue from the newest valid checkpoint in the run folder, if any; `never`:
+    /// refuse to start when the run folder has checkpoints.
+    #[arg(long, value_enum, default_value_t = Resume::Never)]
+    resume: Resume,
     /// Overrides any key: `--set train.batch_size=64` (the value is TOML). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -98,7 +108,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
             let config = config::load(&a.config, overrides(&a)?)?;
-            let mut run = Run::new(config)?;
+            let mut run = Run::new(config, a.resume == Resume::Auto)?;
             tracing::info!(run = %run.dir.display(), loss = %run.loss, "training");
             let records = run.train()?;
             println!("{:>5} {:>11} {:>9} {:>13} {:>10} {:>8}", "epoch", "train loss", "val loss", "val F1 sample", "F1 micro", "img/s");
