@@ -10,6 +10,7 @@ pub mod losses;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod results;
 pub mod train;
 
 pub use data_prep::{labels, layout, store};

@@ -26,6 +26,30 @@ use crate::model::KBranch;
 use crate::optim::Adam;
 use crate::store::{SplitData, Store};
 
+/// A split's evaluation.
+pub struct Evaluation {
+    pub loss: f64,
+    pub counts: Counts,
+    pub logits: Vec<f32>,
+    pub decisions: Vec<u8>,
+}
+
+/// `test_metrics.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestOutcome {
+    /// The epoch whose weights were tested (best validation F1, sample average).
+    pub best_epoch: u32,
+    pub loss: f64,
+    pub metrics: Metrics,
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+}
+
 /// One line of `epochs.jsonl`.
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochRecord {
@@ -75,6 +99,7 @@ pub struct Run {
     device: Device,
     train: Arc<SplitData>,
     val: Arc<SplitData>,
+    test: Arc<SplitData>,
     norm: Arc<Normalizer>,
     pub loss: Loss,
     vs: VarStore,
@@ -96,8 +121,9 @@ impl Run {
         let store = Store::open(&config.run.data)?;
         let train = Arc::new(store.split(Split::Train)?);
         let val = Arc::new(store.split(Split::Validation)?);
-        if train.len == 0 || val.len == 0 {
-            bail!("{}: the training and validation splits must not be empty", config.run.data.display());
+        let test = Arc::new(store.split(Split::Test)?);
+        if train.len == 0 || val.len == 0 || test.len == 0 {
+            bail!("{}: the training, validation and test splits must not be empty", config.run.data.display());
         }
         let norm = Arc::new(Normalizer::from_store(&store.attrs)?);
         let info = &store.attrs.splits[&Split::Train];
@@ -116,7 +142,7 @@ impl Run {
             .map(|(name, t)| (t, if KBranch::is_conv_weight(&name) { decay } else { 0.0 }))
             .collect();
         let adam = Adam::new(params, config.train.lr);
-        let mut run = Run { config, dir, device, train, val, norm, loss, vs, model, adam, start_epoch: 1, best_epoch: 0, best_f1: -1.0 };
+        let mut run = Run { config, dir, device, train, val, test, norm, loss, vs, model, adam, start_epoch: 1, best_epoch: 0, best_f1: -1.0 };
         if checkpoint::exists(&run.dir)? {
             if !resume {
                 bail!(
@@ -139,7 +165,7 @@ impl Run {
         v
     }
 
-    fn restore(&mut self, c: checkpoint::Loaded) -> Result<()> {
+    fn restore_weights(&mut self, c: &checkpoint::Loaded) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
             for (name, mut var) in self.named_variables() {
                 let saved = c.model.iter().find(|(n, _)| *n == name).map(|(_, t)| t);
@@ -147,7 +173,11 @@ impl Run {
                 var.copy_(&saved.to_device(self.device));
             }
             Ok(())
-        })?;
+        })
+    }
+
+    fn restore(&mut self, c: checkpoint::Loaded) -> Result<()> {
+        self.restore_weights(&c)?;
         self.adam.load_state(&c.optimizer, c.state.optimizer_step)?;
         self.start_epoch = c.state.epoch + 1;
         self.best_epoch = c.state.best_epoch;
@@ -200,31 +230,50 @@ impl Run {
         Ok((loss_sum / self.train.len as f64, started.elapsed().as_secs_f64(), loader.waited.as_secs_f64()))
     }
 
-    /// Mean loss and metric counts over a split, in eval mode.
-    pub fn evaluate(&self, split: &Arc<SplitData>) -> Result<(f64, Counts)> {
+    /// Mean loss and metric counts over a split, in eval mode; with `keep`, also every patch's
+    /// logits and decisions (row-major `[N, 19]`, in split order).
+    pub fn evaluate(&self, split: &Arc<SplitData>, keep: bool) -> Result<Evaluation> {
         let t = &self.config.train;
         let order: Vec<usize> = (0..split.len).collect();
         let batches: Vec<Vec<usize>> = order.chunks(t.batch_size).map(<[usize]>::to_vec).collect();
         let mut loader = Prefetcher::start(split.clone(), self.norm.clone(), batches, t.prefetch_batches, t.loader_threads)?;
-        let mut counts = Counts::default();
-        let mut loss_sum = 0.0;
+        let mut e = Evaluation { loss: 0.0, counts: Counts::default(), logits: Vec::new(), decisions: Vec::new() };
         while let Some(batch) = loader.next_batch() {
             let batch = batch?;
             let [x10, x20, x60] = &batch.inputs;
-            let (loss, decided) = tch::no_grad(|| {
+            let (loss, logits, decided) = tch::no_grad(|| {
                 let logits = self.model.forward_t(&self.to_device(x10), &self.to_device(x20), &self.to_device(x60), false);
                 let loss = self.loss.compute(&logits, &self.to_device(&batch.targets)).double_value(&[]);
-                (loss, self.loss.decide(&logits).to_device(Device::Cpu).reshape([-1]))
+                let decided = self.loss.decide(&logits).to_device(Device::Cpu).reshape([-1]);
+                (loss, logits.to_device(Device::Cpu).to_kind(tch::Kind::Float).reshape([-1]), decided)
             });
-            loss_sum += loss * batch.indices.len() as f64;
+            e.loss += loss * batch.indices.len() as f64;
             let pred = Vec::<u8>::try_from(decided).context("reading decisions")?;
             let truth: Vec<u8> = batch.indices.iter().flat_map(|&i| split.labels_of(i).iter().copied()).collect();
-            counts.add(&truth, &pred);
+            e.counts.add(&truth, &pred);
+            if keep {
+                e.logits.extend(Vec::<f32>::try_from(logits).context("reading logits")?);
+                e.decisions.extend(pred);
+            }
         }
-        Ok((loss_sum / split.len as f64, counts))
+        e.loss /= split.len as f64;
+        Ok(e)
     }
 
-    /// Runs every epoch, appending each record to `epochs.jsonl`; returns the records.
+    /// Evaluates the test split with the best validation epoch's weights; writes
+    /// `test_metrics.json` and `test_predictions.parquet` into the run folder.
+    pub fn test(&mut self) -> Result<TestOutcome> {
+        let best = checkpoint::at_epoch(&self.dir, self.best_epoch)?;
+        self.restore_weights(&best)?;
+        let split = self.test.clone();
+        let e = self.evaluate(&split, true)?;
+        let outcome = TestOutcome { best_epoch: self.best_epoch, loss: e.loss, metrics: e.counts.metrics() };
+        let json = self.dir.join("test_metrics.json");
+        write_atomically(&json, &serde_json::to_vec_pretty(&outcome)?)?;
+        crate::results::write_predictions(&self.dir.join("test_predictions.parquet"), &split, &e.logits, &e.decisions)?;
+        Ok(outcome)
+    }
+
     /// Records of epochs before `start_epoch` survive a resume; later ones (an epoch recorded
     /// but killed before its checkpoint) are dropped, since that epoch is trained again.
     fn open_records(&self) -> Result<fs::File> {
@@ -255,7 +304,7 @@ impl Run {
             let started = Instant::now();
             let (train_loss, train_s, waited_s) = self.train_epoch(epoch)?;
             let val = self.val.clone();
-            let (val_loss, counts) = self.evaluate(&val)?;
+            let Evaluation { loss: val_loss, counts, .. } = self.evaluate(&val, false)?;
             let record = EpochRecord {
                 epoch,
                 train_loss,

@@ -67,6 +67,7 @@ fn trains_and_records_every_epoch() {
         if loss == "wce" {
             assert!(config.contains("W-CE positive weights"), "{config}");
         }
+        check_test_outputs(&dir, &data);
     }
 }
 
@@ -154,4 +155,37 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     }
     assert_eq!(val_records(&a), val_records(&b));
     assert_eq!(val_records(&a).len(), 3);
+}
+
+/// The test predictions hold one row per test patch, and the metrics recomputed from them are
+/// the stored test metrics.
+fn check_test_outputs(run: &Path, data: &Path) {
+    use arrow_array::{Array, FixedSizeListArray, StringArray, UInt8Array};
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("test_metrics.json")).unwrap()).unwrap();
+    let file = std::fs::File::open(run.join("test_predictions.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let store = lossbench::store::Store::open(data).unwrap();
+    let test = store.split(lossbench::layout::Split::Test).unwrap();
+    let (mut names, mut truth, mut pred) = (Vec::new(), Vec::new(), Vec::new());
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = |n: &str| batch.column_by_name(n).unwrap().clone();
+        let patch = col("patch");
+        names.extend(patch.as_any().downcast_ref::<StringArray>().unwrap().iter().map(|s| s.unwrap().to_string()));
+        for (name, out) in [("labels", &mut truth), ("decisions", &mut pred)] {
+            let list = col(name);
+            let list = list.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+            assert_eq!(list.value_length(), 19);
+            out.extend(list.values().as_any().downcast_ref::<UInt8Array>().unwrap().values().iter().copied());
+        }
+        assert_eq!(col("scores").len(), batch.num_rows());
+    }
+    assert_eq!(names, test.names);
+    assert_eq!(truth, test.labels);
+    let mut counts = lossbench::metrics::Counts::default();
+    counts.add(&truth, &pred);
+    let m = counts.metrics();
+    assert_eq!(m.samples.f1, metrics["metrics"]["samples"]["f1"].as_f64().unwrap());
+    assert_eq!(m.micro.f1, metrics["metrics"]["micro"]["f1"].as_f64().unwrap());
+    assert!(metrics["best_epoch"].as_u64().unwrap() >= 1);
 }

@@ -118,7 +118,13 @@ fn run(cli: Cli) -> Result<()> {
                     r.epoch, r.train_loss, r.val_loss, r.val.samples.f1, r.val.micro.f1, r.images_per_s
                 );
             }
-            println!("records: {}", run.dir.join("epochs.jsonl").display());
+            let test = run.test()?;
+            let m = &test.metrics;
+            println!(
+                "test (weights of epoch {}): F1 micro {:.4}, macro {:.4}, sample {:.4}; precision sample {:.4}, recall sample {:.4}",
+                test.best_epoch, m.micro.f1, m.macro_avg.f1, m.samples.f1, m.samples.precision, m.samples.recall
+            );
+            println!("results in {}", run.dir.display());
         }
     }
     Ok(())
