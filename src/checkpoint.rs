@@ -4,7 +4,8 @@
 //! CRC-32 of each tensor file). A checkpoint is built under a temporary name, synced and renamed,
 //! so it exists completely or not at all; one whose files do not match their checksums is
 //! skipped with a warning in favour of the previous one. The newest `keep_last` and the best
-//! are kept.
+//! are kept. A run stopped by a signal mid-epoch saves `epoch-NNNN-step-SSSSSS/`: NNNN epochs
+//! done and SSSSSS steps of the next.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,12 @@ const STATE: &str = "state.json";
 pub struct State {
     /// Epochs completed.
     pub epoch: u32,
+    /// Steps completed of the next epoch (0 at an epoch's end), and their summed training loss
+    /// (sum over patches) so far.
+    #[serde(default)]
+    pub steps_into_next: u64,
+    #[serde(default)]
+    pub partial_loss_sum: f64,
     pub optimizer_step: i64,
     /// Best epoch so far by validation F1 (sample average), and that F1.
     pub best_epoch: u32,
@@ -37,8 +44,27 @@ pub struct Loaded {
     pub optimizer: Vec<(String, Tensor)>,
 }
 
+/// Position in training: (epochs completed, steps into the next epoch).
+type Position = (u32, u64);
+
+fn dir_name((epoch, step): Position) -> String {
+    if step == 0 { format!("epoch-{epoch:04}") } else { format!("epoch-{epoch:04}-step-{step:06}") }
+}
+
+fn parse_dir_name(name: &str) -> Option<Position> {
+    let rest = name.strip_prefix("epoch-")?;
+    match rest.split_once("-step-") {
+        Some((e, st)) => Some((e.parse().ok()?, st.parse().ok()?)),
+        None => Some((rest.parse().ok()?, 0)),
+    }
+}
+
+fn position_dir(run: &Path, at: Position) -> PathBuf {
+    run.join(DIR).join(dir_name(at))
+}
+
 fn epoch_dir(run: &Path, epoch: u32) -> PathBuf {
-    run.join(DIR).join(format!("epoch-{epoch:04}"))
+    position_dir(run, (epoch, 0))
 }
 
 fn crc_of(path: &Path) -> Result<u32> {
@@ -62,8 +88,9 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
 pub fn save(run: &Path, model: &[(String, Tensor)], optimizer: &[(String, Tensor)], mut state: State, keep_last: usize) -> Result<()> {
     let root = run.join(DIR);
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let final_dir = epoch_dir(run, state.epoch);
-    let tmp = root.join(format!("epoch-{:04}.tmp", state.epoch));
+    let at = (state.epoch, state.steps_into_next);
+    let final_dir = position_dir(run, at);
+    let tmp = root.join(format!("{}.tmp", dir_name(at)));
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
     }
@@ -83,27 +110,26 @@ pub fn save(run: &Path, model: &[(String, Tensor)], optimizer: &[(String, Tensor
     prune(run, keep_last, state.best_epoch)
 }
 
-/// Completed checkpoints' epochs, newest first.
-fn epochs(run: &Path) -> Result<Vec<u32>> {
+/// Completed checkpoints' positions, newest first.
+fn positions(run: &Path) -> Result<Vec<Position>> {
     let root = run.join(DIR);
     if !root.is_dir() {
         return Ok(Vec::new());
     }
-    let mut found: Vec<u32> = fs::read_dir(&root)?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("epoch-")?.parse().ok())
-        .collect();
+    let mut found: Vec<Position> =
+        fs::read_dir(&root)?.filter_map(|e| parse_dir_name(e.ok()?.file_name().to_str()?)).collect();
     found.sort_unstable_by(|a, b| b.cmp(a));
     Ok(found)
 }
 
 pub fn exists(run: &Path) -> Result<bool> {
-    Ok(!epochs(run)?.is_empty())
+    Ok(!positions(run)?.is_empty())
 }
 
 fn prune(run: &Path, keep_last: usize, best_epoch: u32) -> Result<()> {
-    for (i, epoch) in epochs(run)?.into_iter().enumerate() {
-        if i >= keep_last && epoch != best_epoch {
-            fs::remove_dir_all(epoch_dir(run, epoch))?;
+    for (i, at) in positions(run)?.into_iter().enumerate() {
+        if i >= keep_last && at != (best_epoch, 0) {
+            fs::remove_dir_all(position_dir(run, at))?;
         }
     }
     Ok(())
@@ -124,8 +150,8 @@ fn load_dir(dir: &Path) -> Result<Loaded> {
 
 /// The newest checkpoint that verifies; torn or corrupt ones are reported and skipped.
 pub fn latest(run: &Path) -> Result<Option<Loaded>> {
-    for epoch in epochs(run)? {
-        let dir = epoch_dir(run, epoch);
+    for at in positions(run)? {
+        let dir = position_dir(run, at);
         match load_dir(&dir) {
             Ok(loaded) => return Ok(Some(loaded)),
             Err(e) => tracing::warn!(checkpoint = %dir.display(), "skipping a damaged checkpoint: {e:#}"),
@@ -149,7 +175,7 @@ mod tests {
     }
 
     fn state(epoch: u32, best_epoch: u32) -> State {
-        State { epoch, optimizer_step: epoch as i64 * 10, best_epoch, best_f1: 0.5, crc32: [0, 0] }
+        State { epoch, steps_into_next: 0, partial_loss_sum: 0.0, optimizer_step: epoch as i64 * 10, best_epoch, best_f1: 0.5, crc32: [0, 0] }
     }
 
     #[test]
@@ -158,7 +184,12 @@ mod tests {
         for epoch in 1..=5 {
             save(run.path(), &tensors(epoch as f32), &tensors(0.0), state(epoch, 2), 2).unwrap();
         }
-        assert_eq!(epochs(run.path()).unwrap(), vec![5, 4, 2]);
+        assert_eq!(positions(run.path()).unwrap(), vec![(5, 0), (4, 0), (2, 0)]);
+        // A mid-epoch checkpoint sorts after its epoch's start.
+        save(run.path(), &tensors(9.0), &tensors(0.0), State { steps_into_next: 3, ..state(5, 2) }, 2).unwrap();
+        assert_eq!(positions(run.path()).unwrap(), vec![(5, 3), (5, 0), (2, 0)]);
+        assert_eq!(latest(run.path()).unwrap().unwrap().state.steps_into_next, 3);
+        fs::remove_dir_all(position_dir(run.path(), (5, 3))).unwrap();
         let newest = latest(run.path()).unwrap().unwrap();
         assert_eq!(newest.state.epoch, 5);
         let a = &newest.model.iter().find(|(n, _)| n == "a").unwrap().1;

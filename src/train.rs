@@ -9,6 +9,7 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -25,6 +26,26 @@ use crate::metrics::{Counts, Metrics};
 use crate::model::KBranch;
 use crate::optim::Adam;
 use crate::store::{SplitData, Store};
+
+/// Exit code of a trainer stopped by SIGTERM or SIGUSR1 after checkpointing: the job should be
+/// requeued and resumed (`--resume auto`). 75 is EX_TEMPFAIL, "try again later".
+pub const EXIT_REQUEUE: u8 = 75;
+
+/// How a call to [`Run::train`] ended.
+pub enum Ending {
+    /// Every epoch is trained.
+    Finished(Vec<EpochRecord>),
+    /// A stop was requested; training state is checkpointed.
+    Stopped { epoch: u32, steps_into_epoch: u64 },
+}
+
+/// How one epoch's training ended.
+enum EpochEnd {
+    /// Training images per second and the share of time spent waiting for data, over the part
+    /// of the epoch this process trained.
+    Done { loss: f64, images_per_s: f64, wait_fraction: f64 },
+    Stopped { steps: u64, loss_sum: f64 },
+}
 
 /// A split's evaluation.
 pub struct Evaluation {
@@ -107,8 +128,13 @@ pub struct Run {
     adam: Adam,
     /// First epoch still to train (1 for a fresh run).
     pub start_epoch: u32,
+    /// Steps of `start_epoch` already trained before a stop, and their summed loss.
+    skip_steps: u64,
+    partial_loss_sum: f64,
     best_epoch: u32,
     best_f1: f64,
+    /// Set (by a signal handler) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Run {
@@ -142,7 +168,8 @@ impl Run {
             .map(|(name, t)| (t, if KBranch::is_conv_weight(&name) { decay } else { 0.0 }))
             .collect();
         let adam = Adam::new(params, config.train.lr);
-        let mut run = Run { config, dir, device, train, val, test, norm, loss, vs, model, adam, start_epoch: 1, best_epoch: 0, best_f1: -1.0 };
+        let mut run = Run { config, dir, device, train, val, test, norm, loss, vs, model, adam, start_epoch: 1,
+            skip_steps: 0, partial_loss_sum: 0.0, best_epoch: 0, best_f1: -1.0, stop: Arc::new(AtomicBool::new(false)) };
         if checkpoint::exists(&run.dir)? {
             if !resume {
                 bail!(
@@ -180,6 +207,8 @@ impl Run {
         self.restore_weights(&c)?;
         self.adam.load_state(&c.optimizer, c.state.optimizer_step)?;
         self.start_epoch = c.state.epoch + 1;
+        self.skip_steps = c.state.steps_into_next;
+        self.partial_loss_sum = c.state.partial_loss_sum;
         self.best_epoch = c.state.best_epoch;
         self.best_f1 = c.state.best_f1;
         tracing::info!(checkpoint = %c.dir.display(), epoch = c.state.epoch, "resuming");
@@ -202,17 +231,19 @@ impl Run {
         t.to_device(self.device)
     }
 
-    /// Trains one epoch; returns (mean training loss, seconds, seconds waiting for data).
-    fn train_epoch(&mut self, epoch: u32) -> Result<(f64, f64, f64)> {
+    /// Trains one epoch (from step `skip_steps` on, after a mid-epoch stop).
+    fn train_epoch(&mut self, epoch: u32) -> Result<EpochEnd> {
         let t = &self.config.train;
         let seed = self.config.run.seed;
         let order = epoch_order(self.train.len, seed, epoch);
         let steps: Vec<Vec<Vec<usize>>> = order.chunks(t.batch_size).map(|s| micro_batches(s, t.accumulate)).collect();
-        let flat: Vec<Vec<usize>> = steps.iter().flatten().cloned().collect();
+        let skip = std::mem::take(&mut self.skip_steps) as usize;
+        let mut loss_sum = std::mem::take(&mut self.partial_loss_sum);
+        let flat: Vec<Vec<usize>> = steps[skip..].iter().flatten().cloned().collect();
+        let trained: usize = flat.iter().map(Vec::len).sum();
         let mut loader = Prefetcher::start(self.train.clone(), self.norm.clone(), flat, t.prefetch_batches, t.loader_threads)?;
         let started = Instant::now();
-        let mut loss_sum = 0.0;
-        for (s, micro) in steps.iter().enumerate() {
+        for (s, micro) in steps.iter().enumerate().skip(skip) {
             let step_len: usize = micro.iter().map(Vec::len).sum();
             self.adam.zero_grad();
             for (m, _) in micro.iter().enumerate() {
@@ -226,8 +257,29 @@ impl Run {
                 loss_sum += loss.double_value(&[]) * n;
             }
             self.adam.step();
+            if self.stop.load(Ordering::SeqCst) && s + 1 < steps.len() {
+                return Ok(EpochEnd::Stopped { steps: s as u64 + 1, loss_sum });
+            }
         }
-        Ok((loss_sum / self.train.len as f64, started.elapsed().as_secs_f64(), loader.waited.as_secs_f64()))
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(EpochEnd::Done {
+            loss: loss_sum / self.train.len as f64,
+            images_per_s: trained as f64 / seconds,
+            wait_fraction: loader.waited.as_secs_f64() / seconds,
+        })
+    }
+
+    fn save_checkpoint(&self, epoch: u32, steps_into_next: u64, partial_loss_sum: f64) -> Result<()> {
+        let state = checkpoint::State {
+            epoch,
+            steps_into_next,
+            partial_loss_sum,
+            optimizer_step: self.adam.step,
+            best_epoch: self.best_epoch,
+            best_f1: self.best_f1,
+            crc32: [0, 0],
+        };
+        checkpoint::save(&self.dir, &self.named_variables(), &self.adam.state(), state, self.config.checkpoint.keep_last)
     }
 
     /// Mean loss and metric counts over a split, in eval mode; with `keep`, also every patch's
@@ -297,12 +349,20 @@ impl Run {
         fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))
     }
 
-    pub fn train(&mut self) -> Result<Vec<EpochRecord>> {
+    /// Trains the remaining epochs, appending each record to `epochs.jsonl` and checkpointing
+    /// after it; stops early (with a checkpoint) when [`Run::stop`] is set.
+    pub fn train(&mut self) -> Result<Ending> {
         let mut file = self.open_records()?;
         let mut records = Vec::new();
         for epoch in self.start_epoch..=self.config.train.epochs {
             let started = Instant::now();
-            let (train_loss, train_s, waited_s) = self.train_epoch(epoch)?;
+            let (train_loss, images_per_s, data_wait_fraction) = match self.train_epoch(epoch)? {
+                EpochEnd::Done { loss, images_per_s, wait_fraction } => (loss, images_per_s, wait_fraction),
+                EpochEnd::Stopped { steps, loss_sum } => {
+                    self.save_checkpoint(epoch - 1, steps, loss_sum)?;
+                    return Ok(Ending::Stopped { epoch, steps_into_epoch: steps });
+                }
+            };
             let val = self.val.clone();
             let Evaluation { loss: val_loss, counts, .. } = self.evaluate(&val, false)?;
             let record = EpochRecord {
@@ -311,8 +371,8 @@ impl Run {
                 val_loss,
                 lr: self.adam.lr,
                 wall_s: started.elapsed().as_secs_f64(),
-                images_per_s: self.train.len as f64 / train_s,
-                data_wait_fraction: waited_s / train_s,
+                images_per_s,
+                data_wait_fraction,
                 val: counts.metrics(),
             };
             writeln!(file, "{}", serde_json::to_string(&record)?)?;
@@ -330,17 +390,13 @@ impl Run {
                 self.best_f1 = record.val.samples.f1;
                 self.best_epoch = epoch;
             }
-            let state = checkpoint::State {
-                epoch,
-                optimizer_step: self.adam.step,
-                best_epoch: self.best_epoch,
-                best_f1: self.best_f1,
-                crc32: [0, 0],
-            };
-            checkpoint::save(&self.dir, &self.named_variables(), &self.adam.state(), state, self.config.checkpoint.keep_last)?;
+            self.save_checkpoint(epoch, 0, 0.0)?;
             records.push(record);
+            if self.stop.load(Ordering::SeqCst) && epoch < self.config.train.epochs {
+                return Ok(Ending::Stopped { epoch: epoch + 1, steps_into_epoch: 0 });
+            }
         }
-        Ok(records)
+        Ok(Ending::Finished(records))
     }
 }
 

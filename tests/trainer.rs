@@ -145,6 +145,36 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(resume).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
+    // SIGUSR1 (as SLURM sends before the time limit): finish the step, checkpoint, exit 75.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args("signalled"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = out.join("signalled/checkpoints/epoch-0001");
+    while !first.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be signalled");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(75), "exit code of a signalled run");
+    let mut resume = args("signalled");
+    resume.extend(["--resume".to_string(), "auto".to_string()]);
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(resume).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c = out.join("signalled");
+    for ((na, ta), (_, tc)) in tensors(&out.join("whole/checkpoints/epoch-0003/model.safetensors"))
+        .iter()
+        .zip(tensors(&c.join("checkpoints/epoch-0003/model.safetensors")).iter())
+    {
+        assert!(ta.equal(tc), "{na} differs after a signalled stop and resume");
+    }
+    assert_eq!(val_records(&out.join("whole")), val_records(&c));
+
     let (a, b) = (out.join("whole"), out.join("killed"));
     for ((na, ta), (nb, tb)) in tensors(&a.join("checkpoints/epoch-0003/model.safetensors"))
         .iter()

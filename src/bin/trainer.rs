@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use data_prep::logging::{self, LogFormat};
 use lossbench::config::{self, DeviceChoice};
-use lossbench::train::Run;
+use lossbench::train::{EXIT_REQUEUE, Ending, Run};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -104,13 +104,26 @@ fn overrides(a: &TrainArgs) -> Result<config::Overrides> {
     Ok(o)
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Train(a) => {
             let config = config::load(&a.config, overrides(&a)?)?;
             let mut run = Run::new(config, a.resume == Resume::Auto)?;
-            tracing::info!(run = %run.dir.display(), loss = %run.loss, "training");
-            let records = run.train()?;
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+                signal_hook::flag::register(signal, run.stop.clone())?;
+            }
+            tracing::info!(run = %run.dir.display(), loss = %run.loss, from_epoch = run.start_epoch, "training");
+            let records = match run.train()? {
+                Ending::Finished(records) => records,
+                Ending::Stopped { epoch, steps_into_epoch } => {
+                    println!(
+                        "stopped by a signal at epoch {epoch}, step {steps_into_epoch}; checkpointed in {}; \
+                         rerun with --resume auto to continue",
+                        run.dir.display()
+                    );
+                    return Ok(ExitCode::from(EXIT_REQUEUE));
+                }
+            };
             println!("{:>5} {:>11} {:>9} {:>13} {:>10} {:>8}", "epoch", "train loss", "val loss", "val F1 sample", "F1 micro", "img/s");
             for r in &records {
                 println!(
@@ -127,14 +140,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("results in {}", run.dir.display());
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
