@@ -7,7 +7,7 @@ VENV := .cache/venv
 PY := $(VENV)/bin/python
 DATA_PREP := target/release/data-prep
 WORK := work
-DEMO_PATCHES ?= 3000
+DEMO_PATCHES ?= 2000
 
 export LOSSBENCH_DATA_PREP := $(abspath $(DATA_PREP))
 
@@ -32,12 +32,25 @@ test-rust:
 test-python:
 	$(VENV)/bin/pytest -q tests/python
 
-# Synthetic archive → data-prep → summary of the store.
+# Synthetic archive → data-prep → each of the seven losses trained a few epochs on the CPU
+# → a table of validation F1 per loss and epoch.
+DEMO_EPOCHS ?= 3
+# Small CPU runs: smaller batches and a larger step than the study's 1024 / 1e-4.
+DEMO_TRAIN_FLAGS ?= --set train.batch_size=32 --set train.lr=1e-3
+LOSSES := ce wce focal hamming huber sparsemax ranking
+
 demo: deps build
 	@rm -rf $(WORK)/demo && mkdir -p $(WORK)/demo
 	$(DATA_PREP) synth --patches $(DEMO_PATCHES) --seed 1 --format v1 --out $(WORK)/demo/archive
 	$(DATA_PREP) convert --archive $(WORK)/demo/archive --out $(WORK)/demo/store.zarr
-	@echo; echo "store written to $(WORK)/demo/store.zarr (see docs/store.md to open it from Python)"
+	@for loss in $(LOSSES); do \
+	  echo "== training $$loss"; \
+	  target/release/trainer train --config jobs/$$loss.toml --data $(WORK)/demo/store.zarr --out $(WORK)/demo/runs \
+	    --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN_FLAGS) || exit 1; \
+	done
+	@echo
+	@$(PY) scripts/demo_table.py $(WORK)/demo/store.zarr $(WORK)/demo/runs
+	@echo; echo "store: $(WORK)/demo/store.zarr (docs/store.md); runs: $(WORK)/demo/runs (docs/training.md)"
 
 bench: deps build
 	scripts/bench-data-prep.sh

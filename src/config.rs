@@ -57,8 +57,6 @@ pub struct TrainSection {
     pub loader_threads: usize,
     /// Batches read ahead of the one being computed.
     pub prefetch_batches: usize,
-    /// bf16 autocast (CUDA only).
-    pub bf16: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
