@@ -185,9 +185,9 @@ mod tests {
             save(run.path(), &tensors(epoch as f32), &tensors(0.0), state(epoch, 2), 2).unwrap();
         }
         assert_eq!(positions(run.path()).unwrap(), vec![(5, 0), (4, 0), (2, 0)]);
-        // A mid-epoch checkpoint sorts after its epoch's start.
-        save(run.path(), &tensors(9.0), &tensors(0.0), State { steps_into_next: 3, ..state(5, 2) }, 2).unwrap();
-        assert_eq!(positions(run.path()).unwrap(), vec![(5, 3), (5, 0), (2, 0)]);
+        // A mid-epoch checkpoint sorts after its epoch's start (kept here with a larger keep_last).
+        save(run.path(), &tensors(9.0), &tensors(0.0), State { steps_into_next: 3, ..state(5, 2) }, 5).unwrap();
+        assert_eq!(positions(run.path()).unwrap(), vec![(5, 3), (5, 0), (4, 0), (2, 0)]);
         assert_eq!(latest(run.path()).unwrap().unwrap().state.steps_into_next, 3);
         fs::remove_dir_all(position_dir(run.path(), (5, 3))).unwrap();
         let newest = latest(run.path()).unwrap().unwrap();

@@ -156,27 +156,7 @@ mod tests {
     use crate::store::Store;
 
     fn store(dir: &std::path::Path) -> Store {
-        let archive = dir.join("archive");
-        data_prep::synth::synth(&data_prep::synth::SynthOptions {
-            patches: 40,
-            seed: 3,
-            format: data_prep::archive::ArchiveFormat::V1,
-            out: archive.clone(),
-        })
-        .unwrap();
-        let out = dir.join("store.zarr");
-        data_prep::convert::convert(&data_prep::convert::ConvertOptions {
-            archive,
-            out: out.clone(),
-            format: None,
-            lists: Default::default(),
-            split_seed: 0,
-            skip_bad: false,
-            overwrite: false,
-            store: data_prep::store::StoreOptions { codec: data_prep::store::Codec::Blosc, level: 3, shard_patches: 8 },
-        })
-        .unwrap();
-        Store::open(&out).unwrap()
+        Store::open(&data_prep::synth::synthetic_store(dir, 40, 3).unwrap()).unwrap()
     }
 
     #[test]

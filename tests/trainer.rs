@@ -5,27 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn store(dir: &Path) -> std::path::PathBuf {
-    let archive = dir.join("archive");
-    data_prep::synth::synth(&data_prep::synth::SynthOptions {
-        patches: 70,
-        seed: 9,
-        format: data_prep::archive::ArchiveFormat::V1,
-        out: archive.clone(),
-    })
-    .unwrap();
-    let out = dir.join("store.zarr");
-    data_prep::convert::convert(&data_prep::convert::ConvertOptions {
-        archive,
-        out: out.clone(),
-        format: None,
-        lists: Default::default(),
-        split_seed: 0,
-        skip_bad: false,
-        overwrite: false,
-        store: data_prep::store::StoreOptions { codec: data_prep::store::Codec::Blosc, level: 3, shard_patches: 16 },
-    })
-    .unwrap();
-    out
+    data_prep::synth::synthetic_store(dir, 70, 9).unwrap()
 }
 
 fn trainer(args: &[&str]) -> std::process::Output {

@@ -488,6 +488,25 @@ pub fn synth(opts: &SynthOptions) -> Result<SynthSummary> {
     Ok(summary)
 }
 
+/// A small ready-to-use store for tests and examples: a synthetic v1.0 archive of `patches`
+/// patches under `dir/archive`, converted to `dir/store.zarr` with shards of 16 patches.
+pub fn synthetic_store(dir: &Path, patches: usize, seed: u64) -> Result<PathBuf> {
+    let archive = dir.join("archive");
+    synth(&SynthOptions { patches, seed, format: ArchiveFormat::V1, out: archive.clone() })?;
+    let out = dir.join("store.zarr");
+    crate::convert::convert(&crate::convert::ConvertOptions {
+        archive,
+        out: out.clone(),
+        format: None,
+        lists: Default::default(),
+        split_seed: 0,
+        skip_bad: false,
+        overwrite: false,
+        store: crate::store::StoreOptions { codec: crate::store::Codec::Blosc, level: 3, shard_patches: 16 },
+    })?;
+    Ok(out)
+}
+
 fn write_lines(path: &Path, names: impl Iterator<Item = impl AsRef<str>>, eol: &str) -> Result<()> {
     let mut f = std::io::BufWriter::new(fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
     for n in names {
