@@ -242,6 +242,7 @@ impl Run {
         let flat: Vec<Vec<usize>> = steps[skip..].iter().flatten().cloned().collect();
         let trained: usize = flat.iter().map(Vec::len).sum();
         let mut loader = Prefetcher::start(self.train.clone(), self.norm.clone(), flat, t.prefetch_batches, t.loader_threads)?;
+        let progress = data_prep::progress::bar((steps.len() - skip) as u64, &format!("epoch {epoch} steps"));
         let started = Instant::now();
         for (s, micro) in steps.iter().enumerate().skip(skip) {
             let step_len: usize = micro.iter().map(Vec::len).sum();
@@ -257,10 +258,12 @@ impl Run {
                 loss_sum += loss.double_value(&[]) * n;
             }
             self.adam.step();
+            progress.inc(1);
             if self.stop.load(Ordering::SeqCst) && s + 1 < steps.len() {
                 return Ok(EpochEnd::Stopped { steps: s as u64 + 1, loss_sum });
             }
         }
+        progress.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
         Ok(EpochEnd::Done {
             loss: loss_sum / self.train.len as f64,

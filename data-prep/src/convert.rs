@@ -3,11 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::archive::{self, ArchiveFormat, PatchRecord, Reject};
@@ -104,7 +103,7 @@ fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
 /// Writes every split, the rejects report and the attributes into `partial`.
 fn build(opts: &ConvertOptions, plan: &plan::Plan, partial: &Path) -> Result<Outcome> {
     let total: usize = plan.splits.values().map(Vec::len).sum();
-    let progress = progress_bar(total as u64);
+    let progress = crate::progress::bar(total as u64, "patches");
     let mut accounting = plan.accounting.clone();
     let mut rejects = plan.rejects.clone();
     let mut split_infos = BTreeMap::new();
@@ -185,19 +184,6 @@ fn bad_input_message(rejects: &[Reject], stopped_at_first: bool) -> String {
     }
     msg.push_str("pass --skip-bad to write the other patches and a rejects report");
     msg
-}
-
-fn progress_bar(total: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        Some(total),
-        if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} patches {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar
 }
 
 /// Replaces `out` by the finished `partial` with renames only, so a reader sees the old store

@@ -10,6 +10,7 @@ pub mod labels;
 pub mod layout;
 pub mod logging;
 pub mod plan;
+pub mod progress;
 pub mod stats;
 pub mod store;
 pub mod summary;

@@ -1,0 +1,17 @@
+//! Progress bars for long work, shared by the binaries: drawn on stderr when it is a terminal,
+//! hidden otherwise (batch jobs log through tracing instead).
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub fn bar(total: u64, unit: &str) -> ProgressBar {
+    let target = if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}"))
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
