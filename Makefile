@@ -53,7 +53,10 @@ demo: deps build
 	@echo; echo "store: $(WORK)/demo/store.zarr (docs/store.md); runs: $(WORK)/demo/runs (docs/training.md)"
 
 bench: deps build
+	scripts/setup-torch-python.sh
 	scripts/bench-data-prep.sh
+	$(CARGO) build --release --locked --example train_bench
+	$(PY) scripts/bench/bench_trainer.py
 
 clean:
 	rm -rf $(WORK) target
