@@ -57,6 +57,8 @@ pub struct TrainSection {
     pub loader_threads: usize,
     /// Batches read ahead of the one being computed.
     pub prefetch_batches: usize,
+    /// bf16 autocast of the forward pass (CUDA only; an error on the CPU).
+    pub bf16: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -141,6 +141,9 @@ impl Run {
     /// Sets up a run; with `resume`, continues from the newest valid checkpoint in its folder.
     pub fn new(config: Config, resume: bool) -> Result<Self> {
         let device = resolve_device(config.run.device)?;
+        if config.train.bf16 && device == Device::Cpu {
+            bail!("train.bf16 = true needs a CUDA device (autocast does nothing on the CPU)");
+        }
         if config.run.threads > 0 {
             tch::set_num_threads(config.run.threads as i32);
         }
@@ -227,8 +230,20 @@ impl Run {
         fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Moves a loader tensor to the compute device: on CUDA through pinned memory with a
+    /// non-blocking copy, so the transfer overlaps the compute already queued.
     fn to_device(&self, t: &Tensor) -> Tensor {
-        t.to_device(self.device)
+        match self.device {
+            Device::Cpu => t.shallow_clone(),
+            device => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+        }
+    }
+
+    /// The model's logits, under bf16 autocast when configured (CUDA only).
+    fn forward(&self, inputs: &[Tensor; 3], train: bool) -> Tensor {
+        let [x10, x20, x60] = inputs;
+        let run = || self.model.forward_t(&self.to_device(x10), &self.to_device(x20), &self.to_device(x60), train);
+        if self.config.train.bf16 { tch::autocast(true, run).to_kind(tch::Kind::Float) } else { run() }
     }
 
     /// Trains one epoch (from step `skip_steps` on, after a mid-epoch stop).
@@ -250,8 +265,7 @@ impl Run {
             for (m, _) in micro.iter().enumerate() {
                 let batch = loader.next_batch().context("the loader ended early")??;
                 tch::manual_seed(stream_seed(&[seed, epoch as u64, s as u64, m as u64]));
-                let [x10, x20, x60] = &batch.inputs;
-                let logits = self.model.forward_t(&self.to_device(x10), &self.to_device(x20), &self.to_device(x60), true);
+                let logits = self.forward(&batch.inputs, true);
                 let loss = self.loss.compute(&logits, &self.to_device(&batch.targets));
                 let n = batch.indices.len() as f64;
                 (&loss * (n / step_len as f64)).backward();
@@ -299,9 +313,8 @@ impl Run {
         let mut e = Evaluation { loss: 0.0, counts: Counts::default(), logits: Vec::new(), decisions: Vec::new() };
         while let Some(batch) = loader.next_batch() {
             let batch = batch?;
-            let [x10, x20, x60] = &batch.inputs;
             let (loss, logits, decided) = tch::no_grad(|| {
-                let logits = self.model.forward_t(&self.to_device(x10), &self.to_device(x20), &self.to_device(x60), false);
+                let logits = self.forward(&batch.inputs, false);
                 let loss = self.loss.compute(&logits, &self.to_device(&batch.targets)).double_value(&[]);
                 let decided = self.loss.decide(&logits).to_device(Device::Cpu).reshape([-1]);
                 (loss, logits.to_device(Device::Cpu).to_kind(tch::Kind::Float).reshape([-1]), decided)

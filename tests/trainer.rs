@@ -57,6 +57,9 @@ fn bad_configs_are_refused_naming_the_key() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("the command line: `train.lrr`: unknown field `lrr`"), "{err}");
+    let o = trainer(&["train", "--config", &job("ce"), "--device", "cpu", "--set", "train.bf16=true"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("train.bf16 = true needs a CUDA device"), "{err}");
     let o = trainer(&["train", "--config", "no/such.toml"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cannot read config no/such.toml: No such file"), "{err}");
