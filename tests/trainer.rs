@@ -83,6 +83,25 @@ fn val_records(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Starts a trainer and returns once it has checkpointed epoch 1 and trained a little of epoch 2.
+fn start_into_epoch_two(args: Vec<String>, run: &Path) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = run.join("checkpoints/epoch-0001");
+    let started = std::time::Instant::now();
+    while !first.exists() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    child
+}
+
 #[test]
 fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
@@ -101,20 +120,7 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("whole")).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args("killed"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let first = out.join("killed/checkpoints/epoch-0001");
-    let started = std::time::Instant::now();
-    while !first.exists() {
-        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300)); // into epoch 2
+    let mut child = start_into_epoch_two(args("killed"), &out.join("killed"));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!out.join("killed/checkpoints/epoch-0003").exists(), "killed too late to test a resume");
@@ -129,18 +135,7 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // SIGUSR1 (as SLURM sends before the time limit): finish the step, checkpoint, exit 75.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args("signalled"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let first = out.join("signalled/checkpoints/epoch-0001");
-    while !first.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be signalled");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut child = start_into_epoch_two(args("signalled"), &out.join("signalled"));
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
     let status = child.wait().unwrap();
