@@ -317,13 +317,15 @@ impl Run {
                 let logits = self.forward(&batch.inputs, false);
                 let loss = self.loss.compute(&logits, &self.to_device(&batch.targets)).double_value(&[]);
                 let decided = self.loss.decide(&logits).to_device(Device::Cpu).reshape([-1]);
-                (loss, logits.to_device(Device::Cpu).to_kind(tch::Kind::Float).reshape([-1]), decided)
+                // Only the test evaluation keeps the logits: no device-to-host copy otherwise.
+                let logits = keep.then(|| logits.to_device(Device::Cpu).to_kind(tch::Kind::Float).reshape([-1]));
+                (loss, logits, decided)
             });
             e.loss += loss * batch.indices.len() as f64;
             let pred = Vec::<u8>::try_from(decided).context("reading decisions")?;
             let truth: Vec<u8> = batch.indices.iter().flat_map(|&i| split.labels_of(i).iter().copied()).collect();
             e.counts.add(&truth, &pred);
-            if keep {
+            if let Some(logits) = logits {
                 e.logits.extend(Vec::<f32>::try_from(logits).context("reading logits")?);
                 e.decisions.extend(pred);
             }

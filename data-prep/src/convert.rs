@@ -33,9 +33,7 @@ pub struct ConvertOptions {
 
 /// Where a store is built before it is complete.
 pub fn partial_path(out: &Path) -> PathBuf {
-    let mut s = out.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
+    sibling(out, ".partial")
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
