@@ -9,6 +9,10 @@ DATA_PREP := target/release/data-prep
 WORK := work
 DEMO_PATCHES ?= 2000
 
+# The demo, the tests and the SLURM scripts use the MPI build (docs/cluster.md); a plain
+# `cargo build --release` gives a single-process trainer.
+FEATURES := --features lossbench/mpi
+
 export LOSSBENCH_DATA_PREP := $(abspath $(DATA_PREP))
 
 .PHONY: all deps build test test-rust test-python demo bench clean
@@ -21,13 +25,13 @@ deps:
 	@scripts/setup-libtorch.sh
 
 build:
-	$(CARGO) build --release --locked --workspace
+	$(CARGO) build --release --locked --workspace $(FEATURES)
 
 # cargo test builds the binaries the Python tests run (target/release/data-prep).
 test: deps test-rust test-python
 
 test-rust:
-	$(CARGO) test --release --locked --workspace
+	$(CARGO) test --release --locked --workspace $(FEATURES)
 
 test-python:
 	$(VENV)/bin/pytest -q tests/python

@@ -7,6 +7,17 @@ missing=()
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 command -v cc >/dev/null || missing+=(gcc)
 command -v unzip >/dev/null || missing+=(unzip)
+# MPI data parallelism (the trainer's `mpi` feature): OpenMPI, and libclang + pkg-config for
+# the mpi crate's bindings.
+command -v mpirun >/dev/null || missing+=(openmpi-bin)
+[[ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h || -e /usr/include/mpi.h ]] || missing+=(libopenmpi-dev)
+compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || missing+=(libclang-dev)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+# A real single-node SLURM for the sweep test (tests/slurm/): munge, slurmctld, slurmd.
+command -v munged >/dev/null || missing+=(munge)
+command -v slurmctld >/dev/null || missing+=(slurmctld)
+command -v slurmd >/dev/null || missing+=(slurmd)
+command -v sbatch >/dev/null || missing+=(slurm-client)
 if ((${#missing[@]})); then
   echo "setup-system: apt-get install ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

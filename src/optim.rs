@@ -26,6 +26,11 @@ impl Adam {
         Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, step: 0, params, decay, m, v }
     }
 
+    /// The parameters, in the order given to [`Adam::new`].
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             p.zero_grad();

@@ -1,20 +1,12 @@
 //! The trainer binary end to end on a tiny synthetic store: records per epoch, the resolved
 //! config beside them, and clear errors for bad configs.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-fn store(dir: &Path) -> std::path::PathBuf {
-    data_prep::synth::synthetic_store(dir, 70, 9).unwrap()
-}
-
-fn trainer(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().unwrap()
-}
-
-fn job(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs").join(format!("{name}.toml")).display().to_string()
-}
+use common::{job, store, tensors, trainer, val_records};
 
 #[test]
 fn trains_and_records_every_epoch() {
@@ -60,27 +52,17 @@ fn bad_configs_are_refused_naming_the_key() {
     let o = trainer(&["train", "--config", &job("ce"), "--device", "cpu", "--set", "train.bf16=true"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("train.bf16 = true needs a CUDA device"), "{err}");
+    // A launcher that started two tasks that cannot see each other is refused.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["train", "--config", &job("ce")])
+        .env("SLURM_STEP_NUM_TASKS", "2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("SLURM_STEP_NUM_TASKS=2 but the MPI world has 1 process"), "{err}");
     let o = trainer(&["train", "--config", "no/such.toml"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cannot read config no/such.toml: No such file"), "{err}");
-}
-
-fn tensors(path: &Path) -> Vec<(String, tch::Tensor)> {
-    let mut v = tch::Tensor::read_safetensors(path).unwrap();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-/// Validation results of every epoch, without the timing fields.
-fn val_records(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("epochs.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            serde_json::json!([v["epoch"], v["train_loss"], v["val_loss"], v["val"]])
-        })
-        .collect()
 }
 
 /// Starts a trainer and returns once it has checkpointed epoch 1 and trained a little of epoch 2.
@@ -168,26 +150,11 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
 /// The test predictions hold one row per test patch, and the metrics recomputed from them are
 /// the stored test metrics.
 fn check_test_outputs(run: &Path, data: &Path) {
-    use arrow_array::{Array, FixedSizeListArray, StringArray, UInt8Array};
     let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("test_metrics.json")).unwrap()).unwrap();
-    let file = std::fs::File::open(run.join("test_predictions.parquet")).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
     let store = lossbench::store::Store::open(data).unwrap();
     let test = store.split(lossbench::layout::Split::Test).unwrap();
-    let (mut names, mut truth, mut pred) = (Vec::new(), Vec::new(), Vec::new());
-    for batch in reader {
-        let batch = batch.unwrap();
-        let col = |n: &str| batch.column_by_name(n).unwrap().clone();
-        let patch = col("patch");
-        names.extend(patch.as_any().downcast_ref::<StringArray>().unwrap().iter().map(|s| s.unwrap().to_string()));
-        for (name, out) in [("labels", &mut truth), ("decisions", &mut pred)] {
-            let list = col(name);
-            let list = list.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
-            assert_eq!(list.value_length(), 19);
-            out.extend(list.values().as_any().downcast_ref::<UInt8Array>().unwrap().values().iter().copied());
-        }
-        assert_eq!(col("scores").len(), batch.num_rows());
-    }
+    let common::Predictions { names, labels: truth, decisions: pred, scores } = common::predictions(run);
+    assert_eq!(scores.len(), truth.len());
     assert_eq!(names, test.names);
     assert_eq!(truth, test.labels);
     let mut counts = lossbench::metrics::Counts::default();

@@ -1,5 +1,5 @@
 //! Log set-up shared by the project's binaries: human-readable on a terminal, JSON lines for
-//! cluster log collectors; the level comes from RUST_LOG (default `info`).
+//! cluster log collectors; the level comes from RUST_LOG (default: the caller's).
 
 use std::io::IsTerminal;
 
@@ -12,8 +12,10 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `default_level` applies when RUST_LOG is unset (e.g. "info"; "warn" for the MPI ranks
+/// other than 0, which would repeat rank 0's lines).
+pub fn init(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     match format {

@@ -172,7 +172,7 @@ fn print_rejects(rejects: &[Reject], at_most: usize) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    logging::init(cli.log_format, "info");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

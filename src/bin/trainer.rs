@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use data_prep::logging::{self, LogFormat};
 use lossbench::config::{self, DeviceChoice};
+use lossbench::dist::Dist;
 use lossbench::train::{EXIT_REQUEUE, Ending, Run};
 
 #[derive(Parser)]
@@ -104,17 +105,21 @@ fn overrides(a: &TrainArgs) -> Result<config::Overrides> {
     Ok(o)
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli, dist: Dist) -> Result<ExitCode> {
     match cli.command {
         Command::Train(a) => {
             let config = config::load(&a.config, overrides(&a)?)?;
-            let mut run = Run::new(config, a.resume == Resume::Auto)?;
+            let mut run = Run::new(config, a.resume == Resume::Auto, dist)?;
+            let root = run.dist.is_root();
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
                 signal_hook::flag::register(signal, run.stop.clone())?;
             }
-            tracing::info!(run = %run.dir.display(), loss = %run.loss, from_epoch = run.start_epoch, "training");
+            tracing::info!(
+                run = %run.dir.display(), loss = %run.loss, from_epoch = run.start_epoch, ranks = run.dist.world_size, "training"
+            );
             let records = match run.train()? {
                 Ending::Finished(records) => records,
+                Ending::Stopped { .. } if !root => return Ok(ExitCode::from(EXIT_REQUEUE)),
                 Ending::Stopped { epoch, steps_into_epoch } => {
                     println!(
                         "stopped by a signal at epoch {epoch}, step {steps_into_epoch}; checkpointed in {}; \
@@ -124,6 +129,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::from(EXIT_REQUEUE));
                 }
             };
+            let test = run.test()?;
+            if !root {
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("{:>5} {:>11} {:>9} {:>13} {:>10} {:>8}", "epoch", "train loss", "val loss", "val F1 sample", "F1 micro", "img/s");
             for r in &records {
                 println!(
@@ -131,7 +140,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.epoch, r.train_loss, r.val_loss, r.val.samples.f1, r.val.micro.f1, r.images_per_s
                 );
             }
-            let test = run.test()?;
             let m = &test.metrics;
             println!(
                 "test (weights of epoch {}): F1 micro {:.4}, macro {:.4}, sample {:.4}; precision sample {:.4}, recall sample {:.4}",
@@ -145,8 +153,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
-    match run(cli) {
+    let dist = match Dist::init() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init(cli.log_format, if dist.is_root() { "info" } else { "warn" });
+    match run(cli, dist) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,0 +1,78 @@
+//! MPI data parallelism with real OpenMPI (`mpirun`): two ranks with one micro-batch each do
+//! the computation of one process accumulating the same two micro-batches.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{job, store, tensors};
+
+fn records(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("epochs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn two_ranks_equal_one_process_accumulating_their_micro_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = store(tmp.path());
+    let out = tmp.path().join("runs");
+    let args = |run_id: &str, accumulate: u32| -> Vec<String> {
+        let a = [
+            "train", "--config", &job("hamming"), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "--epochs", "2", "--seed", "5", "--device", "cpu", "--run-id", run_id, "--set", "train.batch_size=8",
+            "--set", &format!("train.accumulate={accumulate}"), "--set", "run.threads=1", "--set", "train.loader_threads=1",
+        ];
+        a.iter().map(|s| s.to_string()).collect()
+    };
+    let one = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("one", 2)).output().unwrap();
+    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    let two = Command::new("mpirun")
+        .args(["-np", "2", "--oversubscribe", env!("CARGO_BIN_EXE_trainer")])
+        .args(args("two", 1))
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&two.stderr);
+    assert!(two.status.success(), "{log}");
+    assert!(log.contains("ranks=2"), "the trainer did not see two ranks: {log}");
+
+    let (a, b) = (out.join("one"), out.join("two"));
+    // Several optimizer steps (36 training patches, 8 per step, 2 epochs): same weights.
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for ((na, ta), (nb, tb)) in tensors(&a.join("checkpoints/epoch-0002/model.safetensors"))
+        .iter()
+        .zip(tensors(&b.join("checkpoints/epoch-0002/model.safetensors")).iter())
+    {
+        assert_eq!(na, nb);
+        diff += (ta - tb).to_kind(tch::Kind::Double).square().sum(tch::Kind::Double).double_value(&[]);
+        norm += ta.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double).double_value(&[]);
+    }
+    let relative = (diff / norm).sqrt();
+    assert!(relative <= 1e-5, "weights differ: relative error {relative:e}");
+
+    // One record per epoch (rank 0 alone writes), identical validation counts and metrics.
+    let (ra, rb) = (records(&a), records(&b));
+    assert_eq!(ra.len(), 2);
+    assert_eq!(rb.len(), 2);
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!(x["val"], y["val"]);
+        let (la, lb) = (x["val_loss"].as_f64().unwrap(), y["val_loss"].as_f64().unwrap());
+        assert!((la - lb).abs() <= 1e-9 * la.abs(), "validation loss {la} vs {lb}");
+        assert_eq!(x["time"]["allreduce_s"], 0.0);
+        assert!(y["time"]["allreduce_s"].as_f64().unwrap() > 0.0, "{y}");
+    }
+    let test = |run: &Path| -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(run.join("test_metrics.json")).unwrap()).unwrap()["metrics"].clone()
+    };
+    assert_eq!(test(&a), test(&b));
+    // The test predictions, gathered from both ranks, are every patch's, as from one process.
+    let (pa, pb) = (common::predictions(&a), common::predictions(&b));
+    assert_eq!(pa.names, pb.names);
+    assert_eq!(pa.decisions, pb.decisions);
+    for (x, y) in pa.scores.iter().zip(&pb.scores) {
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "scores {x} vs {y}");
+    }
+}
