@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The loss study as one SLURM job array: every (loss, seed) is one array task that trains with
+# its MPI ranks launched by srun; a last job merges the results once every task has ended.
+#
+#   sbatch slurm/sweep.sh                                  # 7 losses x seeds 0 1 2
+#   LOSSES="ce focal" SEEDS="3 4" EPOCHS=10 sbatch slurm/sweep.sh
+#   sbatch --ntasks=4 --gpus-per-task=1 --time=24:00:00 slurm/sweep.sh
+#
+# Submitted with sbatch, this script first runs as a short planning job: it lists the runs still
+# to train (finished ones are skipped, unfinished ones resume from their last checkpoint),
+# submits itself again as a job array with the planning job's shape (tasks, nodes, CPUs and GPUs
+# per task, time limit, partition), and submits the collector behind the array. Each array task
+# is one run. Before the time limit SLURM signals the task (--signal below); the trainer
+# checkpoints and exits 75, and the task requeues itself and resumes. docs/cluster.md has the
+# details.
+#
+# Environment (defaults in brackets):
+#   LOSSES [ce wce focal hamming huber sparsemax ranking]   SEEDS [0 1 2]
+#   DATA [work/store.zarr]  OUT [work/runs]  RESULTS [<OUT>/../results]  REPORT [<OUT>/../report]
+#   EPOCHS [from the job config]  JOBS [jobs]  TRAIN_ARGS [extra trainer flags, e.g. --set ...]
+#   TRAINER, COLLECTOR [target/release/{trainer,collector}]  SRUN_MPI [site default; pmix for
+#   Debian's OpenMPI]  MAX_PARALLEL [no limit: tasks running at once]  SWEEP_SBATCH_ARGS [more
+#   sbatch options for the array tasks]
+#
+#SBATCH --job-name=lossbench
+#SBATCH --ntasks=1
+#SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+set -euo pipefail
+
+# The repository: the folder above this script (inside a job, sbatch runs a copy, so ask SLURM
+# for the submitted path).
+script="${SWEEP_SCRIPT:-}"
+if [[ -z "$script" && -n "${SLURM_JOB_ID:-}" ]]; then
+  script=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n1)
+fi
+[[ -n "$script" && -f "$script" ]] || script="${BASH_SOURCE[0]}"
+script=$(cd "$(dirname "$script")" && pwd)/$(basename "$script")
+repo=$(dirname "$(dirname "$script")")
+cd "${SLURM_SUBMIT_DIR:-$repo}"
+
+LOSSES="${LOSSES:-ce wce focal hamming huber sparsemax ranking}"
+SEEDS="${SEEDS:-0 1 2}"
+DATA="${DATA:-work/store.zarr}"
+OUT="${OUT:-work/runs}"
+RESULTS="${RESULTS:-$(dirname "$OUT")/results}"
+REPORT="${REPORT:-$(dirname "$OUT")/report}"
+JOBS="${JOBS:-$repo/jobs}"
+TRAINER="${TRAINER:-$repo/target/release/trainer}"
+COLLECTOR="${COLLECTOR:-$repo/target/release/collector}"
+LOGS="${LOGS:-$OUT/logs}"
+export SWEEP_SCRIPT="$script" LOSSES SEEDS DATA OUT RESULTS REPORT JOBS TRAINER COLLECTOR LOGS
+
+log() { echo "[sweep $(date +%H:%M:%S)] $*"; }
+
+run_finished() { [[ -f "$OUT/$1/test_metrics.json" ]]; }
+
+plan() {
+  [[ -x "$TRAINER" ]] || { echo "sweep: no trainer at $TRAINER (build it: make build)" >&2; exit 1; }
+  [[ -d "$DATA" ]] || { echo "sweep: no store at $DATA (set DATA)" >&2; exit 1; }
+  for loss in $LOSSES; do
+    [[ -f "$JOBS/$loss.toml" ]] || { echo "sweep: no job config $JOBS/$loss.toml (LOSSES=\"$LOSSES\")" >&2; exit 1; }
+  done
+  mkdir -p "$OUT/.sweep" "$LOGS"
+  local plan_file="$OUT/.sweep/plan-${SLURM_JOB_ID:-$$}.txt" n=0 skipped=0
+  : > "$plan_file"
+  for loss in $LOSSES; do
+    for seed in $SEEDS; do
+      if run_finished "$loss-seed$seed"; then
+        skipped=$((skipped + 1))
+      else
+        echo "$loss $seed" >> "$plan_file"
+        n=$((n + 1))
+      fi
+    done
+  done
+  log "$n run(s) to train or resume, $skipped finished run(s) kept; plan in $plan_file"
+
+  # The array tasks get this job's shape unless the script's #SBATCH lines say otherwise.
+  local shape=()
+  [[ -n "${SLURM_NTASKS:-}" ]] && shape+=("--ntasks=$SLURM_NTASKS")
+  [[ -n "${SLURM_JOB_NUM_NODES:-}" ]] && shape+=("--nodes=$SLURM_JOB_NUM_NODES")
+  [[ -n "${SLURM_CPUS_PER_TASK:-}" ]] && shape+=("--cpus-per-task=$SLURM_CPUS_PER_TASK")
+  [[ -n "${SLURM_GPUS_PER_TASK:-}" ]] && shape+=("--gpus-per-task=$SLURM_GPUS_PER_TASK")
+  [[ -n "${SLURM_GPUS_PER_NODE:-}" ]] && shape+=("--gpus-per-node=$SLURM_GPUS_PER_NODE")
+  [[ -n "${SLURM_JOB_PARTITION:-}" ]] && shape+=("--partition=$SLURM_JOB_PARTITION")
+  if [[ -n "${SLURM_JOB_ID:-}" ]]; then
+    local limit
+    limit=$(squeue -h -j "$SLURM_JOB_ID" -o %l 2>/dev/null || true)
+    [[ -n "$limit" && "$limit" != UNLIMITED && "$limit" != INVALID ]] && shape+=("--time=$limit")
+  fi
+  # shellcheck disable=SC2206
+  local extra=(${SWEEP_SBATCH_ARGS:-})
+
+  local dependency=()
+  if ((n > 0)); then
+    local array_id
+    array_id=$(sbatch --parsable --array="0-$((n - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}" "${shape[@]}" "${extra[@]}" \
+      --job-name=lossbench-train --output="$LOGS/%A_%a.out" --export=ALL,SWEEP_PLAN="$plan_file" "$script")
+    array_id=${array_id%%;*}
+    log "submitted array job $array_id (tasks 0-$((n - 1))); logs: $LOGS/${array_id}_<task>.out"
+    dependency=(--dependency="afterany:$array_id")
+  fi
+  local collect_id
+  collect_id=$(sbatch --parsable "${dependency[@]}" --ntasks=1 --nodes=1 --time=2:00:00 --job-name=lossbench-collect \
+    --output="$LOGS/collect-%j.out" --export=ALL,SWEEP_ROLE=collect "$script")
+  log "submitted collector job ${collect_id%%;*}; results: $RESULTS, report: $REPORT"
+}
+
+train_task() {
+  local line loss seed
+  line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$SWEEP_PLAN")
+  read -r loss seed <<< "$line"
+  [[ -n "$loss" && -n "$seed" ]] || { echo "sweep: task $SLURM_ARRAY_TASK_ID has no line in $SWEEP_PLAN" >&2; exit 1; }
+  local run_id="$loss-seed$seed"
+  if run_finished "$run_id"; then
+    log "$run_id already finished"
+    return 0
+  fi
+  local epochs=()
+  [[ -n "${EPOCHS:-}" ]] && epochs=(--epochs "$EPOCHS")
+  log "task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}: $run_id on $SLURM_NTASKS rank(s), restart ${SLURM_RESTART_COUNT:-0}"
+  # shellcheck disable=SC2206
+  local train_args=(${TRAIN_ARGS:-})
+  srun ${SRUN_MPI:+--mpi=$SRUN_MPI} --kill-on-bad-exit=1 "$TRAINER" train --config "$JOBS/$loss.toml" \
+    --seed "$seed" --data "$DATA" --out "$OUT" --run-id "$run_id" "${epochs[@]}" --resume auto \
+    --log-format json "${train_args[@]}" &
+  local step=$!
+  # The time-limit signal (and scancel --signal) reaches this script: pass it to the ranks,
+  # which finish their step, checkpoint and exit 75.
+  trap 'log "signal: asking the trainer to checkpoint"; kill -USR1 "$step" 2>/dev/null || true' USR1 TERM
+  local rc=0
+  while true; do
+    wait "$step" && rc=0 || rc=$?
+    kill -0 "$step" 2>/dev/null || break # wait returned for a trapped signal: keep waiting
+  done
+  trap - USR1 TERM
+  case "$rc" in
+    0) log "$run_id finished" ;;
+    75)
+      log "$run_id checkpointed before the time limit: requeueing"
+      scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" || log "requeue refused (already requeued?)"
+      ;;
+    *) log "$run_id failed with exit code $rc"; return "$rc" ;;
+  esac
+}
+
+collect() {
+  log "every training task has ended"
+  if [[ -x "$COLLECTOR" ]]; then
+    "$COLLECTOR" merge --runs "$OUT" --out "$RESULTS"
+    "$COLLECTOR" report --results "$RESULTS" --out "$REPORT"
+  else
+    log "no collector at $COLLECTOR; finished runs:"
+    for dir in "$OUT"/*/; do
+      run_finished "$(basename "$dir")" && echo "  $(basename "$dir")"
+    done
+  fi
+}
+
+if [[ -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
+  train_task
+elif [[ "${SWEEP_ROLE:-}" == collect ]]; then
+  collect
+else
+  plan
+fi

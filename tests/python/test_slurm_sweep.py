@@ -1,0 +1,131 @@
+"""`sbatch slurm/sweep.sh` on a real single-node SLURM (munge, slurmctld, slurmd from Debian,
+started by scripts/slurm-cluster.sh): 2 losses x 2 seeds x 2 epochs, every task with 2 MPI
+ranks launched by srun. One task is requeued by `scontrol requeue` and one is signalled as
+before a time limit; both resume from their checkpoints and end exactly as uninterrupted runs.
+A second sweep with one new seed trains only that run."""
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run
+
+TRAINER = ROOT / "target" / "release" / "trainer"
+SWEEP = ROOT / "slurm" / "sweep.sh"
+CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
+TRAIN_ARGS = "--set train.batch_size=16 --set train.loader_threads=1"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Under the repository, not pytest's private tmp: the munge user must reach its socket.
+    folder = ROOT / ".cache" / "slurm-test"
+    subprocess.run([str(CLUSTER), "start", str(folder)], check=True)
+    env = dict(os.environ, SLURM_CONF=str(folder / "slurm.conf"))
+    try:
+        yield env
+    finally:
+        subprocess.run(["scancel", "--user=root"], env=env)
+        subprocess.run([str(CLUSTER), "stop", str(folder)], check=True)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sweep")
+    run("synth", "--patches", "300", "--seed", "11", "--format", "v1", "--out", str(folder / "archive"))
+    run("convert", "--archive", str(folder / "archive"), "--out", str(folder / "store.zarr"))
+    return folder / "store.zarr"
+
+
+def sbatch_sweep(env, out: Path, data: Path, losses: str, seeds: str) -> str:
+    env = dict(env, LOSSES=losses, SEEDS=seeds, EPOCHS="2", DATA=str(data), OUT=str(out), TRAIN_ARGS=TRAIN_ARGS)
+    plan_log = out.parent / f"plan-{seeds.replace(' ', '_')}.out"
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--wait", "--ntasks=2", f"--output={plan_log}", str(SWEEP)],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    text = plan_log.read_text()
+    assert job.returncode == 0, text
+    return text
+
+
+def jobs_left(env) -> list[str]:
+    q = subprocess.run(["squeue", "-h", "-o", "%i %T"], env=env, capture_output=True, text=True, check=True)
+    return q.stdout.split("\n")[:-1]
+
+
+def wait_until(condition, what: str, timeout: float = 300):
+    start = time.time()
+    while not condition():
+        assert time.time() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def val_records(run_dir: Path) -> list:
+    lines = (run_dir / "epochs.jsonl").read_text().splitlines()
+    return [[r["epoch"], r["train_loss"], r["val"]] for r in map(json.loads, lines)]
+
+
+def train_uninterrupted(data: Path, out: Path, loss: str, seed: int) -> Path:
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    cmd = ["mpirun", "-np", "2", "--oversubscribe", str(TRAINER), "train", "--config", str(ROOT / "jobs" / f"{loss}.toml"),
+           "--seed", str(seed), "--data", str(data), "--out", str(out), "--epochs", "2", *TRAIN_ARGS.split()]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out / f"{loss}-seed{seed}"
+
+
+def test_sweep_trains_requeues_resumes_and_adds_runs(cluster, store, tmp_path):
+    env = cluster
+    out = tmp_path / "runs"
+    plan = sbatch_sweep(env, out, store, "ce focal", "1 2")
+    assert "4 run(s) to train or resume, 0 finished" in plan, plan
+    array = re.search(r"submitted array job (\d+)", plan).group(1)
+
+    # Task 1 (ce-seed2) is requeued by the administrator once it is into epoch 2; task 2
+    # (focal-seed1) gets the time-limit signal (USR1 to the batch script) the same way.
+    interrupted = {1: ("ce", 2, ["scontrol", "requeue", f"{array}_1"], "DUE TO JOB REQUEUE"),
+                   2: ("focal", 1, ["scancel", "--batch", "--signal=USR1", f"{array}_2"],
+                       "checkpointed before the time limit: requeueing")}
+    for task, (loss, seed, command, _) in interrupted.items():
+        run_dir = out / f"{loss}-seed{seed}"
+        wait_until(lambda: (run_dir / "checkpoints" / "epoch-0001").exists(), f"epoch 1 of {run_dir.name}")
+        time.sleep(1.0)
+        assert not (run_dir / "checkpoints" / "epoch-0002").exists(), "too late to interrupt"
+        subprocess.run(command, env=env, check=True)
+
+    wait_until(lambda: not jobs_left(env), "the array and the collector", timeout=600)
+    logs = out / "logs"
+    for loss in ["ce", "focal"]:
+        for seed in [1, 2]:
+            run_dir = out / f"{loss}-seed{seed}"
+            assert (run_dir / "test_metrics.json").exists(), f"{run_dir.name} did not finish"
+            assert [r[0] for r in val_records(run_dir)] == [1, 2]
+    for task, (loss, seed, _, expected) in interrupted.items():
+        log = (logs / f"{array}_{task}.out").read_text()
+        assert expected in log and "restart 1" in log and '"message":"resuming"' in log, log
+        # The same run without interruption, on 2 ranks: bit-identical weights and records.
+        whole = train_uninterrupted(store, tmp_path / "whole", loss, seed)
+        resumed = out / f"{loss}-seed{seed}"
+        for name in ["model.safetensors", "optimizer.safetensors"]:
+            a = (whole / "checkpoints" / "epoch-0002" / name).read_bytes()
+            b = (resumed / "checkpoints" / "epoch-0002" / name).read_bytes()
+            assert a == b, f"{resumed.name}: {name} differs from the uninterrupted run"
+        assert val_records(whole) == val_records(resumed)
+        assert json.loads((whole / "test_metrics.json").read_text()) == json.loads((resumed / "test_metrics.json").read_text())
+    collect_logs = list(logs.glob("collect-*.out"))
+    assert len(collect_logs) == 1
+    assert "every training task has ended" in collect_logs[0].read_text()
+
+    # A rerun with a new seed trains only the new run; finished ones are not touched.
+    kept = out / "ce-seed1" / "test_metrics.json"
+    before = kept.stat().st_mtime_ns
+    plan = sbatch_sweep(env, out, store, "ce", "1 3")
+    assert "1 run(s) to train or resume, 1 finished run(s) kept" in plan, plan
+    wait_until(lambda: not jobs_left(env), "the second sweep", timeout=300)
+    assert (out / "ce-seed3" / "test_metrics.json").exists()
+    assert kept.stat().st_mtime_ns == before
