@@ -61,6 +61,7 @@ bench: deps build
 	scripts/bench-data-prep.sh
 	$(CARGO) build --release --locked --example train_bench
 	$(PY) scripts/bench/bench_trainer.py
+	$(PY) scripts/bench/bench_mpi.py
 
 clean:
 	rm -rf $(WORK) target
