@@ -23,6 +23,7 @@ deps:
 	@scripts/setup-system.sh
 	@scripts/setup-python.sh
 	@scripts/setup-libtorch.sh
+	@scripts/setup-torch-python.sh
 
 build:
 	$(CARGO) build --release --locked --workspace $(FEATURES)
@@ -33,8 +34,10 @@ test: deps test-rust test-python
 test-rust:
 	$(CARGO) test --release --locked --workspace $(FEATURES)
 
+# The zennit comparison needs Python torch (.cache/venv-torch); the rest runs in .cache/venv.
 test-python:
-	$(VENV)/bin/pytest -q tests/python
+	$(VENV)/bin/pytest -q tests/python --ignore=tests/python/test_lrp_zennit.py
+	.cache/venv-torch/bin/pytest -q tests/python/test_lrp_zennit.py
 
 # Synthetic archive → data-prep → each of the seven losses trained a few epochs on the CPU
 # → a table of validation F1 per loss and epoch.
@@ -57,7 +60,6 @@ demo: deps build
 	@echo; echo "store: $(WORK)/demo/store.zarr (docs/store.md); runs: $(WORK)/demo/runs (docs/training.md)"
 
 bench: deps build
-	scripts/setup-torch-python.sh
 	scripts/bench-data-prep.sh
 	$(CARGO) build --release --locked --example train_bench
 	$(PY) scripts/bench/bench_trainer.py

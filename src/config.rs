@@ -17,6 +17,7 @@ pub struct Config {
     pub train: TrainSection,
     pub loss: LossSection,
     pub checkpoint: CheckpointSection,
+    pub lrp: LrpSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +78,22 @@ pub struct LossSection {
 pub struct CheckpointSection {
     /// Newest checkpoints kept besides the best one.
     pub keep_last: usize,
+}
+
+/// LRP snapshots during training (docs/lrp.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrpSection {
+    /// A snapshot after every this many epochs; 0 = none.
+    pub every: u32,
+    /// Probe patches picked from the validation split (rare classes first) when `patches` is empty.
+    pub probes: usize,
+    /// Probe patches by name, from any split.
+    #[serde(default)]
+    pub patches: Vec<String>,
+    pub composite: crate::lrp::Composite,
+    /// ε of the epsilon rule.
+    pub epsilon: f64,
 }
 
 /// Where a key's value came from.
@@ -234,6 +251,10 @@ impl Config {
         at_least_one("train.loader_threads", t.loader_threads)?;
         at_least_one("train.prefetch_batches", t.prefetch_batches)?;
         at_least_one("checkpoint.keep_last", self.checkpoint.keep_last)?;
+        if self.lrp.every > 0 && self.lrp.patches.is_empty() {
+            at_least_one("lrp.probes", self.lrp.probes)?;
+        }
+        positive("lrp.epsilon", self.lrp.epsilon)?;
         let l = &self.loss;
         if !losses::NAMES.contains(&l.name.as_str()) {
             return Err(("loss.name", format!("unknown loss {:?}; expected one of {}", l.name, losses::NAMES.join(", "))));

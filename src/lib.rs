@@ -7,11 +7,18 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dist;
+pub mod explain;
 pub mod losses;
+pub mod lrp;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod render;
 pub mod results;
 pub mod train;
 
 pub use data_prep::{labels, layout, store};
+
+/// Torch's random generator is global: unit tests that seed it must not interleave.
+#[cfg(test)]
+pub(crate) static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());

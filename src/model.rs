@@ -13,7 +13,42 @@ use crate::labels::NUM_CLASSES;
 
 const CONV_DROPOUT: f64 = 0.25;
 const FC_DROPOUT: f64 = 0.5;
-const HIDDEN: i64 = 128;
+/// Width of each branch's dense block and of the fusion block.
+pub const HIDDEN: i64 = 128;
+/// BatchNorm's ε (tch's and PyTorch's default).
+pub const BN_EPS: f64 = 1e-5;
+
+/// One branch of the network: its variable prefix, input channels and side, and per conv block
+/// (output channels, kernel, 2x2 max-pool after it).
+pub struct BranchSpec {
+    pub name: &'static str,
+    pub channels: i64,
+    pub side: i64,
+    pub convs: &'static [(i64, i64, bool)],
+}
+
+/// The three branches, in the order their outputs are fused (the store's band groups).
+pub const BRANCHES: [BranchSpec; 3] = [
+    BranchSpec { name: "b10m", channels: 4, side: 120, convs: &[(32, 5, true), (32, 5, true), (64, 3, false)] },
+    BranchSpec { name: "b20m", channels: 6, side: 60, convs: &[(32, 3, true), (32, 3, false), (64, 3, false)] },
+    BranchSpec { name: "b60m", channels: 2, side: 20, convs: &[(32, 2, false), (32, 2, false), (32, 2, false)] },
+];
+
+/// "Same" convolutions: odd kernels pad symmetrically inside the conv (this padding); even
+/// kernels get [`pad_even_kernel`] first.
+pub fn conv_padding(kernel: i64) -> i64 {
+    if kernel % 2 == 1 { kernel / 2 } else { 0 }
+}
+
+/// Even kernels pad one more on the right and bottom, as PyTorch's `padding="same"` does.
+pub fn pad_even_kernel(x: &Tensor, kernel: i64) -> Tensor {
+    if kernel % 2 == 0 {
+        let extra = kernel - 1;
+        x.constant_pad_nd([extra / 2, extra - extra / 2, extra / 2, extra - extra / 2])
+    } else {
+        x.shallow_clone()
+    }
+}
 
 /// BatchNorm as PyTorch initialises it (scale 1, shift 0), not tch's random scale.
 fn batch_norm_config() -> nn::BatchNormConfig {
@@ -37,7 +72,7 @@ struct ConvBlock {
 impl ConvBlock {
     fn new(p: &nn::Path, c_in: i64, c_out: i64, kernel: i64) -> Self {
         let config = nn::ConvConfig {
-            padding: if kernel % 2 == 1 { kernel / 2 } else { 0 },
+            padding: conv_padding(kernel),
             ws_init: xavier(c_in * kernel * kernel, c_out * kernel * kernel),
             bs_init: nn::Init::Const(0.0),
             ..Default::default()
@@ -50,13 +85,7 @@ impl ConvBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = if self.kernel % 2 == 0 {
-            let extra = self.kernel - 1;
-            x.constant_pad_nd([extra / 2, extra - extra / 2, extra / 2, extra - extra / 2])
-        } else {
-            x.shallow_clone()
-        };
-        self.conv.forward(&x).apply_t(&self.bn, train).relu()
+        self.conv.forward(&pad_even_kernel(x, self.kernel)).apply_t(&self.bn, train).relu()
     }
 }
 
@@ -86,18 +115,18 @@ struct Branch {
 }
 
 impl Branch {
-    /// `layers`: (output channels, kernel, pool after) per conv block.
-    fn new(p: &nn::Path, c_in: i64, side: i64, layers: &[(i64, i64, bool)]) -> Self {
-        let (mut c, mut s) = (c_in, side);
+    fn new(p: &nn::Path, spec: &BranchSpec) -> Self {
+        let p = p / spec.name;
+        let (mut c, mut s) = (spec.channels, spec.side);
         let mut convs = Vec::new();
-        for (i, &(c_out, kernel, pool)) in layers.iter().enumerate() {
-            convs.push((ConvBlock::new(&(p / format!("conv{}", i + 1)), c, c_out, kernel), pool));
+        for (i, &(c_out, kernel, pool)) in spec.convs.iter().enumerate() {
+            convs.push((ConvBlock::new(&(&p / format!("conv{}", i + 1)), c, c_out, kernel), pool));
             c = c_out;
             if pool {
                 s /= 2;
             }
         }
-        Branch { convs, dense: DenseBlock::new(&(p / "dense"), c * s * s, HIDDEN) }
+        Branch { convs, dense: DenseBlock::new(&(&p / "dense"), c * s * s, HIDDEN) }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -131,10 +160,11 @@ impl KBranch {
             bs_init: Some(nn::Init::Const(0.0)),
             bias: true,
         };
+        let [b10m, b20m, b60m] = &BRANCHES;
         KBranch {
-            b10m: Branch::new(&(p / "b10m"), 4, 120, &[(32, 5, true), (32, 5, true), (64, 3, false)]),
-            b20m: Branch::new(&(p / "b20m"), 6, 60, &[(32, 3, true), (32, 3, false), (64, 3, false)]),
-            b60m: Branch::new(&(p / "b60m"), 2, 20, &[(32, 2, false), (32, 2, false), (32, 2, false)]),
+            b10m: Branch::new(p, b10m),
+            b20m: Branch::new(p, b20m),
+            b60m: Branch::new(p, b60m),
             fusion: DenseBlock::new(&(p / "fusion"), 3 * HIDDEN, HIDDEN),
             head: nn::linear(p / "head", HIDDEN, NUM_CLASSES as i64, head_config),
         }
@@ -160,8 +190,7 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
-    /// Torch's random generator is global: tests that seed it must not interleave.
-    static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    use crate::TORCH_RNG;
 
     fn inputs(batch: i64) -> (Tensor, Tensor, Tensor) {
         tch::manual_seed(99);

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, UInt8Builder};
-use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray, UInt8Array, UInt32Array};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::labels::NUM_CLASSES;
+use crate::labels::{BEN19, NUM_CLASSES};
 use crate::store::SplitData;
 
 /// `test_predictions.parquet`: one row per test patch, in split order, with columns
@@ -37,13 +37,74 @@ pub fn write_predictions(path: &Path, split: &SplitData, logits: &[f32], decisio
         ("scores", Arc::new(scores.finish()) as ArrayRef),
         ("decisions", Arc::new(decided.finish()) as ArrayRef),
     ])?;
+    write_parquet(path, &[batch])
+}
+
+/// Writes record batches (one schema) as a zstd Parquet file atomically: under a temporary
+/// name, synced, then renamed, so a reader never sees a half-written file.
+pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<()> {
+    let schema = batches.first().context("nothing to write")?.schema();
     let tmp = path.with_extension("parquet.tmp");
     let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).build();
     let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-    writer.write(&batch)?;
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
     writer.close()?;
     fs::File::open(&tmp)?.sync_all()?;
     fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(())
+}
+
+/// Values per combined heatmap (120 x 120) and per full set of band maps.
+pub const MAP_VALUES: usize = 120 * 120;
+pub const BAND_MAP_VALUES: usize = 4 * 120 * 120 + 6 * 60 * 60 + 2 * 20 * 20;
+/// Bands in store order: b10m (4), b20m (6), b60m (2).
+pub const BANDS: usize = 12;
+
+/// One explained (patch, class).
+pub struct HeatmapRow {
+    pub epoch: u32,
+    pub patch: String,
+    pub class_index: u8,
+    /// The patch carries the class / the model predicted it.
+    pub is_true: bool,
+    pub is_predicted: bool,
+    pub logit: f32,
+    /// Combined 120x120 map, row-major.
+    pub map: Vec<f32>,
+    pub band_totals: Vec<f32>,
+    /// The per-band maps at native resolution, flattened b10m, b20m, b60m (`trainer explain` only).
+    pub bands: Option<Vec<f32>>,
+}
+
+fn float_lists(rows: &[HeatmapRow], width: usize, values: impl Fn(&HeatmapRow) -> &[f32]) -> ArrayRef {
+    let mut b = FixedSizeListBuilder::with_capacity(Float32Builder::with_capacity(rows.len() * width), width as i32, rows.len());
+    for r in rows {
+        b.values().append_slice(values(r));
+        b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
+/// Heatmaps as Parquet (docs/lrp.md): `epoch`, `patch`, `class`, `class_index`, `is_true`,
+/// `is_predicted`, `logit`, `map` (14,400 x float32), `band_totals` (12 x float32), and
+/// `bands` (80,000 x float32) when every row has them.
+pub fn write_heatmaps(path: &Path, rows: &[HeatmapRow]) -> Result<()> {
+    let mut columns: Vec<(&str, ArrayRef)> = vec![
+        ("epoch", Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.epoch)))),
+        ("patch", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.patch.as_str())))),
+        ("class", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| BEN19[r.class_index as usize])))),
+        ("class_index", Arc::new(UInt8Array::from_iter_values(rows.iter().map(|r| r.class_index)))),
+        ("is_true", Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.is_true))))),
+        ("is_predicted", Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.is_predicted))))),
+        ("logit", Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.logit)))),
+        ("map", float_lists(rows, MAP_VALUES, |r| &r.map)),
+        ("band_totals", float_lists(rows, BANDS, |r| &r.band_totals)),
+    ];
+    if rows.iter().all(|r| r.bands.is_some()) {
+        columns.push(("bands", float_lists(rows, BAND_MAP_VALUES, |r| r.bands.as_deref().unwrap_or_default())));
+    }
+    write_parquet(path, &[RecordBatch::try_from_iter(columns)?])
 }

@@ -185,6 +185,25 @@ pub struct Run {
     bucket_buffers: Vec<Vec<f32>>,
     /// BatchNorm running statistics and counters: the variables without gradients.
     bn_state: Vec<Tensor>,
+    /// The patches explained by each LRP snapshot: their split and indices.
+    probes: (Arc<SplitData>, Vec<usize>),
+}
+
+/// The LRP probe patches: the configured names (looked up in validation, test, then training),
+/// or the default pick from the validation split.
+fn resolve_probes(config: &Config, splits: [&Arc<SplitData>; 3]) -> Result<(Arc<SplitData>, Vec<usize>)> {
+    let [train, val, test] = splits;
+    let names = &config.lrp.patches;
+    if names.is_empty() {
+        return Ok((val.clone(), crate::lrp::pick_probes(&val.labels, config.lrp.probes)));
+    }
+    for split in [val, test, train] {
+        let found: Vec<Option<usize>> = names.iter().map(|n| split.names.iter().position(|m| m == n)).collect();
+        if found.iter().all(Option::is_some) {
+            return Ok((split.clone(), found.into_iter().flatten().collect()));
+        }
+    }
+    bail!("lrp.patches: the patches {names:?} are not all in one split of {}", config.run.data.display())
 }
 
 impl Run {
@@ -241,9 +260,10 @@ impl Run {
         let mut bn_state: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).collect();
         bn_state.sort_by(|a, b| a.0.cmp(&b.0));
         let bn_state = bn_state.into_iter().map(|(_, t)| t).collect();
+        let probes = resolve_probes(&config, [&train, &val, &test])?;
         let mut run = Run { config, dir, device, train, val, test, norm, loss, vs, model, adam, start_epoch: 1,
             skip_steps: 0, partial_loss_sum: 0.0, best_epoch: 0, best_f1: -1.0, stop: Arc::new(AtomicBool::new(false)),
-            dist, buckets, bucket_buffers, bn_state };
+            dist, buckets, bucket_buffers, bn_state, probes };
         if checkpoint::exists(&run.dir)? {
             if !resume {
                 bail!(
@@ -540,6 +560,34 @@ impl Run {
         Ok(outcome)
     }
 
+    /// The model's current weights, on the CPU, by name.
+    pub fn weights(&self) -> Vec<(String, Tensor)> {
+        self.named_variables().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu))).collect()
+    }
+
+    /// Writes `lrp/epoch-NNNN.parquet`: the probe patches explained for their true and
+    /// predicted classes with the current weights.
+    fn lrp_snapshot(&self, epoch: u32) -> Result<()> {
+        let (split, indices) = &self.probes;
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let batch = crate::data::read_batch(split, &self.norm, indices)?;
+        let predicted = tch::no_grad(|| self.loss.decide(&self.forward(&batch.inputs, false)).to_device(Device::Cpu).reshape([-1]));
+        let predicted = Vec::<u8>::try_from(predicted).context("reading decisions")?;
+        let truth: Vec<u8> = indices.iter().flat_map(|&i| split.labels_of(i).iter().copied()).collect();
+        let names: Vec<String> = indices.iter().map(|&i| split.names[i].clone()).collect();
+        let lrp = &self.config.lrp;
+        let explainer = crate::lrp::Explainer::new(&self.weights(), lrp.composite, lrp.epsilon)?;
+        let rows = crate::lrp::explain_patches(&explainer, &batch.inputs, &names, &truth, &predicted, None, epoch, false)?;
+        let dir = self.dir.join("lrp");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::results::write_heatmaps(&dir.join(format!("epoch-{epoch:04}.parquet")), &rows)?;
+        tracing::info!(epoch, maps = rows.len(), seconds = format!("{:.1}", started.elapsed().as_secs_f64()), "LRP snapshot written");
+        Ok(())
+    }
+
     /// Records of epochs before `start_epoch` survive a resume; later ones (an epoch recorded
     /// but killed before its checkpoint) are dropped, since that epoch is trained again.
     fn open_records(&self) -> Result<fs::File> {
@@ -603,6 +651,10 @@ impl Run {
                 images_per_s = format!("{:.0}", record.images_per_s),
                 "epoch done"
             );
+            let every = self.config.lrp.every;
+            if self.dist.is_root() && every > 0 && epoch % every == 0 {
+                self.lrp_snapshot(epoch)?;
+            }
             if record.val.samples.f1 > self.best_f1 {
                 self.best_f1 = record.val.samples.f1;
                 self.best_epoch = epoch;

@@ -31,6 +31,33 @@ enum Resume {
 enum Command {
     /// Train one run (one loss, one seed).
     Train(TrainArgs),
+    /// LRP heatmaps of any patches with a run's weights (docs/lrp.md).
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// The run folder.
+    #[arg(long)]
+    run: PathBuf,
+    /// The epoch whose checkpoint to use (default: the best epoch).
+    #[arg(long)]
+    epoch: Option<u32>,
+    /// Patch names (any split). Repeatable.
+    #[arg(long = "patch", required = true)]
+    patches: Vec<String>,
+    /// BigEarthNet-19 class names (default: each patch's true and predicted classes). Repeatable.
+    #[arg(long = "class")]
+    classes: Vec<String>,
+    /// Output folder: heatmaps.parquet and <patch>/<class>.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// The store (default: the run's run.data).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// epsilon-plus-flat | epsilon | alpha1-beta0 (default: the run's lrp.composite).
+    #[arg(long)]
+    composite: Option<lossbench::lrp::Composite>,
 }
 
 #[derive(Args)]
@@ -107,6 +134,19 @@ fn overrides(a: &TrainArgs) -> Result<config::Overrides> {
 
 fn run(cli: Cli, dist: Dist) -> Result<ExitCode> {
     match cli.command {
+        Command::Explain(a) => {
+            let request = lossbench::explain::Request {
+                run: a.run,
+                epoch: a.epoch,
+                patches: a.patches,
+                classes: a.classes,
+                out: a.out,
+                data: a.data,
+                composite: a.composite,
+            };
+            let n = lossbench::explain::explain(&request)?;
+            println!("{n} heatmap(s) in {} (heatmaps.parquet and <patch>/<class>.png)", request.out.display());
+        }
         Command::Train(a) => {
             let config = config::load(&a.config, overrides(&a)?)?;
             let mut run = Run::new(config, a.resume == Resume::Auto, dist)?;
