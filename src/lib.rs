@@ -4,6 +4,7 @@
 //! sides use one definition.
 
 pub mod checkpoint;
+pub mod collector;
 pub mod config;
 pub mod data;
 pub mod dist;
@@ -14,7 +15,9 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod render;
+pub mod report;
 pub mod results;
+pub mod run_info;
 pub mod train;
 
 pub use data_prep::{labels, layout, store};

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, UInt8Builder};
 use arrow_array::{ArrayRef, BooleanArray, Float32Array, RecordBatch, StringArray, UInt8Array, UInt32Array};
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
@@ -55,6 +56,35 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<()> {
     fs::File::open(&tmp)?.sync_all()?;
     fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(())
+}
+
+/// Every `*.parquet` file of a table folder (`results/<table>/`), in name order; only the named
+/// top-level columns when `columns` is given. A missing folder is an empty table.
+pub fn read_table(dir: &Path, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+    let mut files: Vec<std::path::PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        out.extend(read_parquet(&path, columns)?);
+    }
+    Ok(out)
+}
+
+/// One Parquet file's record batches; only the named top-level columns when `columns` is given.
+pub fn read_parquet(path: &Path, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| format!("reading {}", path.display()))?;
+    if let Some(names) = columns {
+        let roots: Vec<usize> =
+            builder.schema().fields().iter().enumerate().filter(|(_, f)| names.contains(&f.name().as_str())).map(|(i, _)| i).collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        builder = builder.with_projection(mask);
+    }
+    builder.build()?.map(|b| b.with_context(|| format!("reading {}", path.display()))).collect()
 }
 
 /// Values per combined heatmap (120 x 120) and per full set of band maps.

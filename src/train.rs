@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
@@ -55,7 +55,7 @@ enum EpochEnd {
 }
 
 /// Where one epoch's training time went on rank 0, seconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct StepTimes {
     /// Forward, backward and optimizer step.
     pub compute_s: f64,
@@ -74,7 +74,7 @@ pub struct Evaluation {
 }
 
 /// `test_metrics.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestOutcome {
     /// The epoch whose weights were tested (best validation F1, sample average).
     pub best_epoch: u32,
@@ -90,7 +90,7 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// One line of `epochs.jsonl`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: u32,
     pub train_loss: f64,
@@ -103,6 +103,7 @@ pub struct EpochRecord {
     /// Share of the training time spent waiting for the next batch.
     pub data_wait_fraction: f64,
     /// The training time broken down (rank 0's).
+    #[serde(default)]
     pub time: StepTimes,
     pub val: Metrics,
 }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use data_prep::logging::{self, LogFormat};
 use lossbench::config::{self, DeviceChoice};
 use lossbench::dist::Dist;
+use lossbench::run_info::{RunInfo, Status};
 use lossbench::train::{EXIT_REQUEUE, Ending, Run};
 
 #[derive(Parser)]
@@ -151,43 +152,65 @@ fn run(cli: Cli, dist: Dist) -> Result<ExitCode> {
             let config = config::load(&a.config, overrides(&a)?)?;
             let mut run = Run::new(config, a.resume == Resume::Auto, dist)?;
             let root = run.dist.is_root();
-            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
-                signal_hook::flag::register(signal, run.stop.clone())?;
-            }
-            tracing::info!(
-                run = %run.dir.display(), loss = %run.loss, from_epoch = run.start_epoch, ranks = run.dist.world_size, "training"
-            );
-            let records = match run.train()? {
-                Ending::Finished(records) => records,
-                Ending::Stopped { .. } if !root => return Ok(ExitCode::from(EXIT_REQUEUE)),
-                Ending::Stopped { epoch, steps_into_epoch } => {
-                    println!(
-                        "stopped by a signal at epoch {epoch}, step {steps_into_epoch}; checkpointed in {}; \
-                         rerun with --resume auto to continue",
-                        run.dir.display()
-                    );
-                    return Ok(ExitCode::from(EXIT_REQUEUE));
-                }
+            let mut info = if root {
+                let c = &run.config;
+                Some(RunInfo::begin(&run.dir, &c.run_id(), &c.loss.name, c.run.seed, run.dist.world_size)?)
+            } else {
+                None
             };
-            let test = run.test()?;
-            if !root {
-                return Ok(ExitCode::SUCCESS);
+            let outcome = train_and_test(&mut run);
+            if let Some(info) = &mut info {
+                let status = match &outcome {
+                    Ok(code) if *code == ExitCode::from(EXIT_REQUEUE) => Status::Stopped,
+                    Ok(_) => Status::Finished,
+                    Err(_) => Status::Failed,
+                };
+                info.end(&run.dir, status)?;
             }
-            println!("{:>5} {:>11} {:>9} {:>13} {:>10} {:>8}", "epoch", "train loss", "val loss", "val F1 sample", "F1 micro", "img/s");
-            for r in &records {
-                println!(
-                    "{:>5} {:>11.4} {:>9.4} {:>13.4} {:>10.4} {:>8.0}",
-                    r.epoch, r.train_loss, r.val_loss, r.val.samples.f1, r.val.micro.f1, r.images_per_s
-                );
-            }
-            let m = &test.metrics;
-            println!(
-                "test (weights of epoch {}): F1 micro {:.4}, macro {:.4}, sample {:.4}; precision sample {:.4}, recall sample {:.4}",
-                test.best_epoch, m.micro.f1, m.macro_avg.f1, m.samples.f1, m.samples.precision, m.samples.recall
-            );
-            println!("results in {}", run.dir.display());
+            return outcome;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Trains the remaining epochs, then tests; prints a summary on rank 0.
+fn train_and_test(run: &mut Run) -> Result<ExitCode> {
+    let root = run.dist.is_root();
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+        signal_hook::flag::register(signal, run.stop.clone())?;
+    }
+    tracing::info!(
+        run = %run.dir.display(), loss = %run.loss, from_epoch = run.start_epoch, ranks = run.dist.world_size, "training"
+    );
+    let records = match run.train()? {
+        Ending::Finished(records) => records,
+        Ending::Stopped { .. } if !root => return Ok(ExitCode::from(EXIT_REQUEUE)),
+        Ending::Stopped { epoch, steps_into_epoch } => {
+            println!(
+                "stopped by a signal at epoch {epoch}, step {steps_into_epoch}; checkpointed in {}; \
+                 rerun with --resume auto to continue",
+                run.dir.display()
+            );
+            return Ok(ExitCode::from(EXIT_REQUEUE));
+        }
+    };
+    let test = run.test()?;
+    if !root {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:>5} {:>11} {:>9} {:>13} {:>10} {:>8}", "epoch", "train loss", "val loss", "val F1 sample", "F1 micro", "img/s");
+    for r in &records {
+        println!(
+            "{:>5} {:>11.4} {:>9.4} {:>13.4} {:>10.4} {:>8.0}",
+            r.epoch, r.train_loss, r.val_loss, r.val.samples.f1, r.val.micro.f1, r.images_per_s
+        );
+    }
+    let m = &test.metrics;
+    println!(
+        "test (weights of epoch {}): F1 micro {:.4}, macro {:.4}, sample {:.4}; precision sample {:.4}, recall sample {:.4}",
+        test.best_epoch, m.micro.f1, m.macro_avg.f1, m.samples.f1, m.samples.precision, m.samples.recall
+    );
+    println!("results in {}", run.dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
