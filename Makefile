@@ -15,7 +15,7 @@ FEATURES := --features lossbench/mpi
 
 export LOSSBENCH_DATA_PREP := $(abspath $(DATA_PREP))
 
-.PHONY: all deps build test test-rust test-python demo bench clean
+.PHONY: all deps deps-torch build test test-rust test-python demo bench clean
 
 all: build
 
@@ -23,13 +23,16 @@ deps:
 	@scripts/setup-system.sh
 	@scripts/setup-python.sh
 	@scripts/setup-libtorch.sh
+
+# Python PyTorch + zennit (2.7 GB): the LRP check against zennit and the benchmark peers.
+deps-torch:
 	@scripts/setup-torch-python.sh
 
 build:
 	$(CARGO) build --release --locked --workspace $(FEATURES)
 
 # cargo test builds the binaries the Python tests run (target/release/data-prep).
-test: deps test-rust test-python
+test: deps deps-torch test-rust test-python
 
 test-rust:
 	$(CARGO) test --release --locked --workspace $(FEATURES)
@@ -40,7 +43,7 @@ test-python:
 	.cache/venv-torch/bin/pytest -q tests/python/test_lrp_zennit.py
 
 # Synthetic archive → data-prep → each of the seven losses trained a few epochs on the CPU
-# → a table of validation F1 per loss and epoch.
+# → a table of validation F1 per loss and epoch → the merged Parquet tables and the report.
 DEMO_EPOCHS ?= 3
 # Small CPU runs: smaller batches and a larger step than the study's 1024 / 1e-4.
 DEMO_TRAIN_FLAGS ?= --set train.batch_size=32 --set train.lr=1e-3
@@ -57,9 +60,12 @@ demo: deps build
 	done
 	@echo
 	@$(PY) scripts/demo_table.py $(WORK)/demo/store.zarr $(WORK)/demo/runs
+	target/release/collector merge --runs $(WORK)/demo/runs --out $(WORK)/demo/results
+	target/release/collector report --results $(WORK)/demo/results --out $(WORK)/demo/report
 	@echo; echo "store: $(WORK)/demo/store.zarr (docs/store.md); runs: $(WORK)/demo/runs (docs/training.md)"
+	@echo "tables: $(WORK)/demo/results/<table>/*.parquet (docs/results.md); report: $(WORK)/demo/report/index.html"
 
-bench: deps build
+bench: deps deps-torch build
 	scripts/bench-data-prep.sh
 	$(CARGO) build --release --locked --example train_bench
 	$(PY) scripts/bench/bench_trainer.py

@@ -18,6 +18,9 @@ command -v munged >/dev/null || missing+=(munge)
 command -v slurmctld >/dev/null || missing+=(slurmctld)
 command -v slurmd >/dev/null || missing+=(slurmd)
 command -v sbatch >/dev/null || missing+=(slurm-client)
+# Headless Chromium renders the collector's report in its test; DejaVu gives it a font.
+command -v chromium >/dev/null || missing+=(chromium)
+[[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
 if ((${#missing[@]})); then
   echo "setup-system: apt-get install ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

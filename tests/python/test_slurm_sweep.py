@@ -17,7 +17,7 @@ from conftest import ROOT, run
 TRAINER = ROOT / "target" / "release" / "trainer"
 SWEEP = ROOT / "slurm" / "sweep.sh"
 CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
-TRAIN_ARGS = "--set train.batch_size=16 --set train.loader_threads=1"
+TRAIN_ARGS = "--set train.batch_size=16 --set train.loader_threads=1 --set lrp.probes=2"
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,11 @@ def test_sweep_trains_requeues_resumes_and_adds_runs(cluster, store, tmp_path):
         assert json.loads((whole / "test_metrics.json").read_text()) == json.loads((resumed / "test_metrics.json").read_text())
     collect_logs = list(logs.glob("collect-*.out"))
     assert len(collect_logs) == 1
-    assert "every training task has ended" in collect_logs[0].read_text()
+    text = collect_logs[0].read_text()
+    assert "every training task has ended" in text and "merged 4 run(s)" in text, text
+    # The collector ran behind the array: tables and report are there.
+    assert len(list((tmp_path / "results" / "test_metrics").glob("*.parquet"))) == 4
+    assert (tmp_path / "report" / "index.html").is_file()
 
     # A rerun with a new seed trains only the new run; finished ones are not touched.
     kept = out / "ce-seed1" / "test_metrics.json"
