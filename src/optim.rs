@@ -52,11 +52,15 @@ impl Adam {
                 if self.decay[i] != 0.0 {
                     g = g + &*p * self.decay[i];
                 }
-                let _ = self.m[i].g_mul_scalar_(self.beta1).g_add_(&(&g * (1.0 - self.beta1)));
-                let _ = self.v[i].g_mul_scalar_(self.beta2).g_add_(&(g.square() * (1.0 - self.beta2)));
-                let denom = (&self.v[i] / c2).sqrt() + self.eps;
-                let update = (&self.m[i] / c1) / denom * self.lr;
-                let _ = p.g_sub_(&update);
+                // In place, as PyTorch's single-tensor Adam: one temporary per parameter
+                // (two with weight decay) instead of one per operation.
+                let _ = self.m[i].lerp_(&g, 1.0 - self.beta1);
+                let _ = self.v[i].g_mul_scalar_(self.beta2).addcmul_(&g, &(&g * (1.0 - self.beta2)));
+                let step_size = self.lr / c1;
+                let mut denom = self.v[i].sqrt();
+                // p − step·m/(√v/√c2 + ε) as one addcdiv: the denominator carries −1/step.
+                let _ = denom.g_div_scalar_(c2.sqrt()).g_add_scalar_(self.eps).g_mul_scalar_(-1.0 / step_size);
+                let _ = p.addcdiv_(&self.m[i], &denom);
             }
         });
     }
