@@ -141,7 +141,8 @@ fn run_columns(r: &RunFolder, n: usize) -> Vec<(&'static str, ArrayRef)> {
 /// Precision/recall/F1 of each averaging, Hamming loss, subset accuracy and patch count, from
 /// optional metrics (null where a row has none).
 fn metric_columns(metrics: &[Option<&Metrics>]) -> Vec<(&'static str, ArrayRef)> {
-    let averagings: [([&'static str; 3], fn(&Metrics) -> Prf); 4] = [
+    type Averaging = ([&'static str; 3], fn(&Metrics) -> Prf);
+    let averagings: [Averaging; 4] = [
         (["micro_precision", "micro_recall", "micro_f1"], |m| m.micro),
         (["macro_precision", "macro_recall", "macro_f1"], |m| m.macro_avg),
         (["weighted_precision", "weighted_recall", "weighted_f1"], |m| m.weighted),

@@ -241,7 +241,7 @@ impl Config {
         }
         at_least_one("train.batch_size", t.batch_size)?;
         at_least_one("train.accumulate", t.accumulate)?;
-        if t.batch_size % t.accumulate != 0 {
+        if !t.batch_size.is_multiple_of(t.accumulate) {
             return Err(("train.accumulate", format!("must divide train.batch_size = {}", t.batch_size)));
         }
         positive("train.lr", t.lr)?;

@@ -11,7 +11,7 @@ use crate::config::{self, Config};
 use crate::data::{Normalizer, read_batch};
 use crate::labels::{BEN19, ben19_index};
 use crate::layout::Split;
-use crate::lrp::{Composite, Explainer, explain_patches};
+use crate::lrp::{Composite, Explainer, Patches, explain_patches};
 use crate::store::Store;
 
 pub struct Request {
@@ -72,7 +72,8 @@ pub fn explain(req: &Request) -> Result<usize> {
         let predicted = Vec::<u8>::try_from(loss.decide(&explainer.logits(&batch.inputs)).reshape([-1]))?;
         let truth: Vec<u8> = indices.iter().flat_map(|&i| data.labels_of(i).iter().copied()).collect();
         let names: Vec<String> = indices.iter().map(|&i| data.names[i].clone()).collect();
-        rows.extend(explain_patches(&explainer, &batch.inputs, &names, &truth, &predicted, classes.as_deref(), epoch, true)?);
+        let patches = Patches { inputs: &batch.inputs, names: &names, truth: &truth, predicted: &predicted };
+        rows.extend(explain_patches(&explainer, &patches, classes.as_deref(), epoch, true)?);
     }
     if !missing.is_empty() {
         bail!("no patch named {} in {}", missing.join(", "), data.display());

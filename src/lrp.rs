@@ -284,18 +284,24 @@ pub fn pick_probes(labels: &[u8], count: usize) -> Vec<usize> {
     chosen
 }
 
-/// Explains patches (rows of `inputs`) for their true and predicted classes (`truth`, `predicted`:
-/// row-major `[B, 19]` 0/1), or for `classes` when given.
+/// Patches to explain: model inputs (one row each), names, and their true and predicted labels
+/// (row-major `[B, 19]` 0/1).
+pub struct Patches<'a> {
+    pub inputs: &'a [Tensor; 3],
+    pub names: &'a [String],
+    pub truth: &'a [u8],
+    pub predicted: &'a [u8],
+}
+
+/// Explains patches for their true and predicted classes, or for `classes` when given.
 pub fn explain_patches(
     explainer: &Explainer,
-    inputs: &[Tensor; 3],
-    names: &[String],
-    truth: &[u8],
-    predicted: &[u8],
+    patches: &Patches,
     classes: Option<&[usize]>,
     epoch: u32,
     with_bands: bool,
 ) -> Result<Vec<HeatmapRow>> {
+    let Patches { inputs, names, truth, predicted } = *patches;
     let mut pairs: Vec<(usize, usize)> = Vec::new();
     for row in 0..names.len() {
         let at = |v: &[u8], c: usize| v[row * NUM_CLASSES + c] == 1;

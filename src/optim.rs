@@ -50,7 +50,7 @@ impl Adam {
                     continue;
                 }
                 if self.decay[i] != 0.0 {
-                    g = g + &*p * self.decay[i];
+                    g += &*p * self.decay[i];
                 }
                 // In place, as PyTorch's single-tensor Adam: one temporary per parameter
                 // (two with weight decay) instead of one per operation.

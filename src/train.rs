@@ -581,7 +581,8 @@ impl Run {
         let names: Vec<String> = indices.iter().map(|&i| split.names[i].clone()).collect();
         let lrp = &self.config.lrp;
         let explainer = crate::lrp::Explainer::new(&self.weights(), lrp.composite, lrp.epsilon)?;
-        let rows = crate::lrp::explain_patches(&explainer, &batch.inputs, &names, &truth, &predicted, None, epoch, false)?;
+        let patches = crate::lrp::Patches { inputs: &batch.inputs, names: &names, truth: &truth, predicted: &predicted };
+        let rows = crate::lrp::explain_patches(&explainer, &patches, None, epoch, false)?;
         let dir = self.dir.join("lrp");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         crate::results::write_heatmaps(&dir.join(format!("epoch-{epoch:04}.parquet")), &rows)?;

@@ -9,7 +9,7 @@ pub(super) fn loss(z: &Tensor, y: &Tensor, gamma: f64, alpha: Option<f64>) -> Te
     let pt = signed.sigmoid();
     let mut l = -(1f64 - pt).pow_tensor_scalar(gamma) * log_pt;
     if let Some(a) = alpha {
-        l = l * (a * y + (1.0 - a) * (1f64 - y));
+        l *= a * y + (1.0 - a) * (1f64 - y);
     }
     super::mean_all(l)
 }
