@@ -147,6 +147,64 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     assert_eq!(val_records(&a).len(), 3);
 }
 
+#[test]
+fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
+    use arrow_array::{Array, FixedSizeListArray, StringArray};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = store(tmp.path());
+    let split = lossbench::store::Store::open(&data).unwrap().split(lossbench::layout::Split::Validation).unwrap();
+    let probes = format!("lrp.patches=[\"{}\", \"{}\"]", split.names[1], split.names[0]);
+    let out = tmp.path().join("runs");
+    let o = trainer(&[
+        "train", "--config", &job("focal"), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "--epochs", "2", "--device", "cpu", "--set", "train.batch_size=16", "--set", "lrp.every=2", "--set", &probes,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = out.join("focal-seed0");
+    // every = 2: a snapshot after epoch 2 only, of the two named patches.
+    assert!(!run.join("lrp/epoch-0001.parquet").exists());
+    let read = |path: &Path| -> Vec<arrow_array::RecordBatch> {
+        let file = std::fs::File::open(path).unwrap();
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(Result::unwrap).collect()
+    };
+    let snapshot = read(&run.join("lrp/epoch-0002.parquet"));
+    let patches: std::collections::BTreeSet<String> = snapshot
+        .iter()
+        .flat_map(|b| b.column_by_name("patch").unwrap().as_any().downcast_ref::<StringArray>().unwrap().iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(patches, [split.names[0].clone(), split.names[1].clone()].into_iter().collect());
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["status"], "finished");
+    assert_eq!(info["attempts"].as_array().unwrap().len(), 1);
+
+    // explain: a test patch, two named classes, epoch 1's weights.
+    let test = lossbench::store::Store::open(&data).unwrap().split(lossbench::layout::Split::Test).unwrap();
+    let heatmaps = tmp.path().join("heatmaps");
+    let o = trainer(&[
+        "explain", "--run", run.to_str().unwrap(), "--epoch", "1", "--patch", &test.names[2], "--class", "Arable land",
+        "--class", "Marine waters", "--out", heatmaps.to_str().unwrap(), "--data", data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for png in ["Arable_land.png", "Marine_waters.png"] {
+        let bytes = std::fs::read(heatmaps.join(&test.names[2]).join(png)).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+    }
+    let rows = read(&heatmaps.join("heatmaps.parquet"));
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    let bands = rows[0].column_by_name("bands").unwrap();
+    assert_eq!(bands.as_any().downcast_ref::<FixedSizeListArray>().unwrap().value_length(), 80_000);
+    assert!(rows[0].column_by_name("map").unwrap().null_count() == 0);
+
+    let o = trainer(&["explain", "--run", run.to_str().unwrap(), "--patch", "no-such-patch", "--out", heatmaps.to_str().unwrap(),
+        "--data", data.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no patch named no-such-patch"), "{err}");
+    let o = trainer(&["train", "--config", &job("ce"), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "--set", "lrp.patches=[\"nope\"]"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("lrp.patches"), "{err}");
+}
+
 /// The test predictions hold one row per test patch, and the metrics recomputed from them are
 /// the stored test metrics.
 fn check_test_outputs(run: &Path, data: &Path) {
