@@ -354,3 +354,49 @@ pub fn merge(roots: &[PathBuf], out: &Path) -> Result<Summary> {
     fs::rename(&tmp, out.join(MANIFEST))?;
     Ok(w.summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_hash_ignores_what_differs_between_seeds() {
+        let a: toml::Table = toml::from_str("[run]\nseed = 1\nout = \"a\"\n[loss]\nname = \"ce\"").unwrap();
+        let b: toml::Table = toml::from_str("[run]\nseed = 2\nout = \"b\"\nrun_id = \"x\"\n[loss]\nname = \"ce\"").unwrap();
+        let c: toml::Table = toml::from_str("[run]\nseed = 1\nout = \"a\"\n[loss]\nname = \"focal\"").unwrap();
+        assert_eq!(config_hash(&a), config_hash(&b));
+        assert_ne!(config_hash(&a), config_hash(&c));
+        assert_eq!(config_hash(&a).len(), 16);
+    }
+
+    #[test]
+    fn a_run_folder_keeps_its_complete_records_only() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("config.toml"), "[run]\nseed = 4\n[train]\nepochs = 9\n[loss]\nname = \"huber\"\n").unwrap();
+        let record = |epoch: u32, f1: f64| {
+            let mut m = crate::metrics::Counts::default().metrics();
+            m.samples.f1 = f1;
+            let r = EpochRecord {
+                epoch,
+                train_loss: 1.0,
+                val_loss: 1.0,
+                lr: 1e-4,
+                wall_s: 1.0,
+                images_per_s: 1.0,
+                data_wait_fraction: 0.0,
+                time: Default::default(),
+                val: m,
+            };
+            serde_json::to_string(&r).unwrap()
+        };
+        let text = format!("{}\n{}\n{}\n{{\"epoch\": 4, \"tra", record(1, 0.2), record(2, 0.5), record(3, 0.5));
+        fs::write(dir.path().join("epochs.jsonl"), text).unwrap();
+        let mut skipped = 0;
+        let r = read_run(dir.path(), &mut skipped).unwrap();
+        assert_eq!(skipped, 1);
+        assert_eq!((r.loss.as_str(), r.seed, r.planned_epochs), ("huber", 4, 9));
+        assert_eq!(r.records.iter().map(|e| e.epoch).collect::<Vec<_>>(), [1, 2, 3]);
+        // The first of equal best epochs, as the trainer keeps it.
+        assert_eq!(best_epoch(&r.records), Some(2));
+    }
+}

@@ -380,3 +380,18 @@ pub fn render(results: &Path, out: &Path, opts: &Options) -> Result<PathBuf> {
     fs::rename(&tmp, &path)?;
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_follow_the_study_and_spread_is_the_sample_std() {
+        let losses: BTreeSet<String> = ["wce", "mine", "ce", "sparsemax"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(ordered(losses), ["ce", "sparsemax", "wce", "mine"]);
+        assert_eq!(label("focal"), "FL (focal)");
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        assert_eq!((m, s), (2.0, 1.0));
+        assert_eq!(mean_std(&[0.5]), (0.5, 0.0));
+    }
+}
