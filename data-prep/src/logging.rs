@@ -12,6 +12,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// The exit code of a binary's run: failures print their error chain on stderr, as
+/// `error: <context>: <cause>`, and exit with 1.
+pub fn exit_code(result: anyhow::Result<std::process::ExitCode>) -> std::process::ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        std::process::ExitCode::FAILURE
+    })
+}
+
 /// `default_level` applies when RUST_LOG is unset (e.g. "info"; "warn" for the MPI ranks
 /// other than 0, which would repeat rank 0's lines).
 pub fn init(format: LogFormat, default_level: &str) {

@@ -173,11 +173,5 @@ fn print_rejects(rejects: &[Reject], at_most: usize) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, "info");
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    logging::exit_code(run(cli).map(|()| ExitCode::SUCCESS))
 }

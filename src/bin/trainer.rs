@@ -218,17 +218,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let dist = match Dist::init() {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return logging::exit_code(Err(e)),
     };
     logging::init(cli.log_format, if dist.is_root() { "info" } else { "warn" });
-    match run(cli, dist) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    logging::exit_code(run(cli, dist))
 }
