@@ -117,6 +117,8 @@ impl Dist {
 
 #[cfg(feature = "mpi")]
 mod mpi_world {
+    use std::cell::RefCell;
+
     use anyhow::{Context, Result};
     use mpi::collective::SystemOperation;
     use mpi::environment::Universe;
@@ -128,6 +130,9 @@ mod mpi_world {
     /// MPI state; dropping it finalizes MPI.
     pub struct World {
         world: SimpleCommunicator,
+        /// Receive buffers of [`World::sum_overlapped`], kept between steps: the gradients are
+        /// tens of MB, reduced every step.
+        received: RefCell<Vec<Vec<f32>>>,
         _universe: Universe,
     }
 
@@ -145,7 +150,7 @@ mod mpi_world {
                 local_size: node.size() as usize,
                 mpi: None,
             };
-            Ok(Dist { mpi: Some(World { world, _universe: universe }), ..dist })
+            Ok(Dist { mpi: Some(World { world, received: RefCell::new(Vec::new()), _universe: universe }), ..dist })
         }
 
         pub fn sum<T: Equivalence + Copy + Default>(&self, values: &mut [T]) {
@@ -154,10 +159,8 @@ mod mpi_world {
         }
 
         pub fn sum_overlapped(&self, buffers: &mut [Vec<f32>], mut fill: impl FnMut(usize, &mut Vec<f32>)) {
-            let mut sums: Vec<Vec<f32>> = Vec::with_capacity(buffers.len());
-            for b in buffers.iter() {
-                sums.push(vec![0.0; b.len()]);
-            }
+            let mut sums = self.received.borrow_mut();
+            sums.resize_with(buffers.len(), Vec::new);
             mpi::request::scope(|scope| {
                 let mut pending = Vec::with_capacity(buffers.len());
                 for (i, (send, sum)) in buffers.iter_mut().zip(sums.iter_mut()).enumerate() {
@@ -170,8 +173,9 @@ mod mpi_world {
                     request.wait();
                 }
             });
-            for (b, s) in buffers.iter_mut().zip(sums) {
-                *b = s;
+            // The sums become the buffers; the sent buffers are the next call's receive buffers.
+            for (b, s) in buffers.iter_mut().zip(sums.iter_mut()) {
+                std::mem::swap(b, s);
             }
         }
 
