@@ -66,17 +66,22 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<()> {
 /// Every `*.parquet` file of a table folder (`results/<table>/`), in name order; only the named
 /// top-level columns when `columns` is given. A missing folder is an empty table.
 pub fn read_table(dir: &Path, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for path in table_files(dir)? {
+        out.extend(read_parquet(&path, columns)?);
+    }
+    Ok(out)
+}
+
+/// The `*.parquet` files of a table folder, in name order (none for a missing folder).
+pub fn table_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let mut files: Vec<std::path::PathBuf> = match fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     };
     files.sort();
-    let mut out = Vec::new();
-    for path in files {
-        out.extend(read_parquet(&path, columns)?);
-    }
-    Ok(out)
+    Ok(files)
 }
 
 /// One Parquet file's record batches; only the named top-level columns when `columns` is given.

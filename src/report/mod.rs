@@ -16,7 +16,7 @@ use arrow_array::{Array, RecordBatch};
 use base64::Engine;
 
 use crate::labels::BEN19;
-use crate::results::read_table;
+use crate::results::{read_parquet, read_table, table_files};
 
 /// The study's loss abbreviations and column order (study.md, Table 6.1).
 const STUDY_ORDER: [(&str, &str); 7] =
@@ -242,9 +242,16 @@ fn section_lrp(html: &mut String, results: &Path, opts: &Options) -> Result<()> 
             .collect()
     };
     let without_maps = ["run_id", "loss", "seed", "epoch", "patch", "class", "is_true"];
+    // First the keys alone (the maps are most of the bytes), remembering each key's file.
+    let files = table_files(&dir)?;
     let mut keys = Vec::new();
-    for b in read_table(&dir, Some(&without_maps))? {
-        keys.extend(keys_of(&b)?);
+    let mut file_of = Vec::new();
+    for (f, path) in files.iter().enumerate() {
+        for b in read_parquet(path, Some(&without_maps))? {
+            let found = keys_of(&b)?;
+            file_of.extend(std::iter::repeat_n(f, found.len()));
+            keys.extend(found);
+        }
     }
     if keys.is_empty() {
         html.push_str("<p>No LRP snapshots (lrp.every = 0, or no epoch finished yet).</p>");
@@ -285,17 +292,21 @@ fn section_lrp(html: &mut String, results: &Path, opts: &Options) -> Result<()> 
         picked.dedup();
         picked
     };
-    // The maps of the chosen cells.
+    // The maps of the chosen cells, read from the files that hold them only.
+    let wanted = |k: &LrpKey| chosen(k) && k.patch == patch && k.class == class && shown.contains(&k.epoch);
+    let needed: BTreeSet<usize> = keys.iter().zip(&file_of).filter(|(k, _)| wanted(k)).map(|(_, &f)| f).collect();
     let mut maps: BTreeMap<(String, u32), (Vec<f32>, f32)> = BTreeMap::new();
-    for b in read_table(&dir, None)? {
-        let c = Columns(&b);
-        let list = c.get("map")?.as_fixed_size_list();
-        let logits = c.get("logit")?.as_primitive::<Float32Type>();
-        for (i, k) in keys_of(&b)?.into_iter().enumerate() {
-            if chosen(&k) && k.patch == patch && k.class == class && shown.contains(&k.epoch) {
-                let values = list.value(i);
-                let map = values.as_primitive::<Float32Type>().values().to_vec();
-                maps.insert((k.loss, k.epoch), (map, logits.value(i)));
+    for &f in &needed {
+        for b in read_parquet(&files[f], None)? {
+            let c = Columns(&b);
+            let list = c.get("map")?.as_fixed_size_list();
+            let logits = c.get("logit")?.as_primitive::<Float32Type>();
+            for (i, k) in keys_of(&b)?.into_iter().enumerate() {
+                if wanted(&k) {
+                    let values = list.value(i);
+                    let map = values.as_primitive::<Float32Type>().values().to_vec();
+                    maps.insert((k.loss, k.epoch), (map, logits.value(i)));
+                }
             }
         }
     }
