@@ -14,10 +14,16 @@ def data_prep_bin() -> str:
     return path
 
 
+def tool(program, *args) -> str:
+    """Runs a binary of the project (arguments may be paths); returns its stdout and stderr."""
+    out = subprocess.run([str(program), *map(str, args)], capture_output=True, text=True)
+    assert out.returncode == 0, f"{Path(program).name} {args} failed:\n{out.stderr}"
+    return out.stdout + out.stderr
+
+
 def run(*args: str) -> str:
-    out = subprocess.run([data_prep_bin(), *args], capture_output=True, text=True)
-    assert out.returncode == 0, f"data-prep {args} failed:\n{out.stderr}"
-    return out.stdout
+    """Runs data-prep."""
+    return tool(data_prep_bin(), *args)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ composite, and the relevance maps agree within 1e-4 relative error.
 Runs with the Python of .cache/venv-torch (torch + zennit, scripts/requirements-torch.txt)."""
 import json
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,8 @@ import torch
 from zennit.composites import LayerMapComposite, NameLayerMapComposite
 from zennit.rules import AlphaBeta, Epsilon, Flat, Pass, ZPlus
 from zennit.types import Activation, Convolution
+
+from conftest import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "release"
@@ -113,17 +114,12 @@ def composite(name: str):
     return LayerMapComposite([(Activation, Pass()), (Convolution, AlphaBeta(1.0, 0.0)), (torch.nn.Linear, AlphaBeta(1.0, 0.0))])
 
 
-def run(*args):
-    out = subprocess.run([str(a) for a in args], capture_output=True, text=True)
-    assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr}"
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("lrp")
-    run(BIN / "data-prep", "synth", "--patches", "60", "--seed", "5", "--format", "v1", "--out", folder / "archive")
-    run(BIN / "data-prep", "convert", "--archive", folder / "archive", "--out", folder / "store.zarr")
-    run(BIN / "trainer", "train", "--config", ROOT / "jobs" / "ce.toml", "--data", folder / "store.zarr", "--out",
+    tool(BIN / "data-prep", "synth", "--patches", "60", "--seed", "5", "--format", "v1", "--out", folder / "archive")
+    tool(BIN / "data-prep", "convert", "--archive", folder / "archive", "--out", folder / "store.zarr")
+    tool(BIN / "trainer", "train", "--config", ROOT / "jobs" / "ce.toml", "--data", folder / "store.zarr", "--out",
         folder / "runs", "--epochs", "1", "--device", "cpu", "--set", "train.batch_size=8", "--set", "train.lr=1e-3",
         "--set", "lrp.every=0")
     return folder / "runs" / "ce-seed0" / "checkpoints" / "epoch-0001" / "model.safetensors"
@@ -141,7 +137,7 @@ def test_relevance_maps_equal_zennits(checkpoint, tmp_path, name):
         "classes": np.array([0, 9, 18], dtype=np.int64),
     }
     write_safetensors(tmp_path / "inputs.safetensors", inputs)
-    run(BIN / "examples" / "lrp_reference", checkpoint, tmp_path / "inputs.safetensors", name, EPSILON[name], tmp_path / "out.safetensors")
+    tool(BIN / "examples" / "lrp_reference", checkpoint, tmp_path / "inputs.safetensors", name, EPSILON[name], tmp_path / "out.safetensors")
     ours = read_safetensors(tmp_path / "out.safetensors")
 
     xs = [torch.from_numpy(inputs[k]).requires_grad_(True) for k in ("b10m", "b20m", "b60m")]

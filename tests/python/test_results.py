@@ -14,17 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run
+from conftest import ROOT, run, tool
 
 BIN = ROOT / "target" / "release"
 TABLES = ["runs", "epochs", "class_metrics", "test_metrics", "predictions", "lrp"]
 RUNS = [("ce", 1), ("ce", 2), ("sparsemax", 1), ("sparsemax", 2)]
-
-
-def tool(*args) -> str:
-    out = subprocess.run([str(a) for a in args], capture_output=True, text=True)
-    assert out.returncode == 0, f"{args[:2]} failed:\n{out.stderr}"
-    return out.stdout + out.stderr
 
 
 @pytest.fixture(scope="module")
