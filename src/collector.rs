@@ -349,9 +349,7 @@ pub fn merge(roots: &[PathBuf], out: &Path) -> Result<Summary> {
         w.file("runs", "runs", &inputs, || Ok(vec![runs_table(&runs)?]))?;
     }
     w.summary.runs = runs.len();
-    let tmp = out.join(format!("{MANIFEST}.tmp"));
-    fs::write(&tmp, serde_json::to_vec_pretty(&w.manifest)?)?;
-    fs::rename(&tmp, out.join(MANIFEST))?;
+    crate::results::write_atomically(&out.join(MANIFEST), &serde_json::to_vec_pretty(&w.manifest)?)?;
     Ok(w.summary)
 }
 

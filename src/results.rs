@@ -45,7 +45,7 @@ pub fn write_predictions(path: &Path, split: &SplitData, logits: &[f32], decisio
 /// name, synced, then renamed, so a reader never sees a half-written file.
 pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<()> {
     let schema = batches.first().context("nothing to write")?.schema();
-    let tmp = path.with_extension("parquet.tmp");
+    let tmp = temp_path(path);
     // No dictionary encoding: the bulk of every table is float lists (scores, relevance maps),
     // which dictionaries only inflate (by ~30% for heatmaps); zstd handles repeated strings.
     let props = WriterProperties::builder()
@@ -58,9 +58,27 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<()> {
         writer.write(batch)?;
     }
     writer.close()?;
-    fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
-    Ok(())
+    commit(&tmp, path)
+}
+
+/// Writes `bytes` to `path` atomically: under a temporary name, synced, then renamed, so the
+/// file is whole or absent even after a crash, and readers never see half of it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    commit(&tmp, path)
+}
+
+/// `<path>.tmp`, beside the file it becomes.
+fn temp_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    name.into()
+}
+
+fn commit(tmp: &Path, path: &Path) -> Result<()> {
+    fs::File::open(tmp)?.sync_all()?;
+    fs::rename(tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// Every `*.parquet` file of a table folder (`results/<table>/`), in name order; only the named

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 pub const FILE: &str = "run.json";
@@ -101,10 +101,7 @@ impl RunInfo {
     }
 
     fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(FILE);
-        let tmp = dir.join("run.json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+        crate::results::write_atomically(&dir.join(FILE), &serde_json::to_vec_pretty(self)?)
     }
 }
 

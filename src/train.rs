@@ -32,6 +32,7 @@ use crate::losses::Loss;
 use crate::metrics::{Counts, Metrics};
 use crate::model::KBranch;
 use crate::optim::Adam;
+use crate::results::write_atomically;
 use crate::store::{SplitData, Store};
 
 /// Exit code of a trainer stopped by SIGTERM or SIGUSR1 after checkpointing: the job should be
@@ -80,13 +81,6 @@ pub struct TestOutcome {
     pub best_epoch: u32,
     pub loss: f64,
     pub metrics: Metrics,
-}
-
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
 }
 
 /// One line of `epochs.jsonl`.
@@ -607,9 +601,7 @@ impl Run {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let tmp = self.dir.join("epochs.jsonl.tmp");
-        fs::write(&tmp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
-        fs::rename(&tmp, &path)?;
+        write_atomically(&path, kept.iter().map(|l| format!("{l}\n")).collect::<String>().as_bytes())?;
         fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))
     }
 

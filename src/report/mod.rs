@@ -386,9 +386,7 @@ pub fn render(results: &Path, out: &Path, opts: &Options) -> Result<PathBuf> {
     html.push_str("</body></html>\n");
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let path = out.join("index.html");
-    let tmp = out.join("index.html.tmp");
-    fs::write(&tmp, html).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &path)?;
+    crate::results::write_atomically(&path, html.as_bytes())?;
     Ok(path)
 }
 
