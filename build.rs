@@ -18,7 +18,9 @@ fn main() {
         }
     }
     let revision = match git(&["rev-parse", "--short=12", "HEAD"]) {
-        Some(rev) if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) => format!("{rev}-dirty"),
+        Some(rev) if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) => {
+            format!("{rev}-dirty")
+        }
         Some(rev) => rev,
         None => "unknown".to_string(),
     };

@@ -2,15 +2,17 @@
 //! (`model.safetensors`: weights and BatchNorm statistics, loadable from Python), the optimizer
 //! moments (`optimizer.safetensors`) and `state.json` (epoch, optimizer step, best so far, and a
 //! CRC-32 of each tensor file). A checkpoint is built under a temporary name, synced and renamed,
-//! so it exists completely or not at all; one whose files do not match their checksums is
-//! skipped with a warning in favour of the previous one. The newest `keep_last` and the best
-//! are kept. A run stopped by a signal mid-epoch saves `epoch-NNNN-step-SSSSSS/`: NNNN epochs
-//! done and SSSSSS steps of the next.
+//! so it exists completely or not at all; a damaged one (torn, or files that do not match
+//! their checksums) is skipped with a warning in favour of the previous one, while a failure to
+//! read it (an I/O error, a permission) stops with that error: it says nothing about the
+//! checkpoint. The newest `keep_last` and the best are kept. A run stopped by a signal
+//! mid-epoch saves `epoch-NNNN-step-SSSSSS/`: NNNN epochs done and SSSSSS steps of the next.
 
 use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -67,12 +69,8 @@ fn epoch_dir(run: &Path, epoch: u32) -> PathBuf {
     position_dir(run, (epoch, 0))
 }
 
-fn crc_of(path: &Path) -> Result<u32> {
-    Ok(crc32fast::hash(&fs::read(path).with_context(|| format!("reading {}", path.display()))?))
-}
-
 fn sync_dir(path: &Path) -> Result<()> {
-    fs::File::open(path)?.sync_all().with_context(|| format!("syncing {}", path.display()))
+    fs::File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", path.display()))
 }
 
 fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
@@ -80,8 +78,7 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let pairs: Vec<(&str, Tensor)> = sorted.iter().map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu))).collect();
     Tensor::write_safetensors(&pairs, path).with_context(|| format!("writing {}", path.display()))?;
-    fs::File::open(path)?.sync_all()?;
-    Ok(())
+    fs::File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", path.display()))
 }
 
 /// Writes the checkpoint of `state.epoch` atomically, then prunes old ones.
@@ -92,18 +89,20 @@ pub fn save(run: &Path, model: &[(String, Tensor)], optimizer: &[(String, Tensor
     let final_dir = position_dir(run, at);
     let tmp = root.join(format!("{}.tmp", dir_name(at)));
     if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
+        fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
-    fs::create_dir(&tmp)?;
+    fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     write_tensors(&tmp.join(MODEL), model)?;
     write_tensors(&tmp.join(OPTIMIZER), optimizer)?;
-    state.crc32 = [crc_of(&tmp.join(MODEL))?, crc_of(&tmp.join(OPTIMIZER))?];
-    let state_path = tmp.join(STATE);
-    fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
-    fs::File::open(&state_path)?.sync_all()?;
+    let crc = |file: &str| -> Result<u32> {
+        let path = tmp.join(file);
+        Ok(crc32fast::hash(&fs::read(&path).with_context(|| format!("reading {}", path.display()))?))
+    };
+    state.crc32 = [crc(MODEL)?, crc(OPTIMIZER)?];
+    crate::results::write_atomically(&tmp.join(STATE), &serde_json::to_vec_pretty(&state)?)?;
     sync_dir(&tmp)?;
     if final_dir.exists() {
-        fs::remove_dir_all(&final_dir)?;
+        fs::remove_dir_all(&final_dir).with_context(|| format!("removing {}", final_dir.display()))?;
     }
     fs::rename(&tmp, &final_dir).with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
     sync_dir(&root)?;
@@ -116,8 +115,14 @@ fn positions(run: &Path) -> Result<Vec<Position>> {
     if !root.is_dir() {
         return Ok(Vec::new());
     }
-    let mut found: Vec<Position> =
-        fs::read_dir(&root)?.filter_map(|e| parse_dir_name(e.ok()?.file_name().to_str()?)).collect();
+    let entries = fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))?;
+    let mut found: Vec<Position> = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", root.display()))?;
+        if let Some(at) = entry.file_name().to_str().and_then(parse_dir_name) {
+            found.push(at);
+        }
+    }
     found.sort_unstable_by(|a, b| b.cmp(a));
     Ok(found)
 }
@@ -129,32 +134,64 @@ pub fn exists(run: &Path) -> Result<bool> {
 fn prune(run: &Path, keep_last: usize, best_epoch: u32) -> Result<()> {
     for (i, at) in positions(run)?.into_iter().enumerate() {
         if i >= keep_last && at != (best_epoch, 0) {
-            fs::remove_dir_all(position_dir(run, at))?;
+            let dir = position_dir(run, at);
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
     }
     Ok(())
 }
 
-fn load_dir(dir: &Path) -> Result<Loaded> {
-    let state: State = serde_json::from_slice(&fs::read(dir.join(STATE))?).context("unreadable state.json")?;
-    for (file, crc) in [MODEL, OPTIMIZER].iter().zip(state.crc32) {
-        let got = crc_of(&dir.join(file))?;
+/// Why a checkpoint could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Torn or corrupt: an older checkpoint may be used instead.
+    #[error("{dir}: damaged checkpoint: {why}")]
+    Damaged { dir: PathBuf, why: String },
+    /// Reading failed (I/O error, permission): nothing is known about the checkpoint.
+    #[error("{dir}: cannot read the checkpoint")]
+    Unreadable {
+        dir: PathBuf,
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+/// Reads a checkpoint file: a missing one means a torn checkpoint, any other failure is an I/O
+/// error.
+fn read_file(dir: &Path, file: &str) -> Result<Vec<u8>, LoadError> {
+    let path = dir.join(file);
+    fs::read(&path).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => LoadError::Damaged { dir: dir.into(), why: format!("{file} is missing") },
+        _ => LoadError::Unreadable { dir: dir.into(), source: anyhow!(e).context(format!("reading {}", path.display())) },
+    })
+}
+
+fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
+    let damaged = |why: String| LoadError::Damaged { dir: dir.into(), why };
+    let state: State = serde_json::from_slice(&read_file(dir, STATE)?).map_err(|e| damaged(format!("{STATE}: {e}")))?;
+    let mut tensors = Vec::new();
+    for (file, crc) in [MODEL, OPTIMIZER].into_iter().zip(state.crc32) {
+        let bytes = read_file(dir, file)?;
+        let got = crc32fast::hash(&bytes);
         if got != crc {
-            bail!("{file}: checksum {got:08x}, expected {crc:08x}");
+            return Err(damaged(format!("{file}: checksum {got:08x}, expected {crc:08x}")));
         }
+        let read = Tensor::read_safetensors(dir.join(file)).map_err(|e| damaged(format!("{file}: {e}")))?;
+        tensors.push(read);
     }
-    let model = Tensor::read_safetensors(dir.join(MODEL))?;
-    let optimizer = Tensor::read_safetensors(dir.join(OPTIMIZER))?;
+    let optimizer = tensors.pop().unwrap_or_default();
+    let model = tensors.pop().unwrap_or_default();
     Ok(Loaded { dir: dir.to_path_buf(), state, model, optimizer })
 }
 
-/// The newest checkpoint that verifies; torn or corrupt ones are reported and skipped.
+/// The newest checkpoint that verifies; damaged ones are reported and skipped, a read failure
+/// is an error.
 pub fn latest(run: &Path) -> Result<Option<Loaded>> {
     for at in positions(run)? {
-        let dir = position_dir(run, at);
-        match load_dir(&dir) {
+        match load_dir(&position_dir(run, at)) {
             Ok(loaded) => return Ok(Some(loaded)),
-            Err(e) => tracing::warn!(checkpoint = %dir.display(), "skipping a damaged checkpoint: {e:#}"),
+            Err(e @ LoadError::Damaged { .. }) => tracing::warn!("skipping it: {e}"),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(None)
@@ -165,17 +202,56 @@ pub fn at_epoch(run: &Path, epoch: u32) -> Result<Loaded> {
     load_dir(&epoch_dir(run, epoch)).with_context(|| format!("loading the checkpoint of epoch {epoch}"))
 }
 
+/// Copies saved tensors into `vars` by name, after checking that every variable has a saved
+/// tensor of its shape: a checkpoint of another architecture or configuration is refused,
+/// naming the first tensor that differs, before anything is changed.
+pub fn copy_into(vars: &[(String, Tensor)], saved: &[(String, Tensor)], what: &Path) -> Result<()> {
+    let find = |name: &str| saved.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+    for (name, var) in vars {
+        let t = find(name).with_context(|| {
+            format!("{}: has no tensor {name}: it was written for another model (architecture or configuration)", what.display())
+        })?;
+        if t.size() != var.size() {
+            bail!(
+                "{}: tensor {name} has shape {:?}, the model's has {:?}: it was written for another model",
+                what.display(),
+                t.size(),
+                var.size()
+            );
+        }
+    }
+    tch::no_grad(|| {
+        for (name, var) in vars {
+            let t = find(name).expect("checked above");
+            let mut var = var.shallow_clone();
+            var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tch::Kind;
 
     fn tensors(v: f32) -> Vec<(String, Tensor)> {
-        vec![("a".into(), Tensor::full([3], v as f64, (Kind::Float, tch::Device::Cpu))), ("b".into(), Tensor::ones([2, 2], (Kind::Float, tch::Device::Cpu)))]
+        vec![
+            ("a".into(), Tensor::full([3], v as f64, (Kind::Float, tch::Device::Cpu))),
+            ("b".into(), Tensor::ones([2, 2], (Kind::Float, tch::Device::Cpu))),
+        ]
     }
 
     fn state(epoch: u32, best_epoch: u32) -> State {
-        State { epoch, steps_into_next: 0, partial_loss_sum: 0.0, optimizer_step: epoch as i64 * 10, best_epoch, best_f1: 0.5, crc32: [0, 0] }
+        State {
+            epoch,
+            steps_into_next: 0,
+            partial_loss_sum: 0.0,
+            optimizer_step: epoch as i64 * 10,
+            best_epoch,
+            best_f1: 0.5,
+            crc32: [0, 0],
+        }
     }
 
     #[test]
@@ -205,5 +281,34 @@ mod tests {
         fs::remove_file(epoch_dir(run.path(), 4).join(STATE)).unwrap();
         assert_eq!(latest(run.path()).unwrap().unwrap().state.epoch, 2);
         assert_eq!(at_epoch(run.path(), 2).unwrap().state.best_epoch, 2);
+    }
+
+    /// A checkpoint that cannot be read (here: a folder where a file should be, which reading
+    /// fails on with an I/O error) stops the resume instead of silently using an older one.
+    #[test]
+    fn read_failures_are_errors_not_damage() {
+        let run = tempfile::tempdir().unwrap();
+        for epoch in 1..=2 {
+            save(run.path(), &tensors(epoch as f32), &tensors(0.0), state(epoch, 1), 3).unwrap();
+        }
+        let model = epoch_dir(run.path(), 2).join(MODEL);
+        fs::remove_file(&model).unwrap();
+        fs::create_dir(&model).unwrap();
+        let e = format!("{:#}", latest(run.path()).err().expect("an error"));
+        assert!(e.contains("cannot read the checkpoint") && e.contains("model.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn copies_refuse_other_models_naming_the_tensor() {
+        let vars = tensors(0.0);
+        let saved = tensors(2.0);
+        copy_into(&vars, &saved, Path::new("ck")).unwrap();
+        assert_eq!(vars[0].1.double_value(&[1]), 2.0);
+        let wider =
+            vec![("a".to_string(), Tensor::zeros([4], (Kind::Float, tch::Device::Cpu))), (saved[1].0.clone(), saved[1].1.shallow_clone())];
+        let e = copy_into(&vars, &wider, Path::new("ck")).unwrap_err().to_string();
+        assert!(e.contains("tensor a has shape [4], the model's has [3]"), "{e}");
+        let e = copy_into(&vars, &saved[1..], Path::new("ck")).unwrap_err().to_string();
+        assert!(e.contains("has no tensor a"), "{e}");
     }
 }

@@ -8,14 +8,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::losses::{self, Loss};
+use crate::losses::LossSpec;
+use crate::model::Arch;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub run: RunSection,
     pub train: TrainSection,
-    pub loss: LossSection,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub loss: LossSpec,
     pub checkpoint: CheckpointSection,
     pub lrp: LrpSection,
 }
@@ -28,7 +31,11 @@ pub struct RunSection {
     pub data: PathBuf,
     /// Folder holding one folder per run.
     pub out: PathBuf,
-    /// Name of the run folder; default `<loss>-seed<seed>`.
+    /// Name of the job: the config file's stem unless set (`jobs/focal.toml` → `focal`).
+    #[serde(default)]
+    pub job: String,
+    /// Name of the run folder; default `<job>-seed<seed>`, `<job>-<arch>-seed<seed>` for an
+    /// architecture other than the K-Branch CNN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     pub device: DeviceChoice,
@@ -64,13 +71,31 @@ pub struct TrainSection {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LossSection {
-    pub name: String,
-    pub focal_gamma: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub focal_alpha: Option<f64>,
-    pub ranking_margin: f64,
-    pub ranking_threshold: f64,
+pub struct ModelSection {
+    pub arch: Arch,
+    /// Whether dropout is on in training (off for device-equivalence checks).
+    pub dropout: bool,
+}
+
+/// Where the training and validation splits live while training (docs/training.md, "Resident
+/// data").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Residency {
+    /// Read from the store every epoch by the loader threads.
+    Off,
+    /// Decoded once into host memory (pinned when training on CUDA).
+    Host,
+    /// Decoded once into the training device's memory.
+    Device,
+    /// Device if it fits beside the model, else host if it fits in RAM, else off; per split.
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub resident: Residency,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,10 +185,8 @@ fn read_layers(path: &Path, depth: usize, origins: &mut Origins) -> Result<toml:
         return Err(ConfigError::Other { path: path.into(), message: "`base` chain deeper than 8 files (a cycle?)".into() });
     }
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    let spanned = toml::de::DeTable::parse(&text)
-        .map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
-    let mut own: toml::Table =
-        toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+    let spanned = toml::de::DeTable::parse(&text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+    let mut own: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
     let mut table = match own.remove("base") {
         Some(toml::Value::String(base)) => {
             let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
@@ -186,19 +209,42 @@ fn read_layers(path: &Path, depth: usize, origins: &mut Origins) -> Result<toml:
 /// Command-line overrides, as dotted keys (`run.seed`, `train.epochs`, ...) and values.
 pub type Overrides = Vec<(String, toml::Value)>;
 
+/// Sets the dotted `key` in `table`, creating the tables on its way; a value that is not a
+/// table on the way is an error naming it.
+fn set_override(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), ConfigError> {
+    let bad = |message: String| ConfigError::Key { key: key.to_string(), origin: Origin::CommandLine, message };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.trim().is_empty()) {
+        return Err(bad("not a dotted key such as `train.lr`".into()));
+    }
+    let (leaf, path) = parts.split_last().expect("split yields one part at least");
+    let mut t = table;
+    for (i, part) in path.iter().enumerate() {
+        let entry = t.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        t = match entry {
+            toml::Value::Table(inner) => inner,
+            other => {
+                return Err(bad(format!("`{}` is not a table (its value is of type {})", parts[..=i].join("."), other.type_str())));
+            }
+        };
+    }
+    t.insert(leaf.to_string(), value);
+    Ok(())
+}
+
 /// Reads a job config, applies overrides and checks every value.
 pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
     let mut origins = Origins::new();
     let mut table = read_layers(path, 0, &mut origins)?;
     for (key, value) in overrides {
-        let mut parts: Vec<&str> = key.split('.').collect();
-        let leaf = parts.pop().expect("override keys are dotted");
-        let mut t = &mut table;
-        for part in parts {
-            t = t.entry(part).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().expect("a table");
-        }
-        t.insert(leaf.to_string(), value);
+        set_override(&mut table, &key, value)?;
         origins.insert(key.clone(), Origin::CommandLine);
+    }
+    if table.get("run").is_none_or(|r| r.get("job").is_none()) {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        if let Some(toml::Value::Table(run)) = table.get_mut("run") {
+            run.insert("job".into(), toml::Value::String(stem));
+        }
     }
     let origin_of = |key: &str| -> Origin {
         // The key itself, else the nearest enclosing table that was written down.
@@ -209,7 +255,9 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
             }
             match k.rfind('.') {
                 Some(i) => k.truncate(i),
-                None => return Origin::File { path: path.to_path_buf(), line: 1 },
+                None => {
+                    return Origin::File { path: path.to_path_buf(), line: 1 };
+                }
             }
         }
     };
@@ -221,21 +269,32 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
         let unknown = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()).map(str::to_string);
         let key = match unknown {
             Some(field) if key == "." => field,
-            Some(field) if !key.ends_with(&format!(".{field}")) && key != field => format!("{key}.{field}"),
+            Some(field) if !key.ends_with(&format!(".{field}")) && key != field => {
+                format!("{key}.{field}")
+            }
             _ => key,
         };
         ConfigError::Key { origin: origin_of(&key), key, message }
     })?;
-    config.check().map_err(|(key, message)| ConfigError::Key { key: key.to_string(), origin: origin_of(key), message })?;
+    config.check().map_err(|(key, message)| ConfigError::Key { origin: origin_of(&key), key, message })?;
     Ok(config)
 }
 
 impl Config {
     /// Value checks beyond types: `Err((key, why))`.
-    fn check(&self) -> Result<(), (&'static str, String)> {
+    fn check(&self) -> Result<(), (String, String)> {
+        self.check_sections().map_err(|(k, m)| (k.to_string(), m))?;
+        self.loss.check().map_err(|(k, m)| (format!("loss.{k}"), m))
+    }
+
+    fn check_sections(&self) -> Result<(), (&'static str, String)> {
         let t = &self.train;
-        let positive = |key, v: f64| if v > 0.0 && v.is_finite() { Ok(()) } else { Err((key, format!("must be a positive number, got {v}"))) };
-        let at_least_one = |key, v: usize| if v >= 1 { Ok(()) } else { Err((key, "must be at least 1".to_string())) };
+        let positive = |key, v: f64| {
+            if v > 0.0 && v.is_finite() { Ok(()) } else { Err((key, format!("must be a positive number, got {v}"))) }
+        };
+        let at_least_one = |key, v: usize| {
+            if v >= 1 { Ok(()) } else { Err((key, "must be at least 1".to_string())) }
+        };
         if t.epochs == 0 {
             return Err(("train.epochs", "must be at least 1".into()));
         }
@@ -255,22 +314,6 @@ impl Config {
             at_least_one("lrp.probes", self.lrp.probes)?;
         }
         positive("lrp.epsilon", self.lrp.epsilon)?;
-        let l = &self.loss;
-        if !losses::NAMES.contains(&l.name.as_str()) {
-            return Err(("loss.name", format!("unknown loss {:?}; expected one of {}", l.name, losses::NAMES.join(", "))));
-        }
-        if !(l.focal_gamma >= 0.0 && l.focal_gamma.is_finite()) {
-            return Err(("loss.focal_gamma", format!("must be 0 or more, got {}", l.focal_gamma)));
-        }
-        if let Some(a) = l.focal_alpha
-            && !(a > 0.0 && a < 1.0)
-        {
-            return Err(("loss.focal_alpha", format!("must be between 0 and 1, got {a}")));
-        }
-        positive("loss.ranking_margin", l.ranking_margin)?;
-        if !l.ranking_threshold.is_finite() {
-            return Err(("loss.ranking_threshold", "must be a finite number".into()));
-        }
         if let Some(id) = &self.run.run_id
             && (id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.'))
         {
@@ -281,18 +324,10 @@ impl Config {
 
     /// The run's folder name.
     pub fn run_id(&self) -> String {
-        self.run.run_id.clone().unwrap_or_else(|| format!("{}-seed{}", self.loss.name, self.run.seed))
-    }
-
-    /// The loss to train with; W-CE takes its weights from the training split's label counts.
-    pub fn loss(&self, train_label_counts: &[u64], train_patches: u64) -> Loss {
-        let l = &self.loss;
-        match l.name.as_str() {
-            "wce" => Loss::Wce { pos_weight: losses::positive_weights(train_label_counts, train_patches) },
-            "focal" => Loss::Focal { gamma: l.focal_gamma, alpha: l.focal_alpha },
-            "ranking" => Loss::Ranking { margin: l.ranking_margin, threshold: l.ranking_threshold },
-            name => name.parse().expect("checked by Config::check"),
-        }
+        self.run.run_id.clone().unwrap_or_else(|| match self.model.arch {
+            Arch::KBranch => format!("{}-seed{}", self.run.job, self.run.seed),
+            arch => format!("{}-{}-seed{}", self.run.job, arch.name(), self.run.seed),
+        })
     }
 }
 
@@ -306,11 +341,22 @@ mod tests {
 
     #[test]
     fn every_shipped_job_loads_with_the_study_defaults() {
-        for name in losses::NAMES {
-            let c = load(&jobs().join(format!("{name}.toml")), vec![]).unwrap();
-            assert_eq!(c.loss.name, name);
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(jobs()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().to_string();
+            if name == "base" {
+                continue;
+            }
+            let c = load(&path, vec![]).unwrap();
             assert_eq!((c.train.batch_size, c.train.lr, c.train.epochs), (1024, 1e-4, 80));
+            assert_eq!((c.model.arch, c.data.resident), (Arch::KBranch, Residency::Auto));
             assert_eq!(c.run_id(), format!("{name}-seed0"));
+            names.push((name, c.loss.name()));
+        }
+        // The study's seven are there, each job named after its loss.
+        for loss in ["ce", "wce", "focal", "hamming", "huber", "sparsemax", "ranking"] {
+            assert!(names.iter().any(|(n, l)| n == loss && *l == loss), "{names:?}");
         }
     }
 
@@ -323,7 +369,7 @@ mod tests {
     fn job_with(extra: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(jobs().join("base.toml"), dir.path().join("base.toml")).unwrap();
-        let p = write(dir.path(), "job.toml", &format!("base = \"base.toml\"\n\n[loss]\nname = \"ce\"\n{extra}"));
+        let p = write(dir.path(), "job.toml", &format!("base = \"base.toml\"\n\n[loss]\nname = \"focal\"\n{extra}"));
         (dir, p)
     }
 
@@ -341,9 +387,13 @@ mod tests {
         let e = load(&p, vec![]).unwrap_err().to_string();
         assert!(e.contains("job.toml:7") && e.contains("train.lr") && e.contains("positive"), "{e}");
 
-        let (_d, p) = job_with("focal_alpha = 1.5\n");
+        let (_d, p) = job_with("alpha = 1.5\n");
         let e = load(&p, vec![]).unwrap_err().to_string();
-        assert!(e.contains("job.toml:5") && e.contains("loss.focal_alpha"), "{e}");
+        assert!(e.contains("job.toml:5") && e.contains("loss.alpha") && e.contains("between 0 and 1"), "{e}");
+
+        let (_d, p) = job_with("gama = 3\n");
+        let e = load(&p, vec![]).unwrap_err().to_string();
+        assert!(e.contains("job.toml:5: `loss.gama`: unknown field `gama`, expected `gamma` or `alpha`"), "{e}");
 
         let (_d, p) = job_with("");
         let e = load(&p, vec![("train.accumulate".into(), toml::Value::Integer(3))]).unwrap_err().to_string();
@@ -352,7 +402,7 @@ mod tests {
         let (d, _) = job_with("");
         let p = write(d.path(), "bad.toml", "base = \"base.toml\"\n[loss]\nname = \"mse\"\n");
         let e = load(&p, vec![]).unwrap_err().to_string();
-        assert!(e.contains("bad.toml:3") && e.contains("unknown loss"), "{e}");
+        assert!(e.contains("bad.toml:2") && e.contains("unknown variant `mse`"), "{e}");
 
         let p = write(d.path(), "syntax.toml", "[train\n");
         let e = load(&p, vec![]).unwrap_err().to_string();
@@ -360,12 +410,33 @@ mod tests {
     }
 
     #[test]
-    fn overrides_win_and_wce_weights_come_from_the_counts() {
+    fn overrides_win_and_name_the_run() {
         let (_d, p) = job_with("");
         let c = load(&p, vec![("run.seed".into(), toml::Value::Integer(4)), ("train.epochs".into(), toml::Value::Integer(2))]).unwrap();
-        assert_eq!((c.run.seed, c.train.epochs), (4, 2));
-        let mut c = c;
-        c.loss.name = "wce".into();
-        assert_eq!(c.loss(&[1, 3], 4), Loss::Wce { pos_weight: vec![3.0, 1.0 / 3.0] });
+        assert_eq!((c.run.seed, c.train.epochs, c.run.job.as_str()), (4, 2, "job"));
+        assert_eq!(c.run_id(), "job-seed4");
+        let c = load(&p, vec![("model.arch".into(), toml::Value::String("resnet50".into()))]).unwrap();
+        assert_eq!(c.run_id(), "job-resnet50-seed0");
+        let c = load(&p, vec![("loss.gamma".into(), toml::Value::Float(3.0))]).unwrap();
+        assert_eq!(c.loss, LossSpec::Single(crate::losses::SingleLoss::Focal { gamma: 3.0, alpha: None }));
+    }
+
+    /// Overrides through a value that is not a table are errors naming it, never panics.
+    #[test]
+    fn overrides_through_values_are_refused() {
+        let (_d, p) = job_with("");
+        let int = |v| toml::Value::Integer(v);
+        for (overrides, key, says) in [
+            (vec![("train.lr.x".to_string(), int(1))], "train.lr.x", "`train.lr` is not a table (its value is of type float)"),
+            (
+                vec![("run".to_string(), int(1)), ("run.seed".to_string(), int(2))],
+                "run.seed",
+                "`run` is not a table (its value is of type integer)",
+            ),
+            (vec![("train..lr".to_string(), int(1))], "train..lr", "not a dotted key"),
+        ] {
+            let e = load(&p, overrides).unwrap_err().to_string();
+            assert!(e.contains("the command line") && e.contains(key) && e.contains(says), "{e}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Data parallelism: the ranks of one run and the sums they share.
+//! Data parallelism: the ranks of one run and the sums they share, including the gradients
+//! ([`GradientBuckets`]) and BatchNorm statistics ([`Dist::sum_tensors`]) of each step.
 //!
 //! Built with the `mpi` cargo feature, a trainer started by `mpirun` or `srun` joins MPI's
 //! world; without it (or when started alone) the world is this one process and every sum is
@@ -6,6 +7,7 @@
 //! both cases.
 
 use anyhow::{Result, bail};
+use tch::{Device, Tensor};
 
 /// This process's place among the ranks of one run.
 pub struct Dist {
@@ -113,6 +115,92 @@ impl Dist {
             w.barrier();
         }
     }
+
+    /// Replaces the floating-point tensors among `tensors` by their sums over ranks (one
+    /// all-reduce of their values flattened on the host); other tensors are left alone.
+    pub fn sum_tensors(&self, tensors: &mut [Tensor]) {
+        let floats: Vec<usize> = (0..tensors.len()).filter(|&i| tensors[i].is_floating_point()).collect();
+        let mut flat: Vec<f32> = floats
+            .iter()
+            .flat_map(|&i| {
+                Vec::<f32>::try_from(tensors[i].to_device(Device::Cpu).to_kind(tch::Kind::Float).reshape([-1]))
+                    .expect("a float tensor converted to f32")
+            })
+            .collect();
+        self.sum_f32(&mut flat);
+        let mut offset = 0;
+        tch::no_grad(|| {
+            for &i in &floats {
+                let t = &mut tensors[i];
+                let n = t.numel();
+                let sums = Tensor::from_slice(&flat[offset..offset + n]).reshape(t.size()).to_device(t.device()).to_kind(t.kind());
+                t.copy_(&sums);
+                offset += n;
+            }
+        });
+    }
+}
+
+/// Gradient buffers summed over ranks hold at most this many floats (64 MiB): few calls, each
+/// large enough to run at the network's bandwidth.
+const BUCKET_FLOATS: i64 = 16 << 20;
+
+/// Sums the gradients of a fixed list of parameters over ranks, in a few large flat buffers;
+/// each buffer's sum runs while the next one is copied from the device. The buffers are kept
+/// between steps.
+pub struct GradientBuckets {
+    /// Parameter indices per buffer, in order.
+    buckets: Vec<Vec<usize>>,
+    buffers: Vec<Vec<f32>>,
+}
+
+impl GradientBuckets {
+    pub fn new(params: &[Tensor]) -> Self {
+        let mut buckets: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut filled = 0;
+        for (i, p) in params.iter().enumerate() {
+            let n = p.numel() as i64;
+            if filled + n > BUCKET_FLOATS && filled > 0 {
+                buckets.push(Vec::new());
+                filled = 0;
+            }
+            buckets.last_mut().expect("one bucket at least").push(i);
+            filled += n;
+        }
+        let buffers = vec![Vec::new(); buckets.len()];
+        GradientBuckets { buckets, buffers }
+    }
+
+    /// Replaces every parameter's gradient by its sum over ranks. Every parameter must have a
+    /// gradient (each rank trains at least one micro-batch per step, and gradients are zeroed,
+    /// not dropped, between steps).
+    pub fn sum(&mut self, dist: &Dist, params: &[Tensor]) {
+        let grad = |p: usize| {
+            let g = params[p].grad();
+            assert!(g.defined(), "parameter {p} has no gradient");
+            g
+        };
+        let buckets = &self.buckets;
+        dist.sum_buffers_overlapped(&mut self.buffers, |i, buffer| {
+            let flat = Tensor::cat(&buckets[i].iter().map(|&p| grad(p).reshape([-1])).collect::<Vec<_>>(), 0);
+            let flat = flat.to_device(Device::Cpu);
+            let n = flat.numel();
+            buffer.resize(n, 0.0);
+            flat.copy_data(buffer, n);
+        });
+        tch::no_grad(|| {
+            for (bucket, sums) in buckets.iter().zip(&self.buffers) {
+                let flat = Tensor::from_slice(sums).to_device(params[bucket[0]].device());
+                let mut offset = 0;
+                for &p in bucket {
+                    let mut g = grad(p);
+                    let n = g.numel() as i64;
+                    g.copy_(&flat.narrow(0, offset, n).view_as(&g));
+                    offset += n;
+                }
+            }
+        });
+    }
 }
 
 #[cfg(feature = "mpi")]
@@ -188,6 +276,13 @@ mod mpi_world {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_hold_at_most_their_size_in_parameter_order() {
+        let t = |n: i64| Tensor::zeros([n], (tch::Kind::Float, Device::Cpu));
+        let params = [t(10), t(BUCKET_FLOATS - 5), t(3), t(BUCKET_FLOATS + 1), t(1)];
+        assert_eq!(GradientBuckets::new(&params).buckets, [vec![0], vec![1, 2], vec![3], vec![4]]);
+    }
 
     #[test]
     fn a_single_process_world_sums_to_itself() {

@@ -43,7 +43,8 @@ pub fn explain(req: &Request) -> Result<usize> {
     };
     let weights = checkpoint::at_epoch(&req.run, epoch)?.model;
     let data = req.data.clone().unwrap_or_else(|| config.run.data.clone());
-    let store = Store::open(&data).with_context(|| format!("opening the run's store (pass --data to point elsewhere): {}", data.display()))?;
+    let store =
+        Store::open(&data).with_context(|| format!("opening the run's store (pass --data to point elsewhere): {}", data.display()))?;
     let classes: Option<Vec<usize>> = if req.classes.is_empty() {
         None
     } else {
@@ -55,15 +56,14 @@ pub fn explain(req: &Request) -> Result<usize> {
         )
     };
     let info = &store.attrs.splits[&Split::Train];
-    let loss = config.loss(&info.label_counts, info.patches);
-    let explainer = Explainer::new(&weights, req.composite.unwrap_or(config.lrp.composite), config.lrp.epsilon)?;
+    let loss = crate::losses::Loss::new(&config.loss, &info.label_counts, info.patches);
+    let explainer = Explainer::new(&weights, config.model.arch, req.composite.unwrap_or(config.lrp.composite), config.lrp.epsilon)?;
     let norm = Normalizer::from_store(&store.attrs)?;
     let mut rows = Vec::new();
     let mut missing: Vec<&str> = req.patches.iter().map(String::as_str).collect();
     for split in [Split::Train, Split::Validation, Split::Test] {
         let data = store.split(split)?;
-        let indices: Vec<usize> =
-            req.patches.iter().filter_map(|n| data.names.iter().position(|m| m == n)).collect();
+        let indices: Vec<usize> = req.patches.iter().filter_map(|n| data.names.iter().position(|m| m == n)).collect();
         if indices.is_empty() {
             continue;
         }

@@ -1,25 +1,26 @@
 //! lossbench: runs the BigEarthNet-19 loss-function study as repeatable batch jobs. This
-//! library is what the `trainer` and `collector` binaries are thin over; the store it trains
-//! from is written by the `data-prep` crate, whose layout and reader it re-exports so that both
-//! sides use one definition.
+//! library is what the `trainer` binary is thin over. The store it trains from is written by the
+//! `data-prep` crate, and the records it writes are defined by the `collector` crate (which
+//! merges them into tables without libtorch); their modules are re-exported here so that each
+//! side uses one definition.
 
+pub mod bench;
 pub mod checkpoint;
-pub mod collector;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod dist;
+pub mod eval;
 pub mod explain;
 pub mod losses;
 pub mod lrp;
-pub mod metrics;
 pub mod model;
 pub mod optim;
-pub mod render;
-pub mod report;
-pub mod results;
-pub mod run_info;
+pub mod run;
+pub mod snapshot;
 pub mod train;
 
+pub use collector::{metrics, records, render, results, run_info};
 pub use data_prep::{labels, layout, store};
 
 /// Torch's random generator is global: unit tests that seed it must not interleave.

@@ -75,11 +75,31 @@ impl Adam {
         s
     }
 
-    /// Restores moments saved by [`Adam::state`] and the step count.
+    /// Restores moments saved by [`Adam::state`] and the step count, after checking that they
+    /// are the moments of these parameters (count and shapes).
     pub fn load_state(&mut self, state: &[(String, Tensor)], step: i64) -> anyhow::Result<()> {
         let get = |name: String| -> anyhow::Result<&Tensor> {
-            state.iter().find(|(n, _)| *n == name).map(|(_, t)| t).ok_or_else(|| anyhow::anyhow!("optimizer state lacks {name}"))
+            state.iter().find(|(n, _)| *n == name).map(|(_, t)| t).ok_or_else(|| anyhow::anyhow!("the optimizer state lacks {name}"))
         };
+        if state.len() != 2 * self.params.len() {
+            anyhow::bail!(
+                "the optimizer state holds {} tensors, this model's optimizer {}: it was written for another model",
+                state.len(),
+                2 * self.params.len()
+            );
+        }
+        for i in 0..self.params.len() {
+            for name in [format!("m.{i}"), format!("v.{i}")] {
+                let t = get(name.clone())?;
+                if t.size() != self.m[i].size() {
+                    anyhow::bail!(
+                        "optimizer state {name} has shape {:?}, parameter {i} has {:?}: it was written for another model",
+                        t.size(),
+                        self.m[i].size()
+                    );
+                }
+            }
+        }
         tch::no_grad(|| -> anyhow::Result<()> {
             for i in 0..self.params.len() {
                 let device = self.m[i].device();
@@ -142,5 +162,8 @@ mod tests {
         for ((_, x), (_, y)) in a.state().iter().zip(b.state().iter()) {
             assert!(x.equal(y));
         }
+        let w3 = Tensor::ones([4], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let e = Adam::new(vec![(w3, 0.1)], 0.01).load_state(&saved, 1).unwrap_err().to_string();
+        assert!(e.contains("optimizer state m.0 has shape [3], parameter 0 has [4]"), "{e}");
     }
 }

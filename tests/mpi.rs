@@ -20,9 +20,29 @@ fn two_ranks_equal_one_process_accumulating_their_micro_batches() {
     let out = tmp.path().join("runs");
     let args = |run_id: &str, accumulate: u32| -> Vec<String> {
         let a = [
-            "train", "--config", &job("hamming"), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
-            "--epochs", "2", "--seed", "5", "--device", "cpu", "--run-id", run_id, "--set", "train.batch_size=8",
-            "--set", &format!("train.accumulate={accumulate}"), "--set", "run.threads=1", "--set", "train.loader_threads=1",
+            "train",
+            "--config",
+            &job("hamming"),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--seed",
+            "5",
+            "--device",
+            "cpu",
+            "--run-id",
+            run_id,
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            &format!("train.accumulate={accumulate}"),
+            "--set",
+            "run.threads=1",
+            "--set",
+            "train.loader_threads=1",
         ];
         a.iter().map(|s| s.to_string()).collect()
     };

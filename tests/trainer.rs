@@ -15,16 +15,28 @@ fn trains_and_records_every_epoch() {
     let out = tmp.path().join("runs");
     for loss in ["wce", "sparsemax"] {
         let o = trainer(&[
-            "train", "--config", &job(loss), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
-            "--epochs", "2", "--seed", "3", "--device", "cpu", "--set", "train.batch_size=8", "--set", "train.accumulate=2",
+            "train",
+            "--config",
+            &job(loss),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "train.accumulate=2",
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let dir = out.join(format!("{loss}-seed3"));
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("epochs.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(dir.join("epochs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         for (i, r) in lines.iter().enumerate() {
             assert_eq!(r["epoch"], i as u64 + 1);
@@ -91,9 +103,25 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     let out = tmp.path().join("runs");
     let args = |run_id: &str| -> Vec<String> {
         [
-            "train", "--config", &job("focal"), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
-            "--epochs", "3", "--device", "cpu", "--run-id", run_id, "--set", "train.batch_size=8",
-            "--set", "run.threads=2", "--set", "train.loader_threads=1",
+            "train",
+            "--config",
+            &job("focal"),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--device",
+            "cpu",
+            "--run-id",
+            run_id,
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "run.threads=2",
+            "--set",
+            "train.loader_threads=1",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -156,8 +184,23 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
     let probes = format!("lrp.patches=[\"{}\", \"{}\"]", split.names[1], split.names[0]);
     let out = tmp.path().join("runs");
     let o = trainer(&[
-        "train", "--config", &job("focal"), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
-        "--epochs", "2", "--device", "cpu", "--set", "train.batch_size=16", "--set", "lrp.every=2", "--set", &probes,
+        "train",
+        "--config",
+        &job("focal"),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "lrp.every=2",
+        "--set",
+        &probes,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let run = out.join("focal-seed0");
@@ -170,7 +213,16 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
     let snapshot = read(&run.join("lrp/epoch-0002.parquet"));
     let patches: std::collections::BTreeSet<String> = snapshot
         .iter()
-        .flat_map(|b| b.column_by_name("patch").unwrap().as_any().downcast_ref::<StringArray>().unwrap().iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>())
+        .flat_map(|b| {
+            b.column_by_name("patch")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .iter()
+                .map(|s| s.unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
         .collect();
     assert_eq!(patches, [split.names[0].clone(), split.names[1].clone()].into_iter().collect());
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
@@ -181,8 +233,21 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
     let test = lossbench::store::Store::open(&data).unwrap().split(lossbench::layout::Split::Test).unwrap();
     let heatmaps = tmp.path().join("heatmaps");
     let o = trainer(&[
-        "explain", "--run", run.to_str().unwrap(), "--epoch", "1", "--patch", &test.names[2], "--class", "Arable land",
-        "--class", "Marine waters", "--out", heatmaps.to_str().unwrap(), "--data", data.to_str().unwrap(),
+        "explain",
+        "--run",
+        run.to_str().unwrap(),
+        "--epoch",
+        "1",
+        "--patch",
+        &test.names[2],
+        "--class",
+        "Arable land",
+        "--class",
+        "Marine waters",
+        "--out",
+        heatmaps.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for png in ["Arable_land.png", "Marine_waters.png"] {
@@ -195,12 +260,30 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
     assert_eq!(bands.as_any().downcast_ref::<FixedSizeListArray>().unwrap().value_length(), 80_000);
     assert!(rows[0].column_by_name("map").unwrap().null_count() == 0);
 
-    let o = trainer(&["explain", "--run", run.to_str().unwrap(), "--patch", "no-such-patch", "--out", heatmaps.to_str().unwrap(),
-        "--data", data.to_str().unwrap()]);
+    let o = trainer(&[
+        "explain",
+        "--run",
+        run.to_str().unwrap(),
+        "--patch",
+        "no-such-patch",
+        "--out",
+        heatmaps.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("no patch named no-such-patch"), "{err}");
-    let o = trainer(&["train", "--config", &job("ce"), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
-        "--set", "lrp.patches=[\"nope\"]"]);
+    let o = trainer(&[
+        "train",
+        "--config",
+        &job("ce"),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "lrp.patches=[\"nope\"]",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("lrp.patches"), "{err}");
 }

@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use data_prep::layout::{BAND_GROUPS, Split};

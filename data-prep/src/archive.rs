@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use arrow_array::{Array, BooleanArray, ListArray, RecordBatch, StringArray, LargeStringArray};
+use arrow_array::{Array, BooleanArray, LargeStringArray, ListArray, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -134,8 +134,7 @@ fn open_v1(root: &Path) -> Result<Archive> {
                 }
                 Err(e) => return Err(reject(format!("cannot read: {e}"))),
             };
-            let meta: V1Metadata = serde_json::from_slice(&text)
-                .map_err(|e| reject(format!("malformed JSON: {e}")))?;
+            let meta: V1Metadata = serde_json::from_slice(&text).map_err(|e| reject(format!("malformed JSON: {e}")))?;
             let labels = labels::from_corine_names(meta.labels.iter().map(String::as_str))
                 .map_err(|bad| reject(format!("unknown label {bad:?} (not one of the 43 CORINE classes)")))?;
             Ok(PatchRecord { name: name.clone(), dir, labels, snow: false, cloud: false, split: None })
@@ -263,15 +262,12 @@ impl<'a> V2Columns<'a> {
         let tile = v2_tile_of(&name).ok_or_else(|| reject("patch_id has no <tile>_<h>_<v> form".into()))?;
         let dir = s2.join(tile).join(&name);
         let list = self.labels.value(row);
-        let names = list
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| reject("labels are not strings".into()))?;
+        let names = list.as_any().downcast_ref::<StringArray>().ok_or_else(|| reject("labels are not strings".into()))?;
         let labels = labels::from_ben19_names(names.iter().flatten())
             .map_err(|bad| reject(format!("unknown label {bad:?} (not one of the 19 classes)")))?;
         let split_name = self.split.get(row).unwrap_or_default();
-        let split = Split::parse(split_name)
-            .ok_or_else(|| reject(format!("unknown split {split_name:?} (expected train, validation or test)")))?;
+        let split =
+            Split::parse(split_name).ok_or_else(|| reject(format!("unknown split {split_name:?} (expected train, validation or test)")))?;
         let flag = |col: Option<&BooleanArray>| col.is_some_and(|c| !c.is_null(row) && c.value(row));
         Ok(PatchRecord { name, dir, labels, snow: flag(self.snow), cloud: flag(self.cloud), split: Some(split) })
     }
@@ -302,10 +298,7 @@ mod tests {
 
     #[test]
     fn v2_tile_is_the_id_without_its_grid_position() {
-        assert_eq!(
-            v2_tile_of("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43"),
-            Some("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP")
-        );
+        assert_eq!(v2_tile_of("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43"), Some("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"));
         assert_eq!(v2_tile_of("nounderscore"), None);
     }
 

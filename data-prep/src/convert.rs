@@ -12,9 +12,7 @@ use rayon::prelude::*;
 use crate::archive::{self, ArchiveFormat, PatchRecord, Reject};
 use crate::geotiff::{self, BandError};
 use crate::labels::{BEN19, NUM_CLASSES};
-use crate::layout::{
-    ALL_BANDS, BAND_GROUPS, FORMAT_VERSION, Split, SplitInfo, StoreAttributes, Tool,
-};
+use crate::layout::{ALL_BANDS, BAND_COUNT, BAND_GROUPS, FORMAT_VERSION, Split, SplitInfo, StoreAttributes, Tool, partial_path, sibling};
 use crate::plan::{self, ListFiles};
 use crate::stats::BandSums;
 use crate::store::{self, SplitWriter, StoreOptions};
@@ -31,17 +29,6 @@ pub struct ConvertOptions {
     pub store: StoreOptions,
 }
 
-/// Where a store is built before it is complete.
-pub fn partial_path(out: &Path) -> PathBuf {
-    sibling(out, ".partial")
-}
-
-fn sibling(out: &Path, suffix: &str) -> PathBuf {
-    let mut s = out.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
 pub struct Outcome {
     pub attrs: StoreAttributes,
     pub rejects: Vec<Reject>,
@@ -56,9 +43,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
     }
     let lock_path = sibling(&opts.out, ".lock");
     let lock = fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    lock.try_lock().map_err(|_| {
-        anyhow!("another data-prep is writing {} (lock {} is held)", opts.out.display(), lock_path.display())
-    })?;
+    lock.try_lock().map_err(|_| anyhow!("another data-prep is writing {} (lock {} is held)", opts.out.display(), lock_path.display()))?;
     let result = convert_locked(opts);
     drop(lock);
     let _ = fs::remove_file(&lock_path);
@@ -66,16 +51,11 @@ pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
 }
 
 fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
-
     let archive = archive::open(&opts.archive, opts.format)?;
     tracing::info!(format = %archive.format, root = %archive.root.display(), patches = archive.patches.len(),
         bad_metadata = archive.rejects.len(), "read archive metadata");
     let plan = plan::make_plan(&opts.archive, archive, &opts.lists, opts.split_seed)?;
-    tracing::info!(
-        to_write = plan.splits.values().map(Vec::len).sum::<usize>(),
-        rss_mib = resident_mib(),
-        "planned every patch"
-    );
+    tracing::info!(to_write = plan.splits.values().map(Vec::len).sum::<usize>(), rss_mib = resident_mib(), "planned every patch");
     if !opts.skip_bad && !plan.rejects.is_empty() {
         bail!(bad_input_message(&plan.rejects, false));
     }
@@ -105,7 +85,7 @@ fn build(opts: &ConvertOptions, plan: &plan::Plan, partial: &Path) -> Result<Out
     let mut accounting = plan.accounting.clone();
     let mut rejects = plan.rejects.clone();
     let mut split_infos = BTreeMap::new();
-    let mut train_sums = [BandSums::default(); 12];
+    let mut train_sums = [BandSums::default(); BAND_COUNT];
     for (&split, patches) in &plan.splits {
         let writer = SplitWriter::create(partial, split, patches.len() as u64, &opts.store)?;
         let done = write_split(split, patches, &writer, &opts.store, opts.skip_bad, &progress)?;
@@ -128,19 +108,12 @@ fn build(opts: &ConvertOptions, plan: &plan::Plan, partial: &Path) -> Result<Out
     progress.finish_and_clear();
     assert_eq!(accounting.accounted(), accounting.input_patches, "every input patch is accounted for");
 
-    let band_stats = ALL_BANDS
-        .iter()
-        .zip(train_sums.iter())
-        .filter_map(|(b, s)| s.stats().map(|st| (b.to_string(), st)))
-        .collect();
+    let band_stats = ALL_BANDS.iter().zip(train_sums.iter()).filter_map(|(b, s)| s.stats().map(|st| (b.to_string(), st))).collect();
     let attrs = StoreAttributes {
         format_version: FORMAT_VERSION,
         tool: Tool { name: "data-prep".into(), version: env!("CARGO_PKG_VERSION").into() },
         classes: BEN19.iter().map(|s| s.to_string()).collect(),
-        band_groups: BAND_GROUPS
-            .iter()
-            .map(|g| (g.array.to_string(), g.bands.iter().map(|b| b.to_string()).collect()))
-            .collect(),
+        band_groups: BAND_GROUPS.iter().map(|g| (g.array.to_string(), g.bands.iter().map(|b| b.to_string()).collect())).collect(),
         splits: split_infos,
         band_stats,
         source: plan.source.clone(),
@@ -207,7 +180,7 @@ struct SplitDone {
     names: Vec<String>,
     labels: Vec<u8>,
     /// Per band, in [`ALL_BANDS`] order.
-    sums: [BandSums; 12],
+    sums: [BandSums; BAND_COUNT],
     rejects: Vec<Reject>,
 }
 
@@ -217,7 +190,7 @@ struct Shard {
     groups: [Vec<u16>; 3],
     names: Vec<String>,
     labels: Vec<u8>,
-    sums: [BandSums; 12],
+    sums: [BandSums; BAND_COUNT],
     rejects: Vec<Reject>,
 }
 
@@ -227,8 +200,8 @@ fn band_error_reason(e: &std::io::Error) -> String {
 
 /// Reads one patch's band files into `out` (one slice per band group, channels in layout
 /// order); returns the per-band sums in [`ALL_BANDS`] order.
-fn read_patch_into(p: &PatchRecord, out: [&mut [u16]; 3]) -> Result<[BandSums; 12], Reject> {
-    let mut sums = [BandSums::default(); 12];
+fn read_patch_into(p: &PatchRecord, out: [&mut [u16]; 3]) -> Result<[BandSums; BAND_COUNT], Reject> {
+    let mut sums = [BandSums::default(); BAND_COUNT];
     for (g, dest) in BAND_GROUPS.iter().zip(out) {
         let n = g.pixels_per_band();
         for (k, band) in g.bands.iter().enumerate() {
@@ -263,7 +236,7 @@ impl Shard {
                 buf.resize((start + batch.len()) * n, 0);
             }
             let [g10, g20, g60] = &mut shard.groups;
-            let results: Vec<Result<[BandSums; 12], Reject>> = g10[start * per_patch[0]..]
+            let results: Vec<Result<[BandSums; BAND_COUNT], Reject>> = g10[start * per_patch[0]..]
                 .par_chunks_mut(per_patch[0])
                 .zip(g20[start * per_patch[1]..].par_chunks_mut(per_patch[1]))
                 .zip(g60[start * per_patch[2]..].par_chunks_mut(per_patch[2]))
@@ -307,7 +280,7 @@ fn write_split(
     progress: &ProgressBar,
 ) -> Result<SplitDone> {
     let size = opts.shard_patches as usize;
-    let mut done = SplitDone { names: Vec::new(), labels: Vec::new(), sums: [BandSums::default(); 12], rejects: Vec::new() };
+    let mut done = SplitDone { names: Vec::new(), labels: Vec::new(), sums: [BandSums::default(); BAND_COUNT], rejects: Vec::new() };
     let mut cursor = 0;
     let mut next = Shard::fill(patches, &mut cursor, size, skip_bad)?;
     // Encode and write one shard while the next one's files are read.
@@ -315,7 +288,9 @@ fn write_split(
         let current = next;
         let start = done.names.len() as u64;
         let (written, read) = rayon::join(
-            || if current.len() > 0 { writer.write(start, &current.groups) } else { Ok(()) },
+            || {
+                if current.len() > 0 { writer.write(start, &current.groups) } else { Ok(()) }
+            },
             || Shard::fill(patches, &mut cursor, size, skip_bad),
         );
         written.with_context(|| format!("writing split {split}"))?;

@@ -4,8 +4,8 @@
 
 use std::io::Cursor;
 
-use tiff::decoder::{Decoder, DecodingResult, Limits};
 use tiff::ColorType;
+use tiff::decoder::{Decoder, DecodingResult, Limits};
 
 /// Why a band file could not be used. Rendered into messages that also name patch and file.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -25,24 +25,20 @@ pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
     if bytes.len() < 8 || !(bytes.starts_with(b"II") || bytes.starts_with(b"MM")) {
         return Err(BandError::NotTiff(format!("{} bytes, no TIFF header", bytes.len())));
     }
-    let mut decoder = Decoder::new(Cursor::new(bytes))
-        .map_err(|e| BandError::Decode(e.to_string()))?
-        .with_limits(Limits::default());
+    let mut decoder = Decoder::new(Cursor::new(bytes)).map_err(|e| BandError::Decode(e.to_string()))?.with_limits(Limits::default());
     let (width, height) = decoder.dimensions().map_err(|e| BandError::Decode(e.to_string()))?;
     if width as usize != side || height as usize != side {
         return Err(BandError::WrongSize { width, height, expected: side });
     }
     match decoder.colortype().map_err(|e| BandError::Decode(e.to_string()))? {
         ColorType::Gray(16) => {}
-        other => return Err(BandError::WrongType(format!("{other:?} at {width}x{height}"))),
+        other => {
+            return Err(BandError::WrongType(format!("{other:?} at {width}x{height}")));
+        }
     }
     match decoder.read_image().map_err(|e| BandError::Decode(e.to_string()))? {
         DecodingResult::U16(v) if v.len() == side * side => Ok(v),
-        DecodingResult::U16(v) => Err(BandError::Decode(format!(
-            "decoded {} values, expected {}",
-            v.len(),
-            side * side
-        ))),
+        DecodingResult::U16(v) => Err(BandError::Decode(format!("decoded {} values, expected {}", v.len(), side * side))),
         other => Err(BandError::WrongType(format!("{} at {width}x{height}", sample_kind(&other)))),
     }
 }
@@ -106,10 +102,7 @@ pub fn rows_per_strip(side: usize) -> usize {
 pub fn encode_band(pixels: &[u16], side: usize, geo: &GeoRef, flavor: Flavor) -> Vec<u8> {
     assert_eq!(pixels.len(), side * side, "pixel count does not match the side");
     let rps = rows_per_strip(side);
-    let strips: Vec<(usize, usize)> = (0..side)
-        .step_by(rps)
-        .map(|row| (row, rps.min(side - row)))
-        .collect();
+    let strips: Vec<(usize, usize)> = (0..side).step_by(rps).map(|row| (row, rps.min(side - row))).collect();
     let strip_bytes: Vec<u32> = strips.iter().map(|&(_, rows)| (rows * side * 2) as u32).collect();
 
     let citation = format!("{}|WGS 84|", geo.crs_name());
@@ -117,14 +110,38 @@ pub fn encode_band(pixels: &[u16], side: usize, geo: &GeoRef, flavor: Flavor) ->
     ascii_params.push(0);
     let proj_len = geo.crs_name().len() as u16 + 1;
     let geokeys: [u16; 32] = [
-        1, 1, 0, 7, // directory version, revision, minor revision, number of keys
-        1024, 0, 1, 1, // GTModelType: projected
-        1025, 0, 1, 1, // GTRasterType: PixelIsArea
-        1026, 34737, proj_len, 0, // GTCitation
-        2049, 34737, 7, proj_len, // GeogCitation "WGS 84|"
-        2054, 0, 1, 9102, // GeogAngularUnits: degree
-        3072, 0, 1, geo.epsg(), // ProjectedCSType
-        3076, 0, 1, 9001, // ProjLinearUnits: metre
+        1,
+        1,
+        0,
+        7, // directory version, revision, minor revision, number of keys
+        1024,
+        0,
+        1,
+        1, // GTModelType: projected
+        1025,
+        0,
+        1,
+        1, // GTRasterType: PixelIsArea
+        1026,
+        34737,
+        proj_len,
+        0, // GTCitation
+        2049,
+        34737,
+        7,
+        proj_len, // GeogCitation "WGS 84|"
+        2054,
+        0,
+        1,
+        9102, // GeogAngularUnits: degree
+        3072,
+        0,
+        1,
+        geo.epsg(), // ProjectedCSType
+        3076,
+        0,
+        1,
+        9001, // ProjLinearUnits: metre
     ];
 
     // (tag, type, count, value bytes); values of more than 4 bytes go out of line.
@@ -239,10 +256,7 @@ mod tests {
     #[test]
     fn bad_files_are_refused_with_a_reason() {
         let bytes = encode_band(&ramp(60), 60, &geo(20.0), Flavor::V1);
-        assert_eq!(
-            decode_band(&bytes, 120).unwrap_err(),
-            BandError::WrongSize { width: 60, height: 60, expected: 120 }
-        );
+        assert_eq!(decode_band(&bytes, 120).unwrap_err(), BandError::WrongSize { width: 60, height: 60, expected: 120 });
         assert!(matches!(decode_band(b"{\"labels\": []}", 60), Err(BandError::NotTiff(_))));
         let truncated = &bytes[..bytes.len() - 100];
         assert!(matches!(decode_band(truncated, 60), Err(BandError::Decode(_))), "{:?}", decode_band(truncated, 60));

@@ -79,10 +79,38 @@ pub const NUM_CLASSES: usize = BEN19.len();
 pub const CORINE_TO_BEN19: [Option<u8>; 43] = {
     let mut map = [None; 43];
     let pairs: [(usize, u8); 32] = [
-        (0, 0), (1, 0), (2, 1), (11, 2), (12, 2), (13, 2), (14, 3), (15, 3), (16, 3), (18, 3),
-        (17, 4), (19, 5), (20, 6), (21, 7), (22, 8), (23, 9), (24, 10), (25, 11), (31, 11),
-        (26, 12), (27, 12), (28, 13), (29, 14), (33, 15), (34, 15), (35, 16), (36, 16), (38, 17),
-        (39, 17), (40, 18), (41, 18), (42, 18),
+        (0, 0),
+        (1, 0),
+        (2, 1),
+        (11, 2),
+        (12, 2),
+        (13, 2),
+        (14, 3),
+        (15, 3),
+        (16, 3),
+        (18, 3),
+        (17, 4),
+        (19, 5),
+        (20, 6),
+        (21, 7),
+        (22, 8),
+        (23, 9),
+        (24, 10),
+        (25, 11),
+        (31, 11),
+        (26, 12),
+        (27, 12),
+        (28, 13),
+        (29, 14),
+        (33, 15),
+        (34, 15),
+        (35, 16),
+        (36, 16),
+        (38, 17),
+        (39, 17),
+        (40, 18),
+        (41, 18),
+        (42, 18),
     ];
     let mut i = 0;
     while i < pairs.len() {
@@ -158,13 +186,10 @@ mod tests {
 
     #[test]
     fn mapping_matches_the_documented_table() {
-        let dropped: Vec<usize> =
-            (0..43).filter(|&i| CORINE_TO_BEN19[i].is_none()).collect();
+        let dropped: Vec<usize> = (0..43).filter(|&i| CORINE_TO_BEN19[i].is_none()).collect();
         assert_eq!(dropped, vec![3, 4, 5, 6, 7, 8, 9, 10, 30, 32, 37]);
         // Every 19-class index is reached, and the sources are those of the table.
-        let sources = |c: u8| -> Vec<usize> {
-            (0..43).filter(|&i| CORINE_TO_BEN19[i] == Some(c)).collect()
-        };
+        let sources = |c: u8| -> Vec<usize> { (0..43).filter(|&i| CORINE_TO_BEN19[i] == Some(c)).collect() };
         assert_eq!(sources(0), vec![0, 1]);
         assert_eq!(sources(2), vec![11, 12, 13]);
         assert_eq!(sources(3), vec![14, 15, 16, 18]);

@@ -5,13 +5,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use data_prep::archive::ArchiveFormat;
+use data_prep::archive::Reject;
 use data_prep::convert::{ConvertOptions, convert};
 use data_prep::logging::{self, LogFormat};
 use data_prep::plan::ListFiles;
-use data_prep::archive::Reject;
 use data_prep::store::{Codec, Store, StoreOptions, read_rejects};
-use data_prep::synth::{SynthOptions, synth};
 use data_prep::summary;
+use data_prep::synth::{SynthOptions, synth};
 
 /// BigEarthNet archive → sharded Zarr v3 store (see docs/store.md).
 #[derive(Parser)]
@@ -145,7 +145,15 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "wrote {} synthetic patches ({}) to {}: {} snowy, {} cloudy, {} without a 19-class label; \
                  train/validation/test {}/{}/{}",
-                s.patches, a.format, a.out.display(), s.snow, s.cloud, s.no_label, s.per_split[0], s.per_split[1], s.per_split[2]
+                s.patches,
+                a.format,
+                a.out.display(),
+                s.snow,
+                s.cloud,
+                s.no_label,
+                s.per_split[0],
+                s.per_split[1],
+                s.per_split[2]
             );
         }
         Command::Info { store, rejects } => {

@@ -67,9 +67,8 @@ pub fn make_plan(given: &Path, archive: Archive, lists: &ListFiles, split_seed: 
     let uses_lists = archive.format == archive::ArchiveFormat::V1 || !archive.has_exclusion_flags;
     let snow_path = lists.snow.clone().or_else(|| uses_lists.then(|| find_file(&dirs, &[SNOW_LIST])).flatten());
     let cloud_path = lists.cloud.clone().or_else(|| uses_lists.then(|| find_file(&dirs, &[CLOUD_LIST])).flatten());
-    let split_paths = lists.splits.clone().or_else(|| {
-        (archive.format == archive::ArchiveFormat::V1).then(|| find_split_lists(&dirs)).flatten()
-    });
+    let split_paths =
+        lists.splits.clone().or_else(|| (archive.format == archive::ArchiveFormat::V1).then(|| find_split_lists(&dirs)).flatten());
 
     let read_set = |p: &Option<PathBuf>| -> Result<std::collections::HashSet<String>> {
         Ok(match p {
@@ -91,22 +90,15 @@ pub fn make_plan(given: &Path, archive: Archive, lists: &ListFiles, split_seed: 
         for (split, path) in Split::ALL.into_iter().zip(paths.iter()) {
             for name in archive::read_name_list(path)? {
                 if let Some((other, other_path)) = listed.insert(name.clone(), (split, path)) {
-                    bail!(
-                        "patch {name} is listed in both {} ({other}) and {} ({split})",
-                        other_path.display(),
-                        path.display()
-                    );
+                    bail!("patch {name} is listed in both {} ({other}) and {} ({split})", other_path.display(), path.display());
                 }
             }
         }
     }
 
     let Archive { format, root, patches, mut rejects, has_exclusion_flags: _ } = archive;
-    let mut accounting = Accounting {
-        input_patches: (patches.len() + rejects.len()) as u64,
-        rejected: rejects.len() as u64,
-        ..Default::default()
-    };
+    let mut accounting =
+        Accounting { input_patches: (patches.len() + rejects.len()) as u64, rejected: rejects.len() as u64, ..Default::default() };
     let mut by_split: BTreeMap<Split, Vec<PatchRecord>> = Split::ALL.iter().map(|&s| (s, Vec::new())).collect();
     let mut unassigned = Vec::new();
     for mut p in patches {

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use zarrs::array::codec::{
-    BloscCodec, BloscCompressionLevel, BloscCompressor, BloscShuffleMode, ZstdCodec,
-};
+use zarrs::array::codec::{BloscCodec, BloscCompressionLevel, BloscCompressor, BloscShuffleMode, ZstdCodec};
 use zarrs::array::codec::{ShardingCodecOptions, SubchunkWriteOrder};
-use zarrs::array::{Array, ArrayBuilder, BytesToBytesCodecTraits, CodecSpecificOptions, ArrayShardedReadableExt, ArrayShardedReadableExtCache, CodecOptions, data_type};
+use zarrs::array::{
+    Array, ArrayBuilder, ArrayShardedReadableExt, ArrayShardedReadableExtCache, BytesToBytesCodecTraits, CodecOptions,
+    CodecSpecificOptions, data_type,
+};
 use zarrs::filesystem::{FilesystemStore, FilesystemStoreOptions};
 use zarrs::group::{Group, GroupBuilder};
 
@@ -77,20 +78,17 @@ impl SplitWriter {
         for g in BAND_GROUPS {
             let side = g.side as u64;
             let nb = g.bands.len() as u64;
-            let array = ArrayBuilder::new(
-                vec![capacity, nb, side, side],
-                vec![opts.shard_patches, nb, side, side],
-                data_type::uint16(),
-                0u16,
-            )
-            .subchunk_shape(vec![1, nb, side, side])
-            // Inner chunks in index order, not in the order threads finish: byte-identical shards.
-            .codec_specific_options(CodecSpecificOptions::default().with_option(
-                ShardingCodecOptions::default().with_subchunk_write_order(SubchunkWriteOrder::C),
-            ))
-            .bytes_to_bytes_codecs(vec![compression(opts, 2)?])
-            .dimension_names(["patch", "band", "y", "x"].into())
-            .build(storage.clone(), &format!("/{split}/{}", g.array))?;
+            let array =
+                ArrayBuilder::new(vec![capacity, nb, side, side], vec![opts.shard_patches, nb, side, side], data_type::uint16(), 0u16)
+                    .subchunk_shape(vec![1, nb, side, side])
+                    // Inner chunks in index order, not in the order threads finish: byte-identical shards.
+                    .codec_specific_options(
+                        CodecSpecificOptions::default()
+                            .with_option(ShardingCodecOptions::default().with_subchunk_write_order(SubchunkWriteOrder::C)),
+                    )
+                    .bytes_to_bytes_codecs(vec![compression(opts, 2)?])
+                    .dimension_names(["patch", "band", "y", "x"].into())
+                    .build(storage.clone(), &format!("/{split}/{}", g.array))?;
             array.store_metadata()?;
             bands.push(array);
         }
@@ -134,7 +132,7 @@ impl SplitWriter {
             .build(self.storage.clone(), &format!("/{}/{NAMES_ARRAY}", self.split))?;
         name_array.store_metadata()?;
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        name_array.store_array_subset(&[0..n], refs)?;
+        name_array.store_array_subset(&std::slice::from_ref(&(0..n)), refs)?;
         Ok(())
     }
 }
@@ -157,7 +155,7 @@ pub fn write_rejects(store_path: &Path, rejects: &[crate::archive::Reject]) -> R
             .build(storage.clone(), &format!("/{REJECTS_GROUP}/{name}"))?;
         array.store_metadata()?;
         let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-        array.store_array_subset(&[0..n], refs)?;
+        array.store_array_subset(&std::slice::from_ref(&(0..n)), refs)?;
     }
     Ok(())
 }
@@ -199,7 +197,7 @@ pub struct Store {
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join("zarr.json").is_file() {
-            let partial = crate::convert::partial_path(path);
+            let partial = crate::layout::partial_path(path);
             if partial.exists() {
                 bail!(
                     "{} is not a finished store: {} holds an interrupted or running data-prep; rerun data-prep",
@@ -213,8 +211,7 @@ impl Store {
         let mut fs_options = FilesystemStoreOptions::default();
         fs_options.file_handle_cache_size(READ_HANDLE_CACHE);
         let storage = Arc::new(
-            FilesystemStore::new_with_options(path, fs_options)
-                .with_context(|| format!("opening store folder {}", path.display()))?,
+            FilesystemStore::new_with_options(path, fs_options).with_context(|| format!("opening store folder {}", path.display()))?,
         );
         let group = Group::open(storage.clone(), "/").with_context(|| format!("opening {}", path.display()))?;
         let value = group
@@ -223,7 +220,7 @@ impl Store {
             .with_context(|| format!("{}: no `{ATTRIBUTES_KEY}` attributes; not written by data-prep", path.display()))?;
         let attrs: StoreAttributes = serde_json::from_value(value.clone())
             .with_context(|| format!("{}: unreadable `{ATTRIBUTES_KEY}` attributes", path.display()))?;
-        attrs.check_compatible().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        attrs.validate().map_err(|e| anyhow::anyhow!("{}: inconsistent store attributes: {e}", path.display()))?;
         Ok(Store { path: path.to_path_buf(), attrs, storage })
     }
 
@@ -243,6 +240,10 @@ impl Store {
             if a.shape()[0] as usize != len || labels.len() != len * NUM_CLASSES {
                 bail!("{}: split {split}: {} has {} patches but names has {len}", self.path.display(), g.array, a.shape()[0]);
             }
+        }
+        let recorded = self.attrs.splits[&split].patches;
+        if recorded != len as u64 {
+            bail!("{}: split {split} holds {len} patches but its attributes say {recorded}", self.path.display());
         }
         Ok(SplitData { split, len, names, labels, bands, caches })
     }

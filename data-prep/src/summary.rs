@@ -31,13 +31,7 @@ pub fn render(path: &std::path::Path, a: &StoreAttributes) -> String {
     for (c, name) in a.classes.iter().enumerate() {
         let count = |sp: Split| a.splits.get(&sp).map(|i| i.label_counts[c]).unwrap_or(0);
         let short: String = name.chars().take(48).collect();
-        let _ = writeln!(
-            s,
-            "  {short:<50}{:>10}{:>11}{:>10}",
-            count(Split::Train),
-            count(Split::Validation),
-            count(Split::Test)
-        );
+        let _ = writeln!(s, "  {short:<50}{:>10}{:>11}{:>10}", count(Split::Train), count(Split::Validation), count(Split::Test));
     }
     let _ = writeln!(s, "\nband statistics over the training split");
     for (group, bands) in &a.band_groups {

@@ -96,7 +96,16 @@ impl Acquisition {
         format!("S1A_IW_GRDH_1SDV_{}T{}_{}_{h}_{v}", self.date, self.time6(), self.tile)
     }
     fn tile_source(&self) -> String {
-        format!("{}_MSIL1C_{}T{}_N0205_{}_T{}_{}T{}.SAFE", self.satellite, self.date, self.time6(), self.orbit, self.tile, self.date, self.time6())
+        format!(
+            "{}_MSIL1C_{}T{}_N0205_{}_T{}_{}T{}.SAFE",
+            self.satellite,
+            self.date,
+            self.time6(),
+            self.orbit,
+            self.tile,
+            self.date,
+            self.time6()
+        )
     }
     fn acquisition_date(&self) -> String {
         let (d, t) = (self.date, self.time6());
@@ -217,25 +226,25 @@ fn class_looks() -> Vec<ClassLook> {
     let mix = |a: &[f64; 12], b: &[f64; 12], t: f64| -> [f64; 12] { std::array::from_fn(|i| a[i] * (1.0 - t) + b[i] * t) };
     // (base spectrum, texture amplitude, texture frequency in cycles per 10 m pixel)
     let bases: [([f64; 12], f64, f64); NUM_CLASSES] = [
-        (URBAN, 0.25, 0.45),                  // Urban fabric
-        (mix(&URBAN, &SAND, 0.3), 0.15, 0.2), // Industrial or commercial units
-        (CROPS, 0.12, 0.08),                  // Arable land: broad field stripes
-        (mix(&CROPS, &FOREST, 0.3), 0.15, 0.3), // Permanent crops: looks like arable / orchards
-        (GRASS, 0.05, 0.05),                  // Pastures
-        (mix(&CROPS, &GRASS, 0.5), 0.2, 0.15), // Complex cultivation patterns
-        (mix(&CROPS, &FOREST, 0.5), 0.15, 0.1), // Agriculture with natural vegetation
-        (mix(&FOREST, &GRASS, 0.5), 0.12, 0.2), // Agro-forestry: between forest and pasture
-        (mix(&FOREST, &GRASS, 0.15), 0.08, 0.35), // Broad-leaved forest
-        (mix(&FOREST, &WATER, 0.15), 0.06, 0.5), // Coniferous forest: darker
-        (mix(&FOREST, &WATER, 0.07), 0.07, 0.42), // Mixed forest
-        (mix(&GRASS, &SAND, 0.3), 0.1, 0.1),  // Natural grassland and sparse vegetation
-        (mix(&GRASS, &FOREST, 0.4), 0.1, 0.25), // Moors, heathland
-        (mix(&FOREST, &GRASS, 0.35), 0.1, 0.3), // Transitional woodland, shrub
-        (mix(&SAND, &GRASS, 0.2), 0.05, 0.1), // Beaches, dunes, sands
-        (WETLAND, 0.08, 0.12),                // Inland wetlands
+        (URBAN, 0.25, 0.45),                       // Urban fabric
+        (mix(&URBAN, &SAND, 0.3), 0.15, 0.2),      // Industrial or commercial units
+        (CROPS, 0.12, 0.08),                       // Arable land: broad field stripes
+        (mix(&CROPS, &FOREST, 0.3), 0.15, 0.3),    // Permanent crops: looks like arable / orchards
+        (GRASS, 0.05, 0.05),                       // Pastures
+        (mix(&CROPS, &GRASS, 0.5), 0.2, 0.15),     // Complex cultivation patterns
+        (mix(&CROPS, &FOREST, 0.5), 0.15, 0.1),    // Agriculture with natural vegetation
+        (mix(&FOREST, &GRASS, 0.5), 0.12, 0.2),    // Agro-forestry: between forest and pasture
+        (mix(&FOREST, &GRASS, 0.15), 0.08, 0.35),  // Broad-leaved forest
+        (mix(&FOREST, &WATER, 0.15), 0.06, 0.5),   // Coniferous forest: darker
+        (mix(&FOREST, &WATER, 0.07), 0.07, 0.42),  // Mixed forest
+        (mix(&GRASS, &SAND, 0.3), 0.1, 0.1),       // Natural grassland and sparse vegetation
+        (mix(&GRASS, &FOREST, 0.4), 0.1, 0.25),    // Moors, heathland
+        (mix(&FOREST, &GRASS, 0.35), 0.1, 0.3),    // Transitional woodland, shrub
+        (mix(&SAND, &GRASS, 0.2), 0.05, 0.1),      // Beaches, dunes, sands
+        (WETLAND, 0.08, 0.12),                     // Inland wetlands
         (mix(&WETLAND, &WATER, 0.35), 0.08, 0.12), // Coastal wetlands: close to inland ones
-        (mix(&WATER, &WETLAND, 0.1), 0.03, 0.05), // Inland waters
-        (mix(&WATER, &URBAN, 0.05), 0.02, 0.03), // Marine waters
+        (mix(&WATER, &WETLAND, 0.1), 0.03, 0.05),  // Inland waters
+        (mix(&WATER, &URBAN, 0.05), 0.02, 0.03),   // Marine waters
     ];
     let mut rng = ChaCha8Rng::seed_from_u64(0x000c_1a55);
     bases
@@ -294,7 +303,13 @@ fn spec(seed: u64, index: usize, sampler: &LabelSampler) -> PatchSpec {
     let cloud = !snow && r < SNOW_SHARE + CLOUD_SHARE;
     let no_label = !snow && !cloud && rng.random::<f64>() < NO_LABEL_SHARE;
     let s: f64 = rng.random();
-    let split = if s < 0.52 { Split::Train } else if s < 0.76 { Split::Validation } else { Split::Test };
+    let split = if s < 0.52 {
+        Split::Train
+    } else if s < 0.76 {
+        Split::Validation
+    } else {
+        Split::Test
+    };
     PatchSpec { acq, h, v, painted, labels, snow, cloud, no_label, split }
 }
 
@@ -519,9 +534,8 @@ fn write_lines(path: &Path, names: impl Iterator<Item = impl AsRef<str>>, eol: &
 /// The official list files: snow and cloud lists (CRLF), and the BigEarthNet-19 split lists,
 /// which hold neither snowy, cloudy nor label-less patches.
 fn write_v1_lists(out: &Path, specs: &[PatchSpec], names: &[String]) -> Result<()> {
-    let pick = |f: &dyn Fn(&PatchSpec) -> bool| -> Vec<&str> {
-        specs.iter().zip(names).filter(|(s, _)| f(s)).map(|(_, n)| n.as_str()).collect()
-    };
+    let pick =
+        |f: &dyn Fn(&PatchSpec) -> bool| -> Vec<&str> { specs.iter().zip(names).filter(|(s, _)| f(s)).map(|(_, n)| n.as_str()).collect() };
     write_lines(&out.join(SNOW_LIST), pick(&|s| s.snow).into_iter(), "\r\n")?;
     write_lines(&out.join(CLOUD_LIST), pick(&|s| s.cloud).into_iter(), "\r\n")?;
     for (split, file) in [(Split::Train, "train.csv"), (Split::Validation, "val.csv"), (Split::Test, "test.csv")] {

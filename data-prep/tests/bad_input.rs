@@ -122,7 +122,7 @@ fn every_bad_input_is_named_and_accounted_for() {
         assert!(err.contains(file.to_str().unwrap()), "{}: error does not name the file:\n{err}", case.name);
         assert!(err.contains(case.reason), "{}: error does not say {:?}:\n{err}", case.name, case.reason);
         assert!(!out.exists(), "{}: a store exists after the error", case.name);
-        assert!(!data_prep::convert::partial_path(&out).exists(), "{}: partial left behind", case.name);
+        assert!(!data_prep::layout::partial_path(&out).exists(), "{}: partial left behind", case.name);
 
         common::run_ok(&["convert", "--archive", a, "--out", o, "--skip-bad"]);
         let store = Store::open(&out).unwrap();

@@ -89,11 +89,14 @@ fn fixture_bands_are_refused_or_rejected_with_skip_bad() {
         assert!(rejects.iter().all(|r| r.reason.contains(reason)), "{rejects:?}");
     }
     // The v2 fixture's 20 m and 60 m bands are also at the wrong size (120 x 120).
-    let b01 = std::fs::read_dir(common::fixtures().join("v2/BigEarthNet-S2/S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP/S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with("_B01.tif"))
-        .unwrap();
+    let b01 = std::fs::read_dir(
+        common::fixtures()
+            .join("v2/BigEarthNet-S2/S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP/S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"),
+    )
+    .unwrap()
+    .map(|e| e.unwrap().path())
+    .find(|p| p.to_string_lossy().ends_with("_B01.tif"))
+    .unwrap();
     let err = data_prep::geotiff::decode_band(&std::fs::read(b01).unwrap(), 20).unwrap_err();
     assert_eq!(err.to_string(), "wrong size: 120x120 pixels, expected 20x20 for this band");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use data_prep::convert::partial_path;
+use data_prep::layout::partial_path;
 use data_prep::store::Store;
 
 #[test]

@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use data_prep::labels::{CORINE_TO_BEN19, NUM_CLASSES, corine_index, ben19_index};
+use data_prep::labels::{CORINE_TO_BEN19, NUM_CLASSES, ben19_index, corine_index};
 use data_prep::layout::{ALL_BANDS, BAND_GROUPS, Split};
 use data_prep::store::Store;
 
@@ -39,8 +39,8 @@ fn check_store(store: &Store, patch_dir: impl Fn(&str) -> std::path::PathBuf, ex
                 }
             }
             assert_eq!(data.labels_of(i), expected_labels(name), "{split} {name} labels");
-            for c in 0..NUM_CLASSES {
-                counts[c] += data.labels_of(i)[c] as u64;
+            for (count, &label) in counts.iter_mut().zip(data.labels_of(i)) {
+                *count += label as u64;
             }
             checked += 1;
         }
@@ -62,11 +62,7 @@ fn v1_store_holds_every_source_pixel_and_label() {
     assert!(printed.contains("input"), "{printed}");
     let store = Store::open(&out).unwrap();
     let root = archive.join("BigEarthNet-v1.0");
-    let checked = check_store(
-        &store,
-        |n| root.join(n),
-        |n| labels_from_json(&root.join(n).join(format!("{n}_labels_metadata.json"))),
-    );
+    let checked = check_store(&store, |n| root.join(n), |n| labels_from_json(&root.join(n).join(format!("{n}_labels_metadata.json"))));
 
     // Accounting: every patch of the archive is somewhere, and the splits are the lists'.
     let acc = &store.attrs.accounting;
@@ -138,11 +134,7 @@ fn v2_store_holds_every_source_pixel_and_label() {
         }
     }
     let root = archive.join("BigEarthNet-S2");
-    check_store(
-        &store,
-        |n| root.join(data_prep::archive::v2_tile_of(n).unwrap()).join(n),
-        |n| expected[n].0.clone(),
-    );
+    check_store(&store, |n| root.join(data_prep::archive::v2_tile_of(n).unwrap()).join(n), |n| expected[n].0.clone());
     for split in Split::ALL {
         for n in &store.split(split).unwrap().names {
             assert_eq!(expected[n].1, split.name(), "{n} is in the split its metadata names");

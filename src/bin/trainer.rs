@@ -1,4 +1,5 @@
-//! `trainer`: trains the K-Branch CNN with one loss (docs/training.md).
+//! `trainer`: trains a network with one loss (docs/training.md), explains it (docs/lrp.md), and
+//! reports and times what it runs on (docs/cluster.md, docs/benchmarks.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use data_prep::logging::{self, LogFormat};
 use lossbench::config::{self, DeviceChoice};
 use lossbench::dist::Dist;
-use lossbench::run_info::{RunInfo, Status};
-use lossbench::train::{EXIT_REQUEUE, Ending, Run};
+use lossbench::run::Run;
+use lossbench::run_info::{Identity, RunInfo, Status};
+use lossbench::train::{EXIT_REQUEUE, Ending};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -30,10 +32,14 @@ enum Resume {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train one run (one loss, one seed).
+    /// Train one run (one job config, one seed).
     Train(TrainArgs),
     /// LRP heatmaps of any patches with a run's weights (docs/lrp.md).
     Explain(ExplainArgs),
+    /// Time the optimizer step on a run's data and print JSON (docs/benchmarks.md).
+    Bench(BenchArgs),
+    /// Print the libtorch, devices and memory this trainer sees, as JSON.
+    Env,
 }
 
 #[derive(Args)]
@@ -61,8 +67,9 @@ struct ExplainArgs {
     composite: Option<lossbench::lrp::Composite>,
 }
 
+/// The job config and the flags that override its keys.
 #[derive(Args)]
-struct TrainArgs {
+struct JobArgs {
     /// Job config, e.g. jobs/ce.toml.
     #[arg(long)]
     config: PathBuf,
@@ -84,13 +91,39 @@ struct TrainArgs {
     /// Overrides run.run_id (the run folder's name).
     #[arg(long)]
     run_id: Option<String>,
+    /// Overrides any key: `--set train.batch_size=64` (the value is TOML). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    job: JobArgs,
     /// `auto`: continue from the newest valid checkpoint in the run folder, if any; `never`:
     /// refuse to start when the run folder has checkpoints.
     #[arg(long, value_enum, default_value_t = Resume::Never)]
     resume: Resume,
-    /// Overrides any key: `--set train.batch_size=64` (the value is TOML). Repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
+    /// Stop as on SIGUSR1 (checkpoint, exit 75) after this many optimizer steps of this
+    /// attempt: a deterministic interruption for tests and checks.
+    #[arg(long, value_name = "N")]
+    stop_after_steps: Option<u64>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    /// Timed optimizer steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed steps first (their losses are reported too).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Also write the first batch (z-scored inputs and targets) as safetensors, for the
+    /// Python peer (scripts/bench/torch_peer.py).
+    #[arg(long)]
+    save_batch: Option<PathBuf>,
 }
 
 /// Parses `--set KEY=VALUE`, the value as a TOML value (a bare word is taken as a string).
@@ -101,36 +134,37 @@ fn parse_set(item: &str) -> Result<(String, toml::Value)> {
     Ok((key.trim().to_string(), parsed["v"].clone()))
 }
 
-fn overrides(a: &TrainArgs) -> Result<config::Overrides> {
-    let path = |p: &PathBuf| toml::Value::String(p.display().to_string());
-    let mut o: config::Overrides = Vec::new();
-    if let Some(v) = a.seed {
-        o.push(("run.seed".into(), toml::Value::Integer(v as i64)));
+impl JobArgs {
+    fn overrides(&self) -> Result<config::Overrides> {
+        let path = |p: &PathBuf| toml::Value::String(p.display().to_string());
+        let mut o: config::Overrides = Vec::new();
+        if let Some(v) = self.seed {
+            o.push(("run.seed".into(), toml::Value::Integer(v as i64)));
+        }
+        if let Some(v) = &self.data {
+            o.push(("run.data".into(), path(v)));
+        }
+        if let Some(v) = &self.out {
+            o.push(("run.out".into(), path(v)));
+        }
+        if let Some(v) = self.epochs {
+            o.push(("train.epochs".into(), toml::Value::Integer(v as i64)));
+        }
+        if let Some(v) = self.device {
+            o.push(("run.device".into(), toml::Value::try_from(v)?));
+        }
+        if let Some(v) = &self.run_id {
+            o.push(("run.run_id".into(), toml::Value::String(v.clone())));
+        }
+        for item in &self.set {
+            o.push(parse_set(item)?);
+        }
+        Ok(o)
     }
-    if let Some(v) = &a.data {
-        o.push(("run.data".into(), path(v)));
+
+    fn load(&self) -> Result<config::Config> {
+        Ok(config::load(&self.config, self.overrides()?)?)
     }
-    if let Some(v) = &a.out {
-        o.push(("run.out".into(), path(v)));
-    }
-    if let Some(v) = a.epochs {
-        o.push(("train.epochs".into(), toml::Value::Integer(v as i64)));
-    }
-    if let Some(v) = a.device {
-        let name = match v {
-            DeviceChoice::Auto => "auto",
-            DeviceChoice::Cpu => "cpu",
-            DeviceChoice::Cuda => "cuda",
-        };
-        o.push(("run.device".into(), toml::Value::String(name.into())));
-    }
-    if let Some(v) = &a.run_id {
-        o.push(("run.run_id".into(), toml::Value::String(v.clone())));
-    }
-    for item in &a.set {
-        o.push(parse_set(item)?);
-    }
-    Ok(o)
 }
 
 fn run(cli: Cli, dist: Dist) -> Result<ExitCode> {
@@ -148,13 +182,32 @@ fn run(cli: Cli, dist: Dist) -> Result<ExitCode> {
             let n = lossbench::explain::explain(&request)?;
             println!("{n} heatmap(s) in {} (heatmaps.parquet and <patch>/<class>.png)", request.out.display());
         }
+        Command::Env => println!("{}", serde_json::to_string_pretty(&lossbench::device::Environment::probe())?),
+        Command::Bench(a) => {
+            let mut config = a.job.load()?;
+            // A bench leaves no run behind: its run folder is temporary.
+            let scratch = tempfile::tempdir()?;
+            config.run.out = scratch.path().to_path_buf();
+            let mut run = Run::new(config, false, dist)?;
+            if let Some(path) = &a.save_batch {
+                run.save_first_batch(path)?;
+            }
+            let timing = run.time_steps(a.warmup, a.steps)?;
+            println!("{}", serde_json::to_string(&timing)?);
+        }
         Command::Train(a) => {
-            let config = config::load(&a.config, overrides(&a)?)?;
+            let config = a.job.load()?;
             let mut run = Run::new(config, a.resume == Resume::Auto, dist)?;
-            let root = run.dist.is_root();
-            let mut info = if root {
+            run.stop_after_steps = a.stop_after_steps;
+            let mut info = if run.dist.is_root() {
                 let c = &run.config;
-                Some(RunInfo::begin(&run.dir, &c.run_id(), &c.loss.name, c.run.seed, run.dist.world_size)?)
+                let id = Identity {
+                    run_id: c.run_id(),
+                    loss: c.loss.name().into(),
+                    seed: c.run.seed,
+                    code_revision: env!("LOSSBENCH_REVISION").into(),
+                };
+                Some(RunInfo::begin(&run.dir, id, run.dist.world_size, format!("{:?}", run.device), run.placements.clone())?)
             } else {
                 None
             };
@@ -180,15 +233,15 @@ fn train_and_test(run: &mut Run) -> Result<ExitCode> {
         signal_hook::flag::register(signal, run.stop.clone())?;
     }
     tracing::info!(
-        run = %run.dir.display(), loss = %run.loss, from_epoch = run.start_epoch, ranks = run.dist.world_size, "training"
+        run = %run.dir.display(), loss = %run.loss, arch = run.model.arch().name(), from_epoch = run.progress.start_epoch,
+        ranks = run.dist.world_size, device = ?run.device, "training"
     );
     let records = match run.train()? {
         Ending::Finished(records) => records,
         Ending::Stopped { .. } if !root => return Ok(ExitCode::from(EXIT_REQUEUE)),
         Ending::Stopped { epoch, steps_into_epoch } => {
             println!(
-                "stopped by a signal at epoch {epoch}, step {steps_into_epoch}; checkpointed in {}; \
-                 rerun with --resume auto to continue",
+                "stopped at epoch {epoch}, step {steps_into_epoch}; checkpointed in {}; rerun with --resume auto to continue",
                 run.dir.display()
             );
             return Ok(ExitCode::from(EXIT_REQUEUE));

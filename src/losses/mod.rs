@@ -1,99 +1,146 @@
-//! The seven multi-label losses of the study (docs/training.md, "Losses"). Each takes logits
-//! `[B, 19]` and 0/1 targets `[B, 19]` (any float kind), returns the batch mean as a scalar,
-//! and has a decision rule logits → 0/1 labels (`[B, 19]`, uint8).
+//! The multi-label losses (docs/losses.md): the study's seven and the newer ones. Each takes
+//! logits `[B, 19]` and 0/1 targets `[B, 19]` (any float kind), returns the batch mean as a
+//! scalar, and has a decision rule logits → 0/1 labels (`[B, 19]`, uint8). Configs name them
+//! through [`LossSpec`]; [`Loss::new`] resolves a spec with the training split's label counts.
 
+mod asl;
 mod ce;
 mod focal;
 mod hamming;
 mod huber;
+mod poly1;
 mod ranking;
 mod sparsemax;
+mod spec;
 mod wce;
+mod zlpr;
 
 use std::fmt;
-use std::str::FromStr;
 
 use tch::{Kind, Tensor};
 
 pub use sparsemax::sparsemax;
+pub use spec::{LossSpec, Mix, MixPart, SingleLoss};
 pub use wce::positive_weights;
 
-/// Names accepted in configs, in the study's order.
-pub const NAMES: [&str; 7] = ["ce", "wce", "focal", "hamming", "huber", "sparsemax", "ranking"];
-
+/// A loss ready to compute: its spec with what the data determines (W-CE's weights).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Loss {
-    /// Sigmoid cross-entropy.
-    Ce,
-    /// Cross-entropy with a positive weight per class ([`positive_weights`]).
-    Wce { pos_weight: Vec<f64> },
-    /// Focal loss; `alpha` weighs positives (and `1 - alpha` negatives) when set.
-    Focal { gamma: f64, alpha: Option<f64> },
-    /// Expected Hamming loss under the sigmoid probabilities.
-    Hamming,
-    /// Modified Huber loss on the raw scores.
-    Huber,
-    /// Multi-label sparsemax loss.
-    Sparsemax,
-    /// Pairwise ranking hinge, decided by thresholding the scores.
-    Ranking { margin: f64, threshold: f64 },
+    Single {
+        spec: SingleLoss,
+        pos_weight: Vec<f64>,
+    },
+    /// Weighted parts; labels decided by part `decide_by`.
+    Mix {
+        parts: Vec<(f64, Loss)>,
+        decide_by: usize,
+    },
 }
 
 impl Loss {
+    /// Resolves a spec; W-CE and the weighted focal loss take their positive weights from the
+    /// training split's label counts ([`positive_weights`]).
+    pub fn new(spec: &LossSpec, train_label_counts: &[u64], train_patches: u64) -> Loss {
+        let single = |s: &SingleLoss| {
+            let pos_weight = match s {
+                SingleLoss::Wce | SingleLoss::WeightedFocal { .. } => positive_weights(train_label_counts, train_patches),
+                _ => Vec::new(),
+            };
+            Loss::Single { spec: s.clone(), pos_weight }
+        };
+        match spec {
+            LossSpec::Single(s) => single(s),
+            LossSpec::Mix(m) => Loss::Mix {
+                parts: m.mix.iter().map(|p| (p.weight, single(&p.loss))).collect(),
+                decide_by: m.decision.as_ref().and_then(|d| m.mix.iter().position(|p| p.loss.name() == d)).unwrap_or(0),
+            },
+        }
+    }
+
+    /// A loss with its default parameters and unit W-CE weights (tests, benchmarks).
+    pub fn with_defaults(name: &str) -> Result<Loss, String> {
+        let spec = SingleLoss::with_defaults(name)?;
+        Ok(Loss::new(&LossSpec::Single(spec), &[], 0).with_unit_weights())
+    }
+
+    fn with_unit_weights(self) -> Loss {
+        match self {
+            Loss::Single { spec, pos_weight }
+                if pos_weight.is_empty() && matches!(spec, SingleLoss::Wce | SingleLoss::WeightedFocal { .. }) =>
+            {
+                Loss::Single { spec, pos_weight: vec![1.0; data_prep::labels::NUM_CLASSES] }
+            }
+            other => other,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
-            Loss::Ce => "ce",
-            Loss::Wce { .. } => "wce",
-            Loss::Focal { .. } => "focal",
-            Loss::Hamming => "hamming",
-            Loss::Huber => "huber",
-            Loss::Sparsemax => "sparsemax",
-            Loss::Ranking { .. } => "ranking",
+            Loss::Single { spec, .. } => spec.name(),
+            Loss::Mix { .. } => "mix",
+        }
+    }
+
+    /// W-CE's positive weights, where the loss uses them (first found in a mix).
+    pub fn positive_weights(&self) -> Option<&[f64]> {
+        match self {
+            Loss::Single { pos_weight, .. } if !pos_weight.is_empty() => Some(pos_weight),
+            Loss::Single { .. } => None,
+            Loss::Mix { parts, .. } => parts.iter().find_map(|(_, l)| l.positive_weights()),
         }
     }
 
     /// Batch mean of the loss (a scalar tensor that carries gradients).
     pub fn compute(&self, logits: &Tensor, targets: &Tensor) -> Tensor {
         let y = targets.to_kind(logits.kind());
+        let z = logits;
         match self {
-            Loss::Ce => ce::loss(logits, &y),
-            Loss::Wce { pos_weight } => wce::loss(logits, &y, pos_weight),
-            Loss::Focal { gamma, alpha } => focal::loss(logits, &y, *gamma, *alpha),
-            Loss::Hamming => hamming::loss(logits, &y),
-            Loss::Huber => huber::loss(logits, &y),
-            Loss::Sparsemax => sparsemax::loss(logits, &y),
-            Loss::Ranking { margin, .. } => ranking::loss(logits, &y, *margin),
+            Loss::Mix { parts, .. } => {
+                let mut total = parts[0].1.compute(z, &y) * parts[0].0;
+                for (w, l) in &parts[1..] {
+                    total += l.compute(z, &y) * *w;
+                }
+                total
+            }
+            Loss::Single { spec, pos_weight } => match *spec {
+                SingleLoss::Ce => ce::loss(z, &y),
+                SingleLoss::Wce => wce::loss(z, &y, pos_weight),
+                SingleLoss::Focal { gamma, alpha } => {
+                    focal::loss(z, &y, gamma, alpha.map_or(focal::Weighting::None, focal::Weighting::Alpha))
+                }
+                SingleLoss::WeightedFocal { gamma } => focal::loss(z, &y, gamma, focal::Weighting::Positives(pos_weight)),
+                SingleLoss::Hamming => hamming::loss(z, &y),
+                SingleLoss::Huber => huber::loss(z, &y),
+                SingleLoss::Sparsemax => sparsemax::loss(z, &y),
+                SingleLoss::Ranking { margin, .. } => ranking::loss(z, &y, margin),
+                SingleLoss::Asl { gamma_pos, gamma_neg, clip } => asl::loss(z, &y, gamma_pos, gamma_neg, clip),
+                SingleLoss::Zlpr => zlpr::loss(z, &y),
+                SingleLoss::Poly1 { epsilon } => poly1::loss(z, &y, epsilon),
+            },
         }
     }
 
     /// Predicted labels, 0/1 as uint8.
     pub fn decide(&self, logits: &Tensor) -> Tensor {
-        let positive = match self {
+        let spec = match self {
+            Loss::Mix { parts, decide_by } => return parts[*decide_by].1.decide(logits),
+            Loss::Single { spec, .. } => spec,
+        };
+        let positive = match *spec {
             // p = sigmoid(z) >= 0.5  <=>  z >= 0.
-            Loss::Ce | Loss::Wce { .. } | Loss::Focal { .. } | Loss::Hamming | Loss::Huber => logits.ge(0.0),
-            Loss::Sparsemax => sparsemax(logits).gt(0.0),
-            Loss::Ranking { threshold, .. } => logits.ge(*threshold),
+            SingleLoss::Ce
+            | SingleLoss::Wce
+            | SingleLoss::Focal { .. }
+            | SingleLoss::WeightedFocal { .. }
+            | SingleLoss::Hamming
+            | SingleLoss::Huber
+            | SingleLoss::Asl { .. }
+            | SingleLoss::Poly1 { .. } => logits.ge(0.0),
+            SingleLoss::Zlpr => logits.gt(0.0),
+            SingleLoss::Sparsemax => sparsemax(logits).gt(0.0),
+            SingleLoss::Ranking { threshold, .. } => logits.ge(threshold),
         };
         positive.to_kind(Kind::Uint8)
-    }
-}
-
-/// The study's defaults: focal gamma 2, ranking margin 1 and threshold 0, and W-CE weights of 1
-/// until set from the training split with [`positive_weights`].
-impl FromStr for Loss {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "ce" => Loss::Ce,
-            "wce" => Loss::Wce { pos_weight: vec![1.0; data_prep::labels::NUM_CLASSES] },
-            "focal" => Loss::Focal { gamma: 2.0, alpha: None },
-            "hamming" => Loss::Hamming,
-            "huber" => Loss::Huber,
-            "sparsemax" => Loss::Sparsemax,
-            "ranking" => Loss::Ranking { margin: 1.0, threshold: 0.0 },
-            other => return Err(format!("unknown loss {other:?}; expected one of {}", NAMES.join(", "))),
-        })
     }
 }
 
@@ -157,19 +204,16 @@ pub(crate) mod testing {
 mod tests {
     use super::*;
 
-    #[test]
-    fn names_parse_and_round_trip() {
-        for name in NAMES {
-            assert_eq!(name.parse::<Loss>().unwrap().name(), name);
-        }
-        assert!("mse".parse::<Loss>().unwrap_err().contains("unknown loss"));
-    }
+    /// Every loss a config can name.
+    pub const ALL: [&str; 11] =
+        ["ce", "wce", "focal", "hamming", "huber", "sparsemax", "ranking", "asl", "zlpr", "poly1", "weighted_focal"];
 
     #[test]
     fn every_loss_is_nonnegative_finite_and_differentiable() {
         let (z, y) = testing::inputs(1, 6);
-        for name in NAMES {
-            let loss: Loss = name.parse().unwrap();
+        for name in ALL {
+            let loss = Loss::with_defaults(name).unwrap();
+            assert_eq!(loss.name(), name);
             let value = loss.compute(&z, &y).double_value(&[]);
             assert!(value.is_finite() && value >= 0.0, "{name}: {value}");
             testing::check_gradient(|x| loss.compute(x, &y), &z);
@@ -183,8 +227,32 @@ mod tests {
     fn threshold_rules_follow_their_losses() {
         let z = Tensor::from_slice(&[-1.0f64, -0.0, 0.5, 2.0]).reshape([1, 4]);
         let ones = |t: Tensor| Vec::<u8>::try_from(t.reshape([-1])).unwrap();
-        assert_eq!(ones(Loss::Ce.decide(&z)), vec![0, 1, 1, 1]);
-        assert_eq!(ones(Loss::Huber.decide(&z)), vec![0, 1, 1, 1]);
-        assert_eq!(ones(Loss::Ranking { margin: 1.0, threshold: 1.0 }.decide(&z)), vec![0, 0, 0, 1]);
+        let loss = |name: &str| Loss::with_defaults(name).unwrap();
+        assert_eq!(ones(loss("ce").decide(&z)), vec![0, 1, 1, 1]);
+        assert_eq!(ones(loss("huber").decide(&z)), vec![0, 1, 1, 1]);
+        assert_eq!(ones(loss("zlpr").decide(&z)), vec![0, 0, 1, 1]);
+        let ranking = Loss::Single { spec: SingleLoss::Ranking { margin: 1.0, threshold: 1.0 }, pos_weight: Vec::new() };
+        assert_eq!(ones(ranking.decide(&z)), vec![0, 0, 0, 1]);
+    }
+
+    /// A mix is the weighted sum of its parts; its labels follow the chosen part's rule.
+    #[test]
+    fn mixes_weigh_their_parts_and_decide_by_one() {
+        let (z, y) = testing::inputs(15, 4);
+        let spec: LossSpec = toml::from_str::<toml::Value>(
+            "mix = [{ name = \"focal\", weight = 0.25 }, { name = \"sparsemax\", weight = 2 }]\ndecision = \"sparsemax\"",
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+        let mix = Loss::new(&spec, &[], 0);
+        let want = 0.25 * Loss::with_defaults("focal").unwrap().compute(&z, &y).double_value(&[])
+            + 2.0 * Loss::with_defaults("sparsemax").unwrap().compute(&z, &y).double_value(&[]);
+        assert!((mix.compute(&z, &y).double_value(&[]) - want).abs() < 1e-12);
+        assert!(mix.decide(&z).equal(&Loss::with_defaults("sparsemax").unwrap().decide(&z)));
+        testing::check_gradient(|x| mix.compute(x, &y), &z);
+        // W-CE inside a mix takes the split's weights.
+        let spec = LossSpec::Mix(Mix { mix: vec![MixPart { weight: 1.0, loss: SingleLoss::Wce }], decision: None });
+        assert_eq!(Loss::new(&spec, &[1, 3], 4).positive_weights(), Some(&[3.0, 1.0 / 3.0][..]));
     }
 }

@@ -6,10 +6,7 @@
 use tch::Tensor;
 
 pub fn positive_weights(label_counts: &[u64], patches: u64) -> Vec<f64> {
-    label_counts
-        .iter()
-        .map(|&n| if n == 0 { 1.0 } else { (patches - n) as f64 / n as f64 })
-        .collect()
+    label_counts.iter().map(|&n| if n == 0 { 1.0 } else { patches.saturating_sub(n) as f64 / n as f64 }).collect()
 }
 
 pub(super) fn loss(z: &Tensor, y: &Tensor, pos_weight: &[f64]) -> Tensor {

@@ -137,7 +137,7 @@ def test_relevance_maps_equal_zennits(checkpoint, tmp_path, name):
         "classes": np.array([0, 9, 18], dtype=np.int64),
     }
     write_safetensors(tmp_path / "inputs.safetensors", inputs)
-    tool(BIN / "examples" / "lrp_reference", checkpoint, tmp_path / "inputs.safetensors", name, EPSILON[name], tmp_path / "out.safetensors")
+    tool(BIN / "examples" / "lrp_reference", "kbranch", checkpoint, tmp_path / "inputs.safetensors", name, EPSILON[name], tmp_path / "out.safetensors")
     ours = read_safetensors(tmp_path / "out.safetensors")
 
     xs = [torch.from_numpy(inputs[k]).requires_grad_(True) for k in ("b10m", "b20m", "b60m")]

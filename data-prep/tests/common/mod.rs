@@ -39,14 +39,10 @@ pub fn convert(archive: &Path, out: &Path, extra: &[&str]) -> String {
     run_ok(&args)
 }
 
-/// The torchgeo fixtures in ../shared (LOSSBENCH_FIXTURES overrides). Their absence fails the
-/// test: CI always has them.
+/// The torchgeo fixtures kept in the repository (tests/data/torchgeo-bigearthnet, with their
+/// licence and provenance).
 pub fn fixtures() -> PathBuf {
-    let p = std::env::var_os("LOSSBENCH_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/torchgeo-bigearthnet")
-    });
-    assert!(p.join("v1").is_dir() && p.join("v2").is_dir(), "fixtures not found at {}", p.display());
-    p
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/torchgeo-bigearthnet")
 }
 
 /// Pixel values of an uncompressed band file as the synthetic generator writes it: the

@@ -1,0 +1,82 @@
+//! `collector`: merges run folders into Parquet tables and renders the comparison report
+//! (docs/results.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use collector::{merge, report};
+use data_prep::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Merge run folders into results/<table>/*.parquet; only what changed is rewritten.
+    Merge {
+        /// Run folders, or folders holding run folders. Repeatable.
+        #[arg(long, required = true, num_args = 1..)]
+        runs: Vec<PathBuf>,
+        /// The results folder.
+        #[arg(long, default_value = "results")]
+        out: PathBuf,
+    },
+    /// Render report/index.html from merged tables.
+    Report {
+        /// The results folder written by `collector merge`.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        #[arg(long, default_value = "report")]
+        out: PathBuf,
+        /// Validation F1 (sample average) whose first epoch per loss the report lists.
+        #[arg(long, default_value_t = 0.55)]
+        f1_threshold: f64,
+        /// Patch of the LRP grid (default: a probe patch every loss has snapshots of).
+        #[arg(long)]
+        lrp_patch: Option<String>,
+        /// Class of the LRP grid (default: a true class of the patch).
+        #[arg(long)]
+        lrp_class: Option<String>,
+        /// Epochs (rows) of the LRP grid at most, spread over the run.
+        #[arg(long, default_value_t = 6)]
+        lrp_epochs: usize,
+    },
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Merge { runs, out } => {
+            let s = merge::merge(&runs, &out)?;
+            println!(
+                "merged {} run(s) into {}: {} file(s) written, {} unchanged, {} torn record line(s) skipped",
+                s.runs,
+                out.display(),
+                s.written,
+                s.unchanged,
+                s.skipped_lines
+            );
+        }
+        Command::Report { results, out, f1_threshold, lrp_patch, lrp_class, lrp_epochs } => {
+            let options = report::Options { f1_threshold, lrp_patch, lrp_class, lrp_epochs };
+            let path = report::render(&results, &out, &options)?;
+            println!("report: {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, "info");
+    logging::exit_code(run(cli).map(|()| ExitCode::SUCCESS))
+}
