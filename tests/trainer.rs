@@ -77,32 +77,76 @@ fn bad_configs_are_refused_naming_the_key() {
     assert!(err.contains("cannot read config no/such.toml: No such file"), "{err}");
 }
 
-/// Starts a trainer and returns once it has checkpointed epoch 1 and trained a little of epoch 2.
-fn start_into_epoch_two(args: Vec<String>, run: &Path) -> std::process::Child {
+/// Starts a trainer that logs every step (JSON at debug level) and returns once it reports
+/// step `step` of epoch `epoch` done: the interruption comes at a known point, not after a
+/// guessed delay. The rest of its log is drained in the background.
+fn start_until_step(args: &[String], epoch: u64, step: u64) -> std::process::Child {
+    use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .arg("--log-format")
+        .arg("json")
         .args(args)
+        .env("RUST_LOG", "info,lossbench=debug")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let first = run.join("checkpoints/epoch-0001");
-    let started = std::time::Instant::now();
-    while !first.exists() {
-        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
-        std::thread::sleep(std::time::Duration::from_millis(2));
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("the trainer ended before the step").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let f = &v["fields"];
+        if f["message"] == "step done" && f["epoch"] == epoch && f["step"] == step {
+            break;
+        }
     }
-    std::thread::sleep(std::time::Duration::from_millis(250));
+    std::thread::spawn(move || lines.for_each(drop));
     child
 }
 
+/// The checkpoint folders of a run, by name.
+fn checkpoints(run: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    names.sort();
+    names
+}
+
+/// Resumes a run; returns the checkpoint it said it resumed from.
+fn resume(args: &[String]) -> String {
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_trainer")).arg("--log-format").arg("json").args(args).args(["--resume", "auto"]).output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    let resumed =
+        log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["fields"]["message"] == "resuming");
+    resumed.expect("a resume line")["fields"]["checkpoint"].as_str().unwrap().to_string()
+}
+
+/// Every tensor of two runs' final checkpoints is bit-identical, and so are their records.
+fn assert_same_run(a: &Path, b: &Path) {
+    for ((na, ta), (nb, tb)) in tensors(&a.join("checkpoints/epoch-0003/model.safetensors"))
+        .iter()
+        .zip(tensors(&b.join("checkpoints/epoch-0003/model.safetensors")).iter())
+    {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs between {} and {}", a.display(), b.display());
+    }
+    assert_eq!(val_records(a), val_records(b));
+    assert_eq!(val_records(a).len(), 3);
+}
+
+/// Killed (SIGKILL, resumes from the last epoch checkpoint), signalled (SIGUSR1, checkpoints
+/// mid-epoch, exits 75), stopped after a set number of steps (mid-epoch, deterministic): each
+/// resumed run ends bit-identical to an uninterrupted one. The signalled run streams its data
+/// from the store, the others hold it in memory: both give the same training.
 #[test]
 fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
     let data = store(tmp.path());
     let out = tmp.path().join("runs");
-    let args = |run_id: &str| -> Vec<String> {
-        [
+    let args = |run_id: &str, resident: &str| -> Vec<String> {
+        let a = [
             "train",
             "--config",
             &job("focal"),
@@ -122,57 +166,50 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
             "run.threads=2",
             "--set",
             "train.loader_threads=1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+            "--set",
+            &format!("data.resident=\"{resident}\""),
+        ];
+        a.iter().map(|s| s.to_string()).collect()
     };
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("whole")).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("whole", "host")).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("whole/run.json")).unwrap()).unwrap();
+    let data_placement = &info["attempts"][0]["data"];
+    assert_eq!((data_placement[0]["split"].as_str(), data_placement[0]["placement"].as_str()), (Some("train"), Some("device")));
+    assert!(data_placement[1]["load_s"].as_f64().unwrap() > 0.0, "{info}");
 
-    let mut child = start_into_epoch_two(args("killed"), &out.join("killed"));
-    child.kill().unwrap(); // SIGKILL
+    // SIGKILL in epoch 2: nothing of epoch 2 is saved; the resume starts from epoch 1's checkpoint.
+    let mut child = start_until_step(&args("killed", "host"), 2, 1);
+    child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!out.join("killed/checkpoints/epoch-0003").exists(), "killed too late to test a resume");
-
+    assert_eq!(checkpoints(&out.join("killed")), ["epoch-0001"]);
     // Without --resume the folder is protected; with it the run finishes.
-    let refused = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("killed")).output().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("killed", "host")).output().unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume auto"));
-    let mut resume = args("killed");
-    resume.extend(["--resume".to_string(), "auto".to_string()]);
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(resume).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(resume(&args("killed", "host")).ends_with("checkpoints/epoch-0001"));
+    assert_same_run(&out.join("whole"), &out.join("killed"));
 
-    // SIGUSR1 (as SLURM sends before the time limit): finish the step, checkpoint, exit 75.
-    let mut child = start_into_epoch_two(args("signalled"), &out.join("signalled"));
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
-    let status = child.wait().unwrap();
+    // SIGUSR1 (as SLURM sends before the time limit): finish the step, checkpoint mid-epoch, exit 75.
+    let child = start_until_step(&args("signalled", "off"), 2, 1);
+    assert!(Command::new("kill").args(["-USR1", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait_with_output().unwrap().status;
     assert_eq!(status.code(), Some(75), "exit code of a signalled run");
-    let mut resume = args("signalled");
-    resume.extend(["--resume".to_string(), "auto".to_string()]);
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(resume).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let c = out.join("signalled");
-    for ((na, ta), (_, tc)) in tensors(&out.join("whole/checkpoints/epoch-0003/model.safetensors"))
-        .iter()
-        .zip(tensors(&c.join("checkpoints/epoch-0003/model.safetensors")).iter())
-    {
-        assert!(ta.equal(tc), "{na} differs after a signalled stop and resume");
-    }
-    assert_eq!(val_records(&out.join("whole")), val_records(&c));
+    let saved = checkpoints(&out.join("signalled"));
+    let mid = saved.iter().find(|n| n.starts_with("epoch-0001-step-")).unwrap_or_else(|| panic!("no mid-epoch checkpoint: {saved:?}"));
+    assert!(resume(&args("signalled", "off")).ends_with(mid.as_str()));
+    assert_same_run(&out.join("whole"), &out.join("signalled"));
 
-    let (a, b) = (out.join("whole"), out.join("killed"));
-    for ((na, ta), (nb, tb)) in tensors(&a.join("checkpoints/epoch-0003/model.safetensors"))
-        .iter()
-        .zip(tensors(&b.join("checkpoints/epoch-0003/model.safetensors")).iter())
-    {
-        assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs after resume");
-    }
-    assert_eq!(val_records(&a), val_records(&b));
-    assert_eq!(val_records(&a).len(), 3);
+    // --stop-after-steps: two steps into epoch 2.
+    let train = lossbench::store::Store::open(&data).unwrap().split(lossbench::layout::Split::Train).unwrap();
+    let per_epoch = train.len.div_ceil(8);
+    let mut stopped = args("stopped", "host");
+    stopped.extend(["--stop-after-steps".into(), (per_epoch + 2).to_string()]);
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(&stopped).output().unwrap();
+    assert_eq!(o.status.code(), Some(75), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(checkpoints(&out.join("stopped")), ["epoch-0001", "epoch-0001-step-000002"]);
+    assert!(resume(&args("stopped", "host")).ends_with("epoch-0001-step-000002"));
+    assert_same_run(&out.join("whole"), &out.join("stopped"));
 }
 
 #[test]

@@ -42,7 +42,9 @@ def store(tmp_path_factory) -> Path:
 
 
 def sbatch_sweep(env, out: Path, data: Path, losses: str, seeds: str) -> str:
-    env = dict(env, LOSSES=losses, SEEDS=seeds, EPOCHS="2", DATA=str(data), OUT=str(out), TRAIN_ARGS=TRAIN_ARGS)
+    # The trainers log each finished step (debug level): the test interrupts them at a known point.
+    env = dict(env, LOSSES=losses, SEEDS=seeds, EPOCHS="2", DATA=str(data), OUT=str(out), TRAIN_ARGS=TRAIN_ARGS,
+               RUST_LOG="info,lossbench=debug")
     plan_log = out.parent / f"plan-{seeds.replace(' ', '_')}.out"
     job = subprocess.run(
         ["sbatch", "--parsable", "--wait", "--ntasks=2", f"--output={plan_log}", str(SWEEP)],
@@ -63,6 +65,21 @@ def wait_until(condition, what: str, timeout: float = 300):
     while not condition():
         assert time.time() - start < timeout, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def log_events(log: Path, message: str) -> list[dict]:
+    """The fields of the trainer's JSON log lines with this message."""
+    if not log.exists():
+        return []
+    events = []
+    for line in log.read_text().splitlines():
+        try:
+            fields = json.loads(line).get("fields", {})
+        except ValueError:
+            continue  # srun's and the script's own lines
+        if fields.get("message") == message:
+            events.append(fields)
+    return events
 
 
 def val_records(run_dir: Path) -> list:
@@ -93,8 +110,8 @@ def test_sweep_trains_requeues_resumes_and_adds_runs(cluster, store, tmp_path):
                        "checkpointed before the time limit: requeueing")}
     for task, (loss, seed, command, _) in interrupted.items():
         run_dir = out / f"{loss}-seed{seed}"
-        wait_until(lambda: (run_dir / "checkpoints" / "epoch-0001").exists(), f"epoch 1 of {run_dir.name}")
-        time.sleep(1.0)
+        log = out / "logs" / f"{array}_{task}.out"
+        wait_until(lambda: any(e["epoch"] == 2 for e in log_events(log, "step done")), f"a step of epoch 2 of {run_dir.name}")
         assert not (run_dir / "checkpoints" / "epoch-0002").exists(), "too late to interrupt"
         subprocess.run(command, env=env, check=True)
 
@@ -107,7 +124,10 @@ def test_sweep_trains_requeues_resumes_and_adds_runs(cluster, store, tmp_path):
             assert [r[0] for r in val_records(run_dir)] == [1, 2]
     for task, (loss, seed, _, expected) in interrupted.items():
         log = (logs / f"{array}_{task}.out").read_text()
-        assert expected in log and "restart 1" in log and '"message":"resuming"' in log, log
+        assert expected in log and "restart 1" in log, log
+        # Interrupted in epoch 2, each resumed (every rank) from the checkpoint written mid-epoch on the signal.
+        resumed_from = {e["checkpoint"] for e in log_events(logs / f"{array}_{task}.out", "resuming")}
+        assert len(resumed_from) == 1 and "/epoch-0001-step-" in resumed_from.pop(), resumed_from
         # The same run without interruption, on 2 ranks: bit-identical weights and records.
         whole = train_uninterrupted(store, tmp_path / "whole", loss, seed)
         resumed = out / f"{loss}-seed{seed}"
