@@ -15,7 +15,7 @@ FEATURES := --features lossbench/mpi
 
 export LOSSBENCH_DATA_PREP := $(abspath $(DATA_PREP))
 
-.PHONY: all deps deps-torch build test test-rust test-python demo bench clean
+.PHONY: all deps deps-torch build lint test test-rust test-python demo bench clean gpu-bundle
 
 all: build
 
@@ -32,15 +32,35 @@ build:
 	$(CARGO) build --release --locked --workspace $(FEATURES)
 
 # cargo test builds the binaries the Python tests run (target/release/data-prep).
-test: deps deps-torch test-rust test-python
+test: deps deps-torch lint test-rust gpu-bundle test-python
+
+# Formatting, clippy, and the collector built where there is no libtorch (login nodes,
+# laptops): with LIBTORCH pointing nowhere, the build works only if nothing links libtorch.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --locked --workspace $(FEATURES) --all-targets -- -D warnings
+	LIBTORCH=/nonexistent $(CARGO) build --release --locked -p collector
 
 test-rust:
 	$(CARGO) test --release --locked --workspace $(FEATURES)
 
-# The zennit comparison needs Python torch (.cache/venv-torch); the rest runs in .cache/venv.
+# The tests against Python PyTorch (zennit, torchvision, timm, the GPU bundle) run in
+# .cache/venv-torch; the others in .cache/venv.
+TORCH_TESTS := tests/python/test_lrp_zennit.py tests/python/test_gpu_bundle.py
 test-python:
-	$(VENV)/bin/pytest -q tests/python --ignore=tests/python/test_lrp_zennit.py
-	.cache/venv-torch/bin/pytest -q tests/python/test_lrp_zennit.py
+	$(VENV)/bin/pytest -q tests/python $(addprefix --ignore=,$(TORCH_TESTS))
+	.cache/venv-torch/bin/pytest -q $(TORCH_TESTS)
+
+# The GPU bundle (docs/cluster.md, "The GPU check"): the trainer linked against the CUDA
+# libtorch 2.11 without MPI (a check node may lack OpenMPI), data-prep, the check and its Python
+# peer, stripped, in target/gpu-bundle (at most 64 MiB). Built in its own target folder, since
+# the CUDA libtorch is another LIBTORCH.
+GPU_BUNDLE := target/gpu-bundle
+gpu-bundle: deps
+	@scripts/setup-libtorch.sh --cuda
+	LIBTORCH=$(abspath .cache/deps/libtorch-cuda/torch) $(CARGO) build --locked --profile bundle --target-dir target/gpu-build \
+	  -p lossbench --bin trainer -p data-prep --bin data-prep
+	scripts/gpu/bundle.sh target/gpu-build/bundle $(GPU_BUNDLE)
 
 # Synthetic archive → data-prep → each of the seven losses trained a few epochs on the CPU
 # → a table of validation F1 per loss and epoch → the merged Parquet tables and the report.
