@@ -76,16 +76,19 @@ pub struct Archive {
     pub has_exclusion_flags: bool,
 }
 
+/// The folder of v1.0 patches in the official archive.
+pub const V1_FOLDER: &str = "BigEarthNet-v1.0";
+
 /// Decides the format of `path`: v2.0 if a `metadata.parquet` is there, else v1.0. For v1.0 the
 /// patch folders may sit in `path` itself or in its `BigEarthNet-v1.0` subfolder.
 pub fn detect(path: &Path) -> Result<(ArchiveFormat, PathBuf)> {
     if !path.is_dir() {
         bail!("archive folder {} does not exist or is not a folder", path.display());
     }
-    if path.join("metadata.parquet").is_file() {
+    if path.join(V2_METADATA).is_file() {
         return Ok((ArchiveFormat::V2, path.to_path_buf()));
     }
-    let nested = path.join("BigEarthNet-v1.0");
+    let nested = path.join(V1_FOLDER);
     if nested.is_dir() {
         return Ok((ArchiveFormat::V1, nested));
     }
@@ -103,6 +106,18 @@ pub fn open(path: &Path, format: Option<ArchiveFormat>) -> Result<Archive> {
 #[derive(Deserialize)]
 struct V1Metadata {
     labels: Vec<String>,
+}
+
+/// The name of a v1.0 patch's metadata file.
+pub fn v1_metadata_file(patch: &str) -> String {
+    format!("{patch}_labels_metadata.json")
+}
+
+/// The 19-class labels of a v1.0 `_labels_metadata.json`; the error is the reason to reject it.
+pub fn v1_labels(json: &[u8]) -> Result<LabelVector, String> {
+    let meta: V1Metadata = serde_json::from_slice(json).map_err(|e| format!("malformed JSON: {e}"))?;
+    labels::from_corine_names(meta.labels.iter().map(String::as_str))
+        .map_err(|bad| format!("unknown label {bad:?} (not one of the 43 CORINE classes)"))
 }
 
 fn open_v1(root: &Path) -> Result<Archive> {
@@ -125,7 +140,7 @@ fn open_v1(root: &Path) -> Result<Archive> {
     let results: Vec<Result<PatchRecord, Reject>> = dirs
         .into_par_iter()
         .map(|(name, dir)| {
-            let file = dir.join(format!("{name}_labels_metadata.json"));
+            let file = dir.join(v1_metadata_file(&name));
             let reject = |reason: String| Reject { patch: name.clone(), file: file.clone(), reason };
             let text = match fs::read(&file) {
                 Ok(t) => t,
@@ -134,9 +149,7 @@ fn open_v1(root: &Path) -> Result<Archive> {
                 }
                 Err(e) => return Err(reject(format!("cannot read: {e}"))),
             };
-            let meta: V1Metadata = serde_json::from_slice(&text).map_err(|e| reject(format!("malformed JSON: {e}")))?;
-            let labels = labels::from_corine_names(meta.labels.iter().map(String::as_str))
-                .map_err(|bad| reject(format!("unknown label {bad:?} (not one of the 43 CORINE classes)")))?;
+            let labels = v1_labels(&text).map_err(reject)?;
             Ok(PatchRecord { name: name.clone(), dir, labels, snow: false, cloud: false, split: None })
         })
         .collect();
@@ -165,12 +178,34 @@ pub fn v2_tile_of(patch_id: &str) -> Option<&str> {
 }
 
 fn open_v2(root: &Path) -> Result<Archive> {
-    let meta_path = root.join("metadata.parquet");
-    let s2 = root.join("BigEarthNet-S2");
+    let s2 = root.join(V2_FOLDER);
     if !s2.is_dir() {
-        bail!("{} has metadata.parquet but no BigEarthNet-S2 folder", root.display());
+        bail!("{} has metadata.parquet but no {V2_FOLDER} folder", root.display());
     }
-    let file = fs::File::open(&meta_path).with_context(|| format!("opening {}", meta_path.display()))?;
+    let metadata = read_v2_metadata(&root.join(V2_METADATA), &s2)?;
+    Ok(Archive {
+        format: ArchiveFormat::V2,
+        root: root.to_path_buf(),
+        patches: metadata.patches,
+        rejects: metadata.rejects,
+        has_exclusion_flags: metadata.has_exclusion_flags,
+    })
+}
+
+/// The folder of v2.0 patches and the metadata file beside it.
+pub const V2_FOLDER: &str = "BigEarthNet-S2";
+pub const V2_METADATA: &str = "metadata.parquet";
+
+/// What v2.0's `metadata.parquet` says: the patches (sorted by name; their folders under `s2`),
+/// rows it cannot use, and whether it carries the snow / cloud flags.
+pub struct V2Metadata {
+    pub patches: Vec<PatchRecord>,
+    pub rejects: Vec<Reject>,
+    pub has_exclusion_flags: bool,
+}
+
+pub fn read_v2_metadata(meta_path: &Path, s2: &Path) -> Result<V2Metadata> {
+    let file = fs::File::open(meta_path).with_context(|| format!("opening {}", meta_path.display()))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{}: not a readable parquet file", meta_path.display()))?
         .build()
@@ -182,7 +217,7 @@ fn open_v2(root: &Path) -> Result<Archive> {
         let cols = V2Columns::from_batch(&batch).with_context(|| format!("{}", meta_path.display()))?;
         has_flags &= cols.snow.is_some() && cols.cloud.is_some();
         for row in 0..batch.num_rows() {
-            results.push(cols.record(row, &s2, &meta_path));
+            results.push(cols.record(row, s2, meta_path));
         }
     }
     let (mut patches, rejects) = partition(results);
@@ -190,7 +225,7 @@ fn open_v2(root: &Path) -> Result<Archive> {
     if let Some(w) = patches.windows(2).find(|w| w[0].name == w[1].name) {
         bail!("{}: patch {} appears more than once", meta_path.display(), w[0].name);
     }
-    Ok(Archive { format: ArchiveFormat::V2, root: root.to_path_buf(), patches, rejects, has_exclusion_flags: has_flags })
+    Ok(V2Metadata { patches, rejects, has_exclusion_flags: has_flags })
 }
 
 struct V2Columns<'a> {

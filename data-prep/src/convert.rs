@@ -1,33 +1,53 @@
-//! The conversion: archive → plan → per-split sharded arrays, built under `<out>.partial` and
-//! renamed to `<out>` only once everything (arrays, attributes, rejects report) is written.
+//! The conversion: an archive (an unpacked folder, or one packed file read as a stream) →
+//! per-split sharded arrays, built under `<out>.partial` and renamed to `<out>` only once
+//! everything (arrays, attributes, rejects report) is written.
+//!
+//! Both routes feed the same pipeline: patches, each with its split decided ([`crate::plan`]),
+//! are decoded in parallel a chunk at a time while the shards filled by the previous chunks are
+//! compressed and written. An unpacked archive feeds its patches split by split in name order;
+//! a packed one in the order its patches complete in the stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::archive::{self, ArchiveFormat, PatchRecord, Reject};
-use crate::geotiff::{self, BandError};
-use crate::labels::{BEN19, NUM_CLASSES};
-use crate::layout::{ALL_BANDS, BAND_COUNT, BAND_GROUPS, FORMAT_VERSION, Split, SplitInfo, StoreAttributes, Tool, partial_path, sibling};
-use crate::plan::{self, ListFiles};
+use crate::geotiff;
+use crate::labels::{BEN19, LabelVector, NUM_CLASSES};
+use crate::layout::{
+    ALL_BANDS, Accounting, BAND_COUNT, BAND_GROUPS, FORMAT_VERSION, Source, Split, SplitInfo, StoreAttributes, Tool, partial_path, sibling,
+};
+use crate::packed::{self, Event, PackedStream, Packing};
+use crate::plan::{self, Fate, ListFiles, Rules};
 use crate::stats::BandSums;
 use crate::store::{self, SplitWriter, StoreOptions};
 
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
+    /// An unpacked archive folder, or a packed archive file (`.tar.gz`, `.tar.zst`, `.tar`).
     pub archive: PathBuf,
     pub out: PathBuf,
     pub format: Option<ArchiveFormat>,
     pub lists: ListFiles,
+    /// v2.0's `metadata.parquet` for a packed archive (default: beside it).
+    pub metadata: Option<PathBuf>,
     pub split_seed: u64,
     pub skip_bad: bool,
     pub overwrite: bool,
     pub store: StoreOptions,
+    /// Patches of a packed archive that may be incomplete at once.
+    pub max_pending: usize,
 }
+
+/// Default of [`ConvertOptions::max_pending`]: up to about 90 MB of held members.
+pub const DEFAULT_MAX_PENDING: usize = 512;
 
 pub struct Outcome {
     pub attrs: StoreAttributes,
@@ -51,23 +71,23 @@ pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
 }
 
 fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
-    let archive = archive::open(&opts.archive, opts.format)?;
-    tracing::info!(format = %archive.format, root = %archive.root.display(), patches = archive.patches.len(),
-        bad_metadata = archive.rejects.len(), "read archive metadata");
-    let plan = plan::make_plan(&opts.archive, archive, &opts.lists, opts.split_seed)?;
-    tracing::info!(to_write = plan.splits.values().map(Vec::len).sum::<usize>(), rss_mib = resident_mib(), "planned every patch");
-    if !opts.skip_bad && !plan.rejects.is_empty() {
-        bail!(bad_input_message(&plan.rejects, false));
-    }
-
+    let packing = if opts.archive.is_file() {
+        Some(Packing::of(&opts.archive).with_context(|| {
+            format!("{}: not an archive folder, and not a .tar.gz, .tgz, .tar.zst, .tzst or .tar file", opts.archive.display())
+        })?)
+    } else {
+        None
+    };
     let partial = partial_path(&opts.out);
     if partial.exists() {
         tracing::warn!(path = %partial.display(), "removing an incomplete store left by an interrupted run");
         fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
     }
     fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
-
-    let result = build(opts, &plan, &partial);
+    let result = match packing {
+        None => convert_folder(opts, &partial),
+        Some(p) => convert_packed(opts, p, &partial),
+    };
     if result.is_err() {
         // A failed build leaves nothing behind; a killed one leaves `.partial`, which the next
         // run removes.
@@ -78,61 +98,433 @@ fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// Writes every split, the rejects report and the attributes into `partial`.
-fn build(opts: &ConvertOptions, plan: &plan::Plan, partial: &Path) -> Result<Outcome> {
+/// An unpacked archive: every patch planned from its metadata first, then converted split by
+/// split in name order.
+fn convert_folder(opts: &ConvertOptions, partial: &Path) -> Result<Outcome> {
+    let archive = archive::open(&opts.archive, opts.format)?;
+    tracing::info!(format = %archive.format, root = %archive.root.display(), patches = archive.patches.len(),
+        bad_metadata = archive.rejects.len(), "read archive metadata");
+    let plan = plan::make_plan(&opts.archive, archive, &opts.lists, opts.split_seed)?;
+    tracing::info!(to_write = plan.splits.values().map(Vec::len).sum::<usize>(), rss_mib = resident_mib(), "planned every patch");
+    if !opts.skip_bad && !plan.rejects.is_empty() {
+        bail!(bad_input_message(&plan.rejects, false));
+    }
     let total: usize = plan.splits.values().map(Vec::len).sum();
     let progress = crate::progress::bar(total as u64, "patches");
-    let mut accounting = plan.accounting.clone();
-    let mut rejects = plan.rejects.clone();
-    let mut split_infos = BTreeMap::new();
-    let mut train_sums = [BandSums::default(); BAND_COUNT];
+    let capacities = Split::ALL.map(|s| plan.splits[&s].len() as u64);
+    let mut sinks = Sinks::create(partial, capacities, opts, plan.accounting.clone(), plan.rejects.clone())?;
     for (&split, patches) in &plan.splits {
-        let writer = SplitWriter::create(partial, split, patches.len() as u64, &opts.store)?;
-        let done = write_split(split, patches, &writer, &opts.store, opts.skip_bad, &progress)?;
-        tracing::info!(%split, written = done.names.len(), rejected = done.rejects.len(), "split written");
-        if split == Split::Train {
-            train_sums = done.sums;
+        for chunk in patches.chunks(CHUNK) {
+            let work = chunk.iter().map(|p| Work { split, name: p.name.clone(), labels: p.labels, input: Input::Folder(p.dir.clone()) });
+            sinks.process(work.collect())?;
+            progress.inc(chunk.len() as u64);
         }
-        let mut label_counts = vec![0u64; NUM_CLASSES];
-        for row in done.labels.chunks(NUM_CLASSES) {
-            for (c, &l) in row.iter().enumerate() {
-                label_counts[c] += l as u64;
-            }
-        }
-        accounting.written.insert(split, done.names.len() as u64);
-        accounting.rejected += done.rejects.len() as u64;
-        rejects.extend(done.rejects);
-        split_infos.insert(split, SplitInfo { patches: done.names.len() as u64, label_counts });
-        writer.finish(&done.labels, &done.names)?;
     }
     progress.finish_and_clear();
-    assert_eq!(accounting.accounted(), accounting.input_patches, "every input patch is accounted for");
+    sinks.finish(partial, plan.source)
+}
 
-    let band_stats = ALL_BANDS.iter().zip(train_sums.iter()).filter_map(|(b, s)| s.stats().map(|st| (b.to_string(), st))).collect();
-    let attrs = StoreAttributes {
-        format_version: FORMAT_VERSION,
-        tool: Tool { name: "data-prep".into(), version: env!("CARGO_PKG_VERSION").into() },
-        classes: BEN19.iter().map(|s| s.to_string()).collect(),
-        band_groups: BAND_GROUPS.iter().map(|g| (g.array.to_string(), g.bands.iter().map(|b| b.to_string()).collect())).collect(),
-        splits: split_infos,
-        band_stats,
-        source: plan.source.clone(),
-        options: serde_json::json!({
+/// Patches decoded per step: enough to keep every thread busy, few enough to bound memory
+/// (each holds 160 KB of pixels).
+const CHUNK: usize = 128;
+
+/// One patch to decode and the split it goes to.
+struct Work {
+    split: Split,
+    name: String,
+    labels: LabelVector,
+    input: Input,
+}
+
+enum Input {
+    /// The patch folder of an unpacked archive.
+    Folder(PathBuf),
+    /// The band files' bytes (in [`ALL_BANDS`] order) from a packed archive, named for messages.
+    Packed { bands: Vec<Vec<u8>>, archive: PathBuf },
+}
+
+/// A patch's pixels per band group (channels in layout order) and per-band sums.
+struct Decoded {
+    groups: [Vec<u16>; 3],
+    sums: [BandSums; BAND_COUNT],
+}
+
+/// Reads a whole file with one open and as few reads as its size needs (no `stat`): the
+/// folder route reads 12 small files per patch, so system calls count.
+fn read_small_file(path: &Path, expected: usize) -> std::io::Result<Vec<u8>> {
+    let mut file = fs::File::open(path)?;
+    let mut buf = vec![0u8; expected + 1];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = file.read(&mut buf[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        // A regular file returns less than asked only at its end.
+        if len < buf.len() {
+            break;
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+fn decode(w: &Work) -> Result<Decoded, Reject> {
+    let mut groups: [Vec<u16>; 3] = Default::default();
+    let mut sums = [BandSums::default(); BAND_COUNT];
+    for (g, group) in BAND_GROUPS.iter().enumerate() {
+        groups[g].reserve_exact(group.values_per_patch());
+        for band in group.bands {
+            let b = ALL_BANDS.iter().position(|x| x == band).expect("layout bands are archive bands");
+            let file_name = format!("{}_{band}.tif", w.name);
+            let (bytes, file) = match &w.input {
+                Input::Folder(dir) => {
+                    let path = dir.join(&file_name);
+                    let reason = |e: std::io::Error| {
+                        if e.kind() == std::io::ErrorKind::NotFound { "missing band file".to_string() } else { format!("cannot read: {e}") }
+                    };
+                    let read = read_small_file(&path, geotiff::typical_file_size(group.side));
+                    match read {
+                        Ok(bytes) => (std::borrow::Cow::Owned(bytes), path),
+                        Err(e) => return Err(Reject { patch: w.name.clone(), file: path, reason: reason(e) }),
+                    }
+                }
+                Input::Packed { bands, archive } => {
+                    (std::borrow::Cow::Borrowed(&bands[b][..]), PathBuf::from(format!("{}:{file_name}", archive.display())))
+                }
+            };
+            let px = geotiff::decode_band(&bytes, group.side).map_err(|e| Reject {
+                patch: w.name.clone(),
+                file: file.clone(),
+                reason: e.to_string(),
+            })?;
+            sums[b] = BandSums::of(&px);
+            groups[g].extend_from_slice(&px);
+        }
+    }
+    Ok(Decoded { groups, sums })
+}
+
+/// One split being written: the shard being filled and everything recorded so far.
+struct SplitSink {
+    writer: SplitWriter,
+    /// Pixels of the patches not yet written, per band group.
+    shard: [Vec<u16>; 3],
+    /// Patches written to the array so far.
+    stored: u64,
+    names: Vec<String>,
+    labels: Vec<u8>,
+    sums: [BandSums; BAND_COUNT],
+}
+
+/// A full shard on its way to the store.
+struct ShardWrite {
+    split: Split,
+    start: u64,
+    groups: [Vec<u16>; 3],
+}
+
+/// Where decoded patches go: one sink per split, the accounting and the rejects.
+struct Sinks {
+    splits: BTreeMap<Split, SplitSink>,
+    shard_patches: usize,
+    skip_bad: bool,
+    accounting: Accounting,
+    rejects: Vec<Reject>,
+    /// Full shards waiting to be written (while the next chunk decodes).
+    writes: Vec<ShardWrite>,
+    options: serde_json::Value,
+}
+
+impl Sinks {
+    fn create(partial: &Path, capacities: [u64; 3], opts: &ConvertOptions, accounting: Accounting, rejects: Vec<Reject>) -> Result<Sinks> {
+        let mut splits = BTreeMap::new();
+        for (split, capacity) in Split::ALL.into_iter().zip(capacities) {
+            let writer = SplitWriter::create(partial, split, capacity, &opts.store)?;
+            let sink = SplitSink {
+                writer,
+                shard: Default::default(),
+                stored: 0,
+                names: Vec::new(),
+                labels: Vec::new(),
+                sums: [BandSums::default(); BAND_COUNT],
+            };
+            splits.insert(split, sink);
+        }
+        let options = serde_json::json!({
             "codec": opts.store.codec,
             "level": opts.store.level,
             "shard_patches": opts.store.shard_patches,
             "skip_bad": opts.skip_bad,
             "split_seed": opts.split_seed,
-        }),
-        accounting,
-    };
-    store::write_rejects(partial, &rejects)?;
-    store::write_root(partial, &attrs)?;
-    Ok(Outcome { attrs, rejects })
+        });
+        Ok(Sinks {
+            splits,
+            shard_patches: opts.store.shard_patches as usize,
+            skip_bad: opts.skip_bad,
+            accounting,
+            rejects,
+            writes: Vec::new(),
+            options,
+        })
+    }
+
+    /// A patch that cannot be used: recorded with `--skip-bad`, else the end of the conversion.
+    fn reject(&mut self, r: Reject) -> Result<()> {
+        if !self.skip_bad {
+            bail!(bad_input_message(&[r], true));
+        }
+        self.accounting.rejected += 1;
+        self.rejects.push(r);
+        Ok(())
+    }
+
+    /// Decodes `chunk` in parallel while the full shards of earlier chunks are written, then
+    /// files each patch into its split's shard, in order.
+    fn process(&mut self, chunk: Vec<Work>) -> Result<()> {
+        let writes = std::mem::take(&mut self.writes);
+        let splits = &self.splits;
+        let (written, decoded) = rayon::join(
+            || {
+                writes.iter().try_for_each(|w| {
+                    splits[&w.split].writer.write(w.start, &w.groups).with_context(|| format!("writing split {}", w.split))
+                })
+            },
+            || chunk.par_iter().map(decode).collect::<Vec<_>>(),
+        );
+        written?;
+        for (work, result) in chunk.into_iter().zip(decoded) {
+            match result {
+                Ok(d) => self.file(work, d),
+                Err(r) => self.reject(r)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, work: Work, d: Decoded) {
+        let sink = self.splits.get_mut(&work.split).expect("every split has a sink");
+        for (buf, values) in sink.shard.iter_mut().zip(&d.groups) {
+            buf.extend_from_slice(values);
+        }
+        for (acc, s) in sink.sums.iter_mut().zip(&d.sums) {
+            acc.add(s);
+        }
+        sink.names.push(work.name);
+        sink.labels.extend_from_slice(&work.labels);
+        let held = sink.names.len() as u64 - sink.stored;
+        if held as usize == self.shard_patches {
+            self.writes.push(ShardWrite { split: work.split, start: sink.stored, groups: std::mem::take(&mut sink.shard) });
+            sink.stored += held;
+        }
+    }
+
+    /// Writes what is left, every split's labels and names, the rejects report and the
+    /// attributes.
+    fn finish(mut self, partial: &Path, source: Source) -> Result<Outcome> {
+        for (&split, sink) in &mut self.splits {
+            let held = sink.names.len() as u64 - sink.stored;
+            if held > 0 {
+                self.writes.push(ShardWrite { split, start: sink.stored, groups: std::mem::take(&mut sink.shard) });
+                sink.stored += held;
+            }
+        }
+        for w in std::mem::take(&mut self.writes) {
+            self.splits[&w.split].writer.write(w.start, &w.groups).with_context(|| format!("writing split {}", w.split))?;
+        }
+        let mut split_infos = BTreeMap::new();
+        let mut train_sums = [BandSums::default(); BAND_COUNT];
+        for (split, sink) in self.splits {
+            let mut label_counts = vec![0u64; NUM_CLASSES];
+            for row in sink.labels.chunks(NUM_CLASSES) {
+                for (count, &l) in label_counts.iter_mut().zip(row) {
+                    *count += l as u64;
+                }
+            }
+            tracing::info!(%split, written = sink.names.len(), "split written");
+            self.accounting.written.insert(split, sink.names.len() as u64);
+            split_infos.insert(split, SplitInfo { patches: sink.names.len() as u64, label_counts });
+            if split == Split::Train {
+                train_sums = sink.sums;
+            }
+            sink.writer.finish(&sink.labels, &sink.names)?;
+        }
+        let accounting = self.accounting;
+        if accounting.accounted() != accounting.input_patches {
+            bail!(
+                "internal error: {} input patches but {} accounted for: {accounting:?}",
+                accounting.input_patches,
+                accounting.accounted()
+            );
+        }
+        let band_stats = ALL_BANDS.iter().zip(train_sums.iter()).filter_map(|(b, s)| s.stats().map(|st| (b.to_string(), st))).collect();
+        let attrs = StoreAttributes {
+            format_version: FORMAT_VERSION,
+            tool: Tool { name: "data-prep".into(), version: env!("CARGO_PKG_VERSION").into() },
+            classes: BEN19.iter().map(|s| s.to_string()).collect(),
+            band_groups: BAND_GROUPS.iter().map(|g| (g.array.to_string(), g.bands.iter().map(|b| b.to_string()).collect())).collect(),
+            splits: split_infos,
+            band_stats,
+            source,
+            options: self.options,
+            accounting,
+        };
+        store::write_rejects(partial, &self.rejects)?;
+        store::write_root(partial, &attrs)?;
+        Ok(Outcome { attrs, rejects: self.rejects })
+    }
 }
 
-/// The error for bad input without `--skip-bad`: metadata problems are all listed at once;
-/// pixel problems stop the conversion at the first one.
+/// A packed archive, read once as a stream: each patch is decided and converted as its last
+/// member arrives.
+fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Result<Outcome> {
+    let path = &opts.archive;
+    let beside = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let metadata_path = opts.metadata.clone().or_else(|| Some(beside.join(archive::V2_METADATA)).filter(|p| p.is_file()));
+    let format = opts.format.unwrap_or(if metadata_path.is_some() { ArchiveFormat::V2 } else { ArchiveFormat::V1 });
+    // v2.0's metadata comes beside the tar file; v1.0's inside it, one JSON per patch.
+    let (known, mut metadata_rejects, has_flags) = match format {
+        ArchiveFormat::V2 => {
+            let meta = metadata_path
+                .with_context(|| format!("{}: a v2.0 archive needs its metadata.parquet: beside it, or --metadata", path.display()))?;
+            let m = archive::read_v2_metadata(&meta, Path::new(archive::V2_FOLDER))?;
+            (Some(m.patches.into_iter().map(|p| (p.name.clone(), p)).collect::<HashMap<_, _>>()), m.rejects, m.has_exclusion_flags)
+        }
+        ArchiveFormat::V1 => (None, Vec::new(), false),
+    };
+    let has_splits = known.as_ref().is_some_and(|k| k.values().any(|p| p.split.is_some()));
+    let rules = Rules::new(format, &[beside], path, &opts.lists, has_flags, has_splits, opts.split_seed)?;
+    if !opts.skip_bad && !metadata_rejects.is_empty() {
+        bail!(bad_input_message(&metadata_rejects, false));
+    }
+    let accounting =
+        Accounting { input_patches: metadata_rejects.len() as u64, rejected: metadata_rejects.len() as u64, ..Default::default() };
+    let mut held: HashSet<String> = metadata_rejects.iter().map(|r| r.patch.clone()).collect();
+    // Arrays grow to whatever the stream holds; their final length is set at the end.
+    let capacities = [u64::from(u32::MAX); 3];
+    let mut sinks = Sinks::create(partial, capacities, opts, accounting, std::mem::take(&mut metadata_rejects))?;
+
+    let stream = PackedStream::open(path, packing)?;
+    let (read, size) = (stream.read.clone(), stream.size);
+    let progress = crate::progress::bytes_bar(size);
+    let (tx, rx) = sync_channel::<Event>(CHUNK);
+    let max_pending = opts.max_pending;
+    let reader = std::thread::Builder::new()
+        .name("archive-reader".into())
+        .spawn(move || packed::read_patches(stream, format, max_pending, |e| tx.send(e).map_err(|_| anyhow!("the conversion stopped"))))
+        .context("starting the archive reader")?;
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut seen = 0u64;
+    let consumed = (|| -> Result<()> {
+        for event in rx.iter() {
+            seen += 1;
+            sinks.accounting.input_patches += 1;
+            let (patch, bytes, metadata) = match event {
+                Event::Bad { patch, reason } => {
+                    held.insert(patch.clone());
+                    sinks.reject(Reject { patch, file: path.clone(), reason })?;
+                    continue;
+                }
+                Event::Complete(p) => (p.name, p.bands, p.metadata),
+            };
+            held.insert(patch.clone());
+            let record = match &known {
+                Some(known) => match known.get(&patch) {
+                    Some(r) => Ok(r.clone()),
+                    None => Err(format!("in the archive but not in its {}", archive::V2_METADATA)),
+                },
+                None => archive::v1_labels(&metadata).map(|labels| PatchRecord {
+                    name: patch.clone(),
+                    dir: PathBuf::new(),
+                    labels,
+                    snow: false,
+                    cloud: false,
+                    split: None,
+                }),
+            };
+            let record = match record {
+                Ok(r) => r,
+                Err(reason) => {
+                    let file = PathBuf::from(format!("{}:{}", path.display(), archive::v1_metadata_file(&patch)));
+                    sinks.reject(Reject { patch, file, reason })?;
+                    continue;
+                }
+            };
+            let fate = rules.fate(&record);
+            plan::count(&mut sinks.accounting, fate);
+            if let Fate::Write(split) = fate {
+                chunk.push(Work {
+                    split,
+                    name: patch,
+                    labels: record.labels,
+                    input: Input::Packed { bands: bytes, archive: path.clone() },
+                });
+            }
+            if chunk.len() == CHUNK {
+                sinks.process(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))?;
+                progress.set_position(read.load(Ordering::Relaxed));
+                progress.set_message(format!("{seen} patches, {:.0}/s", seen as f64 / started.elapsed().as_secs_f64()));
+                if last_log.elapsed() > Duration::from_secs(30) {
+                    log_stream_progress(read.load(Ordering::Relaxed), size, seen, started);
+                    last_log = Instant::now();
+                }
+            }
+        }
+        sinks.process(std::mem::take(&mut chunk))
+    })();
+    drop(rx);
+    let read_result = reader.join().map_err(|_| anyhow!("the archive reader panicked"))?;
+    consumed?;
+    if let Err(e) = read_result {
+        if e.downcast_ref::<packed::StreamError>().is_some_and(|s| s.fatal) {
+            return Err(e.context("no store was written (--skip-bad cannot set this aside)"));
+        }
+        if !opts.skip_bad {
+            return Err(e.context("the archive is damaged; no store was written"));
+        }
+        tracing::error!("{e:#}; with --skip-bad the patches read so far are kept, those after this point are not in the store");
+    }
+    progress.finish_and_clear();
+    log_stream_progress(read.load(Ordering::Relaxed), size, seen, started);
+    // Patches the lists or the metadata name that the stream did not hold.
+    let mut absent = rules.listed_but_absent(|name| held.contains(name));
+    if let Some(known) = &known {
+        let mut unseen: Vec<Reject> = known
+            .keys()
+            .filter(|n| !held.contains(*n))
+            .map(|n| Reject { patch: n.clone(), file: path.clone(), reason: format!("in {} but not in the archive", archive::V2_METADATA) })
+            .collect();
+        unseen.sort_by(|a, b| a.patch.cmp(&b.patch));
+        absent.extend(unseen);
+    }
+    for r in absent {
+        sinks.accounting.input_patches += 1;
+        sinks.reject(r)?;
+    }
+    sinks.finish(partial, rules.source)
+}
+
+fn log_stream_progress(read: u64, size: u64, patches: u64, started: Instant) {
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let share = read as f64 / size.max(1) as f64;
+    let eta = if share > 0.0 { secs * (1.0 - share) / share } else { f64::NAN };
+    tracing::info!(
+        read_mb = read >> 20,
+        total_mb = size >> 20,
+        percent = format!("{:.1}", 100.0 * share),
+        patches,
+        patches_per_s = format!("{:.0}", patches as f64 / secs),
+        eta_s = format!("{eta:.0}"),
+        "reading the archive"
+    );
+}
+
 /// Resident memory of this process (Linux), logged after planning: the per-patch index is all
 /// that grows with the archive.
 fn resident_mib() -> Option<u64> {
@@ -141,6 +533,8 @@ fn resident_mib() -> Option<u64> {
     Some(kb / 1024)
 }
 
+/// The error for bad input without `--skip-bad`: metadata problems are all listed at once;
+/// pixel problems stop the conversion at the first one.
 fn bad_input_message(rejects: &[Reject], stopped_at_first: bool) -> String {
     let mut msg = if stopped_at_first {
         "bad input; stopped, no store was written:\n".to_string()
@@ -160,148 +554,17 @@ fn bad_input_message(rejects: &[Reject], stopped_at_first: bool) -> String {
 /// Replaces `out` by the finished `partial` with renames only, so a reader sees the old store
 /// or the new one, never a mix; the old one is removed afterwards.
 fn finalize(partial: &Path, out: &Path) -> Result<()> {
-    fs::File::open(partial)?.sync_all()?;
+    fs::File::open(partial).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", partial.display()))?;
     if out.exists() {
         let old = sibling(out, ".old");
         if old.exists() {
-            fs::remove_dir_all(&old)?;
+            fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
         }
         fs::rename(out, &old).with_context(|| format!("moving the old {} aside", out.display()))?;
         fs::rename(partial, out).with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
-        fs::remove_dir_all(&old)?;
+        fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
     } else {
         fs::rename(partial, out).with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
     }
     Ok(())
-}
-
-/// What one split's conversion produced.
-struct SplitDone {
-    names: Vec<String>,
-    labels: Vec<u8>,
-    /// Per band, in [`ALL_BANDS`] order.
-    sums: [BandSums; BAND_COUNT],
-    rejects: Vec<Reject>,
-}
-
-/// Patches read for one shard: values per band group, patch-major.
-#[derive(Default)]
-struct Shard {
-    groups: [Vec<u16>; 3],
-    names: Vec<String>,
-    labels: Vec<u8>,
-    sums: [BandSums; BAND_COUNT],
-    rejects: Vec<Reject>,
-}
-
-fn band_error_reason(e: &std::io::Error) -> String {
-    if e.kind() == std::io::ErrorKind::NotFound { "missing band file".into() } else { format!("cannot read: {e}") }
-}
-
-/// Reads one patch's band files into `out` (one slice per band group, channels in layout
-/// order); returns the per-band sums in [`ALL_BANDS`] order.
-fn read_patch_into(p: &PatchRecord, out: [&mut [u16]; 3]) -> Result<[BandSums; BAND_COUNT], Reject> {
-    let mut sums = [BandSums::default(); BAND_COUNT];
-    for (g, dest) in BAND_GROUPS.iter().zip(out) {
-        let n = g.pixels_per_band();
-        for (k, band) in g.bands.iter().enumerate() {
-            let path = p.band_path(band);
-            let reject = |reason: String| Reject { patch: p.name.clone(), file: path.clone(), reason };
-            let bytes = fs::read(&path).map_err(|e| reject(band_error_reason(&e)))?;
-            let px = geotiff::decode_band(&bytes, g.side).map_err(|e: BandError| reject(e.to_string()))?;
-            let b = ALL_BANDS.iter().position(|x| x == band).expect("layout bands are archive bands");
-            sums[b] = BandSums::of(&px);
-            dest[k * n..(k + 1) * n].copy_from_slice(&px);
-        }
-    }
-    Ok(sums)
-}
-
-impl Shard {
-    fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    /// Reads patches from `patches[*cursor..]` until the shard holds `size` good ones or the
-    /// input ends. Pixels are decoded straight into the shard's buffers, in parallel; bad
-    /// patches stop the conversion, or with `skip_bad` are set aside and their slots reused.
-    fn fill(patches: &[PatchRecord], cursor: &mut usize, size: usize, skip_bad: bool) -> Result<Shard> {
-        let mut shard = Shard::default();
-        let per_patch = BAND_GROUPS.map(|g| g.values_per_patch());
-        while shard.len() < size && *cursor < patches.len() {
-            let batch = &patches[*cursor..patches.len().min(*cursor + size - shard.len())];
-            *cursor += batch.len();
-            let start = shard.len();
-            for (buf, n) in shard.groups.iter_mut().zip(per_patch) {
-                buf.resize((start + batch.len()) * n, 0);
-            }
-            let [g10, g20, g60] = &mut shard.groups;
-            let results: Vec<Result<[BandSums; BAND_COUNT], Reject>> = g10[start * per_patch[0]..]
-                .par_chunks_mut(per_patch[0])
-                .zip(g20[start * per_patch[1]..].par_chunks_mut(per_patch[1]))
-                .zip(g60[start * per_patch[2]..].par_chunks_mut(per_patch[2]))
-                .zip(batch.par_iter())
-                .map(|(((a, b), c), p)| read_patch_into(p, [a, b, c]))
-                .collect();
-            for (k, (p, r)) in batch.iter().zip(results).enumerate() {
-                match r {
-                    Ok(sums) => {
-                        let (from, to) = (start + k, shard.len());
-                        if from != to {
-                            for (buf, n) in shard.groups.iter_mut().zip(per_patch) {
-                                buf.copy_within(from * n..(from + 1) * n, to * n);
-                            }
-                        }
-                        shard.names.push(p.name.clone());
-                        shard.labels.extend_from_slice(&p.labels);
-                        for (acc, s) in shard.sums.iter_mut().zip(sums.iter()) {
-                            acc.add(s);
-                        }
-                    }
-                    Err(rej) if skip_bad => shard.rejects.push(rej),
-                    Err(rej) => bail!(bad_input_message(&[rej], true)),
-                }
-            }
-            let kept = shard.len();
-            for (buf, n) in shard.groups.iter_mut().zip(per_patch) {
-                buf.truncate(kept * n);
-            }
-        }
-        Ok(shard)
-    }
-}
-
-fn write_split(
-    split: Split,
-    patches: &[PatchRecord],
-    writer: &SplitWriter,
-    opts: &StoreOptions,
-    skip_bad: bool,
-    progress: &ProgressBar,
-) -> Result<SplitDone> {
-    let size = opts.shard_patches as usize;
-    let mut done = SplitDone { names: Vec::new(), labels: Vec::new(), sums: [BandSums::default(); BAND_COUNT], rejects: Vec::new() };
-    let mut cursor = 0;
-    let mut next = Shard::fill(patches, &mut cursor, size, skip_bad)?;
-    // Encode and write one shard while the next one's files are read.
-    while next.len() > 0 || !next.rejects.is_empty() {
-        let current = next;
-        let start = done.names.len() as u64;
-        let (written, read) = rayon::join(
-            || {
-                if current.len() > 0 { writer.write(start, &current.groups) } else { Ok(()) }
-            },
-            || Shard::fill(patches, &mut cursor, size, skip_bad),
-        );
-        written.with_context(|| format!("writing split {split}"))?;
-        next = read?;
-        progress.inc((current.len() + current.rejects.len()) as u64);
-        done.names.extend(current.names);
-        done.labels.extend(current.labels);
-        for (acc, s) in done.sums.iter_mut().zip(current.sums.iter()) {
-            acc.add(s);
-        }
-        done.rejects.extend(current.rejects);
-    }
-    Ok(done)
 }

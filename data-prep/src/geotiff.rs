@@ -20,10 +20,21 @@ pub enum BandError {
     WrongType(String),
 }
 
+/// About the size of a band file as the archive lays it out (pixels plus a header of well
+/// under 1 KB): the buffer a reader starts with.
+pub const fn typical_file_size(side: usize) -> usize {
+    side * side * 2 + 1024
+}
+
 /// Decodes one band file held in memory, refusing anything but `side` x `side` uint16.
 pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
     if bytes.len() < 8 || !(bytes.starts_with(b"II") || bytes.starts_with(b"MM")) {
         return Err(BandError::NotTiff(format!("{} bytes, no TIFF header", bytes.len())));
+    }
+    // The archive's own layout, read directly; anything else (or anything inconsistent) goes
+    // through the full decoder, which also words the errors.
+    if let Some(pixels) = decode_plain_strips(bytes, side) {
+        return Ok(pixels);
     }
     let mut decoder = Decoder::new(Cursor::new(bytes)).map_err(|e| BandError::Decode(e.to_string()))?.with_limits(Limits::default());
     let (width, height) = decoder.dimensions().map_err(|e| BandError::Decode(e.to_string()))?;
@@ -41,6 +52,67 @@ pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
         DecodingResult::U16(v) => Err(BandError::Decode(format!("decoded {} values, expected {}", v.len(), side * side))),
         other => Err(BandError::WrongType(format!("{} at {width}x{height}", sample_kind(&other)))),
     }
+}
+
+/// The layout BigEarthNet's files use: little-endian, uncompressed, one 16-bit unsigned sample
+/// per pixel, in strips. `None` for anything else or anything out of place.
+fn decode_plain_strips(bytes: &[u8], side: usize) -> Option<Vec<u16>> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(bytes.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?));
+    if !bytes.starts_with(b"II") || u16_at(2)? != 42 {
+        return None;
+    }
+    let ifd = u32_at(4)? as usize;
+    let count = u16_at(ifd)? as usize;
+    // (value of a one-value tag) and (type, count, value-or-offset field position) of the others.
+    let (mut width, mut height, mut bits, mut compression, mut samples, mut planar, mut format) = (0, 0, 0, 1, 1, 1, 1);
+    let mut offsets = None;
+    let mut byte_counts = None;
+    for i in 0..count {
+        let e = ifd + 2 + 12 * i;
+        let (tag, typ, n) = (u16_at(e)?, u16_at(e + 2)?, u32_at(e + 4)? as usize);
+        let single = || match (typ, n) {
+            (SHORT, 1) => u16_at(e + 8).map(u32::from),
+            (LONG, 1) => u32_at(e + 8),
+            _ => None,
+        };
+        match tag {
+            256 => width = single()?,
+            257 => height = single()?,
+            258 => bits = single()?,
+            259 => compression = single()?,
+            277 => samples = single()?,
+            284 => planar = single()?,
+            339 => format = single()?,
+            273 => offsets = Some((typ, n, e + 8)),
+            279 => byte_counts = Some((typ, n, e + 8)),
+            // Tiles, a predictor or extra samples: not the plain layout.
+            317 | 322 | 323 | 324 | 325 | 338 => return None,
+            _ => {}
+        }
+    }
+    if (width, height, bits, compression, samples, planar, format) != (side as u32, side as u32, 16, 1, 1, 1, 1) {
+        return None;
+    }
+    // An array of SHORT or LONG values, inline when it fits in 4 bytes.
+    let values = |(typ, n, field): (u16, usize, usize)| -> Option<Vec<usize>> {
+        let size = match typ {
+            SHORT => 2,
+            LONG => 4,
+            _ => return None,
+        };
+        let start = if n * size <= 4 { field } else { u32_at(field)? as usize };
+        (0..n).map(|k| if size == 2 { u16_at(start + 2 * k).map(usize::from) } else { u32_at(start + 4 * k).map(|v| v as usize) }).collect()
+    };
+    let (offsets, byte_counts) = (values(offsets?)?, values(byte_counts?)?);
+    if offsets.len() != byte_counts.len() || byte_counts.iter().sum::<usize>() != side * side * 2 {
+        return None;
+    }
+    let mut pixels = Vec::with_capacity(side * side);
+    for (&o, &n) in offsets.iter().zip(&byte_counts) {
+        pixels.extend(bytes.get(o..o.checked_add(n)?)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
+    }
+    Some(pixels)
 }
 
 fn sample_kind(r: &DecodingResult) -> &'static str {
@@ -244,6 +316,28 @@ mod tests {
             assert_eq!(&bytes[..8], &[0x49, 0x49, 42, 0, 8, 0, 0, 0]);
             assert_eq!(decode_band(&bytes, side).unwrap(), px);
         }
+    }
+
+    /// The direct reader of the archive's layout gives what the full decoder gives, and leaves
+    /// any other layout to it.
+    #[test]
+    fn plain_strips_are_read_directly_and_equal_the_full_decoder() {
+        for (side, gsd) in [(120, 10.0), (60, 20.0), (20, 60.0)] {
+            for flavor in [Flavor::V1, Flavor::V2] {
+                let px = ramp(side);
+                let bytes = encode_band(&px, side, &geo(gsd), flavor);
+                assert_eq!(decode_plain_strips(&bytes, side).as_deref(), Some(&px[..]), "{side} {flavor:?}");
+                let mut decoder = Decoder::new(Cursor::new(&bytes[..])).unwrap();
+                assert!(matches!(decoder.read_image().unwrap(), DecodingResult::U16(v) if v == px));
+                // Cut anywhere: never read directly, and the full decoder reports it.
+                for cut in [bytes.len() - 1, bytes.len() / 2, 200, 9] {
+                    assert_eq!(decode_plain_strips(&bytes[..cut], side), None);
+                    assert!(decode_band(&bytes[..cut], side).is_err());
+                }
+            }
+        }
+        let bytes = encode_band(&ramp(60), 60, &geo(20.0), Flavor::V1);
+        assert_eq!(decode_plain_strips(&bytes, 120), None);
     }
 
     #[test]

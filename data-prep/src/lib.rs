@@ -9,6 +9,7 @@ pub mod geotiff;
 pub mod labels;
 pub mod layout;
 pub mod logging;
+pub mod packed;
 pub mod plan;
 pub mod progress;
 pub mod stats;

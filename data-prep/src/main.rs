@@ -45,10 +45,19 @@ enum Command {
 
 #[derive(Args)]
 struct ConvertArgs {
-    /// Archive folder: v1.0 (patch folders, or the folder holding BigEarthNet-v1.0/) or v2.0
+    /// The archive as downloaded: BigEarthNet-S2-v1.0.tar.gz or BigEarthNet-S2.tar.zst (any
+    /// .tar.gz, .tgz, .tar.zst, .tzst or .tar), read as one stream without unpacking; or an
+    /// unpacked folder: v1.0 (patch folders, or the folder holding BigEarthNet-v1.0/) or v2.0
     /// (holding metadata.parquet and BigEarthNet-S2/).
     #[arg(long)]
     archive: PathBuf,
+    /// v2.0's metadata.parquet for a packed archive (default: beside the archive file).
+    #[arg(long)]
+    metadata: Option<PathBuf>,
+    /// Patches of a packed archive that may be incomplete at once (their members scattered in
+    /// the stream); each holds up to about 173 KB.
+    #[arg(long, default_value_t = data_prep::convert::DEFAULT_MAX_PENDING)]
+    max_pending_patches: usize,
     /// Store folder to create.
     #[arg(long)]
     out: PathBuf,
@@ -101,6 +110,11 @@ struct SynthArgs {
     /// Folder to write the archive into.
     #[arg(long)]
     out: PathBuf,
+    /// Write the patches as one packed file the way the archive is downloaded
+    /// (BigEarthNet-S2-v1.0.<pack> or BigEarthNet-S2.<pack>, members in name order), with the
+    /// lists or metadata.parquet beside it, instead of a folder tree.
+    #[arg(long, value_enum)]
+    pack: Option<data_prep::synth::Pack>,
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -111,6 +125,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Convert(a) => {
             if a.shard_patches == 0 {
                 bail!("--shard-patches must be at least 1");
+            }
+            if a.max_pending_patches == 0 {
+                bail!("--max-pending-patches must be at least 1");
             }
             let opts = ConvertOptions {
                 archive: a.archive,
@@ -124,10 +141,12 @@ fn run(cli: Cli) -> Result<()> {
                         _ => None,
                     },
                 },
+                metadata: a.metadata,
                 split_seed: a.split_seed,
                 skip_bad: a.skip_bad,
                 overwrite: a.overwrite,
                 store: StoreOptions { codec: a.codec, level: a.level, shard_patches: a.shard_patches },
+                max_pending: a.max_pending_patches,
             };
             let started = std::time::Instant::now();
             let outcome = convert(&opts)?;
@@ -141,13 +160,13 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Synth(a) => {
-            let s = synth(&SynthOptions { patches: a.patches, seed: a.seed, format: a.format, out: a.out.clone() })?;
+            let s = synth(&SynthOptions { patches: a.patches, seed: a.seed, format: a.format, out: a.out.clone(), pack: a.pack })?;
             println!(
                 "wrote {} synthetic patches ({}) to {}: {} snowy, {} cloudy, {} without a 19-class label; \
                  train/validation/test {}/{}/{}",
                 s.patches,
                 a.format,
-                a.out.display(),
+                s.path.display(),
                 s.snow,
                 s.cloud,
                 s.no_label,

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use crate::archive::{self, Archive, ArchiveFormat, PatchRecord, Reject};
-use crate::labels::LabelVector;
 use crate::layout::{Accounting, Source, Split};
 
 pub const SNOW_LIST: &str = "patches_with_seasonal_snow.csv";

@@ -20,3 +20,15 @@ pub fn bar_if(shown: bool, total: u64, unit: &str) -> ProgressBar {
     );
     bar
 }
+
+/// A bar over the bytes of a file read as a stream, with a message (patches, rate) beside it.
+pub fn bytes_bar(total: u64) -> ProgressBar {
+    let target = if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}

@@ -20,7 +20,7 @@ use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::archive::{ArchiveFormat, v2_tile_of};
+use crate::archive::{ArchiveFormat, V1_FOLDER, V2_FOLDER, V2_METADATA, v2_tile_of};
 use crate::geotiff::{self, Flavor, GeoRef};
 use crate::labels::{BEN19, BEN19_OFFICIAL_COUNTS, BEN19_OFFICIAL_PATCHES, CORINE_43, CORINE_TO_BEN19, NUM_CLASSES};
 use crate::layout::{ALL_BANDS, BAND_GROUPS, Split};
@@ -32,6 +32,28 @@ pub struct SynthOptions {
     pub seed: u64,
     pub format: ArchiveFormat,
     pub out: PathBuf,
+    /// Pack the patches into one file as the download comes, instead of a folder tree.
+    pub pack: Option<Pack>,
+}
+
+/// How `synth --pack` packs the patches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pack {
+    #[value(name = "tar.gz")]
+    TarGz,
+    #[value(name = "tar.zst")]
+    TarZst,
+    Tar,
+}
+
+impl Pack {
+    fn extension(self) -> &'static str {
+        match self {
+            Pack::TarGz => "tar.gz",
+            Pack::TarZst => "tar.zst",
+            Pack::Tar => "tar",
+        }
+    }
 }
 
 /// Counts of what was generated, for the log and for tests.
@@ -43,6 +65,8 @@ pub struct SynthSummary {
     pub no_label: usize,
     pub per_split: [usize; 3],
     pub label_counts: [u64; NUM_CLASSES],
+    /// The archive: the patch-folder root, or the packed file.
+    pub path: PathBuf,
 }
 
 /// Shares of the real archive (bigearthnet.md): 61,707 snowy and 9,280 cloudy of 590,326.
@@ -437,15 +461,43 @@ fn v1_json(names: &[&str], acq: &Acquisition, ulx: i64, uly: i64) -> String {
     )
 }
 
+/// The files of patch `i`: each band's GeoTIFF (and v1.0's JSON), named as in the archive.
+fn patch_files(opts: &SynthOptions, i: usize, spec: &PatchSpec, name: &str, looks: &[ClassLook]) -> Vec<(String, Vec<u8>)> {
+    let a = &ACQUISITIONS[spec.acq];
+    let ulx = TILE_ULX + spec.h as f64 * PATCH_SPAN_M;
+    let uly = TILE_ULY - spec.v as f64 * PATCH_SPAN_M;
+    let flavor = if opts.format == ArchiveFormat::V1 { Flavor::V1 } else { Flavor::V2 };
+    let bands = paint(opts.seed, i, spec, looks);
+    let mut files: Vec<(String, Vec<u8>)> = ALL_BANDS
+        .iter()
+        .enumerate()
+        .map(|(b, band)| {
+            let side = BAND_GROUPS.iter().find(|g| g.bands.contains(band)).expect("every band has a group").side;
+            let geo = GeoRef { ulx, uly, gsd_m: (1200 / side) as f64, utm_zone: a.utm_zone };
+            (format!("{name}_{band}.tif"), geotiff::encode_band(&bands[b], side, &geo, flavor))
+        })
+        .collect();
+    if opts.format == ArchiveFormat::V1 {
+        let mut rng = patch_rng(opts.seed, i, 2);
+        let json = v1_json(&corine_names(&spec.labels, spec.no_label, &mut rng), a, ulx as i64, uly as i64);
+        files.push((crate::archive::v1_metadata_file(name), json.into_bytes()));
+    }
+    files
+}
+
+/// A patch's folder inside the archive, relative to the archive's root.
+fn patch_folder(format: ArchiveFormat, name: &str) -> PathBuf {
+    match format {
+        ArchiveFormat::V1 => Path::new(V1_FOLDER).join(name),
+        ArchiveFormat::V2 => Path::new(V2_FOLDER).join(v2_tile_of(name).expect("v2 names have a tile")).join(name),
+    }
+}
+
 pub fn synth(opts: &SynthOptions) -> Result<SynthSummary> {
     let sampler = LabelSampler::calibrated();
     let looks = class_looks();
     fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let specs: Vec<PatchSpec> = (0..opts.patches).into_par_iter().map(|i| spec(opts.seed, i, &sampler)).collect();
-    let patch_root = match opts.format {
-        ArchiveFormat::V1 => opts.out.join("BigEarthNet-v1.0"),
-        ArchiveFormat::V2 => opts.out.join("BigEarthNet-S2"),
-    };
     let names: Vec<String> = specs
         .iter()
         .map(|s| {
@@ -456,39 +508,29 @@ pub fn synth(opts: &SynthOptions) -> Result<SynthSummary> {
             }
         })
         .collect();
-    (0..opts.patches).into_par_iter().try_for_each(|i| -> Result<()> {
-        let s = &specs[i];
-        let a = &ACQUISITIONS[s.acq];
-        let name = &names[i];
-        let dir = match opts.format {
-            ArchiveFormat::V1 => patch_root.join(name),
-            ArchiveFormat::V2 => patch_root.join(v2_tile_of(name).expect("v2 names have a tile")).join(name),
-        };
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let ulx = TILE_ULX + s.h as f64 * PATCH_SPAN_M;
-        let uly = TILE_ULY - s.v as f64 * PATCH_SPAN_M;
-        let flavor = if opts.format == ArchiveFormat::V1 { Flavor::V1 } else { Flavor::V2 };
-        let bands = paint(opts.seed, i, s, &looks);
-        for (b, band) in ALL_BANDS.iter().enumerate() {
-            let side = BAND_GROUPS.iter().find(|g| g.bands.contains(band)).unwrap().side;
-            let geo = GeoRef { ulx, uly, gsd_m: (1200 / side) as f64, utm_zone: a.utm_zone };
-            let bytes = geotiff::encode_band(&bands[b], side, &geo, flavor);
-            let path = dir.join(format!("{name}_{band}.tif"));
-            fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    let path = match opts.pack {
+        None => {
+            (0..opts.patches).into_par_iter().try_for_each(|i| -> Result<()> {
+                let dir = opts.out.join(patch_folder(opts.format, &names[i]));
+                fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                for (file, bytes) in patch_files(opts, i, &specs[i], &names[i], &looks) {
+                    let path = dir.join(file);
+                    fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+                }
+                Ok(())
+            })?;
+            opts.out.join(match opts.format {
+                ArchiveFormat::V1 => V1_FOLDER,
+                ArchiveFormat::V2 => V2_FOLDER,
+            })
         }
-        if opts.format == ArchiveFormat::V1 {
-            let mut rng = patch_rng(opts.seed, i, 2);
-            let json = v1_json(&corine_names(&s.labels, s.no_label, &mut rng), a, ulx as i64, uly as i64);
-            let path = dir.join(format!("{name}_labels_metadata.json"));
-            fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
-        }
-        Ok(())
-    })?;
+        Some(pack) => pack_patches(opts, pack, &specs, &names, &looks)?,
+    };
     match opts.format {
         ArchiveFormat::V1 => write_v1_lists(&opts.out, &specs, &names)?,
-        ArchiveFormat::V2 => write_v2_metadata(&opts.out.join("metadata.parquet"), &specs, &names)?,
+        ArchiveFormat::V2 => write_v2_metadata(&opts.out.join(V2_METADATA), &specs, &names)?,
     }
-    let mut summary = SynthSummary { patches: opts.patches, ..Default::default() };
+    let mut summary = SynthSummary { patches: opts.patches, path, ..Default::default() };
     for s in &specs {
         summary.snow += s.snow as usize;
         summary.cloud += s.cloud as usize;
@@ -503,21 +545,74 @@ pub fn synth(opts: &SynthOptions) -> Result<SynthSummary> {
     Ok(summary)
 }
 
+/// Writes every patch into one tar (compressed as `pack` says) in name order, as the download
+/// holds them: a folder entry per folder, then the patch's files. Patches are painted in
+/// parallel a batch at a time and appended in order.
+fn pack_patches(opts: &SynthOptions, pack: Pack, specs: &[PatchSpec], names: &[String], looks: &[ClassLook]) -> Result<PathBuf> {
+    let stem = match opts.format {
+        ArchiveFormat::V1 => "BigEarthNet-S2-v1.0",
+        ArchiveFormat::V2 => V2_FOLDER,
+    };
+    let path = opts.out.join(format!("{stem}.{}", pack.extension()));
+    let file = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?);
+    let sink: Box<dyn Write> = match pack {
+        Pack::TarGz => Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::default())),
+        Pack::TarZst => Box::new(zstd::stream::write::Encoder::new(file, 3).context("starting zstd")?.auto_finish()),
+        Pack::Tar => Box::new(file),
+    };
+    let mut tar = tar::Builder::new(sink);
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by_key(|&i| patch_folder(opts.format, &names[i]));
+    let mut folders_written: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    let entry = |path: &Path, size: u64, dir: bool| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+        h.set_size(size);
+        h.set_mode(if dir { 0o755 } else { 0o644 });
+        h.set_mtime(1_514_764_800); // fixed: identical archives for identical inputs
+        h.set_uid(0);
+        h.set_gid(0);
+        (h, path.to_path_buf())
+    };
+    for batch in order.chunks(256) {
+        let files: Vec<Vec<(String, Vec<u8>)>> = batch.par_iter().map(|&i| patch_files(opts, i, &specs[i], &names[i], looks)).collect();
+        for (&i, patch) in batch.iter().zip(files) {
+            let folder = patch_folder(opts.format, &names[i]);
+            for dir in folder.ancestors().collect::<Vec<_>>().into_iter().rev().filter(|d| !d.as_os_str().is_empty()) {
+                if folders_written.insert(dir.to_path_buf()) {
+                    let (mut h, p) = entry(dir, 0, true);
+                    tar.append_data(&mut h, p, std::io::empty()).with_context(|| format!("writing {}", path.display()))?;
+                }
+            }
+            let mut patch = patch;
+            patch.sort_by(|a, b| a.0.cmp(&b.0));
+            for (file, bytes) in patch {
+                let (mut h, p) = entry(&folder.join(file), bytes.len() as u64, false);
+                tar.append_data(&mut h, p, bytes.as_slice()).with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    tar.into_inner().and_then(|mut w| w.flush()).with_context(|| format!("finishing {}", path.display()))?;
+    Ok(path)
+}
+
 /// A small ready-to-use store for tests and examples: a synthetic v1.0 archive of `patches`
 /// patches under `dir/archive`, converted to `dir/store.zarr` with shards of 16 patches.
 pub fn synthetic_store(dir: &Path, patches: usize, seed: u64) -> Result<PathBuf> {
     let archive = dir.join("archive");
-    synth(&SynthOptions { patches, seed, format: ArchiveFormat::V1, out: archive.clone() })?;
+    synth(&SynthOptions { patches, seed, format: ArchiveFormat::V1, out: archive.clone(), pack: None })?;
     let out = dir.join("store.zarr");
     crate::convert::convert(&crate::convert::ConvertOptions {
         archive,
         out: out.clone(),
         format: None,
         lists: Default::default(),
+        metadata: None,
         split_seed: 0,
         skip_bad: false,
         overwrite: false,
         store: crate::store::StoreOptions { codec: crate::store::Codec::Blosc, level: 3, shard_patches: 16 },
+        max_pending: crate::convert::DEFAULT_MAX_PENDING,
     })?;
     Ok(out)
 }

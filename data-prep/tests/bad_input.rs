@@ -15,6 +15,8 @@ struct Case {
     corrupt: fn(&Path, &str) -> (String, PathBuf),
     /// Part of the expected reason.
     reason: &'static str,
+    /// The same from a packed archive, where a missing file is a member missing from the stream.
+    packed_reason: &'static str,
     /// Whether the bad patch is an extra input (a listed patch missing from the archive).
     extra_input: bool,
 }
@@ -36,6 +38,7 @@ const CASES: [Case; 7] = [
             (p.into(), f)
         },
         reason: "missing band file",
+        packed_reason: "members missing at the end of the stream",
         extra_input: false,
     },
     Case {
@@ -47,6 +50,7 @@ const CASES: [Case; 7] = [
             (p.into(), f)
         },
         reason: "wrong size: 120x120 pixels, expected 60x60",
+        packed_reason: "wrong size: 120x120 pixels, expected 60x60",
         extra_input: false,
     },
     Case {
@@ -58,6 +62,7 @@ const CASES: [Case; 7] = [
             (p.into(), f)
         },
         reason: "unreadable TIFF",
+        packed_reason: "unreadable TIFF",
         extra_input: false,
     },
     Case {
@@ -68,6 +73,7 @@ const CASES: [Case; 7] = [
             (p.into(), f)
         },
         reason: "not a TIFF file",
+        packed_reason: "not a TIFF file",
         extra_input: false,
     },
     Case {
@@ -78,6 +84,7 @@ const CASES: [Case; 7] = [
             (p.into(), f)
         },
         reason: "malformed JSON",
+        packed_reason: "malformed JSON",
         extra_input: false,
     },
     Case {
@@ -88,6 +95,7 @@ const CASES: [Case; 7] = [
             (p.into(), f)
         },
         reason: "unknown label \"Lava fields\"",
+        packed_reason: "unknown label \"Lava fields\"",
         extra_input: false,
     },
     Case {
@@ -100,6 +108,7 @@ const CASES: [Case; 7] = [
             ("S2A_MSIL2A_20991231T000000_1_1".into(), f)
         },
         reason: "listed in the validation list but not in the archive",
+        packed_reason: "listed in the validation list but not in the archive",
         extra_input: true,
     },
 ];
@@ -138,6 +147,25 @@ fn every_bad_input_is_named_and_accounted_for() {
         for split in data_prep::layout::Split::ALL {
             assert!(!store.split(split).unwrap().names.contains(&patch));
         }
+
+        // The same archive packed as downloaded: the same patch named, the member's file name.
+        let packed = common::pack_with_system_tar(&archive, &tmp.path().join(format!("case{k}-packed")), Some("gz"));
+        let out = tmp.path().join(format!("case{k}-packed.zarr"));
+        let (a, o) = (packed.to_str().unwrap(), out.to_str().unwrap());
+        let err = common::run_err(&["convert", "--archive", a, "--out", o]);
+        let file_name = file.file_name().unwrap().to_str().unwrap();
+        assert!(err.contains(&patch) && err.contains(file_name) && err.contains(case.packed_reason), "{} (packed):\n{err}", case.name);
+        assert!(!out.exists() && !data_prep::layout::partial_path(&out).exists(), "{} (packed): left behind", case.name);
+        common::run_ok(&["convert", "--archive", a, "--out", o, "--skip-bad"]);
+        let acc = Store::open(&out).unwrap().attrs.accounting;
+        assert_eq!(
+            (acc.input_patches, acc.rejected, acc.accounted()),
+            (40 + case.extra_input as u64, 1, acc.input_patches),
+            "{} (packed)",
+            case.name
+        );
+        let rejects = read_rejects(&out).unwrap();
+        assert!(rejects.len() == 1 && rejects[0].patch == patch && rejects[0].reason.contains(case.packed_reason), "{rejects:?}");
     }
 }
 

@@ -12,7 +12,16 @@ use data_prep::store::Store;
 fn kill_9_midway_leaves_no_complete_looking_store() {
     let tmp = tempfile::tempdir().unwrap();
     let archive = common::synth(tmp.path(), 1200, 21, "v1");
-    let out = tmp.path().join("store.zarr");
+    kill_and_rerun(tmp.path(), &archive, "folder");
+    // The same from the archive packed as downloaded, read as a stream.
+    let packed = common::pack_with_system_tar(&archive, &tmp.path().join("packed"), Some("gz"));
+    kill_and_rerun(tmp.path(), &packed, "packed");
+}
+
+/// Kills a conversion once it writes shards; checks nothing looks complete; reruns it; checks
+/// the result equals an uninterrupted run.
+fn kill_and_rerun(tmp: &std::path::Path, archive: &std::path::Path, name: &str) {
+    let out = tmp.join(format!("{name}.zarr"));
     let partial = partial_path(&out);
     let mut child = common::data_prep()
         .args(["--threads", "1", "convert", "--archive", archive.to_str().unwrap(), "--out", out.to_str().unwrap()])
@@ -36,10 +45,10 @@ fn kill_9_midway_leaves_no_complete_looking_store() {
     assert!(err.contains("interrupted"), "{err}");
 
     // Rerun: cleans the partial build and completes; identical to an uninterrupted run.
-    common::convert(&archive, &out, &["--shard-patches", "16"]);
+    common::convert(archive, &out, &["--shard-patches", "16"]);
     assert!(!partial.exists());
-    let fresh = tmp.path().join("fresh.zarr");
-    common::convert(&archive, &fresh, &["--shard-patches", "16"]);
+    let fresh = tmp.join(format!("{name}-fresh.zarr"));
+    common::convert(archive, &fresh, &["--shard-patches", "16"]);
     common::assert_same_tree(&out, &fresh);
     assert_eq!(Store::open(&out).unwrap().attrs.accounting.accounted(), 1200);
 }

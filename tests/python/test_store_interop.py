@@ -70,6 +70,21 @@ def test_zarr_python_reads_v1_store_equal_to_tifffile(v1_archive, tmp_path):
             assert attrs["band_stats"][band]["std"] == pytest.approx(data[:, b].std(), rel=1e-9)
 
 
+def test_zarr_python_reads_the_store_converted_from_the_packed_archive(v1_archive, tmp_path):
+    """The archive as downloaded (one .tar.zst written by `synth --pack`, lists beside it),
+    converted without unpacking: zarr-python reads every patch equal to the unpacked files."""
+    run("synth", "--patches", "80", "--seed", "42", "--format", "v1", "--out", str(tmp_path / "packed"), "--pack", "tar.zst")
+    packed = tmp_path / "packed" / "BigEarthNet-S2-v1.0.tar.zst"
+    assert packed.is_file() and not (tmp_path / "packed" / "BigEarthNet-v1.0").exists()
+    store = tmp_path / "packed.zarr"
+    run("convert", "--archive", str(packed), "--out", str(store), "--shard-patches", "16")
+    patches = v1_archive / "BigEarthNet-v1.0"  # the same seed unpacked (conftest)
+    checked = assert_store_matches(store, lambda n: patches / n, lambda n: v1_labels(patches / n, n))
+    attrs = zarr.open_group(store, mode="r").attrs["lossbench"]
+    assert checked == sum(attrs["accounting"]["written"].values()) > 40
+    assert attrs["source"]["path"] == str(packed)
+
+
 def test_zarr_python_reads_v2_store_equal_to_tifffile_and_parquet(v2_archive, tmp_path):
     store = tmp_path / "v2.zarr"
     run("convert", "--archive", str(v2_archive), "--out", str(store))

@@ -79,3 +79,34 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     assert!(differ.is_empty(), "files differ between {} and {}: {differ:?}", a.display(), b.display());
     assert!(ta.len() > 10, "suspiciously few files in {}", a.display());
 }
+
+/// Packs an unpacked synthetic archive (the folder holding BigEarthNet-v1.0/ or
+/// BigEarthNet-S2/ and the lists or metadata.parquet) with the system `tar`, in name order, into
+/// `dest/<name>`, compressed as `compress` says (`gz`, `zst` or none); the lists and
+/// metadata are copied beside it, as the downloads come.
+pub fn pack_with_system_tar(archive: &Path, dest: &Path, compress: Option<&str>) -> PathBuf {
+    std::fs::create_dir_all(dest).unwrap();
+    let folder = if archive.join("BigEarthNet-v1.0").is_dir() { "BigEarthNet-v1.0" } else { "BigEarthNet-S2" };
+    let ext = match compress {
+        Some("gz") => "tar.gz",
+        Some("zst") => "tar.zst",
+        _ => "tar",
+    };
+    let out = dest.join(format!("{folder}.{ext}"));
+    let mut tar = Command::new("tar");
+    tar.arg("--sort=name").arg("-c");
+    match compress {
+        Some("gz") => tar.arg("--gzip"),
+        Some("zst") => tar.arg("--zstd"),
+        _ => &mut tar,
+    };
+    let status = tar.arg("-f").arg(&out).arg("-C").arg(archive).arg(folder).status().unwrap();
+    assert!(status.success(), "tar failed");
+    for e in std::fs::read_dir(archive).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dest.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    out
+}
