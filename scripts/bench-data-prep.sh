@@ -3,5 +3,5 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-cargo build --release --locked --example read_bench -p data-prep
+cargo build --release --locked --example read_bench --example stream_bench -p data-prep
 exec "$root/.cache/venv/bin/python" scripts/bench/bench_data_prep.py

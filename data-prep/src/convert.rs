@@ -12,7 +12,8 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -211,7 +212,6 @@ fn decode(w: &Work) -> Result<Decoded, Reject> {
 
 /// One split being written: the shard being filled and everything recorded so far.
 struct SplitSink {
-    writer: SplitWriter,
     /// Pixels of the patches not yet written, per band group.
     shard: [Vec<u16>; 3],
     /// Patches written to the array so far.
@@ -228,25 +228,56 @@ struct ShardWrite {
     groups: [Vec<u16>; 3],
 }
 
+/// Full shards a writer thread compresses and stores while the next patches are read and
+/// decoded; it hands the split writers back at the end.
+struct ShardWriter {
+    tx: SyncSender<ShardWrite>,
+    thread: JoinHandle<Result<BTreeMap<Split, SplitWriter>>>,
+}
+
+/// Full shards waiting for the writer thread beside the one it writes.
+const SHARDS_QUEUED: usize = 1;
+
+impl ShardWriter {
+    fn start(writers: BTreeMap<Split, SplitWriter>) -> Result<ShardWriter> {
+        let (tx, rx) = sync_channel::<ShardWrite>(SHARDS_QUEUED);
+        let thread = std::thread::Builder::new()
+            .name("shard-writer".into())
+            .spawn(move || {
+                for w in rx {
+                    writers[&w.split].write(w.start, &w.groups).with_context(|| format!("writing split {}", w.split))?;
+                }
+                Ok(writers)
+            })
+            .context("starting the shard writer")?;
+        Ok(ShardWriter { tx, thread })
+    }
+
+    /// Waits for every queued shard; the writers, or the first write's error.
+    fn finish(self) -> Result<BTreeMap<Split, SplitWriter>> {
+        drop(self.tx);
+        self.thread.join().map_err(|_| anyhow!("the shard writer panicked"))?
+    }
+}
+
 /// Where decoded patches go: one sink per split, the accounting and the rejects.
 struct Sinks {
     splits: BTreeMap<Split, SplitSink>,
+    writer: Option<ShardWriter>,
     shard_patches: usize,
     skip_bad: bool,
     accounting: Accounting,
     rejects: Vec<Reject>,
-    /// Full shards waiting to be written (while the next chunk decodes).
-    writes: Vec<ShardWrite>,
     options: serde_json::Value,
 }
 
 impl Sinks {
     fn create(partial: &Path, capacities: [u64; 3], opts: &ConvertOptions, accounting: Accounting, rejects: Vec<Reject>) -> Result<Sinks> {
         let mut splits = BTreeMap::new();
+        let mut writers = BTreeMap::new();
         for (split, capacity) in Split::ALL.into_iter().zip(capacities) {
-            let writer = SplitWriter::create(partial, split, capacity, &opts.store)?;
+            writers.insert(split, SplitWriter::create(partial, split, capacity, &opts.store)?);
             let sink = SplitSink {
-                writer,
                 shard: Default::default(),
                 stored: 0,
                 names: Vec::new(),
@@ -264,11 +295,11 @@ impl Sinks {
         });
         Ok(Sinks {
             splits,
+            writer: Some(ShardWriter::start(writers)?),
             shard_patches: opts.store.shard_patches as usize,
             skip_bad: opts.skip_bad,
             accounting,
             rejects,
-            writes: Vec::new(),
             options,
         })
     }
@@ -283,30 +314,31 @@ impl Sinks {
         Ok(())
     }
 
-    /// Decodes `chunk` in parallel while the full shards of earlier chunks are written, then
-    /// files each patch into its split's shard, in order.
+    /// Decodes `chunk` in parallel (full shards are written meanwhile by the writer thread),
+    /// then files each patch into its split's shard, in order.
     fn process(&mut self, chunk: Vec<Work>) -> Result<()> {
-        let writes = std::mem::take(&mut self.writes);
-        let splits = &self.splits;
-        let (written, decoded) = rayon::join(
-            || {
-                writes.iter().try_for_each(|w| {
-                    splits[&w.split].writer.write(w.start, &w.groups).with_context(|| format!("writing split {}", w.split))
-                })
-            },
-            || chunk.par_iter().map(decode).collect::<Vec<_>>(),
-        );
-        written?;
+        let decoded: Vec<Result<Decoded, Reject>> = chunk.par_iter().map(decode).collect();
         for (work, result) in chunk.into_iter().zip(decoded) {
             match result {
-                Ok(d) => self.file(work, d),
+                Ok(d) => self.file(work, d)?,
                 Err(r) => self.reject(r)?,
             }
         }
         Ok(())
     }
 
-    fn file(&mut self, work: Work, d: Decoded) {
+    /// Hands a full shard to the writer thread (waiting while two are queued).
+    fn write(&mut self, w: ShardWrite) -> Result<()> {
+        let writer = self.writer.as_ref().context("the shard writer has stopped")?;
+        if writer.tx.send(w).is_err() {
+            // The writer stopped on an error: report it.
+            let stopped = self.writer.take().expect("checked above").finish();
+            return Err(stopped.err().unwrap_or_else(|| anyhow!("the shard writer stopped")));
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, work: Work, d: Decoded) -> Result<()> {
         let sink = self.splits.get_mut(&work.split).expect("every split has a sink");
         for (buf, values) in sink.shard.iter_mut().zip(&d.groups) {
             buf.extend_from_slice(values);
@@ -318,24 +350,29 @@ impl Sinks {
         sink.labels.extend_from_slice(&work.labels);
         let held = sink.names.len() as u64 - sink.stored;
         if held as usize == self.shard_patches {
-            self.writes.push(ShardWrite { split: work.split, start: sink.stored, groups: std::mem::take(&mut sink.shard) });
+            // The next shard's buffers at their full size: no regrowing while they fill.
+            let next = BAND_GROUPS.map(|g| Vec::with_capacity(self.shard_patches * g.values_per_patch()));
+            let full = ShardWrite { split: work.split, start: sink.stored, groups: std::mem::replace(&mut sink.shard, next) };
             sink.stored += held;
+            self.write(full)?;
         }
+        Ok(())
     }
 
     /// Writes what is left, every split's labels and names, the rejects report and the
     /// attributes.
     fn finish(mut self, partial: &Path, source: Source) -> Result<Outcome> {
-        for (&split, sink) in &mut self.splits {
+        let splits: Vec<Split> = self.splits.keys().copied().collect();
+        for split in splits {
+            let sink = self.splits.get_mut(&split).expect("listed");
             let held = sink.names.len() as u64 - sink.stored;
             if held > 0 {
-                self.writes.push(ShardWrite { split, start: sink.stored, groups: std::mem::take(&mut sink.shard) });
+                let last = ShardWrite { split, start: sink.stored, groups: std::mem::take(&mut sink.shard) };
                 sink.stored += held;
+                self.write(last)?;
             }
         }
-        for w in std::mem::take(&mut self.writes) {
-            self.splits[&w.split].writer.write(w.start, &w.groups).with_context(|| format!("writing split {}", w.split))?;
-        }
+        let mut writers = self.writer.take().context("the shard writer has stopped")?.finish()?;
         let mut split_infos = BTreeMap::new();
         let mut train_sums = [BandSums::default(); BAND_COUNT];
         for (split, sink) in self.splits {
@@ -351,7 +388,7 @@ impl Sinks {
             if split == Split::Train {
                 train_sums = sink.sums;
             }
-            sink.writer.finish(&sink.labels, &sink.names)?;
+            writers.remove(&split).expect("a writer per split").finish(&sink.labels, &sink.names)?;
         }
         let accounting = self.accounting;
         if accounting.accounted() != accounting.input_patches {

@@ -1,6 +1,9 @@
-"""`make bench` for data-prep: conversion speed beside the Python reference converter, peak
-memory at two archive sizes, codec comparison, random-read speed beside raw decode speed.
-Prints a Markdown report (also saved to work/bench/data-prep.md) for docs/benchmarks.md.
+"""`make bench` for data-prep: the four ways to convert the downloaded archive (the unpacked
+folder; `tar -xzf` then the folder; the .tar.gz and the .tar.zst read directly) at 1 and 2
+threads, the folder route beside the Python reference converter, the predicted time for the
+full archive on a 16-core node, peak memory at two archive sizes, the codec comparison and
+random-read speed beside raw decode speed. Prints a Markdown report (also saved to
+work/bench/data-prep.md) for docs/benchmarks.md.
 """
 import datetime
 import json
@@ -16,12 +19,15 @@ ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "work" / "bench"
 DATA_PREP = str(ROOT / "target" / "release" / "data-prep")
 READ_BENCH = str(ROOT / "target" / "release" / "examples" / "read_bench")
+STREAM_BENCH = str(ROOT / "target" / "release" / "examples" / "stream_bench")
+# The real downloads: BigEarthNet-S2 v1.0 (.tar.gz) and v2.0 (.tar.zst), patches and bytes.
+FULL = {"v1.0 .tar.gz": (590_326, 66e9), "v2.0 .tar.zst": (549_488, 63e9)}
 PY = sys.executable
 SIZES = [int(s) for s in os.environ.get("BENCH_SIZES", "5000 20000").split()]
 
 
 def measure(cmd, **kw):
-    """Runs cmd; returns (seconds, peak RSS in MiB of that process, stdout)."""
+    """Runs cmd; returns (seconds, peak RSS in MiB of that process, stdout, CPU seconds)."""
     start = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **kw)
     out = p.stdout.read()
@@ -30,7 +36,7 @@ def measure(cmd, **kw):
     secs = time.perf_counter() - start
     if p.returncode != 0:
         raise SystemExit(f"{cmd} failed with {p.returncode}")
-    return secs, usage.ru_maxrss / 1024, out
+    return secs, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime
 
 
 def archive(n):
@@ -43,6 +49,26 @@ def archive(n):
     # Warm page cache: read every file once.
     subprocess.run(f"find {path} -type f -print0 | xargs -0 cat > /dev/null", shell=True, check=True)
     return path
+
+
+def packed(n, kind):
+    """The archive packed by the system tar in name order (gzip or zstd), lists beside it."""
+    folder = archive(n)
+    dest = WORK / f"packed-{n}"
+    target = dest / f"BigEarthNet-S2-v1.0.tar.{kind}"
+    if not target.exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        flag = "--gzip" if kind == "gz" else "--zstd"
+        subprocess.run(["tar", "--sort=name", flag, "-cf", str(target) + ".tmp", "-C", str(folder), "BigEarthNet-v1.0"], check=True)
+        os.rename(str(target) + ".tmp", target)
+        for f in folder.glob("*.csv"):
+            shutil.copy(f, dest / f.name)
+    subprocess.run(["cat", str(target)], stdout=subprocess.DEVNULL, check=True)  # warm page cache
+    return target
+
+
+def files_under(path):
+    return sum(1 for f in Path(path).rglob("*") if f.is_file())
 
 
 def written(store):
@@ -71,26 +97,70 @@ def main():
     big = archive(SIZES[-1])
     store = WORK / "store.zarr"
     ref_store = WORK / "reference.zarr"
+    gz, zst = packed(SIZES[-1], "gz"), packed(SIZES[-1], "zst")
 
-    say(f"### Conversion of a {SIZES[-1]:,}-patch synthetic v1 archive (warm page cache, default codec: blosc-zstd level 3)")
+    say(f"### The downloaded archive to a store: {SIZES[-1]:,}-patch synthetic v1 archive, four routes "
+        f"(warm page cache, default codec blosc-zstd level 3)")
     say()
-    say("| converter | threads | seconds | patches written | patches/s | patches/s per core | peak RSS MiB |")
-    say("|---|---|---|---|---|---|---|")
+    say(f"Archive: {du(big / 'BigEarthNet-v1.0') / 2**20:.0f} MiB unpacked in {files_under(big / 'BigEarthNet-v1.0'):,} files; "
+        f".tar.gz {gz.stat().st_size / 2**20:.0f} MiB, .tar.zst {zst.stat().st_size / 2**20:.0f} MiB (system `tar --sort=name`).")
+    say()
+    say("| route | threads | seconds | patches written | patches/s | per thread | per CPU-second | peak RSS MiB | files created |")
+    say("|---|---|---|---|---|---|---|---|---|")
     results = {}
     for threads in (1, 2):
-        secs, rss, _ = convert(big, store, threads)
-        n = written(store)
-        results[threads] = n / secs
-        say(f"| data-prep | {threads} | {secs:.1f} | {n} | {n / secs:.0f} | {n / secs / threads:.0f} | {rss:.0f} |")
-    shutil.rmtree(ref_store, ignore_errors=True)
-    secs, rss, out = measure([PY, str(ROOT / "scripts" / "bench" / "reference_converter.py"), str(big), str(ref_store)])
+        for route in ("folder", "tar -xzf + folder", ".tar.gz direct", ".tar.zst direct"):
+            extract_s, extract_cpu, extract_rss, extracted = 0.0, 0.0, 0.0, 0
+            if route == "folder":
+                source = big
+            elif route == "tar -xzf + folder":
+                unpacked = WORK / "unpacked"
+                shutil.rmtree(unpacked, ignore_errors=True)
+                unpacked.mkdir()
+                extract_s, extract_rss, _, extract_cpu = measure(["tar", "-xzf", str(gz), "-C", str(unpacked)])
+                for f in gz.parent.glob("*.csv"):
+                    shutil.copy(f, unpacked / f.name)
+                extracted = files_under(unpacked)
+                source = unpacked
+            else:
+                source = gz if "gz" in route else zst
+            secs, rss, _, cpu = convert(source, store, threads)
+            n = written(store)
+            secs, cpu, rss = secs + extract_s, cpu + extract_cpu, max(rss, extract_rss)
+            results[(route, threads)] = (secs, n, cpu)
+            say(f"| {route} | {threads} | {secs:.1f} | {n} | {n / secs:.0f} | {n / secs / threads:.0f} | {n / cpu:.0f} | {rss:.0f} | "
+                f"{extracted + files_under(store):,} |")
+    shutil.rmtree(WORK / "unpacked", ignore_errors=True)
+    ref_secs, rss, out, _ = measure([PY, str(ROOT / "scripts" / "bench" / "reference_converter.py"), str(big), str(ref_store)])
     n = json.loads(out)["written"]
-    ref = n / secs
-    say(f"| Python reference (tifffile + zarr-python) | 1 | {secs:.1f} | {n} | {ref:.0f} | {ref:.0f} | {rss:.0f} |")
+    ref = n / ref_secs
+    say(f"| Python reference (tifffile + zarr-python), folder | 1 | {ref_secs:.1f} | {n} | {ref:.0f} | {ref:.0f} | | {rss:.0f} | |")
     say()
-    say(f"data-prep per core / reference per core: **{results[1] / ref:.1f}x** (1 thread each); "
-        f"2-thread speed-up of data-prep: {results[2] / results[1]:.2f}x.")
+    rate = lambda route, t: results[(route, t)][1] / results[(route, t)][0]
+    say(f"- Folder route per core / reference per core (1 thread each): **{rate('folder', 1) / ref:.1f}x** (goal 5x).")
+    for t in (1, 2):
+        say(f"- {t} thread(s): .tar.gz direct is **{rate('.tar.gz direct', t) / rate('tar -xzf + folder', t):.1f}x** as fast as "
+            f"`tar -xzf` then the folder route (goal 2x); .tar.zst direct converts **{rate('.tar.zst direct', t):.0f}** patches/s "
+            f"(goal 2,000 with 2 threads).")
     say()
+    streams = {k: json.loads(subprocess.run([STREAM_BENCH, str(p)], capture_output=True, text=True, check=True).stdout)
+               for k, p in (("gz", gz), ("zst", zst))}
+    say("Predicted time for the full download on a 16-core node, from these per-core figures: the stream is read by one "
+        "thread (measured alone: "
+        f"{streams['gz']['patches_per_s']} patches/s, {streams['gz']['compressed_mb_per_s']} MB/s from .tar.gz; "
+        f"{streams['zst']['patches_per_s']} patches/s, {streams['zst']['compressed_mb_per_s']} MB/s from .tar.zst), "
+        "the rest (decoding, compressing, writing) spreads over the cores at the measured CPU cost per patch:")
+    say()
+    say("| download | patches | reading the stream, one thread | the rest on 16 cores | predicted |")
+    say("|---|---|---|---|---|")
+    for (name, (patches, _)), (kind, route) in zip(FULL.items(), (("gz", ".tar.gz direct"), ("zst", ".tar.zst direct"))):
+        secs, n, cpu = results[(route, 2)]
+        reader = patches / streams[kind]["patches_per_s"]
+        # CPU per written patch beyond the reader's own share.
+        rest = max(cpu / n - 1 / streams[kind]["patches_per_s"], 0) * patches / 16
+        say(f"| {name} | {patches:,} | {reader / 60:.1f} min | {rest / 60:.1f} min | **{max(reader, rest) / 60:.1f} min** |")
+    say()
+    shutil.rmtree(store, ignore_errors=True)
 
     say("### Memory against archive size (data-prep, 2 threads, 3 runs each)")
     say()
@@ -123,7 +193,7 @@ def main():
     for codec in ("blosc", "zstd"):
         for level in (1, 3):
             out = WORK / f"codec-{codec}-{level}.zarr"
-            secs, _, _ = convert(small, out, 1, "--codec", codec, "--level", str(level))
+            secs, _, _, _ = convert(small, out, 1, "--codec", codec, "--level", str(level))
             n = written(out)
             pixel_bytes = n * (4 * 120 * 120 + 6 * 60 * 60 + 2 * 20 * 20) * 2
             rb = json.loads(subprocess.run([READ_BENCH, str(out)], capture_output=True, text=True, check=True).stdout)
