@@ -82,13 +82,16 @@ fn system_tar_archives_give_the_folder_conversions_store() {
     }
 }
 
-/// Writes a .tar.gz whose members are in a seeded random order: every patch's members are
-/// scattered across the stream.
-fn pack_shuffled(archive: &Path, dest: &Path, seed: u64, level: flate2::Compression) -> PathBuf {
+/// Writes a .tar.gz with the tar and flate2 crates: deterministic bytes (no mtimes), the
+/// members in name order or, with a shuffle seed, in a seeded random order that scatters every
+/// patch's members across the stream.
+fn pack_gz(archive: &Path, dest: &Path, shuffle: Option<u64>, level: flate2::Compression) -> PathBuf {
     fs::create_dir_all(dest).unwrap();
     let mut members: Vec<(PathBuf, Vec<u8>)> =
         common::tree(archive).into_iter().filter(|(p, _)| p.starts_with("BigEarthNet-v1.0")).collect();
-    members.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    if let Some(seed) = shuffle {
+        members.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    }
     let out = dest.join("BigEarthNet-S2-v1.0.tar.gz");
     let gz = flate2::write::GzEncoder::new(fs::File::create(&out).unwrap(), level);
     let mut tar = tar::Builder::new(gz);
@@ -114,7 +117,7 @@ fn scattered_members_give_the_same_patches_within_the_pending_bound() {
     let archive = common::synth(tmp.path(), 80, 32, "v1");
     let folder_store = tmp.path().join("folder.zarr");
     common::convert(&archive, &folder_store, &[]);
-    let packed = pack_shuffled(&archive, &tmp.path().join("shuffled"), 5, flate2::Compression::fast());
+    let packed = pack_gz(&archive, &tmp.path().join("shuffled"), Some(5), flate2::Compression::fast());
     let out = tmp.path().join("shuffled.zarr");
     common::convert(&packed, &out, &[]);
     assert_eq!(patches(&out), patches(&folder_store), "same patches, labels and pixels in each split");
@@ -172,25 +175,64 @@ fn damaged_streams_are_refused_naming_the_offset_or_rejected_with_skip_bad() {
         let rejects = read_rejects(&out).unwrap();
         assert!(rejects.iter().any(|r| r.reason.contains("not in the archive") || r.reason.contains("cut off")), "{name}: {rejects:?}");
     }
-    // A flipped byte, or a stream cut in its trailer: found by the stream's own checks, refused
-    // even with --skip-bad when the checksum of the whole stream is what finds it.
-    let mut flipped = bytes.clone();
-    flipped[bytes.len() / 2] ^= 0x5a;
-    for (name, content) in [("flipped", &flipped[..]), ("trailer", &bytes[..bytes.len() - 4])] {
-        let file = damaged(name, content);
+    // A flipped byte garbles what follows it in the stream: a tar header's checksum, a member's
+    // structure or gzip's checksum of the whole stream finds it. Without --skip-bad nothing is
+    // written; with it, the patches decoded before the damage are kept and each is exactly the
+    // undamaged archive's, or (when only gzip's checksum finds it) nothing is kept. Packed by our
+    // own writer, so that where each flip lands does not depend on the files' mtimes.
+    let ours = pack_gz(&archive, &tmp.path().join("ours"), None, flate2::Compression::default());
+    let good = tmp.path().join("good.zarr");
+    common::run_ok(&["convert", "--archive", ours.to_str().unwrap(), "--out", good.to_str().unwrap()]);
+    let good = Store::open(&good).unwrap();
+    let ours = fs::read(&ours).unwrap();
+    let mut kept_some = false;
+    for f in [0.3, 0.5, 0.7] {
+        let mut flipped = ours.clone();
+        flipped[(ours.len() as f64 * f) as usize] ^= 0x5a;
+        let name = format!("flipped at {f}");
+        let file = damaged(&format!("flipped{f}"), &flipped);
         let out = tmp.path().join(format!("{name}.zarr"));
-        for extra in [None, Some("--skip-bad")] {
-            let mut args = vec!["convert", "--archive", file.to_str().unwrap(), "--out", out.to_str().unwrap()];
-            args.extend(extra);
-            let err = common::run_err(&args);
+        let (a, o) = (file.to_str().unwrap(), out.to_str().unwrap());
+        let err = common::run_err(&["convert", "--archive", a, "--out", o]);
+        assert!(err.contains("bytes into the file") && err.contains(a), "{name}: {err}");
+        assert!(!out.exists() && !partial_path(&out).exists(), "{name}: something left behind");
+        let skipping = common::run(&["convert", "--archive", a, "--out", o, "--skip-bad"]);
+        if !skipping.status.success() {
+            let err = String::from_utf8_lossy(&skipping.stderr);
             assert!(err.contains("damaged") && err.contains("bytes into the file"), "{name}: {err}");
             assert!(!out.exists() && !partial_path(&out).exists(), "{name}: something left behind");
+        } else {
+            let store = Store::open(&out).unwrap();
+            let acc = &store.attrs.accounting;
+            assert!(acc.accounted() == acc.input_patches && acc.rejected > 0, "{name}: {acc:?}");
+            for split in [Split::Train, Split::Validation, Split::Test] {
+                let (kept, all) = (store.split(split).unwrap(), good.split(split).unwrap());
+                for (i, patch) in kept.names.iter().enumerate() {
+                    let j = all.names.iter().position(|n| n == patch).expect("a kept patch is in the undamaged store");
+                    assert_eq!(kept.labels_of(i), all.labels_of(j), "{name}: {patch}");
+                    for g in 0..3 {
+                        assert_eq!(kept.read_group(g, i).unwrap(), all.read_group(g, j).unwrap(), "{name}: {patch} group {g}");
+                    }
+                    kept_some = true;
+                }
+            }
         }
+    }
+    assert!(kept_some, "no flip left patches to keep: the --skip-bad path went unchecked");
+    // A stream cut in its trailer: the tar is whole, gzip's length check finds it.
+    let file = damaged("trailer", &bytes[..bytes.len() - 4]);
+    let out = tmp.path().join("trailer.zarr");
+    for extra in [None, Some("--skip-bad")] {
+        let mut args = vec!["convert", "--archive", file.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend(extra);
+        let err = common::run_err(&args);
+        assert!(err.contains("damaged") && err.contains("bytes into the file"), "trailer: {err}");
+        assert!(!out.exists() && !partial_path(&out).exists(), "trailer: something left behind");
     }
     // Damage that only gzip's checksum of the whole stream finds (a stored, uncompressed block):
     // which patch it touched cannot be told, so nothing is kept, even with --skip-bad.
     let stored = tmp.path().join("stored");
-    let file = pack_shuffled(&archive, &stored, 1, flate2::Compression::none());
+    let file = pack_gz(&archive, &stored, Some(1), flate2::Compression::none());
     let mut raw = fs::read(&file).unwrap();
     let at = raw.len() / 2;
     raw[at] ^= 0x01;
