@@ -103,16 +103,24 @@ pub fn table_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
 }
 
 /// One Parquet file's record batches; only the named top-level columns when `columns` is given.
+/// A damaged file is an error naming it, whatever the decoder makes of it
+/// ([`data_prep::untrusted`]).
 pub fn read_parquet(path: &Path, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
     let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| format!("reading {}", path.display()))?;
-    if let Some(names) = columns {
-        let roots: Vec<usize> =
-            builder.schema().fields().iter().enumerate().filter(|(_, f)| names.contains(&f.name().as_str())).map(|(i, _)| i).collect();
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        builder = builder.with_projection(mask);
-    }
-    builder.build()?.map(|b| b.with_context(|| format!("reading {}", path.display()))).collect()
+    data_prep::untrusted::contain_panics(path, || {
+        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| format!("reading {}", path.display()))?;
+        if let Some(names) = columns {
+            let roots: Vec<usize> =
+                builder.schema().fields().iter().enumerate().filter(|(_, f)| names.contains(&f.name().as_str())).map(|(i, _)| i).collect();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            builder = builder.with_projection(mask);
+        }
+        builder
+            .build()
+            .with_context(|| format!("reading {}", path.display()))?
+            .map(|b| b.with_context(|| format!("reading {}", path.display())))
+            .collect()
+    })
 }
 
 /// Values per combined heatmap (120 x 120) and per full set of band maps (every band at its

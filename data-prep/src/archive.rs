@@ -206,26 +206,28 @@ pub struct V2Metadata {
 
 pub fn read_v2_metadata(meta_path: &Path, s2: &Path) -> Result<V2Metadata> {
     let file = fs::File::open(meta_path).with_context(|| format!("opening {}", meta_path.display()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| format!("{}: not a readable parquet file", meta_path.display()))?
-        .build()
-        .with_context(|| format!("reading {}", meta_path.display()))?;
-    let mut results = Vec::new();
-    let mut has_flags = true;
-    for batch in reader {
-        let batch = batch.with_context(|| format!("reading {}", meta_path.display()))?;
-        let cols = V2Columns::from_batch(&batch).with_context(|| format!("{}", meta_path.display()))?;
-        has_flags &= cols.snow.is_some() && cols.cloud.is_some();
-        for row in 0..batch.num_rows() {
-            results.push(cols.record(row, s2, meta_path));
+    crate::untrusted::contain_panics(meta_path, || {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("{}: not a readable parquet file", meta_path.display()))?
+            .build()
+            .with_context(|| format!("reading {}", meta_path.display()))?;
+        let mut results = Vec::new();
+        let mut has_flags = true;
+        for batch in reader {
+            let batch = batch.with_context(|| format!("reading {}", meta_path.display()))?;
+            let cols = V2Columns::from_batch(&batch).with_context(|| format!("{}", meta_path.display()))?;
+            has_flags &= cols.snow.is_some() && cols.cloud.is_some();
+            for row in 0..batch.num_rows() {
+                results.push(cols.record(row, s2, meta_path));
+            }
         }
-    }
-    let (mut patches, rejects) = partition(results);
-    patches.sort_by(|a, b| a.name.cmp(&b.name));
-    if let Some(w) = patches.windows(2).find(|w| w[0].name == w[1].name) {
-        bail!("{}: patch {} appears more than once", meta_path.display(), w[0].name);
-    }
-    Ok(V2Metadata { patches, rejects, has_exclusion_flags: has_flags })
+        let (mut patches, rejects) = partition(results);
+        patches.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(w) = patches.windows(2).find(|w| w[0].name == w[1].name) {
+            bail!("{}: patch {} appears more than once", meta_path.display(), w[0].name);
+        }
+        Ok(V2Metadata { patches, rejects, has_exclusion_flags: has_flags })
+    })
 }
 
 struct V2Columns<'a> {

@@ -36,7 +36,8 @@ pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
     if let Some(pixels) = decode_plain_strips(bytes, side) {
         return Ok(pixels);
     }
-    let mut decoder = Decoder::new(Cursor::new(bytes)).map_err(|e| BandError::Decode(e.to_string()))?.with_limits(Limits::default());
+    check_tag_sizes(bytes)?;
+    let mut decoder = Decoder::new(Cursor::new(bytes)).map_err(|e| BandError::Decode(e.to_string()))?.with_limits(band_limits(bytes, side));
     let (width, height) = decoder.dimensions().map_err(|e| BandError::Decode(e.to_string()))?;
     if width as usize != side || height as usize != side {
         return Err(BandError::WrongSize { width, height, expected: side });
@@ -52,6 +53,56 @@ pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
         DecodingResult::U16(v) => Err(BandError::Decode(format!("decoded {} values, expected {}", v.len(), side * side))),
         other => Err(BandError::WrongType(format!("{} at {width}x{height}", sample_kind(&other)))),
     }
+}
+
+/// Refuses a first IFD whose tags claim more bytes than the file has: the decoder would size
+/// its buffers from those claims (up to 256 MiB) before finding the file too short.
+fn check_tag_sizes(bytes: &[u8]) -> Result<(), BandError> {
+    let big_endian = bytes.starts_with(b"MM");
+    let u16_at = |o: usize| {
+        bytes.get(o..o + 2).map(|b| if big_endian { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) })
+    };
+    let u32_at = |o: usize| {
+        bytes.get(o..o + 4).map(|b| {
+            let b = [b[0], b[1], b[2], b[3]];
+            if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
+        })
+    };
+    let short = || BandError::Decode(format!("{} bytes: the TIFF header or its first IFD is cut short", bytes.len()));
+    match u16_at(2).ok_or_else(short)? {
+        42 => {}
+        43 => return Err(BandError::Decode("BigTIFF (BigEarthNet's band files are classic TIFF)".into())),
+        magic => return Err(BandError::NotTiff(format!("TIFF version {magic}, expected 42"))),
+    }
+    let ifd = u32_at(4).ok_or_else(short)? as usize;
+    let entries = u16_at(ifd).ok_or_else(short)? as usize;
+    for i in 0..entries {
+        let e = ifd + 2 + 12 * i;
+        let (tag, typ, count) = (u16_at(e).ok_or_else(short)?, u16_at(e + 2).ok_or_else(short)?, u32_at(e + 4).ok_or_else(short)?);
+        let size: u64 = match typ {
+            3 | 8 => 2,
+            4 | 9 | 11 | 13 => 4,
+            5 | 10 | 12 | 16 | 17 | 18 => 8,
+            _ => 1,
+        };
+        if u64::from(count) * size > bytes.len() as u64 {
+            return Err(BandError::Decode(format!("tag {tag} claims {count} values, more than the file's {} bytes hold", bytes.len())));
+        }
+    }
+    Ok(())
+}
+
+/// What decoding one band may allocate, from the band's size and the file's, instead of the
+/// decoder's defaults (hundreds of MB): a damaged header claiming huge strips or tag arrays is
+/// refused rather than allocated for, on every decoding thread at once.
+fn band_limits(bytes: &[u8], side: usize) -> Limits {
+    let mut limits = Limits::default();
+    // Room for any sample type up to 64 bits, so that a wrong type is named, not over a limit.
+    limits.decoding_buffer_size = side * side * 8;
+    // A compressed strip lies within the file.
+    limits.intermediate_buffer_size = bytes.len();
+    limits.ifd_value_size = bytes.len().min(1 << 20);
+    limits
 }
 
 /// The layout BigEarthNet's files use: little-endian, uncompressed, one 16-bit unsigned sample
