@@ -65,6 +65,18 @@ impl Dist {
         Ok(dist)
     }
 
+    /// Sets libtorch's CPU compute threads of this rank: `configured` (`run.threads`), or with 0
+    /// the node's cores shared by its ranks (all of them for a single rank).
+    pub fn set_compute_threads(&self, configured: usize) {
+        let threads = match configured {
+            0 if self.local_size > 1 => std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(self.local_size),
+            n => n,
+        };
+        if threads > 0 {
+            tch::set_num_threads(threads as i32);
+        }
+    }
+
     pub fn is_root(&self) -> bool {
         self.rank == 0
     }

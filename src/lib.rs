@@ -23,6 +23,11 @@ pub mod train;
 pub use collector::{metrics, records, render, results, run_info};
 pub use data_prep::{labels, layout, store};
 
-/// Torch's random generator is global: unit tests that seed it must not interleave.
+/// Torch's random generator is global: unit tests that seed it must not interleave. A test that
+/// failed while holding the lock leaves nothing to repair, so a poisoned lock is taken as is
+/// (one failure must not fail every other test that seeds torch).
 #[cfg(test)]
-pub(crate) static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TORCH_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -123,17 +123,18 @@ impl Run {
         if config.train.bf16 && device == Device::Cpu {
             bail!("train.bf16 = true needs a CUDA device (autocast does nothing on the CPU)");
         }
-        // Ranks on one node share its cores.
-        let threads = match config.run.threads {
-            0 if dist.local_size > 1 => std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(dist.local_size),
-            n => n,
-        };
-        if threads > 0 {
-            tch::set_num_threads(threads as i32);
-        }
+        dist.set_compute_threads(config.run.threads);
         let store = Store::open(&config.run.data)?;
         let [train, val, test] = Split::ALL.map(|s| open_split(&store, s));
         let (train, val, test) = (train?, val?, test?);
+        if train.len < crate::train::MIN_MICRO_BATCH {
+            bail!(
+                "{}: the training split has {} patch(es); BatchNorm needs at least {} per batch",
+                config.run.data.display(),
+                train.len,
+                crate::train::MIN_MICRO_BATCH
+            );
+        }
         let norm = Arc::new(Normalizer::from_store(&store.attrs)?);
         let counts = &store.attrs.splits[&Split::Train];
         let loss = Loss::new(&config.loss, &counts.label_counts, counts.patches);

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tch::Tensor;
 
 use crate::checkpoint;
@@ -96,9 +96,35 @@ fn stream_seed(parts: &[u64]) -> i64 {
     (h >> 1) as i64
 }
 
-/// Splits one step's patches into at most `k` micro-batches of near-equal size.
+/// BatchNorm in training mode needs two patches in a batch: the variance of one value is
+/// undefined (libtorch would put NaN into the running variance, where PyTorch raises).
+pub const MIN_MICRO_BATCH: usize = 2;
+
+/// The ranges of an epoch's order that make its steps: `batch_size` patches each; a last step
+/// shorter than [`MIN_MICRO_BATCH`] joins the one before, so that no patch is left out.
+fn step_ranges(len: usize, batch_size: usize) -> Vec<std::ops::Range<usize>> {
+    let mut ranges: Vec<std::ops::Range<usize>> = (0..len).step_by(batch_size).map(|s| s..(s + batch_size).min(len)).collect();
+    if ranges.len() > 1 && ranges.last().is_some_and(|r| r.len() < MIN_MICRO_BATCH) {
+        let last = ranges.pop().expect("two ranges");
+        ranges.last_mut().expect("one range").end = last.end;
+    }
+    ranges
+}
+
+/// Splits one step's patches, in order, into at most `k` micro-batches whose sizes differ by
+/// at most one, each of at least [`MIN_MICRO_BATCH`] patches (fewer micro-batches when the step
+/// is too short for `k`).
 fn micro_batches(step: &[usize], k: usize) -> Vec<Vec<usize>> {
-    step.chunks(step.len().div_ceil(k)).map(<[usize]>::to_vec).collect()
+    let count = k.min(step.len() / MIN_MICRO_BATCH).max(1);
+    let (base, extra) = (step.len() / count, step.len() % count);
+    let mut rest = step;
+    (0..count)
+        .map(|i| {
+            let (head, tail) = rest.split_at(base + usize::from(i < extra));
+            rest = tail;
+            head.to_vec()
+        })
+        .collect()
 }
 
 impl Run {
@@ -118,6 +144,11 @@ impl Run {
                 }
             };
             let Evaluation { loss: val_loss, counts, .. } = self.evaluate(&self.val.clone(), false)?;
+            if !val_loss.is_finite() {
+                bail!(
+                    "epoch {epoch}: the validation loss is {val_loss} (weights or BatchNorm statistics are not finite); the epoch is not checkpointed"
+                );
+            }
             let record = EpochRecord {
                 epoch,
                 train_loss,
@@ -170,7 +201,8 @@ impl Run {
         let t = &self.config.train;
         let (k, rank, world) = (t.accumulate, self.dist.rank, self.dist.world_size);
         let order = epoch_order(self.train.split().len, self.config.run.seed, epoch);
-        EpochPlan { steps: order.chunks(t.batch_size).map(|s| micro_batches(s, world * k)).collect(), rank, accumulate: k }
+        let steps = step_ranges(order.len(), t.batch_size).into_iter().map(|r| micro_batches(&order[r], world * k)).collect();
+        EpochPlan { steps, rank, accumulate: k }
     }
 
     /// Trains one epoch (from step `skip_steps` on, after a mid-epoch stop).
@@ -188,6 +220,15 @@ impl Run {
         for (s, micro) in steps.iter().enumerate().skip(skip) {
             let stop_after = self.stop_requested(*steps_taken + 1);
             let done = self.step(Step { epoch, index: s, micro, mine: mine(micro) }, &mut batches, stop_after)?;
+            // The summed loss is every rank's: all of them stop here together.
+            if !done.loss_sum.is_finite() {
+                bail!(
+                    "epoch {epoch}, step {}: the training loss is {} (training diverged); nothing of this epoch is checkpointed, \
+                     a smaller train.lr may help",
+                    s + 1,
+                    done.loss_sum
+                );
+            }
             allreduce += done.allreduce;
             loss_sum += done.loss_sum;
             *steps_taken += 1;
@@ -315,11 +356,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn micro_batches_cover_the_step_in_order() {
+    fn micro_batches_cover_the_step_in_order_with_two_patches_at_least() {
         let step: Vec<usize> = (0..10).collect();
-        let m = micro_batches(&step, 3);
-        assert_eq!(m, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
-        assert_eq!(micro_batches(&step[..2], 4), vec![vec![0], vec![1]]);
+        assert_eq!(micro_batches(&step, 3), vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]);
+        assert_eq!(micro_batches(&step[..5], 4), vec![vec![0, 1, 2], vec![3, 4]]);
+        assert_eq!(micro_batches(&step[..3], 2), vec![vec![0, 1, 2]]);
+        assert_eq!(micro_batches(&step[..1], 2), vec![vec![0]]);
+        for len in 2..60 {
+            for k in 1..9 {
+                let m = micro_batches(&step.iter().copied().cycle().take(len).collect::<Vec<_>>(), k);
+                assert!(m.len() <= k && m.iter().all(|b| b.len() >= MIN_MICRO_BATCH), "{len} patches, k = {k}: {m:?}");
+                assert_eq!(m.iter().map(Vec::len).sum::<usize>(), len);
+            }
+        }
+    }
+
+    #[test]
+    fn a_last_step_of_one_patch_joins_the_step_before() {
+        assert_eq!(step_ranges(17, 8), vec![0..8, 8..17]);
+        assert_eq!(step_ranges(18, 8), vec![0..8, 8..16, 16..18]);
+        assert_eq!(step_ranges(16, 8), vec![0..8, 8..16]);
+        assert_eq!(step_ranges(1, 8), vec![0..1]);
     }
 
     #[test]

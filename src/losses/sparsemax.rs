@@ -11,7 +11,9 @@ fn threshold(z: &Tensor) -> (Tensor, Tensor) {
     let cumulative = sorted.cumsum(1, z.kind());
     // k(z) = max{k : 1 + k z_(k) > Σ_{j≤k} z_(j)}.
     let in_support = (1f64 + &k * &sorted).gt_tensor(&cumulative).to_kind(z.kind());
-    let support_size = in_support.sum_dim_intlist([1i64].as_slice(), true, z.kind());
+    // The largest logit is always in the support (1 + z_(1) > z_(1)); in f32, 1 + z rounds to z
+    // for |z| above 2^24, so the count is floored at 1 rather than trusted to find it.
+    let support_size = in_support.sum_dim_intlist([1i64].as_slice(), true, z.kind()).clamp_min(1.0);
     let top_sum = cumulative.gather(1, &(support_size.to_kind(Kind::Int64) - 1), false);
     let tau = (top_sum - 1.0) / &support_size;
     let support = z.gt_tensor(&tau).to_kind(z.kind());
@@ -66,6 +68,18 @@ mod tests {
             let sum: f64 = (0..19).map(|c| p.double_value(&[b, c])).sum();
             assert!((sum - 1.0).abs() < 1e-12);
         }
+    }
+
+    /// Logits far beyond f32's integer precision (a landscape point far from the checkpoint can
+    /// reach them): finite values, not an out-of-range index. (f32 cannot resolve the projection
+    /// there: z - τ rounds to 0.)
+    #[test]
+    fn huge_logits_give_finite_values() {
+        let z = Tensor::from_slice(&[3e9f32, -1e9, 0.0, 2e9]).reshape([1, 4]);
+        let p = Vec::<f32>::try_from(sparsemax(&z).reshape([-1])).unwrap();
+        assert!(p.iter().all(|v| v.is_finite() && *v >= 0.0), "{p:?}");
+        let y = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).reshape([1, 4]);
+        assert!(loss(&z, &y).double_value(&[]).is_finite());
     }
 
     #[test]

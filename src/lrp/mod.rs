@@ -477,7 +477,7 @@ mod tests {
     /// and composite; the combined map keeps the bands' total.
     #[test]
     fn relevance_is_conserved() {
-        let _rng = crate::TORCH_RNG.lock().unwrap();
+        let _rng = crate::torch_rng();
         for (arch, rows, classes) in [(Arch::KBranch, 3, vec![0, 7, 18]), (Arch::ResNet50, 1, vec![4]), (Arch::Vgg16, 1, vec![11])] {
             let weights = unbiased(arch, 3);
             let x = inputs(rows);
@@ -503,7 +503,7 @@ mod tests {
 
     #[test]
     fn folded_networks_give_the_models_logits() {
-        let _rng = crate::TORCH_RNG.lock().unwrap();
+        let _rng = crate::torch_rng();
         for arch in [Arch::KBranch, Arch::ResNet50, Arch::Vgg16] {
             let vs = nn::VarStore::new(tch::Device::Cpu);
             let m = crate::model::Model::new(&vs.root(), arch, 8, true);

@@ -186,7 +186,6 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
-    use crate::TORCH_RNG;
     use crate::model::{Arch, Model};
 
     fn inputs(batch: i64) -> [Tensor; 3] {
@@ -197,7 +196,7 @@ mod tests {
 
     #[test]
     fn shapes_and_size() {
-        let _rng = TORCH_RNG.lock().unwrap();
+        let _rng = crate::torch_rng();
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Model::new(&vs.root(), Arch::KBranch, 5, true);
         let out = model.forward_t(&inputs(3), false);
@@ -211,7 +210,7 @@ mod tests {
 
     #[test]
     fn eval_is_deterministic_and_train_mode_draws_dropout_from_the_seed() {
-        let _rng = TORCH_RNG.lock().unwrap();
+        let _rng = crate::torch_rng();
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Model::new(&vs.root(), Arch::KBranch, 1, true);
         let x = inputs(4);

@@ -117,7 +117,7 @@ mod tests {
     /// every parameter named as torchvision names it.
     #[test]
     fn stacked_networks_have_torchvisions_shapes_and_names() {
-        let _rng = crate::TORCH_RNG.lock().unwrap();
+        let _rng = crate::torch_rng();
         for (arch, low, high, first) in
             [(Arch::ResNet50, 23_500_000, 23_600_000, "conv1.weight"), (Arch::Vgg16, 134_000_000, 134_400_000, "features.0.weight")]
         {
