@@ -127,6 +127,13 @@ fn positions(run: &Path) -> Result<Vec<Position>> {
     Ok(found)
 }
 
+/// The epochs of the epoch checkpoints a run holds (not the mid-epoch ones), oldest first.
+pub fn epochs(run: &Path) -> Result<Vec<u32>> {
+    let mut e: Vec<u32> = positions(run)?.into_iter().filter(|&(_, step)| step == 0).map(|(epoch, _)| epoch).collect();
+    e.sort_unstable();
+    Ok(e)
+}
+
 pub fn exists(run: &Path) -> Result<bool> {
     Ok(!positions(run)?.is_empty())
 }
@@ -264,6 +271,7 @@ mod tests {
         // A mid-epoch checkpoint sorts after its epoch's start (kept here with a larger keep_last).
         save(run.path(), &tensors(9.0), &tensors(0.0), State { steps_into_next: 3, ..state(5, 2) }, 5).unwrap();
         assert_eq!(positions(run.path()).unwrap(), vec![(5, 3), (5, 0), (4, 0), (2, 0)]);
+        assert_eq!(epochs(run.path()).unwrap(), vec![2, 4, 5]);
         assert_eq!(latest(run.path()).unwrap().unwrap().state.steps_into_next, 3);
         fs::remove_dir_all(position_dir(run.path(), (5, 3))).unwrap();
         let newest = latest(run.path()).unwrap().unwrap();

@@ -187,15 +187,27 @@ fn read_layers(path: &Path, depth: usize, origins: &mut Origins) -> Result<toml:
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
     let spanned = toml::de::DeTable::parse(&text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
     let mut own: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+    let base_origin = || {
+        let at = spanned.get_ref().iter().find(|(k, _)| k.get_ref() == "base").map_or(0, |(k, _)| k.span().start);
+        Origin::File { path: path.into(), line: line_of(&text, at) }
+    };
     let mut table = match own.remove("base") {
         Some(toml::Value::String(base)) => {
-            let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
-            read_layers(&base_path, depth + 1, origins)?
+            let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
+            read_layers(&base_path, depth + 1, origins).map_err(|e| match e {
+                // Say which file asked for the base it cannot find.
+                ConfigError::Read { path: missing, source } if missing == base_path => ConfigError::Key {
+                    key: "base".into(),
+                    origin: base_origin(),
+                    message: format!("cannot read {}: {source}", missing.display()),
+                },
+                other => other,
+            })?
         }
         Some(other) => {
             return Err(ConfigError::Key {
                 key: "base".into(),
-                origin: Origin::File { path: path.into(), line: line_of(&text, spanned.span().start) },
+                origin: base_origin(),
                 message: format!("expected a file name, found {}", other.type_str()),
             });
         }
@@ -208,6 +220,17 @@ fn read_layers(path: &Path, depth: usize, origins: &mut Origins) -> Result<toml:
 
 /// Command-line overrides, as dotted keys (`run.seed`, `train.epochs`, ...) and values.
 pub type Overrides = Vec<(String, toml::Value)>;
+
+/// Parses `--set KEY=VALUE`, the value as a TOML value (a bare word is taken as a string).
+pub fn parse_override(item: &str) -> Result<(String, toml::Value), ConfigError> {
+    let (key, value) = item.split_once('=').ok_or_else(|| ConfigError::Key {
+        key: item.to_string(),
+        origin: Origin::CommandLine,
+        message: "expected --set KEY=VALUE".into(),
+    })?;
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v"));
+    Ok((key.trim().to_string(), parsed.unwrap_or_else(|| toml::Value::String(value.to_string()))))
+}
 
 /// Sets the dotted `key` in `table`, creating the tables on its way; a value that is not a
 /// table on the way is an error naming it.

@@ -12,6 +12,7 @@ pub mod device;
 pub mod dist;
 pub mod eval;
 pub mod explain;
+pub mod landscape;
 pub mod losses;
 pub mod lrp;
 pub mod model;

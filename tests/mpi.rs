@@ -15,6 +15,16 @@ fn records(run: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn two_ranks_equal_one_process_accumulating_their_micro_batches() {
+    equivalence("kbranch", "hamming");
+}
+
+/// The same for another architecture (ResNet-50) and loss.
+#[test]
+fn two_resnet_ranks_equal_one_process() {
+    equivalence("resnet50", "poly1");
+}
+
+fn equivalence(arch: &str, loss: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let data = store(tmp.path());
     let out = tmp.path().join("runs");
@@ -22,7 +32,7 @@ fn two_ranks_equal_one_process_accumulating_their_micro_batches() {
         let a = [
             "train",
             "--config",
-            &job("hamming"),
+            &job(loss),
             "--data",
             data.to_str().unwrap(),
             "--out",
@@ -43,6 +53,8 @@ fn two_ranks_equal_one_process_accumulating_their_micro_batches() {
             "run.threads=1",
             "--set",
             "train.loader_threads=1",
+            "--set",
+            &format!("model.arch=\"{arch}\""),
         ];
         a.iter().map(|s| s.to_string()).collect()
     };
@@ -95,4 +107,78 @@ fn two_ranks_equal_one_process_accumulating_their_micro_batches() {
     for (x, y) in pa.scores.iter().zip(&pb.scores) {
         assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "scores {x} vs {y}");
     }
+}
+
+/// A landscape's grid points shared over two MPI ranks: the table of one process.
+#[test]
+fn two_ranks_share_a_landscapes_points() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = store(tmp.path());
+    let out = tmp.path().join("runs");
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["train", "--config", &job("ce"), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--epochs", "1"])
+        .args(["--device", "cpu", "--set", "train.batch_size=8", "--set", "lrp.every=0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = out.join("ce-seed0");
+    let landscape = |name: &str| -> Vec<String> {
+        [
+            "landscape",
+            "--run",
+            run.to_str().unwrap(),
+            "--kind",
+            "2d",
+            "--points",
+            "3",
+            "--block",
+            "2",
+            "--name",
+            name,
+            "--train-patches",
+            "10",
+            "--val-patches",
+            "10",
+            "--batch",
+            "8",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let one = Command::new(env!("CARGO_BIN_EXE_trainer")).args(landscape("one")).output().unwrap();
+    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    let two = Command::new("mpirun")
+        .args(["-np", "2", "--oversubscribe", env!("CARGO_BIN_EXE_trainer")])
+        .args(landscape("two"))
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    assert!(two.status.success(), "{}", String::from_utf8_lossy(&two.stderr));
+    // Blocks 0, 2, 4 by rank 0, 1, 3 by rank 1: the same files, the same values.
+    let blocks = |name: &str| -> Vec<(String, Vec<u8>)> {
+        let dir = run.join("landscape").join(name).join("blocks");
+        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.iter().map(|f| (f.file_name().unwrap().to_string_lossy().to_string(), values(f))).collect()
+    };
+    assert_eq!(blocks("one"), blocks("two"));
+    assert_eq!(blocks("one").len(), 5);
+}
+
+/// A block's values column, as bytes: equal tables are bitwise equal.
+fn values(path: &Path) -> Vec<u8> {
+    use arrow_array::Array;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for b in reader.build().unwrap() {
+        let b = b.unwrap();
+        let v = b.column_by_name("value").unwrap();
+        let data = v.to_data();
+        out.extend_from_slice(data.buffers()[0].as_slice());
+    }
+    out
 }

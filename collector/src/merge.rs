@@ -24,7 +24,7 @@ use crate::records::{self, EpochRecord, TestOutcome};
 use crate::results::write_parquet;
 use crate::run_info::{self, RunInfo};
 
-pub const TABLES: [&str; 6] = ["runs", "epochs", "class_metrics", "test_metrics", "predictions", "lrp"];
+pub const TABLES: [&str; 7] = ["runs", "epochs", "class_metrics", "test_metrics", "predictions", "lrp", "landscape"];
 const MANIFEST: &str = "_manifest.json";
 
 /// What a merge did.
@@ -64,6 +64,31 @@ pub fn discover(roots: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(runs)
 }
 
+/// `<run>/landscape/<name>/blocks/*.parquet`: each landscape's name and block files, in order.
+fn landscape_blocks(run: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let root = run.join("landscape");
+    let entries = match fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", root.display())),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", root.display()))?;
+        if e.path().is_dir() {
+            names.push(e.file_name().to_string_lossy().to_string());
+        }
+    }
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        for block in crate::results::table_files(&root.join(&name).join("blocks"))? {
+            out.push((name.clone(), block));
+        }
+    }
+    Ok(out)
+}
+
 /// Tables key runs by their folder name (`run_id`): two folders of one name would overwrite
 /// each other's rows.
 fn refuse_duplicate_names(dirs: &[PathBuf]) -> Result<()> {
@@ -87,7 +112,14 @@ fn refuse_duplicate_names(dirs: &[PathBuf]) -> Result<()> {
 struct RunFolder {
     dir: PathBuf,
     run_id: String,
+    /// The job (the config file's name), the loss (`mix` for a mix), the network.
+    job: String,
     loss: String,
+    arch: String,
+    /// The `[loss]` section as JSON: name and parameters, or the mix.
+    loss_params: String,
+    /// The store it trained on (`run.data`).
+    data: String,
     seed: u64,
     planned_epochs: u64,
     config_hash: String,
@@ -115,8 +147,21 @@ fn read_run(dir: &Path, skipped: &mut usize) -> Result<RunFolder> {
     let text = fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
     let config: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
     let get = |section: &str, key: &str| config.get(section).and_then(|s| s.get(key)).cloned();
-    let loss = get("loss", "name").and_then(|v| v.as_str().map(str::to_string)).context("config.toml lacks loss.name")?;
-    let seed = get("run", "seed").and_then(|v| v.as_integer()).context("config.toml lacks run.seed")? as u64;
+    let text_of = |section: &str, key: &str| get(section, key).and_then(|v| v.as_str().map(str::to_string));
+    let loss_table =
+        config.get("loss").and_then(toml::Value::as_table).with_context(|| format!("{}: no [loss] table", config_path.display()))?;
+    let loss = match (loss_table.get("name").and_then(toml::Value::as_str), loss_table.contains_key("mix")) {
+        (Some(name), _) => name.to_string(),
+        (None, true) => "mix".to_string(),
+        (None, false) => anyhow::bail!("{}: [loss] names no loss", config_path.display()),
+    };
+    let loss_params = serde_json::to_string(loss_table)?;
+    // Runs written before jobs and architectures were recorded: the loss's job, the K-Branch CNN.
+    let job = text_of("run", "job").filter(|j| !j.is_empty()).unwrap_or_else(|| loss.clone());
+    let arch = text_of("model", "arch").unwrap_or_else(|| "kbranch".to_string());
+    let data = text_of("run", "data").unwrap_or_default();
+    let seed =
+        get("run", "seed").and_then(|v| v.as_integer()).with_context(|| format!("{}: no integer run.seed", config_path.display()))? as u64;
     let planned_epochs = get("train", "epochs").and_then(|v| v.as_integer()).unwrap_or(0) as u64;
     let run_id = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     // run.json only describes the attempts: a damaged one is reported and the run still merged.
@@ -132,7 +177,21 @@ fn read_run(dir: &Path, skipped: &mut usize) -> Result<RunFolder> {
     *skipped += read.skipped_lines.len();
     let records = read.records.into_iter().map(|(r, _)| r).collect();
     let test = records::read_test(&dir.join(records::TEST_FILE))?;
-    Ok(RunFolder { dir: dir.to_path_buf(), run_id, loss, seed, planned_epochs, config_hash: config_hash(&config), info, records, test })
+    Ok(RunFolder {
+        dir: dir.to_path_buf(),
+        run_id,
+        job,
+        loss,
+        arch,
+        loss_params,
+        data,
+        seed,
+        planned_epochs,
+        config_hash: config_hash(&config),
+        info,
+        records,
+        test,
+    })
 }
 
 fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
@@ -143,11 +202,13 @@ fn floats(values: impl Iterator<Item = Option<f64>>) -> ArrayRef {
     Arc::new(Float64Array::from_iter(values))
 }
 
-/// run_id, loss, seed: the first columns of every table, repeated over `n` rows.
+/// run_id, job, loss, arch, seed: the first columns of every table, repeated over `n` rows.
 fn run_columns(r: &RunFolder, n: usize) -> Vec<(&'static str, ArrayRef)> {
     vec![
         ("run_id", strings(std::iter::repeat_n(r.run_id.as_str(), n))),
+        ("job", strings(std::iter::repeat_n(r.job.as_str(), n))),
         ("loss", strings(std::iter::repeat_n(r.loss.as_str(), n))),
+        ("arch", strings(std::iter::repeat_n(r.arch.as_str(), n))),
         ("seed", Arc::new(UInt64Array::from_iter_values(std::iter::repeat_n(r.seed, n)))),
     ]
 }
@@ -256,8 +317,11 @@ fn runs_table(runs: &[RunFolder]) -> Result<RecordBatch> {
     };
     let columns: Vec<(&'static str, ArrayRef)> = vec![
         ("run_id", strings(runs.iter().map(|r| r.run_id.as_str()))),
+        ("job", strings(runs.iter().map(|r| r.job.as_str()))),
         ("loss", strings(runs.iter().map(|r| r.loss.as_str()))),
+        ("arch", strings(runs.iter().map(|r| r.arch.as_str()))),
         ("seed", Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.seed)))),
+        ("loss_params", strings(runs.iter().map(|r| r.loss_params.as_str()))),
         ("config_hash", strings(runs.iter().map(|r| r.config_hash.as_str()))),
         ("code_revision", strings(revisions.iter().map(String::as_str))),
         ("host", strings(hosts.iter().map(String::as_str))),
@@ -286,6 +350,7 @@ fn runs_table(runs: &[RunFolder]) -> Result<RecordBatch> {
         ("attempts", Arc::new(UInt32Array::from_iter_values(runs.iter().map(|r| attempts(r).len() as u32)))),
         ("wall_s", floats(runs.iter().map(wall))),
         ("folder", strings(runs.iter().map(|r| r.dir.to_str().unwrap_or_default()))),
+        ("data", strings(runs.iter().map(|r| r.data.as_str()))),
     ];
     batch(columns)
 }
@@ -363,6 +428,11 @@ pub fn merge(roots: &[PathBuf], out: &Path) -> Result<Summary> {
             if snapshot.is_file() {
                 w.file("lrp", &format!("{}-epoch-{epoch:04}", r.run_id), &[&snapshot], || with_run_columns(&r, &snapshot))?;
             }
+        }
+        // Landscape blocks (each written whole by `trainer landscape`).
+        for (name, block) in landscape_blocks(&dir)? {
+            let stem = block.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            w.file("landscape", &format!("{}-{name}-{stem}", r.run_id), &[&block], || with_run_columns(&r, &block))?;
         }
         runs.push(r);
     }

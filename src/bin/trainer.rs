@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use data_prep::logging::{self, LogFormat};
 use lossbench::config::{self, DeviceChoice};
 use lossbench::dist::Dist;
+use lossbench::landscape::{BnMode, LandscapeKind};
 use lossbench::run::Run;
 use lossbench::run_info::{Identity, RunInfo, Status};
 use lossbench::train::{EXIT_REQUEUE, Ending};
@@ -36,6 +37,9 @@ enum Command {
     Train(TrainArgs),
     /// LRP heatmaps of any patches with a run's weights (docs/lrp.md).
     Explain(ExplainArgs),
+    /// Loss landscape around a run's checkpoints: 1D / 2D surfaces, interpolation, sharpness
+    /// (docs/landscape.md).
+    Landscape(LandscapeArgs),
     /// Time the optimizer step on a run's data and print JSON (docs/benchmarks.md).
     Bench(BenchArgs),
     /// Print the libtorch, devices and memory this trainer sees, as JSON.
@@ -65,6 +69,85 @@ struct ExplainArgs {
     /// epsilon-plus-flat | epsilon | alpha1-beta0 (default: the run's lrp.composite).
     #[arg(long)]
     composite: Option<lossbench::lrp::Composite>,
+}
+
+#[derive(Args)]
+struct LandscapeArgs {
+    /// The run folder.
+    #[arg(long)]
+    run: PathBuf,
+    /// The checkpoint's epoch (default: the best epoch); for `interp`, the start.
+    #[arg(long)]
+    epoch: Option<u32>,
+    #[arg(long, value_enum)]
+    kind: LandscapeKind,
+    /// `interp`: the other end's run folder (default: this run) ...
+    #[arg(long)]
+    to_run: Option<PathBuf>,
+    /// ... and epoch (default: that run's best).
+    #[arg(long)]
+    to_epoch: Option<u32>,
+    /// FROM:TO of α (and β); `interp`: of t (default -1:1; `interp` -0.5:1.5).
+    #[arg(long, value_parser = parse_range, allow_hyphen_values = true)]
+    range: Option<(f64, f64)>,
+    /// Points per axis (default 51; `interp` 41); a 2D grid has points².
+    #[arg(long)]
+    points: Option<usize>,
+    /// Seeds the directions, the power iteration's start and the patch subsets.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Training patches the losses are evaluated on (a seeded subset).
+    #[arg(long, default_value_t = 2048)]
+    train_patches: usize,
+    /// Validation patches the F1 scores are evaluated on (a seeded subset).
+    #[arg(long, default_value_t = 2048)]
+    val_patches: usize,
+    /// Patches per forward pass.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Grid points per block (the unit of work, of distribution and of restart).
+    #[arg(long, default_value_t = 16)]
+    block: usize,
+    /// Give biases and BatchNorm parameters a direction too (the parameters themselves).
+    #[arg(long)]
+    include_bias_bn: bool,
+    /// BatchNorm with the checkpoint's running statistics (`eval`) or each batch's (`batch`).
+    #[arg(long, value_enum, default_value_t = BnMode::Eval)]
+    bn: BnMode,
+    /// `sharpness`: power iterations at most.
+    #[arg(long, default_value_t = 50)]
+    iterations: usize,
+    /// The landscape's folder name under <run>/landscape/ (default from kind, epoch and seed).
+    #[arg(long)]
+    name: Option<String>,
+    /// The store (default: the run's run.data).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Overrides the run's run.device.
+    #[arg(long, value_enum)]
+    device: Option<DeviceChoice>,
+    /// K/N: this process is task K of N (a SLURM array; slurm/landscape.sh sets it).
+    #[arg(long, value_parser = parse_task, default_value = "0/1")]
+    task: (usize, usize),
+    /// CPU compute threads per rank (default: the run's run.threads; 0 = the node's cores
+    /// shared by its ranks).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn parse_range(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected FROM:TO, e.g. -1:1"))?;
+    let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
+    Ok((parse(a)?, parse(b)?))
+}
+
+fn parse_task(s: &str) -> Result<(usize, usize), String> {
+    let (k, n) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected K/N, e.g. 0/4"))?;
+    let (k, n) = (k.parse::<usize>().map_err(|e| e.to_string())?, n.parse::<usize>().map_err(|e| e.to_string())?);
+    if n == 0 || k >= n {
+        return Err(format!("{s:?}: K must be below N"));
+    }
+    Ok((k, n))
 }
 
 /// The job config and the flags that override its keys.
@@ -121,17 +204,9 @@ struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     warmup: usize,
     /// Also write the first batch (z-scored inputs and targets) as safetensors, for the
-    /// Python peer (scripts/bench/torch_peer.py).
+    /// Python peer (scripts/gpu/torch_peer.py).
     #[arg(long)]
     save_batch: Option<PathBuf>,
-}
-
-/// Parses `--set KEY=VALUE`, the value as a TOML value (a bare word is taken as a string).
-fn parse_set(item: &str) -> Result<(String, toml::Value)> {
-    let (key, value) = item.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {item:?}: expected KEY=VALUE"))?;
-    let parsed: toml::Table = toml::from_str(&format!("v = {value}"))
-        .unwrap_or_else(|_| toml::Table::from_iter([("v".to_string(), toml::Value::String(value.to_string()))]));
-    Ok((key.trim().to_string(), parsed["v"].clone()))
 }
 
 impl JobArgs {
@@ -157,7 +232,7 @@ impl JobArgs {
             o.push(("run.run_id".into(), toml::Value::String(v.clone())));
         }
         for item in &self.set {
-            o.push(parse_set(item)?);
+            o.push(config::parse_override(item)?);
         }
         Ok(o)
     }
@@ -181,6 +256,40 @@ fn run(cli: Cli, dist: Dist) -> Result<ExitCode> {
             };
             let n = lossbench::explain::explain(&request)?;
             println!("{n} heatmap(s) in {} (heatmaps.parquet and <patch>/<class>.png)", request.out.display());
+        }
+        Command::Landscape(a) => {
+            let request = lossbench::landscape::Request {
+                run: a.run,
+                epoch: a.epoch,
+                kind: a.kind,
+                to_run: a.to_run,
+                to_epoch: a.to_epoch,
+                range: a.range,
+                points: a.points,
+                seed: a.seed,
+                train_patches: a.train_patches,
+                val_patches: a.val_patches,
+                batch: a.batch,
+                block: a.block,
+                include_bias_bn: a.include_bias_bn,
+                bn: a.bn,
+                iterations: a.iterations,
+                name: a.name,
+                data: a.data,
+                device: a.device,
+                task: a.task,
+                threads: a.threads,
+            };
+            let o = lossbench::landscape::run(&request, &dist)?;
+            if dist.is_root() {
+                println!(
+                    "{}: {} block(s) in all; this process computed {}, found {} of its share done",
+                    o.folder.display(),
+                    o.blocks,
+                    o.computed,
+                    o.already_done
+                );
+            }
         }
         Command::Env => println!("{}", serde_json::to_string_pretty(&lossbench::device::Environment::probe())?),
         Command::Bench(a) => {

@@ -146,6 +146,20 @@ pub struct ResidentSplit {
 impl ResidentSplit {
     /// Decodes every patch of `split` with `threads` loader threads into `placement` memory.
     pub fn load(split: Arc<SplitData>, norm: &Normalizer, placement: Placement, compute: Device, threads: usize) -> Result<Self> {
+        let rows: Vec<usize> = (0..split.len).collect();
+        Self::load_rows(split, &rows, norm, placement, compute, threads)
+    }
+
+    /// Decodes patches `rows` of `split`; batches then index these rows by position (0 is
+    /// `rows[0]`).
+    pub fn load_rows(
+        split: Arc<SplitData>,
+        rows: &[usize],
+        norm: &Normalizer,
+        placement: Placement,
+        compute: Device,
+        threads: usize,
+    ) -> Result<Self> {
         let started = Instant::now();
         let home = match placement {
             Placement::Device => compute,
@@ -153,7 +167,7 @@ impl ResidentSplit {
             Placement::Stream => bail!("a streamed split is not loaded into memory"),
         };
         let pinned = home == Device::Cpu && compute != Device::Cpu;
-        let n = split.len;
+        let n = rows.len();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("starting the loader threads")?;
         let progress = data_prep::progress::bar(n as u64, &format!("{} patches into memory", split.split));
         let mut groups = Vec::new();
@@ -169,7 +183,7 @@ impl ResidentSplit {
                 let mut values = vec![0i16; count * per];
                 pool.install(|| {
                     values.par_chunks_mut(per).enumerate().try_for_each(|(k, out)| -> Result<()> {
-                        for (d, v) in out.iter_mut().zip(split.read_group(g, start + k)?) {
+                        for (d, v) in out.iter_mut().zip(split.read_group(g, rows[start + k])?) {
                             *d = v as i16; // the bits of the uint16 value
                         }
                         Ok(())
@@ -184,7 +198,7 @@ impl ResidentSplit {
             groups.push(whole);
         }
         progress.finish_and_clear();
-        let labels: Vec<f32> = split.labels.iter().map(|&l| f32::from(l)).collect();
+        let labels: Vec<f32> = rows.iter().flat_map(|&r| split.labels_of(r).iter().map(|&l| f32::from(l))).collect();
         let labels = Tensor::from_slice(&labels).reshape([n as i64, NUM_CLASSES as i64]).to_device(home);
         let stats = (0..BAND_GROUPS.len()).map(|g| norm.tensors(g, compute)).collect();
         let load_s = started.elapsed().as_secs_f64();
@@ -193,8 +207,8 @@ impl ResidentSplit {
         Ok(ResidentSplit { split, groups, labels, stats, compute, placement, load_s, bytes })
     }
 
-    /// Patches `indices` as a batch on the compute device: gathered, widened back to their
-    /// uint16 values, z-scored as (v − mean) · (1 / std) in f32.
+    /// Rows `indices` (positions among the loaded rows) as a batch on the compute device:
+    /// gathered, widened back to their uint16 values, z-scored as (v − mean) · (1 / std) in f32.
     pub fn batch(&self, indices: &[usize]) -> Batch {
         let home = self.labels.device();
         let index: Vec<i64> = indices.iter().map(|&i| i as i64).collect();

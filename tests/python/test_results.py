@@ -17,8 +17,12 @@ from PIL import Image
 from conftest import ROOT, run, tool
 
 BIN = ROOT / "target" / "release"
-TABLES = ["runs", "epochs", "class_metrics", "test_metrics", "predictions", "lrp"]
+TABLES = ["runs", "epochs", "class_metrics", "test_metrics", "predictions", "lrp", "landscape"]
 RUNS = [("ce", 1), ("ce", 2), ("sparsemax", 1), ("sparsemax", 2)]
+# Small landscapes of the seed-1 runs (docs/landscape.md): every kind, a few points each.
+LANDSCAPES = [("1d", ["--points", "5"]), ("2d", ["--points", "4"]), ("interp", ["--points", "5", "--epoch", "1", "--to-epoch", "2"]),
+              ("sharpness", ["--iterations", "5"])]
+LANDSCAPE_ARGS = ["--train-patches", "24", "--val-patches", "16", "--batch", "8", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +34,10 @@ def runs(tmp_path_factory) -> Path:
         tool(BIN / "trainer", "train", "--config", ROOT / "jobs" / f"{loss}.toml", "--data", folder / "store.zarr",
              "--out", folder / "runs", "--seed", seed, "--epochs", "2", "--device", "cpu", "--set", "train.batch_size=16",
              "--set", "train.lr=1e-3", "--set", "lrp.probes=2")
+    for loss in ("ce", "sparsemax"):
+        for kind, extra in LANDSCAPES:
+            tool(BIN / "trainer", "landscape", "--run", folder / "runs" / f"{loss}-seed1", "--kind", kind, "--name", kind,
+                 *LANDSCAPE_ARGS, *extra)
     return folder / "runs"
 
 
@@ -52,6 +60,7 @@ def test_every_table_reads_in_duckdb_pyarrow_and_polars_with_the_run_folders_val
         "test_metrics": 4,
         "predictions": sum(pq.read_metadata(d / "test_predictions.parquet").num_rows for d in dirs),
         "lrp": sum(pq.read_metadata(f).num_rows for d in dirs for f in (d / "lrp").glob("*.parquet")),
+        "landscape": sum(pq.read_metadata(f).num_rows for d in dirs for f in (d / "landscape").glob("*/blocks/*.parquet")),
     }
     for table in TABLES:
         pattern = str(out / table / "*.parquet")
@@ -93,6 +102,20 @@ def test_every_table_reads_in_duckdb_pyarrow_and_polars_with_the_run_folders_val
         snapshot = pq.read_table(d / "lrp" / "epoch-0002.parquet").to_pydict()
         lrp = pq.read_table(out / "lrp" / f"{run_id}-epoch-0002.parquet").to_pydict()
         assert lrp["map"] == snapshot["map"] and lrp["patch"] == snapshot["patch"] and set(lrp["run_id"]) == {run_id}
+    # Every table starts with the run's columns; the runs table names the job's loss parameters and store.
+    for table in TABLES:
+        names = pq.read_schema(next((out / table).glob("*.parquet"))).names
+        assert names[:5] == ["run_id", "job", "loss", "arch", "seed"], (table, names)
+    for info in runs_table.values():
+        assert info["arch"] == "kbranch" and info["job"] == info["loss"]
+        assert json.loads(info["loss_params"])["name"] == info["loss"] and info["data"].endswith("store.zarr")
+    # The landscape table: each block's rows with the run's columns, every point of the 4 x 4 grid.
+    grid = duckdb.sql(f"SELECT run_id, count(DISTINCT point), min(alpha), max(beta) FROM read_parquet('{out}/landscape/*.parquet') "
+                      "WHERE kind = '2d' AND quantity = 'loss' GROUP BY run_id ORDER BY run_id").fetchall()
+    assert grid == [("ce-seed1", 16, -1.0, 1.0), ("sparsemax-seed1", 16, -1.0, 1.0)], grid
+    sharp = duckdb.sql(f"SELECT checkpoint, value FROM read_parquet('{out}/landscape/*.parquet') "
+                       "WHERE run_id = 'ce-seed1' AND quantity = 'lambda_max' ORDER BY checkpoint").fetchall()
+    assert [c for c, _ in sharp] == [1, 2] and all(v > 0 for _, v in sharp), sharp
     # Runs of one setup share a config hash; different losses do not.
     hashes = {r["run_id"]: r["config_hash"] for r in runs_table.values()}
     assert hashes["ce-seed1"] == hashes["ce-seed2"] != hashes["sparsemax-seed1"]
@@ -151,9 +174,14 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     page = tmp_path / "report" / "index.html"
     assert str(page) in printed
     html = page.read_text()
-    for heading in ["Table 6.1", "Table 6.4", "Fig. 6.2", "Tables 6.12"]:
-        assert heading in html
-    assert html.count("data:image/png;base64,") >= 4 and html.count("<svg") == 2
+    for heading in ["Table 6.1", "Table 6.4", "Fig. 6.2", "Tables 6.12", "Loss landscapes", "1D: ", "2D: ", "Interpolation",
+                    "Sharpness"]:
+        assert heading in html, heading
+    # Charts: per-class F1, validation curves, 1D loss and F1, interpolation, sharpness. Images: the
+    # LRP grid's heatmaps and the patch in true colour, a 2D contour per loss.
+    assert html.count("<svg") == 6, html.count("<svg")
+    assert html.count("data:image/png;base64,") >= 4 + 1 + 2
+    assert ", true colour" in html and "true-colour image unavailable" not in html
     assert "http" not in html.replace('xmlns="http://www.w3.org/2000/svg"', ""), "the report must be self-contained"
     shot = tmp_path / "shot.png"
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, run
@@ -153,3 +154,44 @@ def test_sweep_trains_requeues_resumes_and_adds_runs(cluster, store, tmp_path):
     wait_until(lambda: not jobs_left(env), "the second sweep", timeout=300)
     assert (out / "ce-seed3" / "test_metrics.json").exists()
     assert kept.stat().st_mtime_ns == before
+
+
+LANDSCAPE = ROOT / "slurm" / "landscape.sh"
+
+
+def test_landscape_array_shares_blocks_and_collects(cluster, store, tmp_path):
+    """`sbatch slurm/landscape.sh`: a planning job submits an array of 2 tasks with 2 srun ranks
+    each (4 workers over 5 blocks of a 3x3 grid), then the collector; the merged landscape table
+    holds every point once, and a second submission computes nothing."""
+    env = cluster
+    run_dir = train_uninterrupted(store, tmp_path / "runs", "ce", 1)
+    args = "--points 3 --block 2 --seed 3 --train-patches 48 --val-patches 32 --batch 16 --name grid"
+
+    def submit(tag: str) -> str:
+        plan_log = tmp_path / f"plan-{tag}.out"
+        job_env = dict(env, RUN=str(run_dir), KIND="2d", TASKS="2", LANDSCAPE_ARGS=args)
+        subprocess.run(["sbatch", "--parsable", "--wait", "--ntasks=2", f"--output={plan_log}", str(LANDSCAPE)],
+                       env=job_env, capture_output=True, text=True, check=True)
+        wait_until(lambda: not jobs_left(env), "the landscape array and the collector", timeout=600)
+        return re.search(r"submitted array job (\d+)", plan_log.read_text()).group(1)
+
+    array = submit("first")
+    logs = run_dir / "landscape" / "logs"
+    written = []
+    for task in (0, 1):
+        log = logs / f"{array}_{task}.out"
+        assert f"task {task} of 2" in log.read_text()
+        written += [e["block"] for e in log_events(log, "landscape block written")]
+    # Every block computed exactly once, shared by the four workers.
+    assert sorted(written) == [0, 1, 2, 3, 4], written
+    assert len(list((run_dir / "landscape" / "grid" / "blocks").glob("block-*.parquet"))) == 5
+
+    rows = [r for r in pq.read_table(tmp_path / "results" / "landscape").to_pylist() if r["quantity"] == "loss"]
+    assert sorted(r["point"] for r in rows) == list(range(9))
+    assert {(r["alpha"], r["beta"]) for r in rows} == {(a, b) for a in (-1.0, 0.0, 1.0) for b in (-1.0, 0.0, 1.0)}
+    assert (tmp_path / "report" / "index.html").read_text().count("Loss landscapes") == 1
+
+    # Resubmitted: every block is there, nothing is recomputed.
+    array = submit("second")
+    for task in (0, 1):
+        assert not log_events(logs / f"{array}_{task}.out", "landscape block written")

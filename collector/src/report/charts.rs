@@ -93,6 +93,51 @@ pub fn line_chart(series: &[Series], x_label: &str, y_label: &str, guide: Option
     out
 }
 
+/// Lines over a continuous x (α, t): 5 ticks on each axis, y from the data's range (shared by
+/// every series, so curves of several losses sit on one scale).
+pub fn xy_chart(series: &[Series], x_label: &str, y_label: &str) -> String {
+    let (height, plot_h) = (300.0, 240.0);
+    let plot_w = WIDTH - 170.0 - LEFT;
+    let all = || series.iter().flat_map(|s| s.points.iter());
+    let (x0, x1) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    if !x0.is_finite() || !y0.is_finite() {
+        return "<p>No points.</p>".into();
+    }
+    let (xs, ys) = ((x1 - x0).max(1e-12), (y1 - y0).max(1e-12));
+    let px = |x: f64| LEFT + plot_w * (x - x0) / xs;
+    let py = |y: f64| TOP + plot_h * (1.0 - (y - y0) / ys);
+    let mut out = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" role="img">"#);
+    for i in 0..=4 {
+        let (x, y) = (x0 + xs * i as f64 / 4.0, y0 + ys * i as f64 / 4.0);
+        let _ = write!(out, r##"<line x1="{LEFT}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/>"##, LEFT + plot_w, py(y), py(y));
+        let _ = write!(out, r#"<text x="{}" y="{:.1}" font-size="11" text-anchor="end">{y:.3}</text>"#, LEFT - 6.0, py(y) + 4.0);
+        let _ = write!(out, r#"<text x="{:.1}" y="{}" font-size="11" text-anchor="middle">{x:.2}</text>"#, px(x), TOP + plot_h + 16.0);
+    }
+    let _ = write!(
+        out,
+        r#"<text x="{:.1}" y="{}" font-size="12" text-anchor="middle">{}</text>"#,
+        LEFT + plot_w / 2.0,
+        height - 8.0,
+        escape(x_label)
+    );
+    let _ = write!(
+        out,
+        r#"<text x="14" y="{:.1}" font-size="12" transform="rotate(-90 14 {:.1})" text-anchor="middle">{}</text>"#,
+        height / 2.0,
+        height / 2.0,
+        escape(y_label)
+    );
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let path: Vec<String> = s.points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+        let _ = write!(out, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, path.join(" "));
+    }
+    legend(&mut out, &series.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), WIDTH - 160.0, TOP + 10.0);
+    out.push_str("</svg>");
+    out
+}
+
 /// Grouped vertical bars: one group per category, one bar per series (`values[series][category]`).
 pub fn bar_chart(categories: &[&str], series: &[&str], values: &[Vec<f64>], y_label: &str) -> String {
     let plot_h = 260.0;
@@ -151,5 +196,8 @@ mod tests {
         assert!(svg.contains("a&lt;b") && svg.contains("stroke-dasharray"));
         let bars = bar_chart(&["x", "y", "z"], &["ce", "focal"], &[vec![0.1, 0.2, 0.3], vec![0.3, 0.2, 0.1]], "F1");
         assert_eq!(bars.matches("<rect x=").count(), 6 + 2);
+        let xy = xy_chart(&s, "α", "loss");
+        assert_eq!(xy.matches("<polyline").count(), 2);
+        assert!(xy.contains("2.00") && xy.contains("0.200"), "{xy}");
     }
 }
