@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The loss study as one SLURM job array: every (loss, seed) is one array task that trains with
-# its MPI ranks launched by srun; a last job merges the results once every task has ended.
+# The loss study as one SLURM job array: every (job, architecture, seed) is one array task that
+# trains with its MPI ranks launched by srun; a last job merges the results once every task has
+# ended.
 #
-#   sbatch slurm/sweep.sh                                  # 7 losses x seeds 0 1 2
+#   sbatch slurm/sweep.sh                                  # 7 losses x seeds 0 1 2, K-Branch CNN
 #   LOSSES="ce focal" SEEDS="3 4" EPOCHS=10 sbatch slurm/sweep.sh
+#   LOSSES="asl zlpr" ARCHS="kbranch resnet50" sbatch slurm/sweep.sh
 #   sbatch --ntasks=4 --gpus-per-task=1 --time=24:00:00 slurm/sweep.sh
 #
 # Submitted with sbatch, this script first runs as a short planning job: it lists the runs still
@@ -15,7 +17,8 @@
 # details.
 #
 # Environment (defaults in brackets):
-#   LOSSES [ce wce focal hamming huber sparsemax ranking]   SEEDS [0 1 2]
+#   LOSSES [ce wce focal hamming huber sparsemax ranking: job configs JOBS/<name>.toml]
+#   SEEDS [0 1 2]  ARCHS [kbranch; also resnet50 vgg16]
 #   DATA [work/store.zarr]  OUT [work/runs]  RESULTS [<OUT>/../results]  REPORT [<OUT>/../report]
 #   EPOCHS [from the job config]  JOBS [jobs]  TRAIN_ARGS [extra trainer flags, e.g. --set ...]
 #   TRAINER, COLLECTOR [target/release/{trainer,collector}]  SRUN_MPI [site default; pmix for
@@ -43,6 +46,7 @@ cd "${SLURM_SUBMIT_DIR:-$repo}"
 
 LOSSES="${LOSSES:-ce wce focal hamming huber sparsemax ranking}"
 SEEDS="${SEEDS:-0 1 2}"
+ARCHS="${ARCHS:-kbranch}"
 DATA="${DATA:-work/store.zarr}"
 OUT="${OUT:-work/runs}"
 RESULTS="${RESULTS:-$(dirname "$OUT")/results}"
@@ -51,11 +55,14 @@ JOBS="${JOBS:-$repo/jobs}"
 TRAINER="${TRAINER:-$repo/target/release/trainer}"
 COLLECTOR="${COLLECTOR:-$repo/target/release/collector}"
 LOGS="${LOGS:-$OUT/logs}"
-export SWEEP_SCRIPT="$script" LOSSES SEEDS DATA OUT RESULTS REPORT JOBS TRAINER COLLECTOR LOGS
+export SWEEP_SCRIPT="$script" LOSSES SEEDS ARCHS DATA OUT RESULTS REPORT JOBS TRAINER COLLECTOR LOGS
 
 log() { echo "[sweep $(date +%H:%M:%S)] $*"; }
 
 run_finished() { [[ -f "$OUT/$1/test_metrics.json" ]]; }
+
+# The trainer's run id: the job, the architecture unless it is the default K-Branch CNN, the seed.
+run_id_of() { if [[ "$2" == kbranch ]]; then echo "$1-seed$3"; else echo "$1-$2-seed$3"; fi; }
 
 plan() {
   [[ -x "$TRAINER" ]] || { echo "sweep: no trainer at $TRAINER (build it: make build)" >&2; exit 1; }
@@ -66,14 +73,17 @@ plan() {
   mkdir -p "$OUT/.sweep" "$LOGS"
   local plan_file="$OUT/.sweep/plan-${SLURM_JOB_ID:-$$}.txt" n=0 skipped=0
   : > "$plan_file"
-  for loss in $LOSSES; do
-    for seed in $SEEDS; do
-      if run_finished "$loss-seed$seed"; then
-        skipped=$((skipped + 1))
-      else
-        echo "$loss $seed" >> "$plan_file"
-        n=$((n + 1))
-      fi
+  for arch in $ARCHS; do
+    case "$arch" in kbranch | resnet50 | vgg16) ;; *) echo "sweep: unknown architecture $arch (ARCHS=\"$ARCHS\")" >&2; exit 1 ;; esac
+    for loss in $LOSSES; do
+      for seed in $SEEDS; do
+        if run_finished "$(run_id_of "$loss" "$arch" "$seed")"; then
+          skipped=$((skipped + 1))
+        else
+          echo "$loss $arch $seed" >> "$plan_file"
+          n=$((n + 1))
+        fi
+      done
     done
   done
   log "$n run(s) to train or resume, $skipped finished run(s) kept; plan in $plan_file"
@@ -110,11 +120,12 @@ plan() {
 }
 
 train_task() {
-  local line loss seed
+  local line loss arch seed
   line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$SWEEP_PLAN")
-  read -r loss seed <<< "$line"
-  [[ -n "$loss" && -n "$seed" ]] || { echo "sweep: task $SLURM_ARRAY_TASK_ID has no line in $SWEEP_PLAN" >&2; exit 1; }
-  local run_id="$loss-seed$seed"
+  read -r loss arch seed <<< "$line"
+  [[ -n "$loss" && -n "$arch" && -n "$seed" ]] || { echo "sweep: task $SLURM_ARRAY_TASK_ID has no line in $SWEEP_PLAN" >&2; exit 1; }
+  local run_id
+  run_id=$(run_id_of "$loss" "$arch" "$seed")
   if run_finished "$run_id"; then
     log "$run_id already finished"
     return 0
@@ -126,7 +137,7 @@ train_task() {
   local train_args=(${TRAIN_ARGS:-})
   srun ${SRUN_MPI:+--mpi=$SRUN_MPI} --kill-on-bad-exit=1 "$TRAINER" train --config "$JOBS/$loss.toml" \
     --seed "$seed" --data "$DATA" --out "$OUT" --run-id "$run_id" "${epochs[@]}" --resume auto \
-    --log-format json "${train_args[@]}" &
+    --set "model.arch=\"$arch\"" --log-format json "${train_args[@]}" &
   local step=$!
   # The time-limit signal (and scancel --signal) reaches this script: pass it to the ranks,
   # which finish their step, checkpoint and exit 75.

@@ -115,7 +115,7 @@ impl Affine {
     /// `grad_x Σ (layer(x; weight) · s)`: the layer's transpose applied to `s`.
     fn transpose(&self, input: &Tensor, weight: &Tensor, s: &Tensor) -> Tensor {
         let x = input.detach().set_requires_grad(true);
-        let out = (self.apply(&x, weight, None) * s).sum(Kind::Float);
+        let out = (self.apply(&x, weight, None) * s).sum(x.kind());
         Tensor::run_backward(&[out], &[&x], false, false).remove(0)
     }
 
@@ -148,7 +148,7 @@ fn norm_relevance(x: &Tensor, r: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> Tens
     let input = x.detach().set_requires_grad(true);
     let out = f(&input);
     let s = r / stabilize(&out.detach(), STABILIZER);
-    let grad = Tensor::run_backward(&[(out * s).sum(Kind::Float)], &[&input], false, false).remove(0);
+    let grad = Tensor::run_backward(&[(out * s).sum(input.kind())], &[&input], false, false).remove(0);
     x * grad
 }
 
@@ -161,7 +161,7 @@ fn sum_relevance(a: &Tensor, b: &Tensor, r: &Tensor) -> (Tensor, Tensor) {
 /// Max-pooling passes each window's relevance to its winner (the pooling's gradient).
 fn pool_relevance(pre_pool: &Tensor, r: &Tensor, pool: impl Fn(&Tensor) -> Tensor) -> Tensor {
     let x = pre_pool.detach().set_requires_grad(true);
-    let out = (pool(&x) * r).sum(Kind::Float);
+    let out = (pool(&x) * r).sum(x.kind());
     Tensor::run_backward(&[out], &[&x], false, false).remove(0)
 }
 
@@ -201,13 +201,16 @@ pub struct Heatmap {
     pub band_totals: Vec<f32>,
 }
 
-/// The named tensors of a model, read as f32 on the CPU.
-struct Weights<'a>(&'a [(String, Tensor)]);
+/// The named tensors of a model, read in the explainer's precision on the CPU.
+struct Weights<'a> {
+    tensors: &'a [(String, Tensor)],
+    kind: Kind,
+}
 
 impl Weights<'_> {
     fn get(&self, name: &str) -> Result<Tensor> {
-        let t = self.0.iter().find(|(n, _)| n == name).map(|(_, t)| t).with_context(|| format!("the weights lack {name}"))?;
-        Ok(t.detach().to_kind(Kind::Float).to_device(tch::Device::Cpu))
+        let t = self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).with_context(|| format!("the weights lack {name}"))?;
+        Ok(t.detach().to_kind(self.kind).to_device(tch::Device::Cpu))
     }
 
     /// The layer `<layer>.{weight,bias}` (a missing bias is zero) with the BatchNorm `<bn>.*`
@@ -215,11 +218,7 @@ impl Weights<'_> {
     fn folded(&self, layer: &str, bn: &str, conv: Option<Geometry>) -> Result<Affine> {
         let w = self.get(&format!("{layer}.weight"))?;
         let bias_name = format!("{layer}.bias");
-        let b = if self.0.iter().any(|(n, _)| *n == bias_name) {
-            self.get(&bias_name)?
-        } else {
-            Tensor::zeros([w.size()[0]], (Kind::Float, tch::Device::Cpu))
-        };
+        let b = if self.tensors.iter().any(|(n, _)| *n == bias_name) { self.get(&bias_name)? } else { Tensor::zeros([w.size()[0]], (w.kind(), tch::Device::Cpu)) };
         let (gamma, beta) = (self.get(&format!("{bn}.weight"))?, self.get(&format!("{bn}.bias"))?);
         let (mean, var) = (self.get(&format!("{bn}.running_mean"))?, self.get(&format!("{bn}.running_var"))?);
         let scale = gamma / (var + BN_EPS).sqrt();
@@ -245,21 +244,31 @@ enum Network {
 pub struct Explainer {
     network: Network,
     rules: Rules,
+    /// The precision of every computation: f32, or f64 for the reference comparisons
+    /// (examples/lrp_reference.rs), where float32 rounding through 50 layers would blur them.
+    kind: Kind,
 }
 
 /// Rows explained per pass: bounds the memory of the saved activations.
 const ROWS_PER_PASS: i64 = 8;
 
 impl Explainer {
-    /// From the model's named tensors (a checkpoint's `model.safetensors`, or a live model's).
+    /// From the model's named tensors (a checkpoint's `model.safetensors`, or a live model's),
+    /// computing in f32.
     pub fn new(weights: &[(String, Tensor)], arch: Arch, composite: Composite, epsilon: f64) -> Result<Self> {
-        let w = Weights(weights);
+        Self::with_precision(weights, arch, composite, epsilon, Kind::Float)
+    }
+
+    /// The same, computing in `kind` (`Kind::Float` or `Kind::Double`). Heatmaps keep the band
+    /// maps in that precision; logits, combined maps and band totals are f32.
+    pub fn with_precision(weights: &[(String, Tensor)], arch: Arch, composite: Composite, epsilon: f64, kind: Kind) -> Result<Self> {
+        let w = Weights { tensors: weights, kind };
         let network = match arch {
             Arch::KBranch => Network::KBranch(kbranch::KBranchLrp::new(&w)?),
             Arch::ResNet50 => Network::ResNet50(resnet::ResNetLrp::new(&w)?),
             Arch::Vgg16 => Network::Vgg16(vgg::VggLrp::new(&w)?),
         };
-        Ok(Explainer { network, rules: Rules { composite, epsilon } })
+        Ok(Explainer { network, rules: Rules { composite, epsilon }, kind })
     }
 
     pub fn composite(&self) -> Composite {
@@ -268,7 +277,7 @@ impl Explainer {
 
     /// Logits `[B, 19]` of the folded network (eval mode).
     pub fn logits(&self, inputs: &[Tensor; 3]) -> Tensor {
-        let inputs = on_cpu(inputs);
+        let inputs = self.on_cpu(inputs);
         tch::no_grad(|| match &self.network {
             Network::KBranch(n) => n.logits(&inputs),
             Network::ResNet50(n) => n.logits(&stack_bands(&inputs)),
@@ -282,7 +291,7 @@ impl Explainer {
         if classes.len() as i64 != n {
             bail!("{} classes for {n} inputs", classes.len());
         }
-        let inputs = on_cpu(inputs);
+        let inputs = self.on_cpu(inputs);
         let mut out = Vec::with_capacity(classes.len());
         for start in (0..n).step_by(ROWS_PER_PASS as usize) {
             let len = ROWS_PER_PASS.min(n - start);
@@ -297,10 +306,10 @@ impl Explainer {
         }
         Ok(out)
     }
-}
 
-fn on_cpu(inputs: &[Tensor; 3]) -> [Tensor; 3] {
-    inputs.each_ref().map(|t| t.detach().to_kind(Kind::Float).to_device(tch::Device::Cpu))
+    fn on_cpu(&self, inputs: &[Tensor; 3]) -> [Tensor; 3] {
+        inputs.each_ref().map(|t| t.detach().to_kind(self.kind).to_device(tch::Device::Cpu))
+    }
 }
 
 /// The relevance a logit starts with: that class's logit, every other class 0.
@@ -323,14 +332,14 @@ fn explain_stacked(inputs: &[Tensor; 3], classes: &[i64], net: impl Fn(&Tensor, 
         }
         let x = inputs[g].detach().set_requires_grad(true);
         let up = x.upsample_bilinear2d([STACKED_SIDE, STACKED_SIDE], false, None, None);
-        Tensor::run_backward(&[(up * &parts[g]).sum(Kind::Float)], &[&x], false, false).remove(0)
+        Tensor::run_backward(&[(up * &parts[g]).sum(x.kind())], &[&x], false, false).remove(0)
     };
     (logits, [native(0), native(1), native(2)])
 }
 
 /// Per-row heatmaps from the chosen logits `[B]` and the band relevance of each group.
 fn heatmaps(logits: &Tensor, bands: &[Tensor; 3]) -> Result<Vec<Heatmap>> {
-    let logits = Vec::<f32>::try_from(logits)?;
+    let logits = Vec::<f32>::try_from(logits.to_kind(Kind::Float))?;
     (0..logits.len())
         .map(|i| {
             let maps = bands.each_ref().map(|b| b.get(i as i64));

@@ -73,7 +73,7 @@ impl ResNetLrp {
                 let p = format!("layer{}.{b}", i + 1);
                 let stride = if i > 0 && b == 0 { 2 } else { 1 };
                 let downsample_weight = format!("{p}.downsample.0.weight");
-                let downsample = if w.0.iter().any(|(n, _)| *n == downsample_weight) {
+                let downsample = if w.tensors.iter().any(|(n, _)| *n == downsample_weight) {
                     Some(w.folded(&format!("{p}.downsample.0"), &format!("{p}.downsample.1"), Some(Geometry::strided(stride, 0)))?)
                 } else {
                     None
