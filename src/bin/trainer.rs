@@ -281,15 +281,18 @@ fn run(cli: Cli, dist: Dist) -> Result<ExitCode> {
                 threads: a.threads,
             };
             let o = lossbench::landscape::run(&request, &dist)?;
-            if dist.is_root() {
-                println!(
-                    "{}: {} block(s) in all; this process computed {}, found {} of its share done",
-                    o.folder.display(),
-                    o.blocks,
-                    o.computed,
-                    o.already_done
-                );
-            }
+            // Every worker says what it did: how the blocks were shared shows in the job's log.
+            println!(
+                "{}: {} block(s) in all; task {}/{} rank {}/{} computed {}, found {} of its share done",
+                o.folder.display(),
+                o.blocks,
+                a.task.0,
+                a.task.1,
+                dist.rank,
+                dist.world_size,
+                o.computed,
+                o.already_done
+            );
         }
         Command::Env => println!("{}", serde_json::to_string_pretty(&lossbench::device::Environment::probe())?),
         Command::Bench(a) => {

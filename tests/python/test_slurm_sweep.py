@@ -177,13 +177,16 @@ def test_landscape_array_shares_blocks_and_collects(cluster, store, tmp_path):
 
     array = submit("first")
     logs = run_dir / "landscape" / "logs"
-    written = []
+    computed, written = {}, {}
     for task in (0, 1):
-        log = logs / f"{array}_{task}.out"
-        assert f"task {task} of 2" in log.read_text()
-        written += [e["block"] for e in log_events(log, "landscape block written")]
-    # Every block computed exactly once, shared by the four workers.
-    assert sorted(written) == [0, 1, 2, 3, 4], written
+        log = (logs / f"{array}_{task}.out").read_text()
+        assert f"task {task} of 2" in log
+        for k, r, n in re.findall(r"task (\d)/2 rank (\d)/2 computed (\d+)", log):
+            computed[(int(k), int(r))] = int(n)
+        # Rank 0 of each task logs its blocks: worker 2·task + rank takes blocks b with b mod 4 = its number.
+        written[task] = sorted(e["block"] for e in log_events(logs / f"{array}_{task}.out", "landscape block written"))
+    assert computed == {(0, 0): 2, (0, 1): 1, (1, 0): 1, (1, 1): 1}, computed
+    assert written == {0: [0, 4], 1: [2]}, written
     assert len(list((run_dir / "landscape" / "grid" / "blocks").glob("block-*.parquet"))) == 5
 
     rows = [r for r in pq.read_table(tmp_path / "results" / "landscape").to_pylist() if r["quantity"] == "loss"]
@@ -194,4 +197,5 @@ def test_landscape_array_shares_blocks_and_collects(cluster, store, tmp_path):
     # Resubmitted: every block is there, nothing is recomputed.
     array = submit("second")
     for task in (0, 1):
-        assert not log_events(logs / f"{array}_{task}.out", "landscape block written")
+        log = (logs / f"{array}_{task}.out").read_text()
+        assert sorted(re.findall(r"rank \d/2 computed (\d+)", log)) == ["0", "0"], log
