@@ -50,16 +50,18 @@ impl Adam {
                     continue;
                 }
                 if self.decay[i] != 0.0 {
-                    g += &*p * self.decay[i];
+                    // g + λp in one pass, without a temporary.
+                    let _ = g.addcmul_(p, &Tensor::from(self.decay[i] as f32).to_device(p.device()));
                 }
-                // In place, as PyTorch's single-tensor Adam: one temporary per parameter
-                // (two with weight decay) instead of one per operation.
+                // In place, as PyTorch's single-tensor Adam: seven passes over the parameter (eight
+                // with weight decay) and two temporaries, whatever its size.
                 let _ = self.m[i].lerp_(&g, 1.0 - self.beta1);
-                let _ = self.v[i].g_mul_scalar_(self.beta2).addcmul_(&g, &(&g * (1.0 - self.beta2)));
+                let _ = self.v[i].lerp_(&g.square(), 1.0 - self.beta2);
                 let step_size = self.lr / c1;
+                // p − step·m/(√v/√c2 + ε) as one addcdiv, the denominator scaled by −1/step:
+                // √v · (−1/(step·√c2)) − ε/step.
                 let mut denom = self.v[i].sqrt();
-                // p − step·m/(√v/√c2 + ε) as one addcdiv: the denominator carries −1/step.
-                let _ = denom.g_div_scalar_(c2.sqrt()).g_add_scalar_(self.eps).g_mul_scalar_(-1.0 / step_size);
+                let _ = denom.g_mul_scalar_(-1.0 / (step_size * c2.sqrt())).g_add_scalar_(-self.eps / step_size);
                 let _ = p.addcdiv_(&self.m[i], &denom);
             }
         });

@@ -1,6 +1,7 @@
 """The Python PyTorch peer of `trainer bench` (docs/benchmarks.md): the same network (K-Branch
 CNN, or torchvision's ResNet-50 / VGG-16-BN for the 12 bands stacked at 120x120), the CE loss
-(BCE with logits) and Adam, trained on one batch held on the device, timed the same way (a
+(BCE with logits) and Adam with the trainer's conv weight decay, trained on one batch held on
+the device, timed the same way (a
 step's time includes reading its loss). Prints one JSON line.
 
     python torch_peer.py --arch kbranch --batch-file batch.safetensors [--device cuda] [--bf16]
@@ -101,7 +102,10 @@ def main():
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = network(args.arch).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    # The trainer's Adam: L2 weight decay (train.conv_weight_decay) on the conv kernels only.
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    others = [p for p in model.parameters() if p.dim() != 4]
+    opt = torch.optim.Adam([{"params": convs, "weight_decay": 2e-5}, {"params": others}], lr=1e-4)
     x, y = batch(args, device)
     loss_fn = nn.BCEWithLogitsLoss()
 
@@ -123,7 +127,7 @@ def main():
         seconds.append(time.perf_counter() - start)
     n = x[0].shape[0]
     print(json.dumps({"impl": "python-torch", "arch": args.arch, "device": str(device), "batch": n, "bf16": args.bf16,
-                      "steps": args.steps, "images_per_s": n * args.steps / sum(seconds), "torch": torch.__version__,
+                      "steps": args.steps, "images_per_s": n * args.steps / sum(seconds), "step_seconds": seconds, "torch": torch.__version__,
                       "tf32_conv": torch.backends.cudnn.allow_tf32, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}))
 
 

@@ -85,7 +85,7 @@ impl ConvBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.conv.forward(&pad_even_kernel(x, self.kernel)).apply_t(&self.bn, train).relu()
+        self.conv.forward(&pad_even_kernel(x, self.kernel)).apply_t(&self.bn, train).relu_()
     }
 }
 
@@ -103,7 +103,7 @@ impl DenseBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.linear.forward(x).apply_t(&self.bn, train).relu()
+        self.linear.forward(x).apply_t(&self.bn, train).relu_()
     }
 }
 

@@ -1,7 +1,9 @@
 //! The networks a run can train (docs/models.md): the study's K-Branch CNN, which takes each
 //! band group at its native resolution, and ResNet-50 / VGG-16-BN, which take the 12 bands
 //! stacked at 120x120. Initialisation is a function of the seed alone: variables are created on
-//! the CPU from torch's generator seeded with it, whatever device trains them.
+//! the CPU from torch's generator seeded with it, whatever device trains them. ReLUs (and
+//! ResNet's residual additions) work in place, as torchvision's networks do: the layers before
+//! them (BatchNorm, linear) need their input for the backward pass, not their output.
 
 pub mod kbranch;
 pub mod resnet;

@@ -50,15 +50,18 @@ impl Bottleneck {
         }
     }
 
+    /// ReLUs and the residual addition work in place on BatchNorm outputs, as torchvision's
+    /// (`ReLU(inplace=True)`, `out += identity`): BatchNorm's backward needs its input, not its
+    /// output, and a deep network saves one allocation per activation.
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
-        let y = y.apply(&self.conv2).apply_t(&self.bn2, train).relu();
-        let y = y.apply(&self.conv3).apply_t(&self.bn3, train);
-        let shortcut = match &self.downsample {
-            Some((c, bn)) => x.apply(c).apply_t(bn, train),
-            None => x.shallow_clone(),
+        let y = x.apply(&self.conv1).apply_t(&self.bn1, train).relu_();
+        let y = y.apply(&self.conv2).apply_t(&self.bn2, train).relu_();
+        let mut y = y.apply(&self.conv3).apply_t(&self.bn3, train);
+        match &self.downsample {
+            Some((c, bn)) => y += x.apply(c).apply_t(bn, train),
+            None => y += x,
         };
-        (y + shortcut).relu()
+        y.relu_()
     }
 }
 
@@ -95,7 +98,7 @@ impl ResNet50 {
 
     /// Logits from the stacked `[B, 12, 120, 120]` input.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut x = x.apply(&self.conv1).apply_t(&self.bn1, train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut x = x.apply(&self.conv1).apply_t(&self.bn1, train).relu_().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for block in self.stages.iter().flatten() {
             x = block.forward_t(&x, train);
         }

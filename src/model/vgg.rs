@@ -95,14 +95,14 @@ impl Vgg16 {
         let mut x = x.shallow_clone();
         for f in &self.features {
             x = match f {
-                Feature::Conv(layer) => x.apply(&layer.0).apply_t(&layer.1, train).relu(),
+                Feature::Conv(layer) => x.apply(&layer.0).apply_t(&layer.1, train).relu_(),
                 Feature::Pool => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
             };
         }
         let x = x.adaptive_avg_pool2d([POOLED_SIDE, POOLED_SIDE]).flatten(1, -1);
         let [fc1, fc2, fc3] = &self.classifier;
-        let x = x.apply(fc1).relu().dropout(DROPOUT, drop);
-        let x = x.apply(fc2).relu().dropout(DROPOUT, drop);
+        let x = x.apply(fc1).relu_().dropout(DROPOUT, drop);
+        let x = x.apply(fc2).relu_().dropout(DROPOUT, drop);
         x.apply(fc3)
     }
 }
