@@ -183,10 +183,14 @@ impl GradientBuckets {
         GradientBuckets { buckets, buffers }
     }
 
-    /// Replaces every parameter's gradient by its sum over ranks. Every parameter must have a
-    /// gradient (each rank trains at least one micro-batch per step, and gradients are zeroed,
-    /// not dropped, between steps).
+    /// Replaces every parameter's gradient by its sum over ranks. A rank that trained nothing
+    /// in this step (a short last step of an epoch, when it is the first step of a resumed
+    /// attempt) has no gradients yet: it contributes zeros.
     pub fn sum(&mut self, dist: &Dist, params: &[Tensor]) {
+        let missing: Vec<Tensor> = params.iter().filter(|p| !p.grad().defined()).map(|p| p.sum(tch::Kind::Float) * 0.0).collect();
+        if let Some(zero) = missing.into_iter().reduce(|a, b| a + b) {
+            zero.backward();
+        }
         let grad = |p: usize| {
             let g = params[p].grad();
             assert!(g.defined(), "parameter {p} has no gradient");

@@ -114,10 +114,14 @@ impl Run {
     pub fn new(config: Config, resume: bool, dist: Dist) -> Result<Self> {
         let device = crate::device::resolve(config.run.device, dist.local_rank)?;
         let micro = dist.world_size * config.train.accumulate;
-        if config.train.batch_size < micro {
+        if config.train.batch_size < crate::train::MIN_MICRO_BATCH * micro {
             bail!(
-                "train.batch_size = {} is smaller than world size × train.accumulate = {micro}: every rank needs a micro-batch",
-                config.train.batch_size
+                "train.batch_size = {} is smaller than {} × world size × train.accumulate = {}: every micro-batch needs {} \
+                 patches (BatchNorm)",
+                config.train.batch_size,
+                crate::train::MIN_MICRO_BATCH,
+                crate::train::MIN_MICRO_BATCH * micro,
+                crate::train::MIN_MICRO_BATCH
             );
         }
         if config.train.bf16 && device == Device::Cpu {
