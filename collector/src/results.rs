@@ -53,11 +53,15 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<()> {
     let props =
         WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).set_dictionary_enabled(false).build();
     let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
-    for batch in batches {
-        writer.write(batch)?;
-    }
-    writer.close()?;
+    let written = (|| -> Result<()> {
+        let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
+        for batch in batches {
+            writer.write(batch)?;
+        }
+        writer.close()?;
+        Ok(())
+    })();
+    written.with_context(|| format!("writing {}", tmp.display()))?;
     commit(&tmp, path)
 }
 
@@ -77,7 +81,7 @@ fn temp_path(path: &Path) -> std::path::PathBuf {
 }
 
 fn commit(tmp: &Path, path: &Path) -> Result<()> {
-    fs::File::open(tmp)?.sync_all()?;
+    fs::File::open(tmp).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", tmp.display()))?;
     fs::rename(tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 

@@ -64,6 +64,8 @@ fn open_storage(path: &Path) -> Result<Arc<Fs>> {
 /// and cut to the number actually written by [`SplitWriter::finish`].
 pub struct SplitWriter {
     split: Split,
+    /// The store being written (for error messages).
+    path: PathBuf,
     storage: Arc<Fs>,
     bands: Vec<Array<Fs>>,
     opts: StoreOptions,
@@ -73,7 +75,8 @@ impl SplitWriter {
     pub fn create(store_path: &Path, split: Split, capacity: u64, opts: &StoreOptions) -> Result<Self> {
         zarrs::config::global_config_mut().set_include_zarrs_metadata(false);
         let storage = open_storage(store_path)?;
-        GroupBuilder::new().build(storage.clone(), &format!("/{split}"))?.store_metadata()?;
+        let creating = || format!("{}: creating split {split}", store_path.display());
+        GroupBuilder::new().build(storage.clone(), &format!("/{split}")).and_then(|g| Ok(g.store_metadata()?)).with_context(creating)?;
         let mut bands = Vec::new();
         for g in BAND_GROUPS {
             let side = g.side as u64;
@@ -88,11 +91,12 @@ impl SplitWriter {
                     )
                     .bytes_to_bytes_codecs(vec![compression(opts, 2)?])
                     .dimension_names(["patch", "band", "y", "x"].into())
-                    .build(storage.clone(), &format!("/{split}/{}", g.array))?;
-            array.store_metadata()?;
+                    .build(storage.clone(), &format!("/{split}/{}", g.array))
+                    .with_context(creating)?;
+            array.store_metadata().with_context(creating)?;
             bands.push(array);
         }
-        Ok(SplitWriter { split, storage, bands, opts: opts.clone() })
+        Ok(SplitWriter { split, path: store_path.to_path_buf(), storage, bands, opts: opts.clone() })
     }
 
     /// Stores patches `start..start + n`; `groups[g]` holds their values of band group `g`,
@@ -104,13 +108,18 @@ impl SplitWriter {
             let subset = [start..start + n, 0..g.bands.len() as u64, 0..side, 0..side];
             array
                 .store_array_subset(&subset, values.as_slice())
-                .with_context(|| format!("writing {}/{} patches {start}..{}", self.split, g.array, start + n))?;
+                .with_context(|| format!("{}: writing {}/{} patches {start}..{}", self.path.display(), self.split, g.array, start + n))?;
         }
         Ok(())
     }
 
     /// Sets the final length and writes the per-patch labels and names.
     pub fn finish(mut self, labels: &[u8], names: &[String]) -> Result<()> {
+        let what = format!("{}: finishing split {}", self.path.display(), self.split);
+        self.write_tables(labels, names).with_context(|| what)
+    }
+
+    fn write_tables(&mut self, labels: &[u8], names: &[String]) -> Result<()> {
         let n = names.len() as u64;
         assert_eq!(labels.len(), names.len() * NUM_CLASSES);
         for array in &mut self.bands {
@@ -140,6 +149,10 @@ impl SplitWriter {
 /// Writes the rejects report as a group of three aligned string arrays (patch, file, reason),
 /// so that Python readers see a plain Zarr hierarchy.
 pub fn write_rejects(store_path: &Path, rejects: &[crate::archive::Reject]) -> Result<()> {
+    write_reject_arrays(store_path, rejects).with_context(|| format!("{}: writing the rejects report", store_path.display()))
+}
+
+fn write_reject_arrays(store_path: &Path, rejects: &[crate::archive::Reject]) -> Result<()> {
     let storage = open_storage(store_path)?;
     GroupBuilder::new().build(storage.clone(), &format!("/{REJECTS_GROUP}"))?.store_metadata()?;
     let n = rejects.len() as u64;
@@ -166,7 +179,7 @@ pub fn read_rejects(store_path: &Path) -> Result<Vec<crate::archive::Reject>> {
     let column = |name: &str| -> Result<Vec<String>> {
         let a = Array::open(storage.clone(), &format!("/{REJECTS_GROUP}/{name}"))
             .with_context(|| format!("{}: opening {REJECTS_GROUP}/{name}", store_path.display()))?;
-        Ok(a.retrieve_array_subset(&a.subset_all())?)
+        a.retrieve_array_subset(&a.subset_all()).with_context(|| format!("{}: reading {REJECTS_GROUP}/{name}", store_path.display()))
     };
     let (patch, file, reason) = (column("patch")?, column("file")?, column("reason")?);
     Ok(patch
@@ -183,8 +196,7 @@ pub fn write_root(store_path: &Path, attrs: &StoreAttributes) -> Result<()> {
     let storage = open_storage(store_path)?;
     let mut group = GroupBuilder::new().build(storage, "/")?;
     group.attributes_mut().insert(ATTRIBUTES_KEY.into(), serde_json::to_value(attrs)?);
-    group.store_metadata()?;
-    Ok(())
+    group.store_metadata().with_context(|| format!("{}: writing the root attributes", store_path.display()))
 }
 
 /// A finished store, opened for reading.
@@ -232,9 +244,13 @@ impl Store {
         let bands: Vec<Array<Fs>> = BAND_GROUPS.iter().map(|g| open(g.array)).collect::<Result<_>>()?;
         let caches = bands.iter().map(ArrayShardedReadableExtCache::new).collect();
         let labels_array = open(LABELS_ARRAY)?;
-        let labels: Vec<u8> = labels_array.retrieve_array_subset(&labels_array.subset_all())?;
+        let labels: Vec<u8> = labels_array
+            .retrieve_array_subset(&labels_array.subset_all())
+            .with_context(|| format!("{}: reading {split}/{LABELS_ARRAY}", self.path.display()))?;
         let names_array = open(NAMES_ARRAY)?;
-        let names: Vec<String> = names_array.retrieve_array_subset(&names_array.subset_all())?;
+        let names: Vec<String> = names_array
+            .retrieve_array_subset(&names_array.subset_all())
+            .with_context(|| format!("{}: reading {split}/{NAMES_ARRAY}", self.path.display()))?;
         let len = names.len();
         for (a, g) in bands.iter().zip(BAND_GROUPS) {
             if a.shape()[0] as usize != len || labels.len() != len * NUM_CLASSES {
