@@ -96,12 +96,14 @@ struct LandscapeArgs {
     /// Seeds the directions, the power iteration's start and the patch subsets.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Training patches the losses are evaluated on (a seeded subset).
-    #[arg(long, default_value_t = 2048)]
-    train_patches: usize,
-    /// Validation patches the F1 scores are evaluated on (a seeded subset).
-    #[arg(long, default_value_t = 2048)]
-    val_patches: usize,
+    /// Training patches the losses are evaluated on (a seeded subset; default 2048, 1024 for
+    /// vgg16: a default 2D landscape stays under 15 GPU-minutes, docs/landscape.md).
+    #[arg(long)]
+    train_patches: Option<usize>,
+    /// Validation patches the F1 scores are evaluated on (a seeded subset; default as
+    /// --train-patches).
+    #[arg(long)]
+    val_patches: Option<usize>,
     /// Patches per forward pass.
     #[arg(long, default_value_t = 256)]
     batch: usize,

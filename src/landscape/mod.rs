@@ -34,7 +34,7 @@ use crate::dist::Dist;
 use crate::layout::Split;
 use crate::losses::{Loss, LossSpec, SingleLoss};
 use crate::metrics::Counts;
-use crate::model::Model;
+use crate::model::{Arch, Model};
 use crate::store::Store;
 
 /// The study's seven losses, evaluated at every point beside the run's own.
@@ -112,8 +112,9 @@ pub struct Request {
     pub range: Option<(f64, f64)>,
     pub points: Option<usize>,
     pub seed: u64,
-    pub train_patches: usize,
-    pub val_patches: usize,
+    /// `None`: [`default_patches`] of the run's network.
+    pub train_patches: Option<usize>,
+    pub val_patches: Option<usize>,
     pub batch: usize,
     pub block: usize,
     pub include_bias_bn: bool,
@@ -126,6 +127,16 @@ pub struct Request {
     pub task: (usize, usize),
     /// CPU compute threads per rank (default: the run's `run.threads`).
     pub threads: Option<usize>,
+}
+
+/// Patches of each subset by default: a 2D landscape of 51 x 51 points then costs under 15
+/// minutes on one GPU by the cost model of docs/landscape.md (VGG-16-BN's forward pass costs
+/// 22 times the K-Branch CNN's, so it gets half).
+pub fn default_patches(arch: Arch) -> usize {
+    match arch {
+        Arch::KBranch | Arch::ResNet50 => 2048,
+        Arch::Vgg16 => 1024,
+    }
 }
 
 /// Where a landscape lives: `<run>/landscape/<name>/`.
@@ -330,8 +341,8 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
         points: r.points.unwrap_or(default_points),
         include_bias_bn: r.include_bias_bn,
         bn: r.bn,
-        train_rows: subset(train_len, r.train_patches, r.seed, 0),
-        val_rows: subset(val_len, r.val_patches, r.seed, 1),
+        train_rows: subset(train_len, r.train_patches.unwrap_or(default_patches(config.model.arch)), r.seed, 0),
+        val_rows: subset(val_len, r.val_patches.unwrap_or(default_patches(config.model.arch)), r.seed, 1),
         batch: r.batch,
         block: if kind == LandscapeKind::Sharpness { 1 } else { r.block },
         epochs,
