@@ -218,7 +218,11 @@ impl Weights<'_> {
     fn folded(&self, layer: &str, bn: &str, conv: Option<Geometry>) -> Result<Affine> {
         let w = self.get(&format!("{layer}.weight"))?;
         let bias_name = format!("{layer}.bias");
-        let b = if self.tensors.iter().any(|(n, _)| *n == bias_name) { self.get(&bias_name)? } else { Tensor::zeros([w.size()[0]], (w.kind(), tch::Device::Cpu)) };
+        let b = if self.tensors.iter().any(|(n, _)| *n == bias_name) {
+            self.get(&bias_name)?
+        } else {
+            Tensor::zeros([w.size()[0]], (w.kind(), tch::Device::Cpu))
+        };
         let (gamma, beta) = (self.get(&format!("{bn}.weight"))?, self.get(&format!("{bn}.bias"))?);
         let (mean, var) = (self.get(&format!("{bn}.running_mean"))?, self.get(&format!("{bn}.running_var"))?);
         let scale = gamma / (var + BN_EPS).sqrt();
