@@ -15,7 +15,7 @@ FEATURES := --features lossbench/mpi
 
 export LOSSBENCH_DATA_PREP := $(abspath $(DATA_PREP))
 
-.PHONY: all deps deps-torch build lint test test-rust test-python demo bench clean gpu-bundle
+.PHONY: all deps deps-torch build lint test test-rust test-python demo demo-beyond bench fuzz clean gpu-bundle
 
 all: build
 
@@ -46,7 +46,8 @@ test-rust:
 
 # The tests against Python PyTorch (zennit, torchvision, timm, the GPU bundle) run in
 # .cache/venv-torch; the others in .cache/venv.
-TORCH_TESTS := tests/python/test_lrp_zennit.py tests/python/test_gpu_bundle.py
+TORCH_TESTS := tests/python/test_lrp_zennit.py tests/python/test_gpu_bundle.py tests/python/test_models_torchvision.py \
+  tests/python/test_losses_timm.py tests/python/test_landscape_torch.py
 test-python:
 	$(VENV)/bin/pytest -q tests/python $(addprefix --ignore=,$(TORCH_TESTS))
 	.cache/venv-torch/bin/pytest -q $(TORCH_TESTS)
@@ -62,7 +63,8 @@ gpu-bundle: deps
 	  -p lossbench --bin trainer -p data-prep --bin data-prep
 	scripts/gpu/bundle.sh target/gpu-build/bundle $(GPU_BUNDLE)
 
-# Synthetic archive → data-prep → each of the seven losses trained a few epochs on the CPU
+# Synthetic archive, packed as the download comes (.tar.gz + lists) → data-prep reads it
+# without unpacking → each of the seven losses trained a few epochs on the CPU
 # → a table of validation F1 per loss and epoch → the merged Parquet tables and the report.
 DEMO_EPOCHS ?= 3
 # Small CPU runs: smaller batches and a larger step than the study's 1024 / 1e-4.
@@ -71,8 +73,8 @@ LOSSES := ce wce focal hamming huber sparsemax ranking
 
 demo: deps build
 	@rm -rf $(WORK)/demo && mkdir -p $(WORK)/demo
-	$(DATA_PREP) synth --patches $(DEMO_PATCHES) --seed 1 --format v1 --out $(WORK)/demo/archive
-	$(DATA_PREP) convert --archive $(WORK)/demo/archive --out $(WORK)/demo/store.zarr
+	$(DATA_PREP) synth --patches $(DEMO_PATCHES) --seed 1 --format v1 --pack tar.gz --out $(WORK)/demo/archive
+	$(DATA_PREP) convert --archive $(WORK)/demo/archive/BigEarthNet-S2-v1.0.tar.gz --out $(WORK)/demo/store.zarr
 	@for loss in $(LOSSES); do \
 	  echo "== training $$loss"; \
 	  target/release/trainer train --config jobs/$$loss.toml --data $(WORK)/demo/store.zarr --out $(WORK)/demo/runs \
@@ -85,11 +87,52 @@ demo: deps build
 	@echo; echo "store: $(WORK)/demo/store.zarr (docs/store.md); runs: $(WORK)/demo/runs (docs/training.md)"
 	@echo "tables: $(WORK)/demo/results/<table>/*.parquet (docs/results.md); report: $(WORK)/demo/report/index.html"
 
+# Beyond the study, briefly on the CPU: the newer losses and a mix with the K-Branch CNN, ASL
+# with ResNet-50, then the loss landscapes (a 1D slice of every run; a 2D surface and the
+# sharpness of the K-Branch runs), the tables and the report (docs/losses.md, docs/models.md,
+# docs/landscape.md). Uses the demo's store (made if absent). Subsets are small: CPU minutes.
+BEYOND_LOSSES := asl zlpr poly1 weighted_focal focal_sparsemax
+BEYOND := $(WORK)/beyond
+SMALL_LANDSCAPE := --train-patches 96 --val-patches 64 --batch 32
+demo-beyond: deps build
+	@if [ ! -f $(WORK)/demo/store.zarr/zarr.json ]; then \
+	  mkdir -p $(WORK)/demo && \
+	  $(DATA_PREP) synth --patches $(DEMO_PATCHES) --seed 1 --format v1 --pack tar.gz --out $(WORK)/demo/archive && \
+	  $(DATA_PREP) convert --archive $(WORK)/demo/archive/BigEarthNet-S2-v1.0.tar.gz --out $(WORK)/demo/store.zarr; fi
+	@rm -rf $(BEYOND) && mkdir -p $(BEYOND)
+	@for job in $(BEYOND_LOSSES); do \
+	  echo "== training $$job (K-Branch CNN)"; \
+	  target/release/trainer train --config jobs/$$job.toml --data $(WORK)/demo/store.zarr --out $(BEYOND)/runs \
+	    --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN_FLAGS) || exit 1; \
+	  echo "== landscapes of $$job"; \
+	  target/release/trainer landscape --run $(BEYOND)/runs/$$job-seed0 --kind 2d --points 7 $(SMALL_LANDSCAPE) || exit 1; \
+	  target/release/trainer landscape --run $(BEYOND)/runs/$$job-seed0 --kind sharpness --iterations 10 $(SMALL_LANDSCAPE) || exit 1; \
+	done
+	@echo "== training asl (ResNet-50)"
+	target/release/trainer train --config jobs/asl.toml --data $(WORK)/demo/store.zarr --out $(BEYOND)/runs \
+	  --epochs 2 $(DEMO_TRAIN_FLAGS) --set 'model.arch="resnet50"' --set lrp.probes=2
+	@for run in $(BEYOND)/runs/*/; do \
+	  echo "== 1D landscape of $$run"; \
+	  target/release/trainer landscape --run $$run --kind 1d --points 11 $(SMALL_LANDSCAPE) || exit 1; \
+	done
+	target/release/collector merge --runs $(BEYOND)/runs --out $(BEYOND)/results
+	target/release/collector report --results $(BEYOND)/results --out $(BEYOND)/report
+	@echo; echo "tables: $(BEYOND)/results/<table>/*.parquet; report: $(BEYOND)/report/index.html"
+
+# docs/benchmarks.md: each measurement beside its peer in the same run; tables in work/bench/*.md.
 bench: deps deps-torch build
 	scripts/bench-data-prep.sh
-	$(CARGO) build --release --locked --example train_bench
 	$(PY) scripts/bench/bench_trainer.py
 	$(PY) scripts/bench/bench_mpi.py
+
+# The bad-input campaigns of the tests (fuzzing/, */tests/fuzz.rs) at FUZZ_CASES inputs each
+# instead of the tests' 10,000; the table goes to work/fuzz/report.md (docs/benchmarks.md).
+FUZZ_CASES ?= 200000
+fuzz: deps
+	@mkdir -p $(WORK)/fuzz && rm -f $(WORK)/fuzz/report.jsonl
+	LOSSBENCH_FUZZ_CASES=$(FUZZ_CASES) LOSSBENCH_FUZZ_REPORT=$(abspath $(WORK)/fuzz/report.jsonl) \
+	  $(CARGO) test --release --locked --workspace $(FEATURES) --test fuzz
+	$(PY) scripts/fuzz_table.py $(WORK)/fuzz/report.jsonl | tee $(WORK)/fuzz/report.md
 
 clean:
 	rm -rf $(WORK) target

@@ -13,7 +13,7 @@ command -v mpirun >/dev/null || missing+=(openmpi-bin)
 [[ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h || -e /usr/include/mpi.h ]] || missing+=(libopenmpi-dev)
 compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || missing+=(libclang-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
-# A real single-node SLURM for the sweep test (tests/slurm/): munge, slurmctld, slurmd.
+# A real single-node SLURM for the sweep test (tests/python/test_slurm_sweep.py): munge, slurmctld, slurmd.
 command -v munged >/dev/null || missing+=(munge)
 command -v slurmctld >/dev/null || missing+=(slurmctld)
 command -v slurmd >/dev/null || missing+=(slurmd)

@@ -1,5 +1,5 @@
 //! The BigEarthNet label nomenclatures and the canonical 43 → 19 class mapping
-//! (../docs/bigearthnet.md). Order matters: indices here are the indices stored in the
+//! (docs/bigearthnet.md). Order matters: indices here are the indices stored in the
 //! `labels` arrays, so never sort these lists.
 
 /// The 43 CORINE Land Cover level-3 names used by BigEarthNet-S2 v1.0, in CLC code order.
@@ -121,7 +121,7 @@ pub const CORINE_TO_BEN19: [Option<u8>; 43] = {
 };
 
 /// Class counts of the official BigEarthNet-19 splits, train + validation + test
-/// (bigearthnet.md); the synthetic generator follows these proportions.
+/// (docs/bigearthnet.md); the synthetic generator follows these proportions.
 pub const BEN19_OFFICIAL_COUNTS: [u32; 19] = [
     38_783 + 18_180 + 17_928,
     6_182 + 2_875 + 2_808,

@@ -69,7 +69,7 @@ pub struct SynthSummary {
     pub path: PathBuf,
 }
 
-/// Shares of the real archive (bigearthnet.md): 61,707 snowy and 9,280 cloudy of 590,326.
+/// Shares of the real archive (docs/bigearthnet.md): 61,707 snowy and 9,280 cloudy of 590,326.
 const SNOW_SHARE: f64 = 61_707.0 / 590_326.0;
 const CLOUD_SHARE: f64 = 9_280.0 / 590_326.0;
 /// Far above the real 55 / 590,326, so that small archives exercise the exclusion.

@@ -1,5 +1,5 @@
 """BigEarthNet-19 class order and the 43 -> 19 mapping, written out from the documentation table
-(bigearthnet.md) rather than imported from the code under test. Used by the interop tests and
+(docs/bigearthnet.md) rather than imported from the code under test. Used by the interop tests and
 the benchmark's Python reference converter."""
 
 BEN19 = [

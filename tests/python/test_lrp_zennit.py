@@ -1,4 +1,4 @@
-"""The trainer's LRP (src/lrp.rs) against zennit: a real checkpoint (one epoch of training on a
+"""The trainer's LRP (src/lrp/) against zennit: a real checkpoint (one epoch of training on a
 synthetic store, so BatchNorm statistics and biases are not trivial) is rebuilt in PyTorch
 from its safetensors weights with BatchNorm folded, zennit explains random inputs with the same
 composite, and the relevance maps agree within 1e-4 relative error.
@@ -19,7 +19,7 @@ from conftest import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "release"
-# The network of src/model.rs (BRANCHES): (name, channels, side, [(out, kernel, pool)]).
+# The network of src/model/kbranch.rs (BRANCHES): (name, channels, side, [(out, kernel, pool)]).
 BRANCHES = [
     ("b10m", 4, 120, [(32, 5, True), (32, 5, True), (64, 3, False)]),
     ("b20m", 6, 60, [(32, 3, True), (32, 3, False), (64, 3, False)]),
