@@ -12,31 +12,17 @@ use std::process::Command;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, UInt32Type};
 use arrow_array::{Array, RecordBatch};
-use common::{job, store, trainer};
+use common::{store, train_args, trainer};
 
 /// A two-epoch CE run on a tiny store, keeping every checkpoint.
 fn tiny_run(dir: &Path) -> PathBuf {
     let data = store(dir);
     let out = dir.join("runs");
-    let o = trainer(&[
-        "train",
-        "--config",
-        &job("ce"),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--device",
-        "cpu",
-        "--set",
-        "train.batch_size=8",
-        "--set",
-        "lrp.every=0",
-        "--set",
-        "checkpoint.keep_last=5",
-    ]);
+    let sets = ["--set", "train.batch_size=8", "--set", "lrp.every=0", "--set", "checkpoint.keep_last=5"];
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(train_args("ce", &data, &out, &[&["--epochs", "2"], &sets[..]].concat()))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out.join("ce-seed0")
 }

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{job, store, tensors};
+use common::{job, store, tensors, train_args};
 
 fn records(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("epochs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -29,34 +29,9 @@ fn equivalence(arch: &str, loss: &str) {
     let data = store(tmp.path());
     let out = tmp.path().join("runs");
     let args = |run_id: &str, accumulate: u32| -> Vec<String> {
-        let a = [
-            "train",
-            "--config",
-            &job(loss),
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--epochs",
-            "2",
-            "--seed",
-            "5",
-            "--device",
-            "cpu",
-            "--run-id",
-            run_id,
-            "--set",
-            "train.batch_size=8",
-            "--set",
-            &format!("train.accumulate={accumulate}"),
-            "--set",
-            "run.threads=1",
-            "--set",
-            "train.loader_threads=1",
-            "--set",
-            &format!("model.arch=\"{arch}\""),
-        ];
-        a.iter().map(|s| s.to_string()).collect()
+        let (accumulate, arch) = (format!("train.accumulate={accumulate}"), format!("model.arch=\"{arch}\""));
+        let sets = ["--set", "train.batch_size=8", "--set", &accumulate, "--set", "run.threads=1", "--set", "train.loader_threads=1"];
+        train_args(loss, &data, &out, &[&["--epochs", "2", "--seed", "5", "--run-id", run_id, "--set", &arch], &sets[..]].concat())
     };
     let one = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("one", 2)).output().unwrap();
     assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{job, store, tensors, trainer, val_records};
+use common::{job, store, tensors, train_args, trainer, val_records};
 
 #[test]
 fn trains_and_records_every_epoch() {
@@ -146,30 +146,9 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     let data = store(tmp.path());
     let out = tmp.path().join("runs");
     let args = |run_id: &str, resident: &str| -> Vec<String> {
-        let a = [
-            "train",
-            "--config",
-            &job("focal"),
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--epochs",
-            "3",
-            "--device",
-            "cpu",
-            "--run-id",
-            run_id,
-            "--set",
-            "train.batch_size=8",
-            "--set",
-            "run.threads=2",
-            "--set",
-            "train.loader_threads=1",
-            "--set",
-            &format!("data.resident=\"{resident}\""),
-        ];
-        a.iter().map(|s| s.to_string()).collect()
+        let resident = format!("data.resident=\"{resident}\"");
+        let sets = ["--set", "train.batch_size=8", "--set", "run.threads=2", "--set", "train.loader_threads=1", "--set", &resident];
+        train_args("focal", &data, &out, &[&["--epochs", "3", "--run-id", run_id], &sets[..]].concat())
     };
     let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("whole", "host")).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -352,20 +331,8 @@ fn a_resnet_run_stopped_and_resumed_equals_an_uninterrupted_one() {
     let data = store(tmp.path());
     let out = tmp.path().join("runs");
     let args = |run_id: &str, resident: &str| -> Vec<String> {
-        let a = [
-            "train",
-            "--config",
-            &job("asl"),
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--epochs",
-            "2",
-            "--device",
-            "cpu",
-            "--run-id",
-            run_id,
+        let resident = format!("data.resident=\"{resident}\"");
+        let sets = [
             "--set",
             "model.arch=\"resnet50\"",
             "--set",
@@ -373,13 +340,11 @@ fn a_resnet_run_stopped_and_resumed_equals_an_uninterrupted_one() {
             "--set",
             "train.accumulate=2",
             "--set",
-            "lrp.every=1",
-            "--set",
             "lrp.probes=1",
             "--set",
-            &format!("data.resident=\"{resident}\""),
+            &resident,
         ];
-        a.iter().map(|s| s.to_string()).collect()
+        train_args("asl", &data, &out, &[&["--epochs", "2", "--run-id", run_id], &sets[..]].concat())
     };
     let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("whole", "host")).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -398,23 +363,10 @@ fn a_resnet_run_stopped_and_resumed_equals_an_uninterrupted_one() {
     }
     assert_eq!(val_records(&out.join("whole")), val_records(&out.join("stopped")));
     // The K-Branch CNN resuming a ResNet's folder: refused before anything changes.
-    let o = trainer(&[
-        "train",
-        "--config",
-        &job("asl"),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--epochs",
-        "3",
-        "--device",
-        "cpu",
-        "--run-id",
-        "whole",
-        "--resume",
-        "auto",
-    ]);
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(train_args("asl", &data, &out, &["--epochs", "3", "--run-id", "whole", "--resume", "auto"]))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("written for another model"), "{err}");
 }

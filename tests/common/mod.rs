@@ -18,6 +18,13 @@ pub fn job(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs").join(format!("{name}.toml")).display().to_string()
 }
 
+/// `trainer train` arguments of a small run on the CPU: `jobs/<job_name>.toml` on the store
+/// `data`, into `out`, then `extra` (flags and `--set` overrides).
+pub fn train_args(job_name: &str, data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let common = ["train", "--config", &job(job_name), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"];
+    common.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
 /// A safetensors file's tensors, sorted by name.
 pub fn tensors(path: &Path) -> Vec<(String, tch::Tensor)> {
     let mut v = tch::Tensor::read_safetensors(path).unwrap();

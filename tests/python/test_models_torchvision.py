@@ -12,9 +12,10 @@
   BatchNorms are made exact identities (see the test).
 
 Runs with the Python of .cache/venv-torch (torch, torchvision, zennit)."""
+import sys
+
 import pytest
 import torch
-import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
 from zennit.composites import EpsilonPlusFlat, LayerMapComposite
@@ -25,32 +26,20 @@ from zennit.types import Activation, AvgPool, Convolution
 
 from conftest import ROOT, tool
 
+sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
+from torch_peer import network  # noqa: E402
+
 EXAMPLES = ROOT / "target" / "release" / "examples"
 
 
-class Stacked(nn.Module):
-    """The 12 bands stacked at 120x120, as src/model/mod.rs (stack_bands) does."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x10, x20, x60):
-        up = lambda x: nn.functional.interpolate(x, size=(120, 120), mode="bilinear", align_corners=False)
-        return self.net(torch.cat([x10, up(x20), up(x60)], 1))
-
-
 def torchvision_model(arch: str, weights: dict) -> nn.Module:
-    if arch == "resnet50":
-        net = torchvision.models.resnet50(num_classes=19)
-        net.conv1 = nn.Conv2d(12, 64, 7, 2, 3, bias=False)
-    else:
-        net = torchvision.models.vgg16_bn(num_classes=19)
-        net.features[0] = nn.Conv2d(12, 64, 3, padding=1)
-    missing, unexpected = net.load_state_dict(weights, strict=False)
+    """torchvision's network for the 12 stacked bands (scripts/gpu/torch_peer.py, the benchmark
+    peer) with the trainer's weights."""
+    model = network(arch)
+    missing, unexpected = model.net.load_state_dict(weights, strict=False)
     assert not unexpected, unexpected
     assert all(m.endswith("num_batches_tracked") for m in missing), missing
-    return Stacked(net).eval()
+    return model.eval()
 
 
 def inputs(n: int, seed: int) -> dict:

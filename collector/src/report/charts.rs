@@ -1,5 +1,6 @@
-//! Inline SVG charts for the report: a line chart (validation F1 per epoch) and a grouped bar
-//! chart (per-class F1). SVG text is laid out by the browser, so no font files are needed.
+//! Inline SVG charts for the report: a line chart over epochs (validation F1, sharpness), an xy
+//! chart over a continuous axis (landscape slices) and a grouped bar chart (per-class F1). SVG
+//! text is laid out by the browser, so no font files are needed.
 
 use std::fmt::Write;
 
@@ -29,20 +30,49 @@ fn legend(out: &mut String, names: &[&str], x: f64, y: f64) {
     }
 }
 
-fn y_axis(out: &mut String, height: f64, plot_h: f64, y_max: f64, label: &str) {
+/// Horizontal grid lines and tick values of a y axis from 0 to `y_max`.
+fn y_grid(out: &mut String, plot_h: f64, y_max: f64) {
     for i in 0..=5 {
         let v = y_max * i as f64 / 5.0;
         let y = TOP + plot_h * (1.0 - v / y_max);
         let _ = write!(out, r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/>"##, WIDTH - 170.0);
         let _ = write!(out, r#"<text x="{}" y="{:.1}" font-size="11" text-anchor="end">{v:.2}</text>"#, LEFT - 6.0, y + 4.0);
     }
+}
+
+/// The x axis title, under the plot.
+fn x_title(out: &mut String, height: f64, plot_w: f64, label: &str) {
     let _ = write!(
         out,
-        r#"<text x="14" y="{:.1}" font-size="12" transform="rotate(-90 14 {:.1})" text-anchor="middle">{}</text>"#,
-        height / 2.0,
-        height / 2.0,
+        r#"<text x="{:.1}" y="{}" font-size="12" text-anchor="middle">{}</text>"#,
+        LEFT + plot_w / 2.0,
+        height - 8.0,
         escape(label)
     );
+}
+
+/// The y axis title, turned along the left edge and centred at `middle`.
+fn y_title(out: &mut String, middle: f64, label: &str) {
+    let _ = write!(
+        out,
+        r#"<text x="14" y="{middle:.1}" font-size="12" transform="rotate(-90 14 {middle:.1})" text-anchor="middle">{}</text>"#,
+        escape(label)
+    );
+}
+
+/// Each series as a polyline (with point markers when `markers`), then the legend.
+fn draw_series(out: &mut String, series: &[Series], px: impl Fn(f64) -> f64, py: impl Fn(f64) -> f64, markers: bool) {
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let path: Vec<String> = s.points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+        let _ = write!(out, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, path.join(" "));
+        if markers {
+            for &(x, y) in &s.points {
+                let _ = write!(out, r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"#, px(x), py(y));
+            }
+        }
+    }
+    legend(out, &series.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), WIDTH - 160.0, TOP + 10.0);
 }
 
 /// Lines with markers; x is an integer (epoch), y in [0, y_max]. A dashed horizontal guide at
@@ -56,7 +86,7 @@ pub fn line_chart(series: &[Series], x_label: &str, y_label: &str, guide: Option
     let px = |x: f64| LEFT + plot_w * if x_max > 1.0 { (x - 1.0) / (x_max - 1.0) } else { 0.5 };
     let py = |y: f64| TOP + plot_h * (1.0 - y / y_max);
     let mut out = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" role="img">"#);
-    y_axis(&mut out, height, plot_h, y_max, y_label);
+    y_grid(&mut out, plot_h, y_max);
     // Integer ticks, at most about ten.
     let step = ((x_max - 1.0) / 10.0).ceil().max(1.0);
     let mut x = 1.0;
@@ -64,13 +94,8 @@ pub fn line_chart(series: &[Series], x_label: &str, y_label: &str, guide: Option
         let _ = write!(out, r#"<text x="{:.1}" y="{}" font-size="11" text-anchor="middle">{x}</text>"#, px(x), TOP + plot_h + 16.0);
         x += step;
     }
-    let _ = write!(
-        out,
-        r#"<text x="{:.1}" y="{}" font-size="12" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
-        height - 8.0,
-        escape(x_label)
-    );
+    x_title(&mut out, height, plot_w, x_label);
+    y_title(&mut out, height / 2.0, y_label);
     if let Some(g) = guide {
         let _ = write!(
             out,
@@ -80,15 +105,7 @@ pub fn line_chart(series: &[Series], x_label: &str, y_label: &str, guide: Option
             py(g)
         );
     }
-    for (i, s) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        let path: Vec<String> = s.points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
-        let _ = write!(out, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, path.join(" "));
-        for &(x, y) in &s.points {
-            let _ = write!(out, r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"#, px(x), py(y));
-        }
-    }
-    legend(&mut out, &series.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), WIDTH - 160.0, TOP + 10.0);
+    draw_series(&mut out, series, px, py, true);
     out.push_str("</svg>");
     out
 }
@@ -114,26 +131,9 @@ pub fn xy_chart(series: &[Series], x_label: &str, y_label: &str) -> String {
         let _ = write!(out, r#"<text x="{}" y="{:.1}" font-size="11" text-anchor="end">{y:.3}</text>"#, LEFT - 6.0, py(y) + 4.0);
         let _ = write!(out, r#"<text x="{:.1}" y="{}" font-size="11" text-anchor="middle">{x:.2}</text>"#, px(x), TOP + plot_h + 16.0);
     }
-    let _ = write!(
-        out,
-        r#"<text x="{:.1}" y="{}" font-size="12" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
-        height - 8.0,
-        escape(x_label)
-    );
-    let _ = write!(
-        out,
-        r#"<text x="14" y="{:.1}" font-size="12" transform="rotate(-90 14 {:.1})" text-anchor="middle">{}</text>"#,
-        height / 2.0,
-        height / 2.0,
-        escape(y_label)
-    );
-    for (i, s) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        let path: Vec<String> = s.points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
-        let _ = write!(out, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, path.join(" "));
-    }
-    legend(&mut out, &series.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), WIDTH - 160.0, TOP + 10.0);
+    x_title(&mut out, height, plot_w, x_label);
+    y_title(&mut out, height / 2.0, y_label);
+    draw_series(&mut out, series, px, py, false);
     out.push_str("</svg>");
     out
 }
@@ -148,7 +148,8 @@ pub fn bar_chart(categories: &[&str], series: &[&str], values: &[Vec<f64>], y_la
     let group = plot_w / categories.len().max(1) as f64;
     let bar = (group * 0.8) / series.len().max(1) as f64;
     let mut out = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" role="img">"#);
-    y_axis(&mut out, plot_h + 40.0, plot_h, y_max, y_label);
+    y_grid(&mut out, plot_h, y_max);
+    y_title(&mut out, (plot_h + 40.0) / 2.0, y_label);
     for (c, name) in categories.iter().enumerate() {
         let x0 = LEFT + group * c as f64 + group * 0.1;
         for (s, per_category) in values.iter().enumerate() {
