@@ -92,7 +92,7 @@ struct ConvertArgs {
     #[arg(long, value_enum, default_value_t = Codec::Blosc)]
     codec: Codec,
     /// Compression level (zstd level, also inside blosc).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = data_prep::store::DEFAULT_LEVEL)]
     level: u8,
     /// Patches per shard.
     #[arg(long, default_value_t = 256)]

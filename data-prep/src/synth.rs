@@ -611,7 +611,7 @@ pub fn synthetic_store(dir: &Path, patches: usize, seed: u64) -> Result<PathBuf>
         split_seed: 0,
         skip_bad: false,
         overwrite: false,
-        store: crate::store::StoreOptions { codec: crate::store::Codec::Blosc, level: 3, shard_patches: 16 },
+        store: crate::store::StoreOptions { codec: crate::store::Codec::Blosc, level: crate::store::DEFAULT_LEVEL, shard_patches: 16 },
         max_pending: crate::convert::DEFAULT_MAX_PENDING,
     })?;
     Ok(out)

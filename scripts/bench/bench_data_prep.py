@@ -6,6 +6,7 @@ random-read speed beside raw decode speed. Prints a Markdown report (also saved 
 work/bench/data-prep.md) for docs/benchmarks.md.
 """
 import datetime
+import functools
 import json
 import os
 import platform
@@ -85,6 +86,27 @@ def convert(arch, out, threads, *extra):
     return measure([DATA_PREP, "--threads", str(threads), "convert", "--archive", str(arch), "--out", str(out), *extra])
 
 
+@functools.cache
+def default_codec_config():
+    """The compression data-prep applies by default, read back from a small store it converts."""
+    probe = WORK / "codec-probe"
+    shutil.rmtree(probe, ignore_errors=True)
+    subprocess.run([DATA_PREP, "synth", "--patches", "20", "--seed", "1", "--format", "v1", "--out", str(probe / "archive")],
+                   capture_output=True, check=True)
+    subprocess.run([DATA_PREP, "convert", "--archive", str(probe / "archive"), "--out", str(probe / "store.zarr")],
+                   capture_output=True, check=True)
+    codecs = json.loads((probe / "store.zarr" / "train" / "b10m" / "zarr.json").read_text())["codecs"]
+    inner = codecs[0]["configuration"]["codecs"]
+    config = next(c for c in inner if c["name"] == "blosc")["configuration"]
+    shutil.rmtree(probe)
+    return config
+
+
+def default_codec():
+    c = default_codec_config()
+    return f"blosc-{c['cname']} level {c['clevel']}, one block of {c['blocksize']:,} bytes per 10 m inner chunk"
+
+
 def main():
     WORK.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -100,7 +122,7 @@ def main():
     gz, zst = packed(SIZES[-1], "gz"), packed(SIZES[-1], "zst")
 
     say(f"### The downloaded archive to a store: {SIZES[-1]:,}-patch synthetic v1 archive, four routes "
-        f"(warm page cache, default codec blosc-zstd level 3)")
+        f"(warm page cache, default codec: {default_codec()})")
     say()
     say(f"Archive: {du(big / 'BigEarthNet-v1.0') / 2**20:.0f} MiB unpacked in {files_under(big / 'BigEarthNet-v1.0'):,} files; "
         f".tar.gz {gz.stat().st_size / 2**20:.0f} MiB, .tar.zst {zst.stat().st_size / 2**20:.0f} MiB (system `tar --sort=name`).")
@@ -131,7 +153,8 @@ def main():
             say(f"| {route} | {threads} | {secs:.1f} | {n} | {n / secs:.0f} | {n / secs / threads:.0f} | {n / cpu:.0f} | {rss:.0f} | "
                 f"{extracted + files_under(store):,} |")
     shutil.rmtree(WORK / "unpacked", ignore_errors=True)
-    ref_secs, rss, out, _ = measure([PY, str(ROOT / "scripts" / "bench" / "reference_converter.py"), str(big), str(ref_store)])
+    ref_secs, rss, out, _ = measure([PY, str(ROOT / "scripts" / "bench" / "reference_converter.py"), str(big), str(ref_store),
+                                     "--level", str(default_codec_config()["clevel"])])
     n = json.loads(out)["written"]
     ref = n / ref_secs
     say(f"| Python reference (tifffile + zarr-python), folder | 1 | {ref_secs:.1f} | {n} | {ref:.0f} | {ref:.0f} | | {rss:.0f} | |")

@@ -1,12 +1,12 @@
 """Reference converter for the benchmark: BigEarthNet v1 archive -> the same Zarr v3 layout as
 data-prep (per-split groups, sharded uint16 band arrays with one patch per inner chunk, blosc
-zstd + byte shuffle, labels, names), written with tifffile + zarr-python in one process.
+zstd + byte shuffle with one blosc block per inner chunk, labels, names), written with tifffile + zarr-python in one process.
 
 It reads the official split lists and writes whole shards at a time, as data-prep does; it does
 no validation and no statistics beyond what the layout needs, so it is a lower bound on the
 work a Python tool would do.
 
-    python reference_converter.py ARCHIVE OUT [--level 3]
+    python reference_converter.py ARCHIVE OUT --level L   (the level of the store it is compared with)
 """
 import argparse
 import json
@@ -30,7 +30,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("archive", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--level", type=int, default=3)
+    ap.add_argument("--level", type=int, required=True)
     args = ap.parse_args()
     patches = args.archive / "BigEarthNet-v1.0"
     root = zarr.open_group(args.out, mode="w")
@@ -44,7 +44,8 @@ def main():
             arrays[name] = g.create_array(
                 name, shape=(n, len(bands), side, side), dtype="uint16", shards=(SHARD, len(bands), side, side),
                 chunks=(1, len(bands), side, side),
-                compressors=[BloscCodec(cname="zstd", clevel=args.level, shuffle="shuffle", typesize=2)])
+                compressors=[BloscCodec(cname="zstd", clevel=args.level, shuffle="shuffle", typesize=2,
+                                         blocksize=len(bands) * side * side * 2)])
         labels = np.zeros((n, 19), dtype=np.uint8)
         for start in range(0, n, SHARD):
             stop = min(start + SHARD, n)
