@@ -12,7 +12,7 @@ use std::process::Command;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, UInt32Type};
 use arrow_array::{Array, RecordBatch};
-use common::{store, train_args, trainer};
+use common::{landscape_args, store, train_args};
 
 /// A two-epoch CE run on a tiny store, keeping every checkpoint.
 fn tiny_run(dir: &Path) -> PathBuf {
@@ -29,25 +29,7 @@ fn tiny_run(dir: &Path) -> PathBuf {
 
 /// Small subsets and grids: seconds on the CPU.
 fn landscape(run: &Path, kind: &str, name: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "landscape",
-        "--run",
-        run.to_str().unwrap(),
-        "--kind",
-        kind,
-        "--name",
-        name,
-        "--train-patches",
-        "12",
-        "--val-patches",
-        "10",
-        "--batch",
-        "8",
-        "--device",
-        "cpu",
-    ];
-    args.extend_from_slice(extra);
-    trainer(&args)
+    Command::new(env!("CARGO_BIN_EXE_trainer")).args(landscape_args(run, kind, name, extra)).output().unwrap()
 }
 
 /// (point, quantity) → (alpha, beta, value) of a landscape's blocks.

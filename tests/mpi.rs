@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{job, store, tensors, train_args};
+use common::{landscape_args, store, tensors, train_args};
 
 fn records(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("epochs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -90,39 +90,11 @@ fn two_ranks_share_a_landscapes_points() {
     let tmp = tempfile::tempdir().unwrap();
     let data = store(tmp.path());
     let out = tmp.path().join("runs");
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["train", "--config", &job("ce"), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--epochs", "1"])
-        .args(["--device", "cpu", "--set", "train.batch_size=8", "--set", "lrp.every=0"])
-        .output()
-        .unwrap();
+    let sets = ["--epochs", "1", "--set", "train.batch_size=8", "--set", "lrp.every=0"];
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(train_args("ce", &data, &out, &sets)).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let run = out.join("ce-seed0");
-    let landscape = |name: &str| -> Vec<String> {
-        [
-            "landscape",
-            "--run",
-            run.to_str().unwrap(),
-            "--kind",
-            "2d",
-            "--points",
-            "3",
-            "--block",
-            "2",
-            "--name",
-            name,
-            "--train-patches",
-            "10",
-            "--val-patches",
-            "10",
-            "--batch",
-            "8",
-            "--device",
-            "cpu",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let landscape = |name: &str| landscape_args(&run, "2d", name, &["--points", "3", "--block", "2"]);
     let one = Command::new(env!("CARGO_BIN_EXE_trainer")).args(landscape("one")).output().unwrap();
     assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
     let two = Command::new("mpirun")

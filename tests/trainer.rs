@@ -14,25 +14,8 @@ fn trains_and_records_every_epoch() {
     let data = store(tmp.path());
     let out = tmp.path().join("runs");
     for loss in ["wce", "sparsemax"] {
-        let o = trainer(&[
-            "train",
-            "--config",
-            &job(loss),
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--epochs",
-            "2",
-            "--seed",
-            "3",
-            "--device",
-            "cpu",
-            "--set",
-            "train.batch_size=8",
-            "--set",
-            "train.accumulate=2",
-        ]);
+        let sets = ["--epochs", "2", "--seed", "3", "--set", "train.batch_size=8", "--set", "train.accumulate=2"];
+        let o = trainer(&train_args(loss, &data, &out, &sets));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let dir = out.join(format!("{loss}-seed3"));
         let lines: Vec<serde_json::Value> =
@@ -199,25 +182,8 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
     let split = lossbench::store::Store::open(&data).unwrap().split(lossbench::layout::Split::Validation).unwrap();
     let probes = format!("lrp.patches=[\"{}\", \"{}\"]", split.names[1], split.names[0]);
     let out = tmp.path().join("runs");
-    let o = trainer(&[
-        "train",
-        "--config",
-        &job("focal"),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--device",
-        "cpu",
-        "--set",
-        "train.batch_size=16",
-        "--set",
-        "lrp.every=2",
-        "--set",
-        &probes,
-    ]);
+    let sets = ["--epochs", "2", "--set", "train.batch_size=16", "--set", "lrp.every=2", "--set", &probes];
+    let o = trainer(&train_args("focal", &data, &out, &sets));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let run = out.join("focal-seed0");
     // every = 2: a snapshot after epoch 2 only, of the two named patches.
@@ -289,17 +255,7 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("no patch named no-such-patch"), "{err}");
-    let o = trainer(&[
-        "train",
-        "--config",
-        &job("ce"),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--set",
-        "lrp.patches=[\"nope\"]",
-    ]);
+    let o = trainer(&train_args("ce", &data, &out, &["--set", "lrp.patches=[\"nope\"]"]));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("lrp.patches"), "{err}");
 }

@@ -9,7 +9,7 @@ pub fn store(dir: &Path) -> PathBuf {
     data_prep::synth::synthetic_store(dir, 70, 9).unwrap()
 }
 
-pub fn trainer(args: &[&str]) -> std::process::Output {
+pub fn trainer<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().unwrap()
 }
 
@@ -23,6 +23,14 @@ pub fn job(name: &str) -> String {
 pub fn train_args(job_name: &str, data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let common = ["train", "--config", &job(job_name), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"];
     common.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+/// `trainer landscape` arguments of a small landscape of the run `run` on the CPU (12 training
+/// and 10 validation patches, batches of 8: seconds), then `extra`.
+pub fn landscape_args(run: &Path, kind: &str, name: &str, extra: &[&str]) -> Vec<String> {
+    let common = ["landscape", "--run", run.to_str().unwrap(), "--kind", kind, "--name", name, "--train-patches", "12"];
+    let small = ["--val-patches", "10", "--batch", "8", "--device", "cpu"];
+    common.iter().chain(&small).chain(extra).map(|s| s.to_string()).collect()
 }
 
 /// A safetensors file's tensors, sorted by name.
