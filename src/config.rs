@@ -378,7 +378,7 @@ mod tests {
             names.push((name, c.loss.name()));
         }
         // The study's seven are there, each job named after its loss.
-        for loss in ["ce", "wce", "focal", "hamming", "huber", "sparsemax", "ranking"] {
+        for loss in crate::losses::STUDY_LOSSES {
             assert!(names.iter().any(|(n, l)| n == loss && *l == loss), "{names:?}");
         }
     }

@@ -12,7 +12,9 @@ pub struct Adam {
     /// Steps taken so far.
     pub step: i64,
     params: Vec<Tensor>,
-    decay: Vec<f64>,
+    /// Each parameter's weight decay λ as a 0-dim tensor on its device (made once: a CPU scalar
+    /// copied to a GPU at every step would wait for the device each time), `None` without decay.
+    decay: Vec<Option<Tensor>>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
 }
@@ -22,7 +24,13 @@ impl Adam {
     pub fn new(params: Vec<(Tensor, f64)>, lr: f64) -> Self {
         let m = params.iter().map(|(p, _)| p.zeros_like()).collect();
         let v = params.iter().map(|(p, _)| p.zeros_like()).collect();
-        let (params, decay) = params.into_iter().unzip();
+        let (params, decay) = params
+            .into_iter()
+            .map(|(p, lambda)| {
+                let decay = (lambda != 0.0).then(|| Tensor::from(lambda as f32).to_device(p.device()));
+                (p, decay)
+            })
+            .unzip();
         Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, step: 0, params, decay, m, v }
     }
 
@@ -49,9 +57,9 @@ impl Adam {
                 if !g.defined() {
                     continue;
                 }
-                if self.decay[i] != 0.0 {
+                if let Some(decay) = &self.decay[i] {
                     // g + λp in one pass, without a temporary.
-                    let _ = g.addcmul_(p, &Tensor::from(self.decay[i] as f32).to_device(p.device()));
+                    let _ = g.addcmul_(p, decay);
                 }
                 // In place, as PyTorch's single-tensor Adam: seven passes over the parameter (eight
                 // with weight decay) and two temporaries, whatever its size.

@@ -1,7 +1,14 @@
-//! Images of relevance maps: a diverging red (positive) / blue (negative) colormap, white at
-//! zero, scaled symmetrically by the largest absolute value, as the study's heatmap tables.
+//! The report's images: relevance maps (a diverging red (positive) / blue (negative) colormap,
+//! white at zero, scaled symmetrically by the largest absolute value, as the study's heatmap
+//! tables), patches in true colour, and contour plots of 2D loss landscapes.
 
 use anyhow::{Context, Result};
+
+fn encode_png(image: &image::RgbImage) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).context("encoding a PNG")?;
+    Ok(bytes)
+}
 
 /// PNG bytes of a `side x side` row-major map, each value drawn as a `scale x scale` block.
 pub fn heatmap_png(map: &[f32], side: u32, scale: u32) -> Result<Vec<u8>> {
@@ -14,9 +21,7 @@ pub fn heatmap_png(map: &[f32], side: u32, scale: u32) -> Result<Vec<u8>> {
         let c = colorous::RED_BLUE.eval_continuous(t.clamp(0.0, 1.0));
         image::Rgb([c.r, c.g, c.b])
     });
-    let mut bytes = Vec::new();
-    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).context("encoding a PNG")?;
-    Ok(bytes)
+    encode_png(&image)
 }
 
 /// PNG bytes of a true-colour image from three bands (red, green, blue) of `side x side` values,
@@ -38,9 +43,7 @@ pub fn true_colour_png(red: &[u16], green: &[u16], blue: &[u16], side: u32, scal
         let i = ((y / scale) * side + x / scale) as usize;
         image::Rgb([r[i], g[i], b[i]])
     });
-    let mut bytes = Vec::new();
-    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).context("encoding a PNG")?;
-    Ok(bytes)
+    encode_png(&image)
 }
 
 /// A filled contour plot of an `n x n` grid (`values[i * n + j]` at α index i, β index j) as a
@@ -60,11 +63,16 @@ pub fn contour_png(values: &[f64], n: usize, lo: f64, hi: f64, levels: usize, si
             + v(i0 + 1, j0 + 1) * fx * fy
     };
     let span = (hi - lo).max(f64::MIN_POSITIVE);
-    let level = |px: u32, py: u32| -> usize {
-        let scale = (n - 1) as f64 / (size - 1).max(1) as f64;
-        let v = at(px as f64 * scale, (size - 1 - py) as f64 * scale);
-        (((v - lo) / span * levels as f64).floor().max(0.0) as usize).min(levels - 1)
-    };
+    let scale = (n - 1) as f64 / (size - 1).max(1) as f64;
+    // Each pixel's colour band, row-major from the top row.
+    let bands: Vec<usize> = (0..size * size)
+        .map(|k| {
+            let (px, py) = (k % size, k / size);
+            let v = at(px as f64 * scale, (size - 1 - py) as f64 * scale);
+            (((v - lo) / span * levels as f64).floor().max(0.0) as usize).min(levels - 1)
+        })
+        .collect();
+    let level = |x: u32, y: u32| bands[(y * size + x) as usize];
     let image = image::RgbImage::from_fn(size, size, |x, y| {
         let l = level(x, y);
         let edge = (x + 1 < size && level(x + 1, y) != l) || (y + 1 < size && level(x, y + 1) != l);
@@ -72,9 +80,7 @@ pub fn contour_png(values: &[f64], n: usize, lo: f64, hi: f64, levels: usize, si
         let dim = |v: u8| if edge { (v as f64 * 0.55) as u8 } else { v };
         image::Rgb([dim(c.r), dim(c.g), dim(c.b)])
     });
-    let mut bytes = Vec::new();
-    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).context("encoding a PNG")?;
-    Ok(bytes)
+    encode_png(&image)
 }
 
 #[cfg(test)]

@@ -58,27 +58,14 @@ pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
 /// Refuses a first IFD whose tags claim more bytes than the file has: the decoder would size
 /// its buffers from those claims (up to 256 MiB) before finding the file too short.
 fn check_tag_sizes(bytes: &[u8]) -> Result<(), BandError> {
-    let big_endian = bytes.starts_with(b"MM");
-    let u16_at = |o: usize| {
-        bytes.get(o..o + 2).map(|b| if big_endian { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) })
-    };
-    let u32_at = |o: usize| {
-        bytes.get(o..o + 4).map(|b| {
-            let b = [b[0], b[1], b[2], b[3]];
-            if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
-        })
-    };
+    let tiff = TiffBytes::new(bytes);
     let short = || BandError::Decode(format!("{} bytes: the TIFF header or its first IFD is cut short", bytes.len()));
-    match u16_at(2).ok_or_else(short)? {
+    match tiff.u16_at(2).ok_or_else(short)? {
         42 => {}
         43 => return Err(BandError::Decode("BigTIFF (BigEarthNet's band files are classic TIFF)".into())),
         magic => return Err(BandError::NotTiff(format!("TIFF version {magic}, expected 42"))),
     }
-    let ifd = u32_at(4).ok_or_else(short)? as usize;
-    let entries = u16_at(ifd).ok_or_else(short)? as usize;
-    for i in 0..entries {
-        let e = ifd + 2 + 12 * i;
-        let (tag, typ, count) = (u16_at(e).ok_or_else(short)?, u16_at(e + 2).ok_or_else(short)?, u32_at(e + 4).ok_or_else(short)?);
+    for IfdEntry { tag, typ, count, .. } in tiff.first_ifd().ok_or_else(short)? {
         let size: u64 = match typ {
             3 | 8 => 2,
             4 | 9 | 11 | 13 => 4,
@@ -90,6 +77,48 @@ fn check_tag_sizes(bytes: &[u8]) -> Result<(), BandError> {
         }
     }
     Ok(())
+}
+
+/// A classic TIFF's bytes, read in the file's byte order ("II" little-, "MM" big-endian).
+struct TiffBytes<'a> {
+    bytes: &'a [u8],
+    big_endian: bool,
+}
+
+/// One entry of an IFD: tag, field type, value count and where its value-or-offset field lies.
+struct IfdEntry {
+    tag: u16,
+    typ: u16,
+    count: u32,
+    field: usize,
+}
+
+impl<'a> TiffBytes<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        TiffBytes { bytes, big_endian: bytes.starts_with(b"MM") }
+    }
+
+    fn u16_at(&self, o: usize) -> Option<u16> {
+        let b: [u8; 2] = self.bytes.get(o..o.checked_add(2)?)?.try_into().ok()?;
+        Some(if self.big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+    }
+
+    fn u32_at(&self, o: usize) -> Option<u32> {
+        let b: [u8; 4] = self.bytes.get(o..o.checked_add(4)?)?.try_into().ok()?;
+        Some(if self.big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+    }
+
+    /// The entries of the first IFD; `None` when the header or the IFD is cut short.
+    fn first_ifd(&self) -> Option<Vec<IfdEntry>> {
+        let ifd = self.u32_at(4)? as usize;
+        let entries = self.u16_at(ifd)? as usize;
+        (0..entries)
+            .map(|i| {
+                let e = ifd + 2 + 12 * i;
+                Some(IfdEntry { tag: self.u16_at(e)?, typ: self.u16_at(e + 2)?, count: self.u32_at(e + 4)?, field: e + 8 })
+            })
+            .collect()
+    }
 }
 
 /// What decoding one band may allocate, from the band's size and the file's, instead of the
@@ -108,23 +137,20 @@ fn band_limits(bytes: &[u8], side: usize) -> Limits {
 /// The layout BigEarthNet's files use: little-endian, uncompressed, one 16-bit unsigned sample
 /// per pixel, in strips. `None` for anything else or anything out of place.
 fn decode_plain_strips(bytes: &[u8], side: usize) -> Option<Vec<u16>> {
-    let u16_at = |o: usize| Some(u16::from_le_bytes(bytes.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?));
+    let tiff = TiffBytes::new(bytes);
+    let (u16_at, u32_at) = (|o| tiff.u16_at(o), |o| tiff.u32_at(o));
     if !bytes.starts_with(b"II") || u16_at(2)? != 42 {
         return None;
     }
-    let ifd = u32_at(4)? as usize;
-    let count = u16_at(ifd)? as usize;
     // (value of a one-value tag) and (type, count, value-or-offset field position) of the others.
     let (mut width, mut height, mut bits, mut compression, mut samples, mut planar, mut format) = (0, 0, 0, 1, 1, 1, 1);
     let mut offsets = None;
     let mut byte_counts = None;
-    for i in 0..count {
-        let e = ifd + 2 + 12 * i;
-        let (tag, typ, n) = (u16_at(e)?, u16_at(e + 2)?, u32_at(e + 4)? as usize);
+    for IfdEntry { tag, typ, count, field } in tiff.first_ifd()? {
+        let n = count as usize;
         let single = || match (typ, n) {
-            (SHORT, 1) => u16_at(e + 8).map(u32::from),
-            (LONG, 1) => u32_at(e + 8),
+            (SHORT, 1) => u16_at(field).map(u32::from),
+            (LONG, 1) => u32_at(field),
             _ => None,
         };
         match tag {
@@ -135,8 +161,8 @@ fn decode_plain_strips(bytes: &[u8], side: usize) -> Option<Vec<u16>> {
             277 => samples = single()?,
             284 => planar = single()?,
             339 => format = single()?,
-            273 => offsets = Some((typ, n, e + 8)),
-            279 => byte_counts = Some((typ, n, e + 8)),
+            273 => offsets = Some((typ, n, field)),
+            279 => byte_counts = Some((typ, n, field)),
             // Tiles, a predictor or extra samples: not the plain layout.
             317 | 322 | 323 | 324 | 325 | 338 => return None,
             _ => {}

@@ -32,13 +32,10 @@ use crate::data::resident::Placement;
 use crate::data::{Normalizer, ResidentSplit, epoch_order};
 use crate::dist::Dist;
 use crate::layout::Split;
-use crate::losses::{Loss, LossSpec, SingleLoss};
+use crate::losses::{Loss, LossSpec, STUDY_LOSSES, SingleLoss};
 use crate::metrics::Counts;
 use crate::model::{Arch, Model};
 use crate::store::Store;
-
-/// The study's seven losses, evaluated at every point beside the run's own.
-pub const STUDY_LOSSES: [&str; 7] = ["ce", "wce", "focal", "hamming", "huber", "sparsemax", "ranking"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -361,6 +358,7 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
     let blocks_dir = dir.join("blocks");
     // The spec is written once (rank 0, task 0 first); a rerun must ask for the same landscape.
     let spec_path = dir.join("spec.json");
+    fs::create_dir_all(&blocks_dir).with_context(|| format!("creating {}", blocks_dir.display()))?;
     match fs::read(&spec_path) {
         Ok(bytes) => {
             let existing: Spec = serde_json::from_slice(&bytes).with_context(|| format!("{}: unreadable", spec_path.display()))?;
@@ -369,14 +367,12 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(&blocks_dir).with_context(|| format!("creating {}", blocks_dir.display()))?;
             if dist.is_root() && r.task.0 == 0 {
                 crate::results::write_atomically(&spec_path, &serde_json::to_vec_pretty(&spec)?)?;
             }
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", spec_path.display())),
     }
-    fs::create_dir_all(&blocks_dir).with_context(|| format!("creating {}", blocks_dir.display()))?;
 
     let points = grid(&spec);
     let blocks: Vec<&[Point]> = points.chunks(spec.block).collect();
@@ -430,7 +426,8 @@ struct Landscape<'a> {
 }
 
 impl<'a> Landscape<'a> {
-    /// Draws (or, on a rerun, reads back) the directions, or loads the other end.
+    /// Draws the directions (seeded: the same on every worker and every rerun) and saves them
+    /// once beside the blocks, or loads the other end.
     fn prepare(mut self, dir: &Path, writer: bool) -> Result<Landscape<'a>> {
         let spec = self.spec;
         match spec.kind {
@@ -505,16 +502,16 @@ impl<'a> Landscape<'a> {
         let other = spec.to.as_ref().map(|(r, e)| format!("{}@{e}", r.display())).unwrap_or_default();
         let n = rows.len();
         let columns: Vec<(&str, ArrayRef)> = vec![
-            ("name", std::sync::Arc::new(StringArray::from_iter_values(std::iter::repeat_n(self.name, n)))),
-            ("kind", std::sync::Arc::new(StringArray::from_iter_values(std::iter::repeat_n(spec.kind.name(), n)))),
-            ("checkpoint", std::sync::Arc::new(UInt32Array::from_iter(rows.iter().map(|(p, _, _)| p.epoch.or(spec.epoch))))),
-            ("other", std::sync::Arc::new(StringArray::from_iter_values(std::iter::repeat_n(other.as_str(), n)))),
-            ("direction_seed", std::sync::Arc::new(UInt64Array::from_iter_values(std::iter::repeat_n(spec.seed, n)))),
-            ("point", std::sync::Arc::new(UInt32Array::from_iter_values(rows.iter().map(|(p, _, _)| p.index as u32)))),
-            ("alpha", std::sync::Arc::new(Float64Array::from_iter(rows.iter().map(|(p, _, _)| p.alpha)))),
-            ("beta", std::sync::Arc::new(Float64Array::from_iter(rows.iter().map(|(p, _, _)| p.beta)))),
-            ("quantity", std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, q, _)| q.as_str())))),
-            ("value", std::sync::Arc::new(Float64Array::from_iter_values(rows.iter().map(|(_, _, v)| *v)))),
+            ("name", Arc::new(StringArray::from_iter_values(std::iter::repeat_n(self.name, n)))),
+            ("kind", Arc::new(StringArray::from_iter_values(std::iter::repeat_n(spec.kind.name(), n)))),
+            ("checkpoint", Arc::new(UInt32Array::from_iter(rows.iter().map(|(p, _, _)| p.epoch.or(spec.epoch))))),
+            ("other", Arc::new(StringArray::from_iter_values(std::iter::repeat_n(other.as_str(), n)))),
+            ("direction_seed", Arc::new(UInt64Array::from_iter_values(std::iter::repeat_n(spec.seed, n)))),
+            ("point", Arc::new(UInt32Array::from_iter_values(rows.iter().map(|(p, _, _)| p.index as u32)))),
+            ("alpha", Arc::new(Float64Array::from_iter(rows.iter().map(|(p, _, _)| p.alpha)))),
+            ("beta", Arc::new(Float64Array::from_iter(rows.iter().map(|(p, _, _)| p.beta)))),
+            ("quantity", Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, q, _)| q.as_str())))),
+            ("value", Arc::new(Float64Array::from_iter_values(rows.iter().map(|(_, _, v)| *v)))),
         ];
         Ok(RecordBatch::try_from_iter(columns)?)
     }

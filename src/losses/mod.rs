@@ -23,6 +23,9 @@ pub use sparsemax::sparsemax;
 pub use spec::{LossSpec, Mix, MixPart, SingleLoss};
 pub use wce::positive_weights;
 
+/// The published study's seven losses, by config name (a landscape evaluates all of them).
+pub const STUDY_LOSSES: [&str; 7] = ["ce", "wce", "focal", "hamming", "huber", "sparsemax", "ranking"];
+
 /// A loss ready to compute: its spec with what the data determines (W-CE's weights).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Loss {

@@ -295,7 +295,7 @@ mod tests {
         assert!(e.contains("unknown field `margin`"), "{e}");
         let e = parse("name = \"focal\"\ngama = 2").unwrap_err();
         assert!(e.contains("unknown field `gama`") && e.contains("`gamma`"), "{e}");
-        for name in ["ce", "wce", "focal", "hamming", "huber", "sparsemax", "ranking", "asl", "zlpr", "poly1", "weighted_focal"] {
+        for name in crate::losses::tests::ALL {
             assert_eq!(SingleLoss::with_defaults(name).unwrap().name(), name);
         }
     }
