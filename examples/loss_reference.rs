@@ -16,13 +16,22 @@ fn main() -> Result<()> {
     let [spec, input, out] = args.as_slice() else {
         anyhow::bail!("usage: loss_reference SPEC IN OUT");
     };
-    let spec: LossSpec = toml::from_str(spec).with_context(|| format!("not a [loss] section: {spec}"))?;
+    let spec: LossSpec =
+        toml::from_str(spec).with_context(|| format!("not a [loss] section: {spec}"))?;
     let loss = Loss::new(&spec, &[0; data_prep::labels::NUM_CLASSES], 0);
     let read = Tensor::read_safetensors(input).with_context(|| format!("reading {input}"))?;
-    let get = |name: &str| read.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).context(name.to_string());
+    let get = |name: &str| {
+        read.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+            .context(name.to_string())
+    };
     let logits = get("logits")?.set_requires_grad(true);
     let value = loss.compute(&logits, &get("targets")?);
     value.backward();
-    Tensor::write_safetensors(&[("value", value.detach()), ("gradient", logits.grad())], out)?;
+    Tensor::write_safetensors(
+        &[("value", value.detach()), ("gradient", logits.grad())],
+        out,
+    )?;
     Ok(())
 }

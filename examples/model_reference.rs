@@ -16,7 +16,9 @@ fn main() -> Result<()> {
     let [arch, seed, inputs, weights, logits] = args.as_slice() else {
         anyhow::bail!("usage: model_reference ARCH SEED INPUTS WEIGHTS LOGITS");
     };
-    let arch: Arch = toml::Value::String(arch.clone()).try_into().with_context(|| format!("unknown architecture {arch:?}"))?;
+    let arch: Arch = toml::Value::String(arch.clone())
+        .try_into()
+        .with_context(|| format!("unknown architecture {arch:?}"))?;
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Model::new(&vs.root(), arch, seed.parse()?, true);
     tch::no_grad(|| {
@@ -29,7 +31,12 @@ fn main() -> Result<()> {
         }
     });
     let read = Tensor::read_safetensors(inputs).with_context(|| format!("reading {inputs}"))?;
-    let get = |name: &str| read.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).context(name.to_string());
+    let get = |name: &str| {
+        read.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+            .context(name.to_string())
+    };
     let x = [get("b10m")?, get("b20m")?, get("b60m")?];
     let out = tch::no_grad(|| model.forward_t(&x, false));
     let named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();

@@ -47,13 +47,25 @@ impl Run {
                 .take(count - losses.len())
                 .collect();
             if full.is_empty() {
-                bail!("the training split has {} patches, fewer than train.batch_size = {batch}", self.train.split().len);
+                bail!(
+                    "the training split has {} patches, fewer than train.batch_size = {batch}",
+                    self.train.split().len
+                );
             }
             let lists = full.iter().flat_map(|(_, m)| m[mine(m)].to_vec()).collect();
             let mut batches = self.train.batches(lists, &self.loading)?;
             for &(index, micro) in &full {
                 let started = Instant::now();
-                let done = self.step(Step { epoch, index, micro, mine: mine(micro) }, &mut batches, false)?;
+                let done = self.step(
+                    Step {
+                        epoch,
+                        index,
+                        micro,
+                        mine: mine(micro),
+                    },
+                    &mut batches,
+                    false,
+                )?;
                 // Reading the loss in `step` waits for the device: the time is the step's.
                 seconds.push(started.elapsed().as_secs_f64());
                 losses.push(done.loss_sum / done.patches as f64);
@@ -79,11 +91,21 @@ impl Run {
     /// f32) as safetensors: the data the Python peer trains on.
     pub fn save_first_batch(&self, path: &Path) -> Result<()> {
         let plan = self.plan_epoch(1);
-        let indices: Vec<usize> = plan.steps.first().context("the training split is empty")?.concat();
+        let indices: Vec<usize> = plan
+            .steps
+            .first()
+            .context("the training split is empty")?
+            .concat();
         let mut batches = self.train.batches(vec![indices], &self.loading)?;
         let b = batches.next_batch().context("no batch")??;
         let cpu = |t: &Tensor| t.to_device(Device::Cpu);
-        let named = [("b10m", cpu(&b.inputs[0])), ("b20m", cpu(&b.inputs[1])), ("b60m", cpu(&b.inputs[2])), ("targets", cpu(&b.targets))];
-        Tensor::write_safetensors(&named, path).with_context(|| format!("writing {}", path.display()))
+        let named = [
+            ("b10m", cpu(&b.inputs[0])),
+            ("b20m", cpu(&b.inputs[1])),
+            ("b60m", cpu(&b.inputs[2])),
+            ("targets", cpu(&b.targets)),
+        ];
+        Tensor::write_safetensors(&named, path)
+            .with_context(|| format!("writing {}", path.display()))
     }
 }

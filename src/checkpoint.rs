@@ -50,7 +50,11 @@ pub struct Loaded {
 type Position = (u32, u64);
 
 fn dir_name((epoch, step): Position) -> String {
-    if step == 0 { format!("epoch-{epoch:04}") } else { format!("epoch-{epoch:04}-step-{step:06}") }
+    if step == 0 {
+        format!("epoch-{epoch:04}")
+    } else {
+        format!("epoch-{epoch:04}-step-{step:06}")
+    }
 }
 
 fn parse_dir_name(name: &str) -> Option<Position> {
@@ -70,19 +74,33 @@ fn epoch_dir(run: &Path, epoch: u32) -> PathBuf {
 }
 
 fn sync_dir(path: &Path) -> Result<()> {
-    fs::File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", path.display()))
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", path.display()))
 }
 
 fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let pairs: Vec<(&str, Tensor)> = sorted.iter().map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu))).collect();
-    Tensor::write_safetensors(&pairs, path).with_context(|| format!("writing {}", path.display()))?;
-    fs::File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", path.display()))
+    let pairs: Vec<(&str, Tensor)> = sorted
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu)))
+        .collect();
+    Tensor::write_safetensors(&pairs, path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", path.display()))
 }
 
 /// Writes the checkpoint of `state.epoch` atomically, then prunes old ones.
-pub fn save(run: &Path, model: &[(String, Tensor)], optimizer: &[(String, Tensor)], mut state: State, keep_last: usize) -> Result<()> {
+pub fn save(
+    run: &Path,
+    model: &[(String, Tensor)],
+    optimizer: &[(String, Tensor)],
+    mut state: State,
+    keep_last: usize,
+) -> Result<()> {
     let root = run.join(DIR);
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let at = (state.epoch, state.steps_into_next);
@@ -96,15 +114,19 @@ pub fn save(run: &Path, model: &[(String, Tensor)], optimizer: &[(String, Tensor
     write_tensors(&tmp.join(OPTIMIZER), optimizer)?;
     let crc = |file: &str| -> Result<u32> {
         let path = tmp.join(file);
-        Ok(crc32fast::hash(&fs::read(&path).with_context(|| format!("reading {}", path.display()))?))
+        Ok(crc32fast::hash(
+            &fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+        ))
     };
     state.crc32 = [crc(MODEL)?, crc(OPTIMIZER)?];
     crate::results::write_atomically(&tmp.join(STATE), &serde_json::to_vec_pretty(&state)?)?;
     sync_dir(&tmp)?;
     if final_dir.exists() {
-        fs::remove_dir_all(&final_dir).with_context(|| format!("removing {}", final_dir.display()))?;
+        fs::remove_dir_all(&final_dir)
+            .with_context(|| format!("removing {}", final_dir.display()))?;
     }
-    fs::rename(&tmp, &final_dir).with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
+    fs::rename(&tmp, &final_dir)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
     sync_dir(&root)?;
     prune(run, keep_last, state.best_epoch)
 }
@@ -129,7 +151,11 @@ fn positions(run: &Path) -> Result<Vec<Position>> {
 
 /// The epochs of the epoch checkpoints a run holds (not the mid-epoch ones), oldest first.
 pub fn epochs(run: &Path) -> Result<Vec<u32>> {
-    let mut e: Vec<u32> = positions(run)?.into_iter().filter(|&(_, step)| step == 0).map(|(epoch, _)| epoch).collect();
+    let mut e: Vec<u32> = positions(run)?
+        .into_iter()
+        .filter(|&(_, step)| step == 0)
+        .map(|(epoch, _)| epoch)
+        .collect();
     e.sort_unstable();
     Ok(e)
 }
@@ -168,27 +194,45 @@ pub enum LoadError {
 fn read_file(dir: &Path, file: &str) -> Result<Vec<u8>, LoadError> {
     let path = dir.join(file);
     fs::read(&path).map_err(|e| match e.kind() {
-        ErrorKind::NotFound => LoadError::Damaged { dir: dir.into(), why: format!("{file} is missing") },
-        _ => LoadError::Unreadable { dir: dir.into(), source: anyhow!(e).context(format!("reading {}", path.display())) },
+        ErrorKind::NotFound => LoadError::Damaged {
+            dir: dir.into(),
+            why: format!("{file} is missing"),
+        },
+        _ => LoadError::Unreadable {
+            dir: dir.into(),
+            source: anyhow!(e).context(format!("reading {}", path.display())),
+        },
     })
 }
 
 fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
-    let damaged = |why: String| LoadError::Damaged { dir: dir.into(), why };
-    let state: State = serde_json::from_slice(&read_file(dir, STATE)?).map_err(|e| damaged(format!("{STATE}: {e}")))?;
+    let damaged = |why: String| LoadError::Damaged {
+        dir: dir.into(),
+        why,
+    };
+    let state: State = serde_json::from_slice(&read_file(dir, STATE)?)
+        .map_err(|e| damaged(format!("{STATE}: {e}")))?;
     let mut tensors = Vec::new();
     for (file, crc) in [MODEL, OPTIMIZER].into_iter().zip(state.crc32) {
         let bytes = read_file(dir, file)?;
         let got = crc32fast::hash(&bytes);
         if got != crc {
-            return Err(damaged(format!("{file}: checksum {got:08x}, expected {crc:08x}")));
+            return Err(damaged(format!(
+                "{file}: checksum {got:08x}, expected {crc:08x}"
+            )));
         }
-        let read = Tensor::read_safetensors(dir.join(file)).map_err(|e| damaged(format!("{file}: {e}")))?;
+        let read = Tensor::read_safetensors(dir.join(file))
+            .map_err(|e| damaged(format!("{file}: {e}")))?;
         tensors.push(read);
     }
     let optimizer = tensors.pop().unwrap_or_default();
     let model = tensors.pop().unwrap_or_default();
-    Ok(Loaded { dir: dir.to_path_buf(), state, model, optimizer })
+    Ok(Loaded {
+        dir: dir.to_path_buf(),
+        state,
+        model,
+        optimizer,
+    })
 }
 
 /// The newest checkpoint that verifies; damaged ones are reported and skipped, a read failure
@@ -206,7 +250,8 @@ pub fn latest(run: &Path) -> Result<Option<Loaded>> {
 
 /// The checkpoint of a given epoch (e.g. the best one), verified.
 pub fn at_epoch(run: &Path, epoch: u32) -> Result<Loaded> {
-    load_dir(&epoch_dir(run, epoch)).with_context(|| format!("loading the checkpoint of epoch {epoch}"))
+    load_dir(&epoch_dir(run, epoch))
+        .with_context(|| format!("loading the checkpoint of epoch {epoch}"))
 }
 
 /// Copies saved tensors into `vars` by name, after checking that every variable has a saved
@@ -244,8 +289,14 @@ mod tests {
 
     fn tensors(v: f32) -> Vec<(String, Tensor)> {
         vec![
-            ("a".into(), Tensor::full([3], v as f64, (Kind::Float, tch::Device::Cpu))),
-            ("b".into(), Tensor::ones([2, 2], (Kind::Float, tch::Device::Cpu))),
+            (
+                "a".into(),
+                Tensor::full([3], v as f64, (Kind::Float, tch::Device::Cpu)),
+            ),
+            (
+                "b".into(),
+                Tensor::ones([2, 2], (Kind::Float, tch::Device::Cpu)),
+            ),
         ]
     }
 
@@ -265,14 +316,37 @@ mod tests {
     fn keeps_the_last_k_and_the_best_and_skips_damaged_ones() {
         let run = tempfile::tempdir().unwrap();
         for epoch in 1..=5 {
-            save(run.path(), &tensors(epoch as f32), &tensors(0.0), state(epoch, 2), 2).unwrap();
+            save(
+                run.path(),
+                &tensors(epoch as f32),
+                &tensors(0.0),
+                state(epoch, 2),
+                2,
+            )
+            .unwrap();
         }
         assert_eq!(positions(run.path()).unwrap(), vec![(5, 0), (4, 0), (2, 0)]);
         // A mid-epoch checkpoint sorts after its epoch's start (kept here with a larger keep_last).
-        save(run.path(), &tensors(9.0), &tensors(0.0), State { steps_into_next: 3, ..state(5, 2) }, 5).unwrap();
-        assert_eq!(positions(run.path()).unwrap(), vec![(5, 3), (5, 0), (4, 0), (2, 0)]);
+        save(
+            run.path(),
+            &tensors(9.0),
+            &tensors(0.0),
+            State {
+                steps_into_next: 3,
+                ..state(5, 2)
+            },
+            5,
+        )
+        .unwrap();
+        assert_eq!(
+            positions(run.path()).unwrap(),
+            vec![(5, 3), (5, 0), (4, 0), (2, 0)]
+        );
         assert_eq!(epochs(run.path()).unwrap(), vec![2, 4, 5]);
-        assert_eq!(latest(run.path()).unwrap().unwrap().state.steps_into_next, 3);
+        assert_eq!(
+            latest(run.path()).unwrap().unwrap().state.steps_into_next,
+            3
+        );
         fs::remove_dir_all(position_dir(run.path(), (5, 3))).unwrap();
         let newest = latest(run.path()).unwrap().unwrap();
         assert_eq!(newest.state.epoch, 5);
@@ -297,13 +371,23 @@ mod tests {
     fn read_failures_are_errors_not_damage() {
         let run = tempfile::tempdir().unwrap();
         for epoch in 1..=2 {
-            save(run.path(), &tensors(epoch as f32), &tensors(0.0), state(epoch, 1), 3).unwrap();
+            save(
+                run.path(),
+                &tensors(epoch as f32),
+                &tensors(0.0),
+                state(epoch, 1),
+                3,
+            )
+            .unwrap();
         }
         let model = epoch_dir(run.path(), 2).join(MODEL);
         fs::remove_file(&model).unwrap();
         fs::create_dir(&model).unwrap();
         let e = format!("{:#}", latest(run.path()).err().expect("an error"));
-        assert!(e.contains("cannot read the checkpoint") && e.contains("model.safetensors"), "{e}");
+        assert!(
+            e.contains("cannot read the checkpoint") && e.contains("model.safetensors"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -312,11 +396,23 @@ mod tests {
         let saved = tensors(2.0);
         copy_into(&vars, &saved, Path::new("ck")).unwrap();
         assert_eq!(vars[0].1.double_value(&[1]), 2.0);
-        let wider =
-            vec![("a".to_string(), Tensor::zeros([4], (Kind::Float, tch::Device::Cpu))), (saved[1].0.clone(), saved[1].1.shallow_clone())];
-        let e = copy_into(&vars, &wider, Path::new("ck")).unwrap_err().to_string();
-        assert!(e.contains("tensor a has shape [4], the model's has [3]"), "{e}");
-        let e = copy_into(&vars, &saved[1..], Path::new("ck")).unwrap_err().to_string();
+        let wider = vec![
+            (
+                "a".to_string(),
+                Tensor::zeros([4], (Kind::Float, tch::Device::Cpu)),
+            ),
+            (saved[1].0.clone(), saved[1].1.shallow_clone()),
+        ];
+        let e = copy_into(&vars, &wider, Path::new("ck"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tensor a has shape [4], the model's has [3]"),
+            "{e}"
+        );
+        let e = copy_into(&vars, &saved[1..], Path::new("ck"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("has no tensor a"), "{e}");
     }
 }

@@ -140,11 +140,18 @@ impl fmt::Display for Origin {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{origin}: `{key}`: {message}")]
-    Key { key: String, origin: Origin, message: String },
+    Key {
+        key: String,
+        origin: Origin,
+        message: String,
+    },
     #[error("config {path}: {message}")]
     Other { path: PathBuf, message: String },
 }
@@ -153,14 +160,34 @@ pub enum ConfigError {
 type Origins = BTreeMap<String, Origin>;
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Records the line of every key (and table) in `table`, prefixed by `prefix`.
-fn record_origins(table: &toml::de::DeTable<'_>, prefix: &str, path: &Path, text: &str, out: &mut Origins) {
+fn record_origins(
+    table: &toml::de::DeTable<'_>,
+    prefix: &str,
+    path: &Path,
+    text: &str,
+    out: &mut Origins,
+) {
     for (key, value) in table {
-        let dotted = if prefix.is_empty() { key.get_ref().to_string() } else { format!("{prefix}.{}", key.get_ref()) };
-        out.insert(dotted.clone(), Origin::File { path: path.to_path_buf(), line: line_of(text, key.span().start) });
+        let dotted = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        out.insert(
+            dotted.clone(),
+            Origin::File {
+                path: path.to_path_buf(),
+                line: line_of(text, key.span().start),
+            },
+        );
         if let toml::de::DeValue::Table(inner) = value.get_ref() {
             record_origins(inner, &dotted, path, text, out);
         }
@@ -180,23 +207,49 @@ fn merge(base: &mut toml::Table, top: toml::Table) {
 }
 
 /// Reads `path` and the files it extends, innermost first.
-fn read_layers(path: &Path, depth: usize, origins: &mut Origins) -> Result<toml::Table, ConfigError> {
+fn read_layers(
+    path: &Path,
+    depth: usize,
+    origins: &mut Origins,
+) -> Result<toml::Table, ConfigError> {
     if depth > 8 {
-        return Err(ConfigError::Other { path: path.into(), message: "`base` chain deeper than 8 files (a cycle?)".into() });
+        return Err(ConfigError::Other {
+            path: path.into(),
+            message: "`base` chain deeper than 8 files (a cycle?)".into(),
+        });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    let spanned = toml::de::DeTable::parse(&text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
-    let mut own: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let spanned = toml::de::DeTable::parse(&text).map_err(|e| ConfigError::Syntax {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let mut own: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
     let base_origin = || {
-        let at = spanned.get_ref().iter().find(|(k, _)| k.get_ref() == "base").map_or(0, |(k, _)| k.span().start);
-        Origin::File { path: path.into(), line: line_of(&text, at) }
+        let at = spanned
+            .get_ref()
+            .iter()
+            .find(|(k, _)| k.get_ref() == "base")
+            .map_or(0, |(k, _)| k.span().start);
+        Origin::File {
+            path: path.into(),
+            line: line_of(&text, at),
+        }
     };
     let mut table = match own.remove("base") {
         Some(toml::Value::String(base)) => {
             let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
             read_layers(&base_path, depth + 1, origins).map_err(|e| match e {
                 // Say which file asked for the base it cannot find.
-                ConfigError::Read { path: missing, source } if missing == base_path => ConfigError::Key {
+                ConfigError::Read {
+                    path: missing,
+                    source,
+                } if missing == base_path => ConfigError::Key {
                     key: "base".into(),
                     origin: base_origin(),
                     message: format!("cannot read {}: {source}", missing.display()),
@@ -228,14 +281,23 @@ pub fn parse_override(item: &str) -> Result<(String, toml::Value), ConfigError> 
         origin: Origin::CommandLine,
         message: "expected --set KEY=VALUE".into(),
     })?;
-    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v"));
-    Ok((key.trim().to_string(), parsed.unwrap_or_else(|| toml::Value::String(value.to_string()))))
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    Ok((
+        key.trim().to_string(),
+        parsed.unwrap_or_else(|| toml::Value::String(value.to_string())),
+    ))
 }
 
 /// Sets the dotted `key` in `table`, creating the tables on its way; a value that is not a
 /// table on the way is an error naming it.
 fn set_override(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), ConfigError> {
-    let bad = |message: String| ConfigError::Key { key: key.to_string(), origin: Origin::CommandLine, message };
+    let bad = |message: String| ConfigError::Key {
+        key: key.to_string(),
+        origin: Origin::CommandLine,
+        message,
+    };
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.trim().is_empty()) {
         return Err(bad("not a dotted key such as `train.lr`".into()));
@@ -243,11 +305,17 @@ fn set_override(table: &mut toml::Table, key: &str, value: toml::Value) -> Resul
     let (leaf, path) = parts.split_last().expect("split yields one part at least");
     let mut t = table;
     for (i, part) in path.iter().enumerate() {
-        let entry = t.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let entry = t
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
         t = match entry {
             toml::Value::Table(inner) => inner,
             other => {
-                return Err(bad(format!("`{}` is not a table (its value is of type {})", parts[..=i].join("."), other.type_str())));
+                return Err(bad(format!(
+                    "`{}` is not a table (its value is of type {})",
+                    parts[..=i].join("."),
+                    other.type_str()
+                )));
             }
         };
     }
@@ -264,7 +332,10 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
         origins.insert(key.clone(), Origin::CommandLine);
     }
     if table.get("run").is_none_or(|r| r.get("job").is_none()) {
-        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
         if let Some(toml::Value::Table(run)) = table.get_mut("run") {
             run.insert("job".into(), toml::Value::String(stem));
         }
@@ -279,27 +350,48 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
             match k.rfind('.') {
                 Some(i) => k.truncate(i),
                 None => {
-                    return Origin::File { path: path.to_path_buf(), line: 1 };
+                    return Origin::File {
+                        path: path.to_path_buf(),
+                        line: 1,
+                    };
                 }
             }
         }
     };
-    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let key = e.path().to_string();
-        // Keep the first line: the path is reported separately.
-        let message = e.inner().to_string().lines().next().unwrap_or_default().to_string();
-        // An unknown key is reported at the table holding it: name the key itself.
-        let unknown = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()).map(str::to_string);
-        let key = match unknown {
-            Some(field) if key == "." => field,
-            Some(field) if !key.ends_with(&format!(".{field}")) && key != field => {
-                format!("{key}.{field}")
+    let config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            // Keep the first line: the path is reported separately.
+            let message = e
+                .inner()
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            // An unknown key is reported at the table holding it: name the key itself.
+            let unknown = message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+                .map(str::to_string);
+            let key = match unknown {
+                Some(field) if key == "." => field,
+                Some(field) if !key.ends_with(&format!(".{field}")) && key != field => {
+                    format!("{key}.{field}")
+                }
+                _ => key,
+            };
+            ConfigError::Key {
+                origin: origin_of(&key),
+                key,
+                message,
             }
-            _ => key,
-        };
-        ConfigError::Key { origin: origin_of(&key), key, message }
+        })?;
+    config.check().map_err(|(key, message)| ConfigError::Key {
+        origin: origin_of(&key),
+        key,
+        message,
     })?;
-    config.check().map_err(|(key, message)| ConfigError::Key { origin: origin_of(&key), key, message })?;
     Ok(config)
 }
 
@@ -313,10 +405,18 @@ impl Config {
     fn check_sections(&self) -> Result<(), (&'static str, String)> {
         let t = &self.train;
         let positive = |key, v: f64| {
-            if v > 0.0 && v.is_finite() { Ok(()) } else { Err((key, format!("must be a positive number, got {v}"))) }
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err((key, format!("must be a positive number, got {v}")))
+            }
         };
         let at_least_one = |key, v: usize| {
-            if v >= 1 { Ok(()) } else { Err((key, "must be at least 1".to_string())) }
+            if v >= 1 {
+                Ok(())
+            } else {
+                Err((key, "must be at least 1".to_string()))
+            }
         };
         if t.epochs == 0 {
             return Err(("train.epochs", "must be at least 1".into()));
@@ -324,11 +424,17 @@ impl Config {
         at_least_one("train.batch_size", t.batch_size)?;
         at_least_one("train.accumulate", t.accumulate)?;
         if !t.batch_size.is_multiple_of(t.accumulate) {
-            return Err(("train.accumulate", format!("must divide train.batch_size = {}", t.batch_size)));
+            return Err((
+                "train.accumulate",
+                format!("must divide train.batch_size = {}", t.batch_size),
+            ));
         }
         positive("train.lr", t.lr)?;
         if !(t.conv_weight_decay >= 0.0 && t.conv_weight_decay.is_finite()) {
-            return Err(("train.conv_weight_decay", format!("must be 0 or more, got {}", t.conv_weight_decay)));
+            return Err((
+                "train.conv_weight_decay",
+                format!("must be 0 or more, got {}", t.conv_weight_decay),
+            ));
         }
         at_least_one("train.loader_threads", t.loader_threads)?;
         at_least_one("train.prefetch_batches", t.prefetch_batches)?;
@@ -340,17 +446,23 @@ impl Config {
         if let Some(id) = &self.run.run_id
             && (id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.'))
         {
-            return Err(("run.run_id", format!("{id:?} is not usable as a folder name")));
+            return Err((
+                "run.run_id",
+                format!("{id:?} is not usable as a folder name"),
+            ));
         }
         Ok(())
     }
 
     /// The run's folder name.
     pub fn run_id(&self) -> String {
-        self.run.run_id.clone().unwrap_or_else(|| match self.model.arch {
-            Arch::KBranch => format!("{}-seed{}", self.run.job, self.run.seed),
-            arch => format!("{}-{}-seed{}", self.run.job, arch.name(), self.run.seed),
-        })
+        self.run
+            .run_id
+            .clone()
+            .unwrap_or_else(|| match self.model.arch {
+                Arch::KBranch => format!("{}-seed{}", self.run.job, self.run.seed),
+                arch => format!("{}-{}-seed{}", self.run.job, arch.name(), self.run.seed),
+            })
     }
 }
 
@@ -372,14 +484,23 @@ mod tests {
                 continue;
             }
             let c = load(&path, vec![]).unwrap();
-            assert_eq!((c.train.batch_size, c.train.lr, c.train.epochs), (1024, 1e-4, 80));
-            assert_eq!((c.model.arch, c.data.resident), (Arch::KBranch, Residency::Auto));
+            assert_eq!(
+                (c.train.batch_size, c.train.lr, c.train.epochs),
+                (1024, 1e-4, 80)
+            );
+            assert_eq!(
+                (c.model.arch, c.data.resident),
+                (Arch::KBranch, Residency::Auto)
+            );
             assert_eq!(c.run_id(), format!("{name}-seed0"));
             names.push((name, c.loss.name()));
         }
         // The study's seven are there, each job named after its loss.
         for loss in crate::losses::STUDY_LOSSES {
-            assert!(names.iter().any(|(n, l)| n == loss && *l == loss), "{names:?}");
+            assert!(
+                names.iter().any(|(n, l)| n == loss && *l == loss),
+                "{names:?}"
+            );
         }
     }
 
@@ -392,7 +513,11 @@ mod tests {
     fn job_with(extra: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(jobs().join("base.toml"), dir.path().join("base.toml")).unwrap();
-        let p = write(dir.path(), "job.toml", &format!("base = \"base.toml\"\n\n[loss]\nname = \"focal\"\n{extra}"));
+        let p = write(
+            dir.path(),
+            "job.toml",
+            &format!("base = \"base.toml\"\n\n[loss]\nname = \"focal\"\n{extra}"),
+        );
         (dir, p)
     }
 
@@ -400,32 +525,64 @@ mod tests {
     fn errors_name_the_key_file_and_line() {
         let (_d, p) = job_with("\n[train]\nlrr = 0.1\n");
         let e = load(&p, vec![]).unwrap_err().to_string();
-        assert!(e.contains("job.toml:7: `train.lrr`: unknown field `lrr`"), "{e}");
+        assert!(
+            e.contains("job.toml:7: `train.lrr`: unknown field `lrr`"),
+            "{e}"
+        );
 
         let (_d, p) = job_with("\n[train]\nepochs = \"many\"\n");
         let e = load(&p, vec![]).unwrap_err().to_string();
-        assert!(e.contains("job.toml:7") && e.contains("train.epochs"), "{e}");
+        assert!(
+            e.contains("job.toml:7") && e.contains("train.epochs"),
+            "{e}"
+        );
 
         let (_d, p) = job_with("\n[train]\nlr = -1.0\n");
         let e = load(&p, vec![]).unwrap_err().to_string();
-        assert!(e.contains("job.toml:7") && e.contains("train.lr") && e.contains("positive"), "{e}");
+        assert!(
+            e.contains("job.toml:7") && e.contains("train.lr") && e.contains("positive"),
+            "{e}"
+        );
 
         let (_d, p) = job_with("alpha = 1.5\n");
         let e = load(&p, vec![]).unwrap_err().to_string();
-        assert!(e.contains("job.toml:5") && e.contains("loss.alpha") && e.contains("between 0 and 1"), "{e}");
+        assert!(
+            e.contains("job.toml:5") && e.contains("loss.alpha") && e.contains("between 0 and 1"),
+            "{e}"
+        );
 
         let (_d, p) = job_with("gama = 3\n");
         let e = load(&p, vec![]).unwrap_err().to_string();
-        assert!(e.contains("job.toml:5: `loss.gama`: unknown field `gama`, expected `gamma` or `alpha`"), "{e}");
+        assert!(
+            e.contains(
+                "job.toml:5: `loss.gama`: unknown field `gama`, expected `gamma` or `alpha`"
+            ),
+            "{e}"
+        );
 
         let (_d, p) = job_with("");
-        let e = load(&p, vec![("train.accumulate".into(), toml::Value::Integer(3))]).unwrap_err().to_string();
-        assert!(e.contains("command line") && e.contains("train.accumulate"), "{e}");
+        let e = load(
+            &p,
+            vec![("train.accumulate".into(), toml::Value::Integer(3))],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("command line") && e.contains("train.accumulate"),
+            "{e}"
+        );
 
         let (d, _) = job_with("");
-        let p = write(d.path(), "bad.toml", "base = \"base.toml\"\n[loss]\nname = \"mse\"\n");
+        let p = write(
+            d.path(),
+            "bad.toml",
+            "base = \"base.toml\"\n[loss]\nname = \"mse\"\n",
+        );
         let e = load(&p, vec![]).unwrap_err().to_string();
-        assert!(e.contains("bad.toml:2") && e.contains("unknown variant `mse`"), "{e}");
+        assert!(
+            e.contains("bad.toml:2") && e.contains("unknown variant `mse`"),
+            "{e}"
+        );
 
         let p = write(d.path(), "syntax.toml", "[train\n");
         let e = load(&p, vec![]).unwrap_err().to_string();
@@ -435,13 +592,33 @@ mod tests {
     #[test]
     fn overrides_win_and_name_the_run() {
         let (_d, p) = job_with("");
-        let c = load(&p, vec![("run.seed".into(), toml::Value::Integer(4)), ("train.epochs".into(), toml::Value::Integer(2))]).unwrap();
-        assert_eq!((c.run.seed, c.train.epochs, c.run.job.as_str()), (4, 2, "job"));
+        let c = load(
+            &p,
+            vec![
+                ("run.seed".into(), toml::Value::Integer(4)),
+                ("train.epochs".into(), toml::Value::Integer(2)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.run.seed, c.train.epochs, c.run.job.as_str()),
+            (4, 2, "job")
+        );
         assert_eq!(c.run_id(), "job-seed4");
-        let c = load(&p, vec![("model.arch".into(), toml::Value::String("resnet50".into()))]).unwrap();
+        let c = load(
+            &p,
+            vec![("model.arch".into(), toml::Value::String("resnet50".into()))],
+        )
+        .unwrap();
         assert_eq!(c.run_id(), "job-resnet50-seed0");
         let c = load(&p, vec![("loss.gamma".into(), toml::Value::Float(3.0))]).unwrap();
-        assert_eq!(c.loss, LossSpec::Single(crate::losses::SingleLoss::Focal { gamma: 3.0, alpha: None }));
+        assert_eq!(
+            c.loss,
+            LossSpec::Single(crate::losses::SingleLoss::Focal {
+                gamma: 3.0,
+                alpha: None
+            })
+        );
     }
 
     /// Overrides through a value that is not a table are errors naming it, never panics.
@@ -450,16 +627,30 @@ mod tests {
         let (_d, p) = job_with("");
         let int = |v| toml::Value::Integer(v);
         for (overrides, key, says) in [
-            (vec![("train.lr.x".to_string(), int(1))], "train.lr.x", "`train.lr` is not a table (its value is of type float)"),
             (
-                vec![("run".to_string(), int(1)), ("run.seed".to_string(), int(2))],
+                vec![("train.lr.x".to_string(), int(1))],
+                "train.lr.x",
+                "`train.lr` is not a table (its value is of type float)",
+            ),
+            (
+                vec![
+                    ("run".to_string(), int(1)),
+                    ("run.seed".to_string(), int(2)),
+                ],
                 "run.seed",
                 "`run` is not a table (its value is of type integer)",
             ),
-            (vec![("train..lr".to_string(), int(1))], "train..lr", "not a dotted key"),
+            (
+                vec![("train..lr".to_string(), int(1))],
+                "train..lr",
+                "not a dotted key",
+            ),
         ] {
             let e = load(&p, overrides).unwrap_err().to_string();
-            assert!(e.contains("the command line") && e.contains(key) && e.contains(says), "{e}");
+            assert!(
+                e.contains("the command line") && e.contains(key) && e.contains(says),
+                "{e}"
+            );
         }
     }
 }

@@ -68,23 +68,40 @@ pub fn gpu_memory(index: usize) -> Option<(u64, u64)> {
 /// and what its cgroup (a SLURM job's memory limit) has left.
 pub fn host_available() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let available = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024;
+    let available = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?
+        * 1024;
     Some(cgroup_headroom().map_or(available, |h| h.min(available)))
 }
 
 /// The cgroup memory limit minus its current use (v2, else v1); `None` when unlimited.
 fn cgroup_headroom() -> Option<u64> {
-    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     for line in cgroup.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
         let (limit, usage) = if controllers.is_empty() {
             let dir = format!("/sys/fs/cgroup{path}");
-            (read(&format!("{dir}/memory.max")), read(&format!("{dir}/memory.current")))
+            (
+                read(&format!("{dir}/memory.max")),
+                read(&format!("{dir}/memory.current")),
+            )
         } else if controllers.split(',').any(|c| c == "memory") {
             let dir = format!("/sys/fs/cgroup/memory{path}");
-            (read(&format!("{dir}/memory.limit_in_bytes")), read(&format!("{dir}/memory.usage_in_bytes")))
+            (
+                read(&format!("{dir}/memory.limit_in_bytes")),
+                read(&format!("{dir}/memory.usage_in_bytes")),
+            )
         } else {
             continue;
         };
@@ -120,7 +137,11 @@ pub struct GpuInfo {
 
 impl Environment {
     pub fn probe() -> Environment {
-        let count = if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 };
+        let count = if tch::Cuda::is_available() {
+            tch::Cuda::device_count().max(0) as usize
+        } else {
+            0
+        };
         Environment {
             tch_torch_version: TORCH_VERSION,
             libtorch_cpu: loaded_library("libtorch_cpu"),
@@ -128,7 +149,13 @@ impl Environment {
             cuda_available: tch::Cuda::is_available(),
             cudnn_available: tch::Cuda::cudnn_is_available(),
             gpus: (0..count)
-                .filter_map(|index| gpu_memory(index).map(|(free_bytes, total_bytes)| GpuInfo { index, free_bytes, total_bytes }))
+                .filter_map(|index| {
+                    gpu_memory(index).map(|(free_bytes, total_bytes)| GpuInfo {
+                        index,
+                        free_bytes,
+                        total_bytes,
+                    })
+                })
                 .collect(),
             cpu_threads: tch::get_num_threads(),
             host_available_bytes: host_available(),
@@ -147,7 +174,12 @@ mod tests {
     fn the_cpu_is_always_there_and_cuda_is_never_faked() {
         assert_eq!(resolve(DeviceChoice::Cpu, 3).unwrap(), Device::Cpu);
         let env = Environment::probe();
-        assert!(env.libtorch_cpu.as_deref().is_some_and(|p| p.contains("libtorch_cpu")), "{env:?}");
+        assert!(
+            env.libtorch_cpu
+                .as_deref()
+                .is_some_and(|p| p.contains("libtorch_cpu")),
+            "{env:?}"
+        );
         assert!(env.host_available_bytes.is_some_and(|b| b > 0));
         if !tch::Cuda::is_available() {
             let e = resolve(DeviceChoice::Cuda, 0).unwrap_err().to_string();

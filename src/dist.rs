@@ -60,7 +60,10 @@ impl Dist {
             } else {
                 "this trainer was built without the `mpi` feature (cargo build --features mpi)"
             };
-            bail!("{var}={tasks} but the MPI world has {} process(es): {hint}", dist.world_size);
+            bail!(
+                "{var}={tasks} but the MPI world has {} process(es): {hint}",
+                dist.world_size
+            );
         }
         Ok(dist)
     }
@@ -69,7 +72,9 @@ impl Dist {
     /// the node's cores shared by its ranks (all of them for a single rank).
     pub fn set_compute_threads(&self, configured: usize) {
         let threads = match configured {
-            0 if self.local_size > 1 => std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(self.local_size),
+            0 if self.local_size > 1 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .div_ceil(self.local_size),
             n => n,
         };
         if threads > 0 {
@@ -109,7 +114,11 @@ impl Dist {
     /// Sums several large buffers over all ranks. `fill(i, buffer)` writes buffer `i` (a copy
     /// from the device); each buffer's reduction starts as soon as it is filled, so it runs
     /// while the next buffer is copied. On return every buffer holds the sums.
-    pub fn sum_buffers_overlapped(&self, buffers: &mut [Vec<f32>], mut fill: impl FnMut(usize, &mut Vec<f32>)) {
+    pub fn sum_buffers_overlapped(
+        &self,
+        buffers: &mut [Vec<f32>],
+        mut fill: impl FnMut(usize, &mut Vec<f32>),
+    ) {
         #[cfg(feature = "mpi")]
         if let Some(w) = &self.mpi {
             w.sum_overlapped(buffers, fill);
@@ -131,12 +140,19 @@ impl Dist {
     /// Replaces the floating-point tensors among `tensors` by their sums over ranks (one
     /// all-reduce of their values flattened on the host); other tensors are left alone.
     pub fn sum_tensors(&self, tensors: &mut [Tensor]) {
-        let floats: Vec<usize> = (0..tensors.len()).filter(|&i| tensors[i].is_floating_point()).collect();
+        let floats: Vec<usize> = (0..tensors.len())
+            .filter(|&i| tensors[i].is_floating_point())
+            .collect();
         let mut flat: Vec<f32> = floats
             .iter()
             .flat_map(|&i| {
-                Vec::<f32>::try_from(tensors[i].to_device(Device::Cpu).to_kind(tch::Kind::Float).reshape([-1]))
-                    .expect("a float tensor converted to f32")
+                Vec::<f32>::try_from(
+                    tensors[i]
+                        .to_device(Device::Cpu)
+                        .to_kind(tch::Kind::Float)
+                        .reshape([-1]),
+                )
+                .expect("a float tensor converted to f32")
             })
             .collect();
         self.sum_f32(&mut flat);
@@ -145,7 +161,10 @@ impl Dist {
             for &i in &floats {
                 let t = &mut tensors[i];
                 let n = t.numel();
-                let sums = Tensor::from_slice(&flat[offset..offset + n]).reshape(t.size()).to_device(t.device()).to_kind(t.kind());
+                let sums = Tensor::from_slice(&flat[offset..offset + n])
+                    .reshape(t.size())
+                    .to_device(t.device())
+                    .to_kind(t.kind());
                 t.copy_(&sums);
                 offset += n;
             }
@@ -187,7 +206,11 @@ impl GradientBuckets {
     /// in this step (a short last step of an epoch, when it is the first step of a resumed
     /// attempt) has no gradients yet: it contributes zeros.
     pub fn sum(&mut self, dist: &Dist, params: &[Tensor]) {
-        let missing: Vec<Tensor> = params.iter().filter(|p| !p.grad().defined()).map(|p| p.sum(tch::Kind::Float) * 0.0).collect();
+        let missing: Vec<Tensor> = params
+            .iter()
+            .filter(|p| !p.grad().defined())
+            .map(|p| p.sum(tch::Kind::Float) * 0.0)
+            .collect();
         if let Some(zero) = missing.into_iter().reduce(|a, b| a + b) {
             zero.backward();
         }
@@ -198,7 +221,13 @@ impl GradientBuckets {
         };
         let buckets = &self.buckets;
         dist.sum_buffers_overlapped(&mut self.buffers, |i, buffer| {
-            let flat = Tensor::cat(&buckets[i].iter().map(|&p| grad(p).reshape([-1])).collect::<Vec<_>>(), 0);
+            let flat = Tensor::cat(
+                &buckets[i]
+                    .iter()
+                    .map(|&p| grad(p).reshape([-1]))
+                    .collect::<Vec<_>>(),
+                0,
+            );
             let flat = flat.to_device(Device::Cpu);
             let n = flat.numel();
             buffer.resize(n, 0.0);
@@ -242,7 +271,8 @@ mod mpi_world {
 
     impl World {
         pub fn init() -> Result<Dist> {
-            let universe = mpi::initialize().context("MPI_Init failed (or MPI was already initialised)")?;
+            let universe =
+                mpi::initialize().context("MPI_Init failed (or MPI was already initialised)")?;
             let world = universe.world();
             // Ranks that share memory share a node: the local rank picks the GPU and the share
             // of the cores.
@@ -254,15 +284,27 @@ mod mpi_world {
                 local_size: node.size() as usize,
                 mpi: None,
             };
-            Ok(Dist { mpi: Some(World { world, received: RefCell::new(Vec::new()), _universe: universe }), ..dist })
+            Ok(Dist {
+                mpi: Some(World {
+                    world,
+                    received: RefCell::new(Vec::new()),
+                    _universe: universe,
+                }),
+                ..dist
+            })
         }
 
         pub fn sum<T: Equivalence + Copy + Default>(&self, values: &mut [T]) {
             let send = values.to_vec();
-            self.world.all_reduce_into(&send[..], values, SystemOperation::sum());
+            self.world
+                .all_reduce_into(&send[..], values, SystemOperation::sum());
         }
 
-        pub fn sum_overlapped(&self, buffers: &mut [Vec<f32>], mut fill: impl FnMut(usize, &mut Vec<f32>)) {
+        pub fn sum_overlapped(
+            &self,
+            buffers: &mut [Vec<f32>],
+            mut fill: impl FnMut(usize, &mut Vec<f32>),
+        ) {
             let mut sums = self.received.borrow_mut();
             sums.resize_with(buffers.len(), Vec::new);
             mpi::request::scope(|scope| {
@@ -271,7 +313,12 @@ mod mpi_world {
                     fill(i, send);
                     sum.resize(send.len(), 0.0);
                     let send: &Vec<f32> = send;
-                    pending.push(self.world.immediate_all_reduce_into(scope, &send[..], &mut sum[..], SystemOperation::sum()));
+                    pending.push(self.world.immediate_all_reduce_into(
+                        scope,
+                        &send[..],
+                        &mut sum[..],
+                        SystemOperation::sum(),
+                    ));
                 }
                 for request in pending {
                     request.wait();
@@ -296,8 +343,17 @@ mod tests {
     #[test]
     fn buckets_hold_at_most_their_size_in_parameter_order() {
         let t = |n: i64| Tensor::zeros([n], (tch::Kind::Float, Device::Cpu));
-        let params = [t(10), t(BUCKET_FLOATS - 5), t(3), t(BUCKET_FLOATS + 1), t(1)];
-        assert_eq!(GradientBuckets::new(&params).buckets, [vec![0], vec![1, 2], vec![3], vec![4]]);
+        let params = [
+            t(10),
+            t(BUCKET_FLOATS - 5),
+            t(3),
+            t(BUCKET_FLOATS + 1),
+            t(1),
+        ];
+        assert_eq!(
+            GradientBuckets::new(&params).buckets,
+            [vec![0], vec![1, 2], vec![3], vec![4]]
+        );
     }
 
     #[test]
@@ -308,7 +364,9 @@ mod tests {
         d.sum_f64(&mut v);
         assert_eq!(v, [1.5, -2.0]);
         let mut buffers = vec![vec![0.0f32; 3], vec![0.0; 2]];
-        d.sum_buffers_overlapped(&mut buffers, |i, b| b.iter_mut().for_each(|x| *x = i as f32 + 1.0));
+        d.sum_buffers_overlapped(&mut buffers, |i, b| {
+            b.iter_mut().for_each(|x| *x = i as f32 + 1.0)
+        });
         assert_eq!(buffers, [vec![1.0; 3], vec![2.0; 2]]);
         d.barrier();
     }

@@ -29,7 +29,12 @@ impl Run {
         let t = &self.config.train;
         let order: Vec<usize> = (0..split.len).collect();
         let (rank, world) = (self.dist.rank, self.dist.world_size);
-        let lists: Vec<Vec<usize>> = order.chunks(t.batch_size).skip(rank).step_by(world).map(<[usize]>::to_vec).collect();
+        let lists: Vec<Vec<usize>> = order
+            .chunks(t.batch_size)
+            .skip(rank)
+            .step_by(world)
+            .map(<[usize]>::to_vec)
+            .collect();
         let mut batches = source.batches(lists, &self.loading)?;
         let row = NUM_CLASSES;
         let (mut loss_sum, mut counts) = (0.0, Counts::default());
@@ -41,20 +46,39 @@ impl Run {
             let batch = batch?;
             let (loss, logits, decided) = tch::no_grad(|| {
                 let logits = self.forward(&batch.inputs, false);
-                let loss = self.loss.compute(&logits, &self.to_device(&batch.targets)).double_value(&[]);
-                let decided = self.loss.decide(&logits).to_device(Device::Cpu).reshape([-1]);
+                let loss = self
+                    .loss
+                    .compute(&logits, &self.to_device(&batch.targets))
+                    .double_value(&[]);
+                let decided = self
+                    .loss
+                    .decide(&logits)
+                    .to_device(Device::Cpu)
+                    .reshape([-1]);
                 // Only the test evaluation keeps the logits: no device-to-host copy otherwise.
-                let logits = keep.then(|| logits.to_device(Device::Cpu).to_kind(tch::Kind::Float).reshape([-1]));
+                let logits = keep.then(|| {
+                    logits
+                        .to_device(Device::Cpu)
+                        .to_kind(tch::Kind::Float)
+                        .reshape([-1])
+                });
                 (loss, logits, decided)
             });
             loss_sum += loss * batch.indices.len() as f64;
             let pred = Vec::<u8>::try_from(decided).context("reading decisions")?;
-            let truth: Vec<u8> = batch.indices.iter().flat_map(|&i| split.labels_of(i).iter().copied()).collect();
+            let truth: Vec<u8> = batch
+                .indices
+                .iter()
+                .flat_map(|&i| split.labels_of(i).iter().copied())
+                .collect();
             counts.add(&truth, &pred);
             if let Some(logits) = logits {
                 let rows = batch.indices[0] * row..(batch.indices[0] + batch.indices.len()) * row;
                 logits.copy_data(&mut logits_all[rows.clone()], rows.len());
-                decisions_all[rows].iter_mut().zip(&pred).for_each(|(d, &p)| *d = f32::from(p));
+                decisions_all[rows]
+                    .iter_mut()
+                    .zip(&pred)
+                    .for_each(|(d, &p)| *d = f32::from(p));
             }
         }
         let mut loss_sum = [loss_sum];
@@ -78,13 +102,26 @@ impl Run {
         self.restore_weights(&best)?;
         let split = self.test.clone();
         let e = self.evaluate(&Source::Stream(split.clone()), true)?;
-        let outcome = TestOutcome { best_epoch: self.progress.best_epoch, loss: e.loss, metrics: e.counts.metrics() };
+        let outcome = TestOutcome {
+            best_epoch: self.progress.best_epoch,
+            loss: e.loss,
+            metrics: e.counts.metrics(),
+        };
         if !self.dist.is_root() {
             return Ok(outcome);
         }
-        crate::results::write_atomically(&self.dir.join(records::TEST_FILE), &serde_json::to_vec_pretty(&outcome)?)?;
+        crate::results::write_atomically(
+            &self.dir.join(records::TEST_FILE),
+            &serde_json::to_vec_pretty(&outcome)?,
+        )?;
         let predictions = self.dir.join("test_predictions.parquet");
-        crate::results::write_predictions(&predictions, &split.names, &split.labels, &e.logits, &e.decisions)?;
+        crate::results::write_predictions(
+            &predictions,
+            &split.names,
+            &split.labels,
+            &e.logits,
+            &e.decisions,
+        )?;
         Ok(outcome)
     }
 }

@@ -30,5 +30,7 @@ pub use data_prep::{labels, layout, store};
 #[cfg(test)]
 pub(crate) fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
     static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TORCH_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    TORCH_RNG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

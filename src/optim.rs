@@ -27,11 +27,22 @@ impl Adam {
         let (params, decay) = params
             .into_iter()
             .map(|(p, lambda)| {
-                let decay = (lambda != 0.0).then(|| Tensor::from(lambda as f32).to_device(p.device()));
+                let decay =
+                    (lambda != 0.0).then(|| Tensor::from(lambda as f32).to_device(p.device()));
                 (p, decay)
             })
             .unzip();
-        Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, step: 0, params, decay, m, v }
+        Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step: 0,
+            params,
+            decay,
+            m,
+            v,
+        }
     }
 
     /// The parameters, in the order given to [`Adam::new`].
@@ -69,7 +80,9 @@ impl Adam {
                 // p − step·m/(√v/√c2 + ε) as one addcdiv, the denominator scaled by −1/step:
                 // √v · (−1/(step·√c2)) − ε/step.
                 let mut denom = self.v[i].sqrt();
-                let _ = denom.g_mul_scalar_(-1.0 / (step_size * c2.sqrt())).g_add_scalar_(-self.eps / step_size);
+                let _ = denom
+                    .g_mul_scalar_(-1.0 / (step_size * c2.sqrt()))
+                    .g_add_scalar_(-self.eps / step_size);
                 let _ = p.addcdiv_(&self.m[i], &denom);
             }
         });
@@ -78,7 +91,10 @@ impl Adam {
     /// The moment tensors, named `m.<i>` / `v.<i>` in parameter order, for checkpoints.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let named = |prefix: &str, ts: &[Tensor]| -> Vec<(String, Tensor)> {
-            ts.iter().enumerate().map(|(i, t)| (format!("{prefix}.{i}"), t.shallow_clone())).collect()
+            ts.iter()
+                .enumerate()
+                .map(|(i, t)| (format!("{prefix}.{i}"), t.shallow_clone()))
+                .collect()
         };
         let mut s = named("m", &self.m);
         s.extend(named("v", &self.v));
@@ -89,7 +105,11 @@ impl Adam {
     /// are the moments of these parameters (count and shapes).
     pub fn load_state(&mut self, state: &[(String, Tensor)], step: i64) -> anyhow::Result<()> {
         let get = |name: String| -> anyhow::Result<&Tensor> {
-            state.iter().find(|(n, _)| *n == name).map(|(_, t)| t).ok_or_else(|| anyhow::anyhow!("the optimizer state lacks {name}"))
+            state
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| anyhow::anyhow!("the optimizer state lacks {name}"))
         };
         if state.len() != 2 * self.params.len() {
             anyhow::bail!(
@@ -113,8 +133,16 @@ impl Adam {
         tch::no_grad(|| -> anyhow::Result<()> {
             for i in 0..self.params.len() {
                 let device = self.m[i].device();
-                self.m[i].copy_(&get(format!("m.{i}"))?.to_kind(Kind::Float).to_device(device));
-                self.v[i].copy_(&get(format!("v.{i}"))?.to_kind(Kind::Float).to_device(device));
+                self.m[i].copy_(
+                    &get(format!("m.{i}"))?
+                        .to_kind(Kind::Float)
+                        .to_device(device),
+                );
+                self.v[i].copy_(
+                    &get(format!("v.{i}"))?
+                        .to_kind(Kind::Float)
+                        .to_device(device),
+                );
             }
             Ok(())
         })?;
@@ -164,7 +192,8 @@ mod tests {
         let mut a = Adam::new(vec![(w.shallow_clone(), 0.1)], 0.01);
         (&w * &w).sum(Kind::Float).backward();
         a.step();
-        let saved: Vec<(String, Tensor)> = a.state().into_iter().map(|(n, t)| (n, t.copy())).collect();
+        let saved: Vec<(String, Tensor)> =
+            a.state().into_iter().map(|(n, t)| (n, t.copy())).collect();
         let w2 = Tensor::ones([3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let mut b = Adam::new(vec![(w2, 0.1)], 0.01);
         b.load_state(&saved, a.step).unwrap();
@@ -173,7 +202,13 @@ mod tests {
             assert!(x.equal(y));
         }
         let w3 = Tensor::ones([4], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-        let e = Adam::new(vec![(w3, 0.1)], 0.01).load_state(&saved, 1).unwrap_err().to_string();
-        assert!(e.contains("optimizer state m.0 has shape [3], parameter 0 has [4]"), "{e}");
+        let e = Adam::new(vec![(w3, 0.1)], 0.01)
+            .load_state(&saved, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("optimizer state m.0 has shape [3], parameter 0 has [4]"),
+            "{e}"
+        );
     }
 }

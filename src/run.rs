@@ -69,7 +69,10 @@ pub struct Run {
 fn open_split(store: &Store, split: Split) -> Result<Arc<SplitData>> {
     let data = store.split(split)?;
     if data.len == 0 {
-        bail!("{}: the {split} split is empty; training needs patches in every split", store.path.display());
+        bail!(
+            "{}: the {split} split is empty; training needs patches in every split",
+            store.path.display()
+        );
     }
     Ok(Arc::new(data))
 }
@@ -97,12 +100,22 @@ fn place_splits(
         let (source, load_s) = match placement {
             Placement::Stream => (Source::Stream(split), 0.0),
             placement => {
-                let r = ResidentSplit::load(split, norm, placement, device, config.train.loader_threads)?;
+                let r = ResidentSplit::load(
+                    split,
+                    norm,
+                    placement,
+                    device,
+                    config.train.loader_threads,
+                )?;
                 let load_s = r.load_s;
                 (Source::Resident(std::rc::Rc::new(r)), load_s)
             }
         };
-        placements.push(DataPlacement { split: name, placement: format!("{placement:?}").to_lowercase(), load_s });
+        placements.push(DataPlacement {
+            split: name,
+            placement: format!("{placement:?}").to_lowercase(),
+            load_s,
+        });
         sources.push(source);
     }
     Ok((sources, placements))
@@ -144,14 +157,24 @@ impl Run {
         let loss = Loss::new(&config.loss, &counts.label_counts, counts.patches);
         let probes = Probes::resolve(&config, [&train, &val, &test])?;
         let dir = config.run.out.join(config.run_id());
-        fs::create_dir_all(&dir).with_context(|| format!("creating run folder {}", dir.display()))?;
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("creating run folder {}", dir.display()))?;
 
         // Initialised on the CPU, so the weights are the seed's on any device.
         let mut vs = VarStore::new(Device::Cpu);
-        let model = Model::new(&vs.root(), config.model.arch, config.run.seed, config.model.dropout);
+        let model = Model::new(
+            &vs.root(),
+            config.model.arch,
+            config.run.seed,
+            config.model.dropout,
+        );
         vs.set_device(device);
         let by_name = |trainable: bool| {
-            let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad() == trainable).collect();
+            let mut v: Vec<(String, Tensor)> = vs
+                .variables()
+                .into_iter()
+                .filter(|(_, t)| t.requires_grad() == trainable)
+                .collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
         };
@@ -167,8 +190,18 @@ impl Run {
         let (mut sources, placements) = place_splits(&config, device, &norm, [train, val])?;
         let val = sources.pop().expect("two sources");
         let train = sources.pop().expect("two sources");
-        let loading = Loading { norm, ahead: config.train.prefetch_batches, threads: config.train.loader_threads };
-        let progress = Progress { start_epoch: 1, skip_steps: 0, partial_loss_sum: 0.0, best_epoch: 0, best_f1: -1.0 };
+        let loading = Loading {
+            norm,
+            ahead: config.train.prefetch_batches,
+            threads: config.train.loader_threads,
+        };
+        let progress = Progress {
+            start_epoch: 1,
+            skip_steps: 0,
+            partial_loss_sum: 0.0,
+            best_epoch: 0,
+            best_f1: -1.0,
+        };
         let mut run = Run {
             config,
             dir,
@@ -219,7 +252,10 @@ impl Run {
 
     /// The model's current weights, on the CPU, by name.
     pub fn weights(&self) -> Vec<(String, Tensor)> {
-        self.named_variables().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu))).collect()
+        self.named_variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().to_device(Device::Cpu)))
+            .collect()
     }
 
     pub fn restore_weights(&mut self, c: &checkpoint::Loaded) -> Result<()> {
@@ -228,7 +264,9 @@ impl Run {
 
     fn restore(&mut self, c: checkpoint::Loaded) -> Result<()> {
         self.restore_weights(&c)?;
-        self.adam.load_state(&c.optimizer, c.state.optimizer_step).with_context(|| format!("{}", c.dir.display()))?;
+        self.adam
+            .load_state(&c.optimizer, c.state.optimizer_step)
+            .with_context(|| format!("{}", c.dir.display()))?;
         let s = &c.state;
         self.progress = Progress {
             start_epoch: s.epoch + 1,
@@ -257,14 +295,24 @@ impl Run {
     pub fn to_device(&self, t: &Tensor) -> Tensor {
         match self.device {
             device if t.device() == device => t.shallow_clone(),
-            device => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+            device => t
+                .pin_memory(device)
+                .to_device_(device, t.kind(), true, false),
         }
     }
 
     /// The model's logits, under bf16 autocast when configured (CUDA only).
     pub fn forward(&self, inputs: &[Tensor; 3], train: bool) -> Tensor {
-        let x = [self.to_device(&inputs[0]), self.to_device(&inputs[1]), self.to_device(&inputs[2])];
+        let x = [
+            self.to_device(&inputs[0]),
+            self.to_device(&inputs[1]),
+            self.to_device(&inputs[2]),
+        ];
         let run = || self.model.forward_t(&x, train);
-        if self.config.train.bf16 { tch::autocast(true, run).to_kind(tch::Kind::Float) } else { run() }
+        if self.config.train.bf16 {
+            tch::autocast(true, run).to_kind(tch::Kind::Float)
+        } else {
+            run()
+        }
     }
 }

@@ -103,7 +103,10 @@ pub const MIN_MICRO_BATCH: usize = 2;
 /// The ranges of an epoch's order that make its steps: `batch_size` patches each; a last step
 /// shorter than [`MIN_MICRO_BATCH`] joins the one before, so that no patch is left out.
 fn step_ranges(len: usize, batch_size: usize) -> Vec<std::ops::Range<usize>> {
-    let mut ranges: Vec<std::ops::Range<usize>> = (0..len).step_by(batch_size).map(|s| s..(s + batch_size).min(len)).collect();
+    let mut ranges: Vec<std::ops::Range<usize>> = (0..len)
+        .step_by(batch_size)
+        .map(|s| s..(s + batch_size).min(len))
+        .collect();
     if ranges.len() > 1 && ranges.last().is_some_and(|r| r.len() < MIN_MICRO_BATCH) {
         let last = ranges.pop().expect("two ranges");
         ranges.last_mut().expect("one range").end = last.end;
@@ -131,19 +134,35 @@ impl Run {
     /// Trains the remaining epochs, appending each record to `epochs.jsonl` and checkpointing
     /// after it; stops early (with a checkpoint) when [`Run::stop`] is set.
     pub fn train(&mut self) -> Result<Ending> {
-        let mut file = if self.dist.is_root() { Some(self.open_records()?) } else { None };
+        let mut file = if self.dist.is_root() {
+            Some(self.open_records()?)
+        } else {
+            None
+        };
         let mut records = Vec::new();
         let mut steps_taken = 0;
         for epoch in self.progress.start_epoch..=self.config.train.epochs {
             let started = Instant::now();
-            let (train_loss, images_per_s, time) = match self.train_epoch(epoch, &mut steps_taken)? {
-                EpochEnd::Done { loss, images_per_s, times } => (loss, images_per_s, times),
-                EpochEnd::Stopped { steps, loss_sum } => {
-                    self.save_checkpoint(epoch - 1, steps, loss_sum)?;
-                    return Ok(Ending::Stopped { epoch, steps_into_epoch: steps });
-                }
-            };
-            let Evaluation { loss: val_loss, counts, .. } = self.evaluate(&self.val.clone(), false)?;
+            let (train_loss, images_per_s, time) =
+                match self.train_epoch(epoch, &mut steps_taken)? {
+                    EpochEnd::Done {
+                        loss,
+                        images_per_s,
+                        times,
+                    } => (loss, images_per_s, times),
+                    EpochEnd::Stopped { steps, loss_sum } => {
+                        self.save_checkpoint(epoch - 1, steps, loss_sum)?;
+                        return Ok(Ending::Stopped {
+                            epoch,
+                            steps_into_epoch: steps,
+                        });
+                    }
+                };
+            let Evaluation {
+                loss: val_loss,
+                counts,
+                ..
+            } = self.evaluate(&self.val.clone(), false)?;
             if !val_loss.is_finite() {
                 bail!(
                     "epoch {epoch}: the validation loss is {val_loss} (weights or BatchNorm statistics are not finite); the epoch is not checkpointed"
@@ -156,7 +175,8 @@ impl Run {
                 lr: self.adam.lr,
                 wall_s: started.elapsed().as_secs_f64(),
                 images_per_s,
-                data_wait_fraction: time.data_wait_s / (time.compute_s + time.allreduce_s + time.data_wait_s),
+                data_wait_fraction: time.data_wait_s
+                    / (time.compute_s + time.allreduce_s + time.data_wait_s),
                 time,
                 val: counts.metrics(),
             };
@@ -186,7 +206,10 @@ impl Run {
             self.save_checkpoint(epoch, 0, 0.0)?;
             records.push(record);
             if self.stop_requested(steps_taken) && epoch < self.config.train.epochs {
-                return Ok(Ending::Stopped { epoch: epoch + 1, steps_into_epoch: 0 });
+                return Ok(Ending::Stopped {
+                    epoch: epoch + 1,
+                    steps_into_epoch: 0,
+                });
             }
         }
         Ok(Ending::Finished(records))
@@ -201,8 +224,15 @@ impl Run {
         let t = &self.config.train;
         let (k, rank, world) = (t.accumulate, self.dist.rank, self.dist.world_size);
         let order = epoch_order(self.train.split().len, self.config.run.seed, epoch);
-        let steps = step_ranges(order.len(), t.batch_size).into_iter().map(|r| micro_batches(&order[r], world * k)).collect();
-        EpochPlan { steps, rank, accumulate: k }
+        let steps = step_ranges(order.len(), t.batch_size)
+            .into_iter()
+            .map(|r| micro_batches(&order[r], world * k))
+            .collect();
+        EpochPlan {
+            steps,
+            rank,
+            accumulate: k,
+        }
     }
 
     /// Trains one epoch (from step `skip_steps` on, after a mid-epoch stop).
@@ -211,15 +241,31 @@ impl Run {
         let (steps, mine) = (&plan.steps, |m: &[Vec<usize>]| plan.mine(m));
         let skip = std::mem::take(&mut self.progress.skip_steps) as usize;
         let mut loss_sum = std::mem::take(&mut self.progress.partial_loss_sum);
-        let flat: Vec<Vec<usize>> = steps[skip..].iter().flat_map(|m| m[mine(m)].iter().cloned()).collect();
+        let flat: Vec<Vec<usize>> = steps[skip..]
+            .iter()
+            .flat_map(|m| m[mine(m)].iter().cloned())
+            .collect();
         let trained: usize = steps[skip..].iter().flatten().map(Vec::len).sum();
         let mut batches = self.train.batches(flat, &self.loading)?;
-        let progress = data_prep::progress::bar_if(self.dist.is_root(), (steps.len() - skip) as u64, &format!("epoch {epoch} steps"));
+        let progress = data_prep::progress::bar_if(
+            self.dist.is_root(),
+            (steps.len() - skip) as u64,
+            &format!("epoch {epoch} steps"),
+        );
         let started = Instant::now();
         let mut allreduce = Duration::ZERO;
         for (s, micro) in steps.iter().enumerate().skip(skip) {
             let stop_after = self.stop_requested(*steps_taken + 1);
-            let done = self.step(Step { epoch, index: s, micro, mine: mine(micro) }, &mut batches, stop_after)?;
+            let done = self.step(
+                Step {
+                    epoch,
+                    index: s,
+                    micro,
+                    mine: mine(micro),
+                },
+                &mut batches,
+                stop_after,
+            )?;
             // The summed loss is every rank's: all of them stop here together.
             if !done.loss_sum.is_finite() {
                 bail!(
@@ -236,11 +282,19 @@ impl Run {
                 // The benchmark times launch → this line (docs/benchmarks.md).
                 tracing::info!("first optimizer step done");
             }
-            tracing::debug!(epoch, step = s + 1, loss = done.loss_sum / done.patches as f64, "step done");
+            tracing::debug!(
+                epoch,
+                step = s + 1,
+                loss = done.loss_sum / done.patches as f64,
+                "step done"
+            );
             progress.inc(1);
             // Every rank sees the same flag: a signal delivered to one rank stops them all.
             if done.stop && s + 1 < steps.len() {
-                return Ok(EpochEnd::Stopped { steps: s as u64 + 1, loss_sum });
+                return Ok(EpochEnd::Stopped {
+                    steps: s as u64 + 1,
+                    loss_sum,
+                });
             }
         }
         progress.finish_and_clear();
@@ -250,14 +304,23 @@ impl Run {
         Ok(EpochEnd::Done {
             loss: loss_sum / self.train.split().len as f64,
             images_per_s: trained as f64 / seconds,
-            times: StepTimes { compute_s: seconds - data_wait_s - allreduce_s, allreduce_s, data_wait_s },
+            times: StepTimes {
+                compute_s: seconds - data_wait_s - allreduce_s,
+                allreduce_s,
+                data_wait_s,
+            },
         })
     }
 
     /// One optimizer step: this rank's micro-batches forward and backward, the gradients and
     /// BatchNorm statistics summed over ranks, the Adam update. `stop` is this rank's stop
     /// request; the returned flag is every rank's, combined.
-    pub(crate) fn step(&mut self, step: Step, batches: &mut Batches, stop: bool) -> Result<StepDone> {
+    pub(crate) fn step(
+        &mut self,
+        step: Step,
+        batches: &mut Batches,
+        stop: bool,
+    ) -> Result<StepDone> {
         let (world, k) = (self.dist.world_size, self.config.train.accumulate);
         let seed = self.config.run.seed;
         let step_len: usize = step.micro.iter().map(Vec::len).sum();
@@ -266,7 +329,11 @@ impl Run {
         // each micro-batch updates them from the step's starting values, and the step keeps
         // the updates' average weighted by micro-batch size (summed over ranks).
         let bn_shared = world * k > 1;
-        let bn_start: Vec<Tensor> = if bn_shared { self.bn_state.iter().map(Tensor::copy).collect() } else { Vec::new() };
+        let bn_start: Vec<Tensor> = if bn_shared {
+            self.bn_state.iter().map(Tensor::copy).collect()
+        } else {
+            Vec::new()
+        };
         let mut bn_sum: Vec<Tensor> = bn_start.iter().map(Tensor::zeros_like).collect();
         // The step's summed loss stays on the device: one read per step, not per micro-batch.
         let mut step_loss = Tensor::zeros([], (tch::Kind::Double, self.device));
@@ -280,7 +347,12 @@ impl Run {
                     })
                 });
             }
-            tch::manual_seed(stream_seed(&[seed, step.epoch as u64, step.index as u64, m as u64]));
+            tch::manual_seed(stream_seed(&[
+                seed,
+                step.epoch as u64,
+                step.index as u64,
+                m as u64,
+            ]));
             let logits = self.forward(&batch.inputs, true);
             let loss = self.loss.compute(&logits, &self.to_device(&batch.targets));
             (&loss * share).backward();
@@ -304,18 +376,37 @@ impl Run {
         if bn_shared {
             self.dist.sum_tensors(&mut bn_sum);
             tch::no_grad(|| {
-                for (b, s) in self.bn_state.iter_mut().zip(&bn_sum).filter(|(b, _)| b.is_floating_point()) {
+                for (b, s) in self
+                    .bn_state
+                    .iter_mut()
+                    .zip(&bn_sum)
+                    .filter(|(b, _)| b.is_floating_point())
+                {
                     b.copy_(s);
                 }
             });
         }
-        let allreduce = if world > 1 { sync.elapsed() } else { Duration::ZERO };
+        let allreduce = if world > 1 {
+            sync.elapsed()
+        } else {
+            Duration::ZERO
+        };
         self.adam.step();
-        Ok(StepDone { loss_sum: shared[0], patches: step_len, stop: shared[1] > 0.0, allreduce })
+        Ok(StepDone {
+            loss_sum: shared[0],
+            patches: step_len,
+            stop: shared[1] > 0.0,
+            allreduce,
+        })
     }
 
     /// Rank 0 writes the checkpoint; every rank waits for it, so any may read it next.
-    fn save_checkpoint(&self, epoch: u32, steps_into_next: u64, partial_loss_sum: f64) -> Result<()> {
+    fn save_checkpoint(
+        &self,
+        epoch: u32,
+        steps_into_next: u64,
+        partial_loss_sum: f64,
+    ) -> Result<()> {
         if !self.dist.is_root() {
             self.dist.barrier();
             return Ok(());
@@ -330,7 +421,13 @@ impl Run {
             best_f1: p.best_f1,
             crc32: [0, 0],
         };
-        let saved = checkpoint::save(&self.dir, &self.named_variables(), &self.adam.state(), state, self.config.checkpoint.keep_last);
+        let saved = checkpoint::save(
+            &self.dir,
+            &self.named_variables(),
+            &self.adam.state(),
+            state,
+            self.config.checkpoint.keep_last,
+        );
         self.dist.barrier();
         saved
     }
@@ -347,7 +444,10 @@ impl Run {
             .map(|(_, line)| format!("{line}\n"))
             .collect();
         crate::results::write_atomically(&path, kept.as_bytes())?;
-        fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))
     }
 }
 
@@ -358,14 +458,26 @@ mod tests {
     #[test]
     fn micro_batches_cover_the_step_in_order_with_two_patches_at_least() {
         let step: Vec<usize> = (0..10).collect();
-        assert_eq!(micro_batches(&step, 3), vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]);
-        assert_eq!(micro_batches(&step[..5], 4), vec![vec![0, 1, 2], vec![3, 4]]);
+        assert_eq!(
+            micro_batches(&step, 3),
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]
+        );
+        assert_eq!(
+            micro_batches(&step[..5], 4),
+            vec![vec![0, 1, 2], vec![3, 4]]
+        );
         assert_eq!(micro_batches(&step[..3], 2), vec![vec![0, 1, 2]]);
         assert_eq!(micro_batches(&step[..1], 2), vec![vec![0]]);
         for len in 2..60 {
             for k in 1..9 {
-                let m = micro_batches(&step.iter().copied().cycle().take(len).collect::<Vec<_>>(), k);
-                assert!(m.len() <= k && m.iter().all(|b| b.len() >= MIN_MICRO_BATCH), "{len} patches, k = {k}: {m:?}");
+                let m = micro_batches(
+                    &step.iter().copied().cycle().take(len).collect::<Vec<_>>(),
+                    k,
+                );
+                assert!(
+                    m.len() <= k && m.iter().all(|b| b.len() >= MIN_MICRO_BATCH),
+                    "{len} patches, k = {k}: {m:?}"
+                );
                 assert_eq!(m.iter().map(Vec::len).sum::<usize>(), len);
             }
         }

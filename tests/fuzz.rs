@@ -48,7 +48,9 @@ fn job_configs_and_overrides() {
         11,
         |i, m| {
             // Half the cases mutate the file, half an override (the file then valid).
-            let mut sets: Vec<String> = (0..1 + i % 3).map(|k| OVERRIDES[(i + k) % OVERRIDES.len()].to_string()).collect();
+            let mut sets: Vec<String> = (0..1 + i % 3)
+                .map(|k| OVERRIDES[(i + k) % OVERRIDES.len()].to_string())
+                .collect();
             if i % 2 == 1 {
                 let k = i % sets.len();
                 sets[k] = String::from_utf8_lossy(&m.mutate(sets[k].as_bytes(), 0)).into_owned();
@@ -60,14 +62,22 @@ fn job_configs_and_overrides() {
         },
         |_, bytes| {
             std::fs::write(&file, bytes).unwrap();
-            let parsed: Result<config::Overrides, _> = overrides.borrow().iter().map(|s| config::parse_override(s)).collect();
+            let parsed: Result<config::Overrides, _> = overrides
+                .borrow()
+                .iter()
+                .map(|s| config::parse_override(s))
+                .collect();
             let result = parsed.and_then(|o| config::load(&file, o));
             match result {
                 Ok(_) => Outcome::Accepted,
                 Err(e) => Outcome::Refused(e.to_string()),
             }
         },
-        |message| message.contains(file.to_str().unwrap()) || message.contains("base.toml") || message.contains("the command line"),
+        |message| {
+            message.contains(file.to_str().unwrap())
+                || message.contains("base.toml")
+                || message.contains("the command line")
+        },
     );
     report.assert_clean();
 }
@@ -99,7 +109,10 @@ fn checkpoints() {
     checkpoint::save(&run, &variables(0.5), &variables(0.25), state, 2).unwrap();
     let dir = run.join("checkpoints").join("epoch-0001");
     let files = ["state.json", "model.safetensors", "optimizer.safetensors"];
-    let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect();
+    let originals: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
     let model = variables(0.0);
     let report = campaign(
         "checkpoints (state.json, safetensors)",
@@ -122,7 +135,8 @@ fn checkpoints() {
             Vec::new()
         },
         |_, _| {
-            let loaded = checkpoint::at_epoch(&run, 1).and_then(|c| checkpoint::copy_into(&model, &c.model, &c.dir));
+            let loaded = checkpoint::at_epoch(&run, 1)
+                .and_then(|c| checkpoint::copy_into(&model, &c.model, &c.dir));
             match loaded {
                 Ok(()) => Outcome::Accepted,
                 Err(e) => Outcome::Refused(format!("{e:#}")),

@@ -10,7 +10,11 @@ use std::process::Command;
 use common::{landscape_args, store, tensors, train_args};
 
 fn records(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("epochs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(run.join("epochs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -29,12 +33,42 @@ fn equivalence(arch: &str, loss: &str) {
     let data = store(tmp.path());
     let out = tmp.path().join("runs");
     let args = |run_id: &str, accumulate: u32| -> Vec<String> {
-        let (accumulate, arch) = (format!("train.accumulate={accumulate}"), format!("model.arch=\"{arch}\""));
-        let sets = ["--set", "train.batch_size=8", "--set", &accumulate, "--set", "run.threads=1", "--set", "train.loader_threads=1"];
-        train_args(loss, &data, &out, &[&["--epochs", "2", "--seed", "5", "--run-id", run_id, "--set", &arch], &sets[..]].concat())
+        let (accumulate, arch) = (
+            format!("train.accumulate={accumulate}"),
+            format!("model.arch=\"{arch}\""),
+        );
+        let sets = [
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            &accumulate,
+            "--set",
+            "run.threads=1",
+            "--set",
+            "train.loader_threads=1",
+        ];
+        train_args(
+            loss,
+            &data,
+            &out,
+            &[
+                &[
+                    "--epochs", "2", "--seed", "5", "--run-id", run_id, "--set", &arch,
+                ],
+                &sets[..],
+            ]
+            .concat(),
+        )
     };
-    let one = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("one", 2)).output().unwrap();
-    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    let one = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args("one", 2))
+        .output()
+        .unwrap();
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
     let two = Command::new("mpirun")
         .args(["-np", "2", "--oversubscribe", env!("CARGO_BIN_EXE_trainer")])
         .args(args("two", 1))
@@ -44,7 +78,10 @@ fn equivalence(arch: &str, loss: &str) {
         .unwrap();
     let log = String::from_utf8_lossy(&two.stderr);
     assert!(two.status.success(), "{log}");
-    assert!(log.contains("ranks=2"), "the trainer did not see two ranks: {log}");
+    assert!(
+        log.contains("ranks=2"),
+        "the trainer did not see two ranks: {log}"
+    );
 
     let (a, b) = (out.join("one"), out.join("two"));
     // Several optimizer steps (36 training patches, 8 per step, 2 epochs): same weights.
@@ -54,11 +91,22 @@ fn equivalence(arch: &str, loss: &str) {
         .zip(tensors(&b.join("checkpoints/epoch-0002/model.safetensors")).iter())
     {
         assert_eq!(na, nb);
-        diff += (ta - tb).to_kind(tch::Kind::Double).square().sum(tch::Kind::Double).double_value(&[]);
-        norm += ta.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double).double_value(&[]);
+        diff += (ta - tb)
+            .to_kind(tch::Kind::Double)
+            .square()
+            .sum(tch::Kind::Double)
+            .double_value(&[]);
+        norm += ta
+            .to_kind(tch::Kind::Double)
+            .square()
+            .sum(tch::Kind::Double)
+            .double_value(&[]);
     }
     let relative = (diff / norm).sqrt();
-    assert!(relative <= 1e-5, "weights differ: relative error {relative:e}");
+    assert!(
+        relative <= 1e-5,
+        "weights differ: relative error {relative:e}"
+    );
 
     // One record per epoch (rank 0 alone writes), identical validation counts and metrics.
     let (ra, rb) = (records(&a), records(&b));
@@ -66,13 +114,23 @@ fn equivalence(arch: &str, loss: &str) {
     assert_eq!(rb.len(), 2);
     for (x, y) in ra.iter().zip(&rb) {
         assert_eq!(x["val"], y["val"]);
-        let (la, lb) = (x["val_loss"].as_f64().unwrap(), y["val_loss"].as_f64().unwrap());
-        assert!((la - lb).abs() <= 1e-9 * la.abs(), "validation loss {la} vs {lb}");
+        let (la, lb) = (
+            x["val_loss"].as_f64().unwrap(),
+            y["val_loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (la - lb).abs() <= 1e-9 * la.abs(),
+            "validation loss {la} vs {lb}"
+        );
         assert_eq!(x["time"]["allreduce_s"], 0.0);
         assert!(y["time"]["allreduce_s"].as_f64().unwrap() > 0.0, "{y}");
     }
     let test = |run: &Path| -> serde_json::Value {
-        serde_json::from_slice::<serde_json::Value>(&std::fs::read(run.join("test_metrics.json")).unwrap()).unwrap()["metrics"].clone()
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(run.join("test_metrics.json")).unwrap(),
+        )
+        .unwrap()["metrics"]
+            .clone()
     };
     assert_eq!(test(&a), test(&b));
     // The test predictions, gathered from both ranks, are every patch's, as from one process.
@@ -80,7 +138,10 @@ fn equivalence(arch: &str, loss: &str) {
     assert_eq!(pa.names, pb.names);
     assert_eq!(pa.decisions, pb.decisions);
     for (x, y) in pa.scores.iter().zip(&pb.scores) {
-        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "scores {x} vs {y}");
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+            "scores {x} vs {y}"
+        );
     }
 }
 
@@ -90,13 +151,31 @@ fn two_ranks_share_a_landscapes_points() {
     let tmp = tempfile::tempdir().unwrap();
     let data = store(tmp.path());
     let out = tmp.path().join("runs");
-    let sets = ["--epochs", "1", "--set", "train.batch_size=8", "--set", "lrp.every=0"];
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(train_args("ce", &data, &out, &sets)).output().unwrap();
+    let sets = [
+        "--epochs",
+        "1",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "lrp.every=0",
+    ];
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(train_args("ce", &data, &out, &sets))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let run = out.join("ce-seed0");
-    let landscape = |name: &str| landscape_args(&run, "2d", name, &["--points", "3", "--block", "2"]);
-    let one = Command::new(env!("CARGO_BIN_EXE_trainer")).args(landscape("one")).output().unwrap();
-    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    let landscape =
+        |name: &str| landscape_args(&run, "2d", name, &["--points", "3", "--block", "2"]);
+    let one = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(landscape("one"))
+        .output()
+        .unwrap();
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
     let two = Command::new("mpirun")
         .args(["-np", "2", "--oversubscribe", env!("CARGO_BIN_EXE_trainer")])
         .args(landscape("two"))
@@ -104,13 +183,28 @@ fn two_ranks_share_a_landscapes_points() {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .output()
         .unwrap();
-    assert!(two.status.success(), "{}", String::from_utf8_lossy(&two.stderr));
+    assert!(
+        two.status.success(),
+        "{}",
+        String::from_utf8_lossy(&two.stderr)
+    );
     // Blocks 0, 2, 4 by rank 0, 1, 3 by rank 1: the same files, the same values.
     let blocks = |name: &str| -> Vec<(String, Vec<u8>)> {
         let dir = run.join("landscape").join(name).join("blocks");
-        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
-        files.iter().map(|f| (f.file_name().unwrap().to_string_lossy().to_string(), values(f))).collect()
+        files
+            .iter()
+            .map(|f| {
+                (
+                    f.file_name().unwrap().to_string_lossy().to_string(),
+                    values(f),
+                )
+            })
+            .collect()
     };
     assert_eq!(blocks("one"), blocks("two"));
     assert_eq!(blocks("one").len(), 5);
@@ -119,7 +213,10 @@ fn two_ranks_share_a_landscapes_points() {
 /// A block's values column, as bytes: equal tables are bitwise equal.
 fn values(path: &Path) -> Vec<u8> {
     use arrow_array::Array;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(path).unwrap(),
+    )
+    .unwrap();
     let mut out = Vec::new();
     for b in reader.build().unwrap() {
         let b = b.unwrap();

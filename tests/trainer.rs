@@ -14,12 +14,24 @@ fn trains_and_records_every_epoch() {
     let data = store(tmp.path());
     let out = tmp.path().join("runs");
     for loss in ["wce", "sparsemax"] {
-        let sets = ["--epochs", "2", "--seed", "3", "--set", "train.batch_size=8", "--set", "train.accumulate=2"];
+        let sets = [
+            "--epochs",
+            "2",
+            "--seed",
+            "3",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "train.accumulate=2",
+        ];
         let o = trainer(&train_args(loss, &data, &out, &sets));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let dir = out.join(format!("{loss}-seed3"));
-        let lines: Vec<serde_json::Value> =
-            std::fs::read_to_string(dir.join("epochs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("epochs.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         for (i, r) in lines.iter().enumerate() {
             assert_eq!(r["epoch"], i as u64 + 1);
@@ -30,7 +42,10 @@ fn trains_and_records_every_epoch() {
             assert!(r["images_per_s"].as_f64().unwrap() > 0.0);
         }
         let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
-        assert!(config.contains(&format!("name = \"{loss}\"")) && config.contains("batch_size = 8"), "{config}");
+        assert!(
+            config.contains(&format!("name = \"{loss}\"")) && config.contains("batch_size = 8"),
+            "{config}"
+        );
         if loss == "wce" {
             assert!(config.contains("W-CE positive weights"), "{config}");
         }
@@ -43,10 +58,24 @@ fn bad_configs_are_refused_naming_the_key() {
     let o = trainer(&["train", "--config", &job("ce"), "--set", "train.lrr=3"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("the command line: `train.lrr`: unknown field `lrr`"), "{err}");
-    let o = trainer(&["train", "--config", &job("ce"), "--device", "cpu", "--set", "train.bf16=true"]);
+    assert!(
+        err.contains("the command line: `train.lrr`: unknown field `lrr`"),
+        "{err}"
+    );
+    let o = trainer(&[
+        "train",
+        "--config",
+        &job("ce"),
+        "--device",
+        "cpu",
+        "--set",
+        "train.bf16=true",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("train.bf16 = true needs a CUDA device"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("train.bf16 = true needs a CUDA device"),
+        "{err}"
+    );
     // A launcher that started two tasks that cannot see each other is refused.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(["train", "--config", &job("ce")])
@@ -54,10 +83,17 @@ fn bad_configs_are_refused_naming_the_key() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("SLURM_STEP_NUM_TASKS=2 but the MPI world has 1 process"), "{err}");
+    assert!(
+        !o.status.success()
+            && err.contains("SLURM_STEP_NUM_TASKS=2 but the MPI world has 1 process"),
+        "{err}"
+    );
     let o = trainer(&["train", "--config", "no/such.toml"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("cannot read config no/such.toml: No such file"), "{err}");
+    assert!(
+        err.contains("cannot read config no/such.toml: No such file"),
+        "{err}"
+    );
 }
 
 /// Starts a trainer that logs every step (JSON at debug level) and returns once it reports
@@ -76,7 +112,10 @@ fn start_until_step(args: &[String], epoch: u64, step: u64) -> std::process::Chi
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     loop {
-        let line = lines.next().expect("the trainer ended before the step").unwrap();
+        let line = lines
+            .next()
+            .expect("the trainer ended before the step")
+            .unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         let f = &v["fields"];
         if f["message"] == "step done" && f["epoch"] == epoch && f["step"] == step {
@@ -89,21 +128,33 @@ fn start_until_step(args: &[String], epoch: u64, step: u64) -> std::process::Chi
 
 /// The checkpoint folders of a run, by name.
 fn checkpoints(run: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
     names.sort();
     names
 }
 
 /// Resumes a run; returns the checkpoint it said it resumed from.
 fn resume(args: &[String]) -> String {
-    let o =
-        Command::new(env!("CARGO_BIN_EXE_trainer")).arg("--log-format").arg("json").args(args).args(["--resume", "auto"]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .arg("--log-format")
+        .arg("json")
+        .args(args)
+        .args(["--resume", "auto"])
+        .output()
+        .unwrap();
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{log}");
-    let resumed =
-        log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["fields"]["message"] == "resuming");
-    resumed.expect("a resume line")["fields"]["checkpoint"].as_str().unwrap().to_string()
+    let resumed = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "resuming");
+    resumed.expect("a resume line")["fields"]["checkpoint"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Every tensor of two runs' final checkpoints is bit-identical, and so are their records.
@@ -113,7 +164,12 @@ fn assert_same_run(a: &Path, b: &Path) {
         .zip(tensors(&b.join("checkpoints/epoch-0003/model.safetensors")).iter())
     {
         assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs between {} and {}", a.display(), b.display());
+        assert!(
+            ta.equal(tb),
+            "{na} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
     }
     assert_eq!(val_records(a), val_records(b));
     assert_eq!(val_records(a).len(), 3);
@@ -130,15 +186,42 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     let out = tmp.path().join("runs");
     let args = |run_id: &str, resident: &str| -> Vec<String> {
         let resident = format!("data.resident=\"{resident}\"");
-        let sets = ["--set", "train.batch_size=8", "--set", "run.threads=2", "--set", "train.loader_threads=1", "--set", &resident];
-        train_args("focal", &data, &out, &[&["--epochs", "3", "--run-id", run_id], &sets[..]].concat())
+        let sets = [
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "run.threads=2",
+            "--set",
+            "train.loader_threads=1",
+            "--set",
+            &resident,
+        ];
+        train_args(
+            "focal",
+            &data,
+            &out,
+            &[&["--epochs", "3", "--run-id", run_id], &sets[..]].concat(),
+        )
     };
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("whole", "host")).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args("whole", "host"))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("whole/run.json")).unwrap()).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("whole/run.json")).unwrap()).unwrap();
     let data_placement = &info["attempts"][0]["data"];
-    assert_eq!((data_placement[0]["split"].as_str(), data_placement[0]["placement"].as_str()), (Some("train"), Some("device")));
-    assert!(data_placement[1]["load_s"].as_f64().unwrap() > 0.0, "{info}");
+    assert_eq!(
+        (
+            data_placement[0]["split"].as_str(),
+            data_placement[0]["placement"].as_str()
+        ),
+        (Some("train"), Some("device"))
+    );
+    assert!(
+        data_placement[1]["load_s"].as_f64().unwrap() > 0.0,
+        "{info}"
+    );
 
     // SIGKILL in epoch 2: nothing of epoch 2 is saved; the resume starts from epoch 1's checkpoint.
     let mut child = start_until_step(&args("killed", "host"), 2, 1);
@@ -146,7 +229,10 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     child.wait().unwrap();
     assert_eq!(checkpoints(&out.join("killed")), ["epoch-0001"]);
     // Without --resume the folder is protected; with it the run finishes.
-    let refused = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("killed", "host")).output().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args("killed", "host"))
+        .output()
+        .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume auto"));
     assert!(resume(&args("killed", "host")).ends_with("checkpoints/epoch-0001"));
@@ -154,22 +240,45 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
 
     // SIGUSR1 (as SLURM sends before the time limit): finish the step, checkpoint mid-epoch, exit 75.
     let child = start_until_step(&args("signalled", "off"), 2, 1);
-    assert!(Command::new("kill").args(["-USR1", &child.id().to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-USR1", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = child.wait_with_output().unwrap().status;
     assert_eq!(status.code(), Some(75), "exit code of a signalled run");
     let saved = checkpoints(&out.join("signalled"));
-    let mid = saved.iter().find(|n| n.starts_with("epoch-0001-step-")).unwrap_or_else(|| panic!("no mid-epoch checkpoint: {saved:?}"));
+    let mid = saved
+        .iter()
+        .find(|n| n.starts_with("epoch-0001-step-"))
+        .unwrap_or_else(|| panic!("no mid-epoch checkpoint: {saved:?}"));
     assert!(resume(&args("signalled", "off")).ends_with(mid.as_str()));
     assert_same_run(&out.join("whole"), &out.join("signalled"));
 
     // --stop-after-steps: two steps into epoch 2.
-    let train = lossbench::store::Store::open(&data).unwrap().split(lossbench::layout::Split::Train).unwrap();
+    let train = lossbench::store::Store::open(&data)
+        .unwrap()
+        .split(lossbench::layout::Split::Train)
+        .unwrap();
     let per_epoch = train.len.div_ceil(8);
     let mut stopped = args("stopped", "host");
     stopped.extend(["--stop-after-steps".into(), (per_epoch + 2).to_string()]);
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(&stopped).output().unwrap();
-    assert_eq!(o.status.code(), Some(75), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(checkpoints(&out.join("stopped")), ["epoch-0001", "epoch-0001-step-000002"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(&stopped)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        checkpoints(&out.join("stopped")),
+        ["epoch-0001", "epoch-0001-step-000002"]
+    );
     assert!(resume(&args("stopped", "host")).ends_with("epoch-0001-step-000002"));
     assert_same_run(&out.join("whole"), &out.join("stopped"));
 }
@@ -179,10 +288,25 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
     use arrow_array::{Array, FixedSizeListArray, StringArray};
     let tmp = tempfile::tempdir().unwrap();
     let data = store(tmp.path());
-    let split = lossbench::store::Store::open(&data).unwrap().split(lossbench::layout::Split::Validation).unwrap();
-    let probes = format!("lrp.patches=[\"{}\", \"{}\"]", split.names[1], split.names[0]);
+    let split = lossbench::store::Store::open(&data)
+        .unwrap()
+        .split(lossbench::layout::Split::Validation)
+        .unwrap();
+    let probes = format!(
+        "lrp.patches=[\"{}\", \"{}\"]",
+        split.names[1], split.names[0]
+    );
     let out = tmp.path().join("runs");
-    let sets = ["--epochs", "2", "--set", "train.batch_size=16", "--set", "lrp.every=2", "--set", &probes];
+    let sets = [
+        "--epochs",
+        "2",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "lrp.every=2",
+        "--set",
+        &probes,
+    ];
     let o = trainer(&train_args("focal", &data, &out, &sets));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let run = out.join("focal-seed0");
@@ -190,7 +314,12 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
     assert!(!run.join("lrp/epoch-0001.parquet").exists());
     let read = |path: &Path| -> Vec<arrow_array::RecordBatch> {
         let file = std::fs::File::open(path).unwrap();
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(Result::unwrap).collect()
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     };
     let snapshot = read(&run.join("lrp/epoch-0002.parquet"));
     let patches: std::collections::BTreeSet<String> = snapshot
@@ -206,13 +335,22 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    assert_eq!(patches, [split.names[0].clone(), split.names[1].clone()].into_iter().collect());
-    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        patches,
+        [split.names[0].clone(), split.names[1].clone()]
+            .into_iter()
+            .collect()
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(info["status"], "finished");
     assert_eq!(info["attempts"].as_array().unwrap().len(), 1);
 
     // explain: a test patch, two named classes, epoch 1's weights.
-    let test = lossbench::store::Store::open(&data).unwrap().split(lossbench::layout::Split::Test).unwrap();
+    let test = lossbench::store::Store::open(&data)
+        .unwrap()
+        .split(lossbench::layout::Split::Test)
+        .unwrap();
     let heatmaps = tmp.path().join("heatmaps");
     let o = trainer(&[
         "explain",
@@ -239,7 +377,14 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
     let rows = read(&heatmaps.join("heatmaps.parquet"));
     assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
     let bands = rows[0].column_by_name("bands").unwrap();
-    assert_eq!(bands.as_any().downcast_ref::<FixedSizeListArray>().unwrap().value_length(), 80_000);
+    assert_eq!(
+        bands
+            .as_any()
+            .downcast_ref::<FixedSizeListArray>()
+            .unwrap()
+            .value_length(),
+        80_000
+    );
     assert!(rows[0].column_by_name("map").unwrap().null_count() == 0);
 
     let o = trainer(&[
@@ -254,8 +399,16 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
         data.to_str().unwrap(),
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("no patch named no-such-patch"), "{err}");
-    let o = trainer(&train_args("ce", &data, &out, &["--set", "lrp.patches=[\"nope\"]"]));
+    assert!(
+        !o.status.success() && err.contains("no patch named no-such-patch"),
+        "{err}"
+    );
+    let o = trainer(&train_args(
+        "ce",
+        &data,
+        &out,
+        &["--set", "lrp.patches=[\"nope\"]"],
+    ));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("lrp.patches"), "{err}");
 }
@@ -263,18 +416,30 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
 /// The test predictions hold one row per test patch, and the metrics recomputed from them are
 /// the stored test metrics.
 fn check_test_outputs(run: &Path, data: &Path) {
-    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("test_metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("test_metrics.json")).unwrap()).unwrap();
     let store = lossbench::store::Store::open(data).unwrap();
     let test = store.split(lossbench::layout::Split::Test).unwrap();
-    let common::Predictions { names, labels: truth, decisions: pred, scores } = common::predictions(run);
+    let common::Predictions {
+        names,
+        labels: truth,
+        decisions: pred,
+        scores,
+    } = common::predictions(run);
     assert_eq!(scores.len(), truth.len());
     assert_eq!(names, test.names);
     assert_eq!(truth, test.labels);
     let mut counts = lossbench::metrics::Counts::default();
     counts.add(&truth, &pred);
     let m = counts.metrics();
-    assert_eq!(m.samples.f1, metrics["metrics"]["samples"]["f1"].as_f64().unwrap());
-    assert_eq!(m.micro.f1, metrics["metrics"]["micro"]["f1"].as_f64().unwrap());
+    assert_eq!(
+        m.samples.f1,
+        metrics["metrics"]["samples"]["f1"].as_f64().unwrap()
+    );
+    assert_eq!(
+        m.micro.f1,
+        metrics["metrics"]["micro"]["f1"].as_f64().unwrap()
+    );
     assert!(metrics["best_epoch"].as_u64().unwrap() >= 1);
 }
 
@@ -300,16 +465,41 @@ fn a_resnet_run_stopped_and_resumed_equals_an_uninterrupted_one() {
             "--set",
             &resident,
         ];
-        train_args("asl", &data, &out, &[&["--epochs", "2", "--run-id", run_id], &sets[..]].concat())
+        train_args(
+            "asl",
+            &data,
+            &out,
+            &[&["--epochs", "2", "--run-id", run_id], &sets[..]].concat(),
+        )
     };
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args("whole", "host")).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args("whole", "host"))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.join("whole/lrp/epoch-0002.parquet").is_file(), "LRP snapshots of a ResNet");
-    let train = lossbench::store::Store::open(&data).unwrap().split(lossbench::layout::Split::Train).unwrap();
+    assert!(
+        out.join("whole/lrp/epoch-0002.parquet").is_file(),
+        "LRP snapshots of a ResNet"
+    );
+    let train = lossbench::store::Store::open(&data)
+        .unwrap()
+        .split(lossbench::layout::Split::Train)
+        .unwrap();
     let mut stopped = args("stopped", "off");
-    stopped.extend(["--stop-after-steps".into(), (train.len.div_ceil(8) + 1).to_string()]);
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer")).args(&stopped).output().unwrap();
-    assert_eq!(o.status.code(), Some(75), "{}", String::from_utf8_lossy(&o.stderr));
+    stopped.extend([
+        "--stop-after-steps".into(),
+        (train.len.div_ceil(8) + 1).to_string(),
+    ]);
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(&stopped)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(resume(&args("stopped", "off")).ends_with("epoch-0001-step-000001"));
     for ((na, ta), (_, tb)) in tensors(&out.join("whole/checkpoints/epoch-0002/model.safetensors"))
         .iter()
@@ -317,12 +507,23 @@ fn a_resnet_run_stopped_and_resumed_equals_an_uninterrupted_one() {
     {
         assert!(ta.equal(tb), "{na} differs");
     }
-    assert_eq!(val_records(&out.join("whole")), val_records(&out.join("stopped")));
+    assert_eq!(
+        val_records(&out.join("whole")),
+        val_records(&out.join("stopped"))
+    );
     // The K-Branch CNN resuming a ResNet's folder: refused before anything changes.
     let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(train_args("asl", &data, &out, &["--epochs", "3", "--run-id", "whole", "--resume", "auto"]))
+        .args(train_args(
+            "asl",
+            &data,
+            &out,
+            &["--epochs", "3", "--run-id", "whole", "--resume", "auto"],
+        ))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("written for another model"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("written for another model"),
+        "{err}"
+    );
 }

@@ -66,8 +66,20 @@ fn run(cli: Cli) -> Result<()> {
                 s.skipped_lines
             );
         }
-        Command::Report { results, out, f1_threshold, lrp_patch, lrp_class, lrp_epochs } => {
-            let options = report::Options { f1_threshold, lrp_patch, lrp_class, lrp_epochs };
+        Command::Report {
+            results,
+            out,
+            f1_threshold,
+            lrp_patch,
+            lrp_class,
+            lrp_epochs,
+        } => {
+            let options = report::Options {
+                f1_threshold,
+                lrp_patch,
+                lrp_class,
+                lrp_epochs,
+            };
             let path = report::render(&results, &out, &options)?;
             println!("report: {}", path.display());
         }

@@ -66,11 +66,19 @@ pub struct Metrics {
 }
 
 fn ratio(num: u64, den: u64) -> f64 {
-    if den == 0 { 0.0 } else { num as f64 / den as f64 }
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
 }
 
 fn scores(tp: u64, fp: u64, fn_: u64) -> Prf {
-    Prf { precision: ratio(tp, tp + fp), recall: ratio(tp, tp + fn_), f1: ratio(2 * tp, 2 * tp + fp + fn_) }
+    Prf {
+        precision: ratio(tp, tp + fp),
+        recall: ratio(tp, tp + fn_),
+        f1: ratio(2 * tp, 2 * tp + fp + fn_),
+    }
 }
 
 impl Counts {
@@ -131,7 +139,8 @@ impl Counts {
         c.true_pos.copy_from_slice(&v[0..n]);
         c.false_pos.copy_from_slice(&v[n..2 * n]);
         c.false_neg.copy_from_slice(&v[2 * n..3 * n]);
-        c.per_patch.copy_from_slice(&v[3 * n..3 * n + SIDE * SIDE * SIDE]);
+        c.per_patch
+            .copy_from_slice(&v[3 * n..3 * n + SIDE * SIDE * SIDE]);
         c.patches = v[3 * n + SIDE * SIDE * SIDE];
         c
     }
@@ -140,18 +149,45 @@ impl Counts {
         let per_class: Vec<ClassMetrics> = (0..NUM_CLASSES)
             .map(|c| {
                 let s = scores(self.true_pos[c], self.false_pos[c], self.false_neg[c]);
-                ClassMetrics { precision: s.precision, recall: s.recall, f1: s.f1, support: self.true_pos[c] + self.false_neg[c] }
+                ClassMetrics {
+                    precision: s.precision,
+                    recall: s.recall,
+                    f1: s.f1,
+                    support: self.true_pos[c] + self.false_neg[c],
+                }
             })
             .collect();
-        let (tp, fp, fn_): (u64, u64, u64) = (self.true_pos.iter().sum(), self.false_pos.iter().sum(), self.false_neg.iter().sum());
+        let (tp, fp, fn_): (u64, u64, u64) = (
+            self.true_pos.iter().sum(),
+            self.false_pos.iter().sum(),
+            self.false_neg.iter().sum(),
+        );
         let micro = scores(tp, fp, fn_);
-        let mean = |f: &dyn Fn(&ClassMetrics) -> f64| per_class.iter().map(f).sum::<f64>() / NUM_CLASSES as f64;
-        let macro_avg = Prf { precision: mean(&|m| m.precision), recall: mean(&|m| m.recall), f1: mean(&|m| m.f1) };
+        let mean = |f: &dyn Fn(&ClassMetrics) -> f64| {
+            per_class.iter().map(f).sum::<f64>() / NUM_CLASSES as f64
+        };
+        let macro_avg = Prf {
+            precision: mean(&|m| m.precision),
+            recall: mean(&|m| m.recall),
+            f1: mean(&|m| m.f1),
+        };
         let support: u64 = per_class.iter().map(|m| m.support).sum();
         let weigh = |f: &dyn Fn(&ClassMetrics) -> f64| {
-            if support == 0 { 0.0 } else { per_class.iter().map(|m| f(m) * m.support as f64).sum::<f64>() / support as f64 }
+            if support == 0 {
+                0.0
+            } else {
+                per_class
+                    .iter()
+                    .map(|m| f(m) * m.support as f64)
+                    .sum::<f64>()
+                    / support as f64
+            }
         };
-        let weighted = Prf { precision: weigh(&|m| m.precision), recall: weigh(&|m| m.recall), f1: weigh(&|m| m.f1) };
+        let weighted = Prf {
+            precision: weigh(&|m| m.precision),
+            recall: weigh(&|m| m.recall),
+            f1: weigh(&|m| m.f1),
+        };
         let mut samples = Prf::default();
         let mut exact = 0u64;
         for tp in 0..SIDE {
@@ -202,7 +238,17 @@ mod tests {
         let cases: serde_json::Value = serde_json::from_str(SKLEARN).unwrap();
         for case in cases.as_array().unwrap() {
             let flat = |k: &str| -> Vec<u8> {
-                case[k].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8)).collect()
+                case[k]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|r| {
+                        r.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_u64().unwrap() as u8)
+                    })
+                    .collect()
             };
             let (truth, pred) = (flat("truth"), flat("pred"));
             // Batches of 3 in reverse order: the result must not depend on batching or order.
@@ -214,21 +260,45 @@ mod tests {
             }
             let m = counts.metrics();
             let close = |a: f64, b: &serde_json::Value, what: &str| {
-                assert!((a - b.as_f64().unwrap()).abs() < 1e-12, "{}: {what}: {a} vs {b}", case["name"]);
+                assert!(
+                    (a - b.as_f64().unwrap()).abs() < 1e-12,
+                    "{}: {what}: {a} vs {b}",
+                    case["name"]
+                );
             };
-            for (avg, prf) in [("micro", m.micro), ("macro", m.macro_avg), ("weighted", m.weighted), ("samples", m.samples)] {
+            for (avg, prf) in [
+                ("micro", m.micro),
+                ("macro", m.macro_avg),
+                ("weighted", m.weighted),
+                ("samples", m.samples),
+            ] {
                 close(prf.precision, &case[avg][0], &format!("{avg} precision"));
                 close(prf.recall, &case[avg][1], &format!("{avg} recall"));
                 close(prf.f1, &case[avg][2], &format!("{avg} f1"));
             }
             for c in 0..NUM_CLASSES {
-                close(m.per_class[c].precision, &case["per_class"][0][c], "class precision");
-                close(m.per_class[c].recall, &case["per_class"][1][c], "class recall");
+                close(
+                    m.per_class[c].precision,
+                    &case["per_class"][0][c],
+                    "class precision",
+                );
+                close(
+                    m.per_class[c].recall,
+                    &case["per_class"][1][c],
+                    "class recall",
+                );
                 close(m.per_class[c].f1, &case["per_class"][2][c], "class f1");
-                assert_eq!(m.per_class[c].support, case["per_class"][3][c].as_u64().unwrap());
+                assert_eq!(
+                    m.per_class[c].support,
+                    case["per_class"][3][c].as_u64().unwrap()
+                );
             }
             close(m.hamming_loss, &case["hamming_loss"], "hamming loss");
-            close(m.subset_accuracy, &case["subset_accuracy"], "subset accuracy");
+            close(
+                m.subset_accuracy,
+                &case["subset_accuracy"],
+                "subset accuracy",
+            );
         }
     }
 

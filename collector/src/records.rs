@@ -74,7 +74,9 @@ pub fn read_epochs(path: &Path) -> Result<Records> {
     };
     let mut out = Records::default();
     for (i, line) in text.split_inclusive('\n').enumerate() {
-        let parsed = line.strip_suffix('\n').and_then(|l| serde_json::from_str::<EpochRecord>(l).ok().map(|r| (r, l)));
+        let parsed = line
+            .strip_suffix('\n')
+            .and_then(|l| serde_json::from_str::<EpochRecord>(l).ok().map(|r| (r, l)));
         match parsed {
             Some((r, l)) => out.records.push((r, l.to_string())),
             None => out.skipped_lines.push(i + 1),
@@ -90,7 +92,9 @@ pub fn read_test(path: &Path) -> Result<Option<TestOutcome>> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    serde_json::from_slice(&bytes).map(Some).with_context(|| format!("{}: not a test outcome", path.display()))
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .with_context(|| format!("{}: not a test outcome", path.display()))
 }
 
 #[cfg(test)]
@@ -120,9 +124,16 @@ mod tests {
         let path = dir.path().join(EPOCHS_FILE);
         assert!(read_epochs(&path).unwrap().records.is_empty());
         let line = |e| serde_json::to_string(&record(e, 0.5)).unwrap();
-        fs::write(&path, format!("{}\nnot json\n{}\n{{\"epoch\": 4, \"tra", line(1), line(3))).unwrap();
+        fs::write(
+            &path,
+            format!("{}\nnot json\n{}\n{{\"epoch\": 4, \"tra", line(1), line(3)),
+        )
+        .unwrap();
         let r = read_epochs(&path).unwrap();
-        assert_eq!(r.records.iter().map(|(r, _)| r.epoch).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(
+            r.records.iter().map(|(r, _)| r.epoch).collect::<Vec<_>>(),
+            [1, 3]
+        );
         assert_eq!(r.records[0].1, line(1));
         assert_eq!(r.skipped_lines, [2, 4]);
     }
@@ -136,6 +147,9 @@ mod tests {
         assert!(format!("{e:#}").contains("epochs.jsonl"), "{e:#}");
         assert!(read_test(&dir.path().join(TEST_FILE)).unwrap().is_none());
         fs::write(dir.path().join(TEST_FILE), "{").unwrap();
-        assert!(format!("{:#}", read_test(&dir.path().join(TEST_FILE)).unwrap_err()).contains("test_metrics.json"));
+        assert!(
+            format!("{:#}", read_test(&dir.path().join(TEST_FILE)).unwrap_err())
+                .contains("test_metrics.json")
+        );
     }
 }

@@ -60,7 +60,9 @@ pub struct RunInfo {
 
 fn now() -> (i64, String) {
     let t = SystemTime::now();
-    let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     (ms, humantime::format_rfc3339_millis(t).to_string())
 }
 
@@ -88,12 +90,20 @@ pub fn read(dir: &Path) -> Result<Option<RunInfo>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    serde_json::from_slice(&bytes).map(Some).with_context(|| format!("{}: not a run.json", path.display()))
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .with_context(|| format!("{}: not a run.json", path.display()))
 }
 
 impl RunInfo {
     /// Records the start of an attempt (keeping earlier attempts of a resumed run).
-    pub fn begin(dir: &Path, run: Identity, world_size: usize, device: String, data: Vec<DataPlacement>) -> Result<Self> {
+    pub fn begin(
+        dir: &Path,
+        run: Identity,
+        world_size: usize,
+        device: String,
+        data: Vec<DataPlacement>,
+    ) -> Result<Self> {
         let earlier = match read(dir) {
             Ok(info) => info.map(|i| i.attempts).unwrap_or_default(),
             // Unreadable history is reported, not fatal: the run itself is in its records.
@@ -115,8 +125,20 @@ impl RunInfo {
             ended: None,
             outcome: Status::Running,
         });
-        let Identity { run_id, loss, seed, code_revision } = run;
-        let info = RunInfo { run_id, loss, seed, code_revision, status: Status::Running, attempts };
+        let Identity {
+            run_id,
+            loss,
+            seed,
+            code_revision,
+        } = run;
+        let info = RunInfo {
+            run_id,
+            loss,
+            seed,
+            code_revision,
+            status: Status::Running,
+            attempts,
+        };
         info.write(dir)?;
         Ok(info)
     }
@@ -145,19 +167,32 @@ mod tests {
     #[test]
     fn attempts_accumulate_across_resumes() {
         let dir = tempfile::tempdir().unwrap();
-        let id = || Identity { run_id: "ce-seed1".into(), loss: "ce".into(), seed: 1, code_revision: "abc".into() };
+        let id = || Identity {
+            run_id: "ce-seed1".into(),
+            loss: "ce".into(),
+            seed: 1,
+            code_revision: "abc".into(),
+        };
         let mut a = RunInfo::begin(dir.path(), id(), 2, "Cpu".into(), Vec::new()).unwrap();
         a.end(dir.path(), Status::Stopped).unwrap();
-        let placed = vec![DataPlacement { split: "train".into(), placement: "host".into(), load_s: 1.5 }];
+        let placed = vec![DataPlacement {
+            split: "train".into(),
+            placement: "host".into(),
+            load_s: 1.5,
+        }];
         let mut b = RunInfo::begin(dir.path(), id(), 4, "Cuda(0)".into(), placed.clone()).unwrap();
         assert_eq!(b.status, Status::Running);
         b.end(dir.path(), Status::Finished).unwrap();
-        let read: RunInfo = serde_json::from_slice(&fs::read(dir.path().join(FILE)).unwrap()).unwrap();
+        let read: RunInfo =
+            serde_json::from_slice(&fs::read(dir.path().join(FILE)).unwrap()).unwrap();
         assert_eq!(read.status, Status::Finished);
         assert_eq!(read.attempts.len(), 2);
         assert_eq!(read.attempts[0].outcome, Status::Stopped);
         assert_eq!(read.attempts[1].world_size, 4);
-        assert_eq!((read.attempts[1].device.as_str(), &read.attempts[1].data), ("Cuda(0)", &placed));
+        assert_eq!(
+            (read.attempts[1].device.as_str(), &read.attempts[1].data),
+            ("Cuda(0)", &placed)
+        );
         assert!(read.attempts[1].ended_unix_ms.unwrap() >= read.attempts[0].started_unix_ms);
     }
 }

@@ -19,8 +19,7 @@ use fuzzing::{Outcome, campaign, cases, outcome};
 #[global_allocator]
 static HEAP: fuzzing::PeakAlloc = fuzzing::PeakAlloc;
 
-const CONFIG: &str =
-    "[run]\nseed = 1\njob = \"ce\"\ndata = \"store.zarr\"\n[train]\nepochs = 2\n[model]\narch = \"kbranch\"\n[loss]\nname = \"ce\"\n";
+const CONFIG: &str = "[run]\nseed = 1\njob = \"ce\"\ndata = \"store.zarr\"\n[train]\nepochs = 2\n[model]\narch = \"kbranch\"\n[loss]\nname = \"ce\"\n";
 
 /// A finished two-epoch run folder as the trainer leaves it, every file the collector reads.
 fn run_folder(root: &Path) -> PathBuf {
@@ -28,7 +27,10 @@ fn run_folder(root: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("lrp")).unwrap();
     std::fs::write(dir.join("config.toml"), CONFIG).unwrap();
     let mut counts = Counts::default();
-    counts.add(&[1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
+    counts.add(
+        &[1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1],
+    );
     let lines: Vec<String> = (1..=2)
         .map(|epoch| {
             let r = EpochRecord {
@@ -39,22 +41,48 @@ fn run_folder(root: &Path) -> PathBuf {
                 wall_s: 3.0,
                 images_per_s: 40.0,
                 data_wait_fraction: 0.01,
-                time: StepTimes { compute_s: 2.5, allreduce_s: 0.0, data_wait_s: 0.02 },
+                time: StepTimes {
+                    compute_s: 2.5,
+                    allreduce_s: 0.0,
+                    data_wait_s: 0.02,
+                },
                 val: counts.metrics(),
             };
             serde_json::to_string(&r).unwrap() + "\n"
         })
         .collect();
     std::fs::write(dir.join(records::EPOCHS_FILE), lines.concat()).unwrap();
-    let test = TestOutcome { best_epoch: 2, loss: 0.55, metrics: counts.metrics() };
-    std::fs::write(dir.join(records::TEST_FILE), serde_json::to_vec(&test).unwrap()).unwrap();
-    let identity = Identity { run_id: "ce-seed1".into(), loss: "ce".into(), seed: 1, code_revision: "abc".into() };
+    let test = TestOutcome {
+        best_epoch: 2,
+        loss: 0.55,
+        metrics: counts.metrics(),
+    };
+    std::fs::write(
+        dir.join(records::TEST_FILE),
+        serde_json::to_vec(&test).unwrap(),
+    )
+    .unwrap();
+    let identity = Identity {
+        run_id: "ce-seed1".into(),
+        loss: "ce".into(),
+        seed: 1,
+        code_revision: "abc".into(),
+    };
     let mut info = RunInfo::begin(&dir, identity, 1, "cpu".into(), Vec::new()).unwrap();
     info.end(&dir, Status::Finished).unwrap();
-    let names: Vec<String> = (0..6).map(|i| format!("S2A_MSIL2A_20170613T101031_{i}_0")).collect();
+    let names: Vec<String> = (0..6)
+        .map(|i| format!("S2A_MSIL2A_20170613T101031_{i}_0"))
+        .collect();
     let labels: Vec<u8> = (0..6 * 19).map(|i| u8::from(i % 5 == 0)).collect();
     let logits: Vec<f32> = (0..6 * 19).map(|i| (i as f32 - 50.0) / 10.0).collect();
-    results::write_predictions(&dir.join("test_predictions.parquet"), &names, &labels, &logits, &labels).unwrap();
+    results::write_predictions(
+        &dir.join("test_predictions.parquet"),
+        &names,
+        &labels,
+        &logits,
+        &labels,
+    )
+    .unwrap();
     let heatmaps: Vec<HeatmapRow> = (0..2)
         .map(|k| HeatmapRow {
             epoch: 2,
@@ -73,18 +101,62 @@ fn run_folder(root: &Path) -> PathBuf {
     std::fs::create_dir_all(&blocks).unwrap();
     let n = 9;
     let columns: Vec<(&str, ArrayRef)> = vec![
-        ("name", Arc::new(StringArray::from_iter_values(std::iter::repeat_n("grid", n)))),
-        ("kind", Arc::new(StringArray::from_iter_values(std::iter::repeat_n("2d", n)))),
-        ("checkpoint", Arc::new(UInt32Array::from_iter_values(std::iter::repeat_n(2, n)))),
-        ("other", Arc::new(StringArray::from_iter_values(std::iter::repeat_n("", n)))),
-        ("direction_seed", Arc::new(UInt64Array::from_iter_values(std::iter::repeat_n(0, n)))),
-        ("point", Arc::new(UInt32Array::from_iter_values(0..n as u32))),
-        ("alpha", Arc::new(Float64Array::from_iter_values((0..n).map(|i| (i / 3) as f64 - 1.0)))),
-        ("beta", Arc::new(Float64Array::from_iter_values((0..n).map(|i| (i % 3) as f64 - 1.0)))),
-        ("quantity", Arc::new(StringArray::from_iter_values(std::iter::repeat_n("loss", n)))),
-        ("value", Arc::new(Float64Array::from_iter_values((0..n).map(|i| 0.5 + i as f64)))),
+        (
+            "name",
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                "grid", n,
+            ))),
+        ),
+        (
+            "kind",
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("2d", n))),
+        ),
+        (
+            "checkpoint",
+            Arc::new(UInt32Array::from_iter_values(std::iter::repeat_n(2, n))),
+        ),
+        (
+            "other",
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("", n))),
+        ),
+        (
+            "direction_seed",
+            Arc::new(UInt64Array::from_iter_values(std::iter::repeat_n(0, n))),
+        ),
+        (
+            "point",
+            Arc::new(UInt32Array::from_iter_values(0..n as u32)),
+        ),
+        (
+            "alpha",
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| (i / 3) as f64 - 1.0),
+            )),
+        ),
+        (
+            "beta",
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| (i % 3) as f64 - 1.0),
+            )),
+        ),
+        (
+            "quantity",
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                "loss", n,
+            ))),
+        ),
+        (
+            "value",
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| 0.5 + i as f64),
+            )),
+        ),
     ];
-    results::write_parquet(&blocks.join("block-00000.parquet"), &[RecordBatch::try_from_iter(columns).unwrap()]).unwrap();
+    results::write_parquet(
+        &blocks.join("block-00000.parquet"),
+        &[RecordBatch::try_from_iter(columns).unwrap()],
+    )
+    .unwrap();
     dir
 }
 
@@ -93,7 +165,10 @@ fn text_records() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = run_folder(tmp.path());
     let files = [records::EPOCHS_FILE, records::TEST_FILE, run_info::FILE];
-    let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect();
+    let originals: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
     let report = campaign(
         "run records (epochs.jsonl, test_metrics.json, run.json)",
         cases(),
@@ -106,7 +181,10 @@ fn text_records() {
                 // Records never fail on content: bad lines are counted and skipped.
                 0 => match records::read_epochs(&path) {
                     Ok(r) => {
-                        assert!(r.records.len() + r.skipped_lines.len() >= bytes.split(|&b| b == b'\n').count() - 1);
+                        assert!(
+                            r.records.len() + r.skipped_lines.len()
+                                >= bytes.split(|&b| b == b'\n').count() - 1
+                        );
                         if r.skipped_lines.is_empty() {
                             Outcome::Accepted
                         } else {
@@ -134,7 +212,10 @@ fn parquet_inputs() {
     let files = [
         dir.join("test_predictions.parquet"),
         dir.join("lrp").join("epoch-0002.parquet"),
-        dir.join("landscape").join("grid").join("blocks").join("block-00000.parquet"),
+        dir.join("landscape")
+            .join("grid")
+            .join("blocks")
+            .join("block-00000.parquet"),
     ];
     let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
     let report = campaign(

@@ -40,14 +40,21 @@ fn main() -> Result<()> {
     }
     let one_thread = samples as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
-    picks.par_iter().try_for_each(|&i| read_one(i).map(|_| ()))?;
+    picks
+        .par_iter()
+        .try_for_each(|&i| read_one(i).map(|_| ()))?;
     let all_threads = samples as f64 / t.elapsed().as_secs_f64();
 
     // The same inner chunks' bytes, decoded directly by the codec library.
     let encoded: Vec<(Vec<u8>, usize)> = picks
         .iter()
         .flat_map(|&i| (0..BAND_GROUPS.len()).map(move |g| (g, i)))
-        .map(|(g, i)| Ok((split.encoded_patch(g, i)?, BAND_GROUPS[g].values_per_patch() * 2)))
+        .map(|(g, i)| {
+            Ok((
+                split.encoded_patch(g, i)?,
+                BAND_GROUPS[g].values_per_patch() * 2,
+            ))
+        })
         .collect::<Result<_>>()?;
     // Reading the compressed bytes alone: file open + read per inner chunk.
     let t = Instant::now();
@@ -62,7 +69,8 @@ fn main() -> Result<()> {
     let t = Instant::now();
     for (bytes, size) in &encoded {
         let out = match codec {
-            Codec::Blosc => zarrs::array::codec::blosc_decompress_bytes(bytes, *size, 1).map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            Codec::Blosc => zarrs::array::codec::blosc_decompress_bytes(bytes, *size, 1)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
             Codec::Zstd => zstd::bulk::decompress(bytes, *size)?,
         };
         assert_eq!(out.len(), *size);

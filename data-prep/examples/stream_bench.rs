@@ -14,7 +14,11 @@ use data_prep::archive::ArchiveFormat;
 use data_prep::packed::{Event, PackedStream, Packing, read_patches};
 
 fn main() -> Result<()> {
-    let path = PathBuf::from(std::env::args().nth(1).context("usage: stream_bench ARCHIVE")?);
+    let path = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .context("usage: stream_bench ARCHIVE")?,
+    );
     let packing = Packing::of(&path).context("not a .tar.gz, .tar.zst or .tar")?;
     let stream = PackedStream::open(&path, packing)?;
     let size = stream.size;

@@ -60,7 +60,13 @@ pub struct Reject {
 
 impl std::fmt::Display for Reject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "patch {}: {}: {}", self.patch, self.file.display(), self.reason)
+        write!(
+            f,
+            "patch {}: {}: {}",
+            self.patch,
+            self.file.display(),
+            self.reason
+        )
     }
 }
 
@@ -83,7 +89,10 @@ pub const V1_FOLDER: &str = "BigEarthNet-v1.0";
 /// patch folders may sit in `path` itself or in its `BigEarthNet-v1.0` subfolder.
 pub fn detect(path: &Path) -> Result<(ArchiveFormat, PathBuf)> {
     if !path.is_dir() {
-        bail!("archive folder {} does not exist or is not a folder", path.display());
+        bail!(
+            "archive folder {} does not exist or is not a folder",
+            path.display()
+        );
     }
     if path.join(V2_METADATA).is_file() {
         return Ok((ArchiveFormat::V2, path.to_path_buf()));
@@ -115,14 +124,17 @@ pub fn v1_metadata_file(patch: &str) -> String {
 
 /// The 19-class labels of a v1.0 `_labels_metadata.json`; the error is the reason to reject it.
 pub fn v1_labels(json: &[u8]) -> Result<LabelVector, String> {
-    let meta: V1Metadata = serde_json::from_slice(json).map_err(|e| format!("malformed JSON: {e}"))?;
+    let meta: V1Metadata =
+        serde_json::from_slice(json).map_err(|e| format!("malformed JSON: {e}"))?;
     labels::from_corine_names(meta.labels.iter().map(String::as_str))
         .map_err(|bad| format!("unknown label {bad:?} (not one of the 43 CORINE classes)"))
 }
 
 fn open_v1(root: &Path) -> Result<Archive> {
     let mut dirs: Vec<(String, PathBuf)> = Vec::new();
-    for entry in fs::read_dir(root).with_context(|| format!("listing archive folder {}", root.display()))? {
+    for entry in
+        fs::read_dir(root).with_context(|| format!("listing archive folder {}", root.display()))?
+    {
         let entry = entry.with_context(|| format!("listing archive folder {}", root.display()))?;
         if entry.file_type()?.is_dir() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -141,7 +153,11 @@ fn open_v1(root: &Path) -> Result<Archive> {
         .into_par_iter()
         .map(|(name, dir)| {
             let file = dir.join(v1_metadata_file(&name));
-            let reject = |reason: String| Reject { patch: name.clone(), file: file.clone(), reason };
+            let reject = |reason: String| Reject {
+                patch: name.clone(),
+                file: file.clone(),
+                reason,
+            };
             let text = match fs::read(&file) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -150,11 +166,24 @@ fn open_v1(root: &Path) -> Result<Archive> {
                 Err(e) => return Err(reject(format!("cannot read: {e}"))),
             };
             let labels = v1_labels(&text).map_err(reject)?;
-            Ok(PatchRecord { name: name.clone(), dir, labels, snow: false, cloud: false, split: None })
+            Ok(PatchRecord {
+                name: name.clone(),
+                dir,
+                labels,
+                snow: false,
+                cloud: false,
+                split: None,
+            })
         })
         .collect();
     let (patches, rejects) = partition(results);
-    Ok(Archive { format: ArchiveFormat::V1, root: root.to_path_buf(), patches, rejects, has_exclusion_flags: false })
+    Ok(Archive {
+        format: ArchiveFormat::V1,
+        root: root.to_path_buf(),
+        patches,
+        rejects,
+        has_exclusion_flags: false,
+    })
 }
 
 fn partition(results: Vec<Result<PatchRecord, Reject>>) -> (Vec<PatchRecord>, Vec<Reject>) {
@@ -180,7 +209,10 @@ pub fn v2_tile_of(patch_id: &str) -> Option<&str> {
 fn open_v2(root: &Path) -> Result<Archive> {
     let s2 = root.join(V2_FOLDER);
     if !s2.is_dir() {
-        bail!("{} has metadata.parquet but no {V2_FOLDER} folder", root.display());
+        bail!(
+            "{} has metadata.parquet but no {V2_FOLDER} folder",
+            root.display()
+        );
     }
     let metadata = read_v2_metadata(&root.join(V2_METADATA), &s2)?;
     Ok(Archive {
@@ -205,7 +237,8 @@ pub struct V2Metadata {
 }
 
 pub fn read_v2_metadata(meta_path: &Path, s2: &Path) -> Result<V2Metadata> {
-    let file = fs::File::open(meta_path).with_context(|| format!("opening {}", meta_path.display()))?;
+    let file =
+        fs::File::open(meta_path).with_context(|| format!("opening {}", meta_path.display()))?;
     crate::untrusted::contain_panics(meta_path, || {
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .with_context(|| format!("{}: not a readable parquet file", meta_path.display()))?
@@ -215,7 +248,8 @@ pub fn read_v2_metadata(meta_path: &Path, s2: &Path) -> Result<V2Metadata> {
         let mut has_flags = true;
         for batch in reader {
             let batch = batch.with_context(|| format!("reading {}", meta_path.display()))?;
-            let cols = V2Columns::from_batch(&batch).with_context(|| format!("{}", meta_path.display()))?;
+            let cols = V2Columns::from_batch(&batch)
+                .with_context(|| format!("{}", meta_path.display()))?;
             has_flags &= cols.snow.is_some() && cols.cloud.is_some();
             for row in 0..batch.num_rows() {
                 results.push(cols.record(row, s2, meta_path));
@@ -224,9 +258,17 @@ pub fn read_v2_metadata(meta_path: &Path, s2: &Path) -> Result<V2Metadata> {
         let (mut patches, rejects) = partition(results);
         patches.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(w) = patches.windows(2).find(|w| w[0].name == w[1].name) {
-            bail!("{}: patch {} appears more than once", meta_path.display(), w[0].name);
+            bail!(
+                "{}: patch {} appears more than once",
+                meta_path.display(),
+                w[0].name
+            );
         }
-        Ok(V2Metadata { patches, rejects, has_exclusion_flags: has_flags })
+        Ok(V2Metadata {
+            patches,
+            rejects,
+            has_exclusion_flags: has_flags,
+        })
     })
 }
 
@@ -253,14 +295,19 @@ impl StrColumn<'_> {
 }
 
 fn str_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<StrColumn<'a>> {
-    let col = batch.column_by_name(name).with_context(|| format!("missing column `{name}`"))?;
+    let col = batch
+        .column_by_name(name)
+        .with_context(|| format!("missing column `{name}`"))?;
     if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
         return Ok(StrColumn::Small(a));
     }
     if let Some(a) = col.as_any().downcast_ref::<LargeStringArray>() {
         return Ok(StrColumn::Large(a));
     }
-    bail!("column `{name}` is {}, expected a string column", col.data_type())
+    bail!(
+        "column `{name}` is {}, expected a string column",
+        col.data_type()
+    )
 }
 
 fn bool_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<Option<&'a BooleanArray>> {
@@ -276,11 +323,18 @@ fn bool_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<Option<&'a Bool
 
 impl<'a> V2Columns<'a> {
     fn from_batch(batch: &'a RecordBatch) -> Result<Self> {
-        let labels_col = batch.column_by_name("labels").context("missing column `labels`")?;
+        let labels_col = batch
+            .column_by_name("labels")
+            .context("missing column `labels`")?;
         let labels = labels_col
             .as_any()
             .downcast_ref::<ListArray>()
-            .with_context(|| format!("column `labels` is {}, expected list<string>", labels_col.data_type()))?;
+            .with_context(|| {
+                format!(
+                    "column `labels` is {}, expected list<string>",
+                    labels_col.data_type()
+                )
+            })?;
         Ok(V2Columns {
             id: str_column(batch, "patch_id")?,
             labels,
@@ -292,28 +346,48 @@ impl<'a> V2Columns<'a> {
 
     fn record(&self, row: usize, s2: &Path, meta_path: &Path) -> Result<PatchRecord, Reject> {
         let name = self.id.get(row).unwrap_or_default().to_string();
-        let reject = |reason: String| Reject { patch: name.clone(), file: meta_path.to_path_buf(), reason };
+        let reject = |reason: String| Reject {
+            patch: name.clone(),
+            file: meta_path.to_path_buf(),
+            reason,
+        };
         if name.is_empty() {
             return Err(reject(format!("row {row}: empty patch_id")));
         }
-        let tile = v2_tile_of(&name).ok_or_else(|| reject("patch_id has no <tile>_<h>_<v> form".into()))?;
+        let tile = v2_tile_of(&name)
+            .ok_or_else(|| reject("patch_id has no <tile>_<h>_<v> form".into()))?;
         let dir = s2.join(tile).join(&name);
         let list = self.labels.value(row);
-        let names = list.as_any().downcast_ref::<StringArray>().ok_or_else(|| reject("labels are not strings".into()))?;
+        let names = list
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| reject("labels are not strings".into()))?;
         let labels = labels::from_ben19_names(names.iter().flatten())
             .map_err(|bad| reject(format!("unknown label {bad:?} (not one of the 19 classes)")))?;
         let split_name = self.split.get(row).unwrap_or_default();
-        let split =
-            Split::parse(split_name).ok_or_else(|| reject(format!("unknown split {split_name:?} (expected train, validation or test)")))?;
-        let flag = |col: Option<&BooleanArray>| col.is_some_and(|c| !c.is_null(row) && c.value(row));
-        Ok(PatchRecord { name, dir, labels, snow: flag(self.snow), cloud: flag(self.cloud), split: Some(split) })
+        let split = Split::parse(split_name).ok_or_else(|| {
+            reject(format!(
+                "unknown split {split_name:?} (expected train, validation or test)"
+            ))
+        })?;
+        let flag =
+            |col: Option<&BooleanArray>| col.is_some_and(|c| !c.is_null(row) && c.value(row));
+        Ok(PatchRecord {
+            name,
+            dir,
+            labels,
+            snow: flag(self.snow),
+            cloud: flag(self.cloud),
+            split: Some(split),
+        })
     }
 }
 
 /// Reads a one-name-per-line list (official snow / cloud / split CSVs): no header, LF or CRLF,
 /// and the two-column `s2_name,s1_name` form, of which the first column is the patch.
 pub fn read_name_list(path: &Path) -> Result<Vec<String>> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading list {}", path.display()))?;
+    let text =
+        fs::read_to_string(path).with_context(|| format!("reading list {}", path.display()))?;
     let mut names = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r').trim();
@@ -335,7 +409,10 @@ mod tests {
 
     #[test]
     fn v2_tile_is_the_id_without_its_grid_position() {
-        assert_eq!(v2_tile_of("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43"), Some("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"));
+        assert_eq!(
+            v2_tile_of("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43"),
+            Some("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP")
+        );
         assert_eq!(v2_tile_of("nounderscore"), None);
     }
 

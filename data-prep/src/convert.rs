@@ -23,7 +23,8 @@ use crate::archive::{self, ArchiveFormat, PatchRecord, Reject};
 use crate::geotiff;
 use crate::labels::{BEN19, LabelVector, NUM_CLASSES};
 use crate::layout::{
-    ALL_BANDS, Accounting, BAND_COUNT, BAND_GROUPS, FORMAT_VERSION, Source, Split, SplitInfo, StoreAttributes, Tool, partial_path, sibling,
+    ALL_BANDS, Accounting, BAND_COUNT, BAND_GROUPS, FORMAT_VERSION, Source, Split, SplitInfo,
+    StoreAttributes, Tool, partial_path, sibling,
 };
 use crate::packed::{self, Event, PackedStream, Packing};
 use crate::plan::{self, Fate, ListFiles, Rules};
@@ -57,14 +58,24 @@ pub struct Outcome {
 
 pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
     if opts.out.exists() && !opts.overwrite {
-        bail!("{} already exists; pass --overwrite to replace it", opts.out.display());
+        bail!(
+            "{} already exists; pass --overwrite to replace it",
+            opts.out.display()
+        );
     }
     if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     let lock_path = sibling(&opts.out, ".lock");
-    let lock = fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    lock.try_lock().map_err(|_| anyhow!("another data-prep is writing {} (lock {} is held)", opts.out.display(), lock_path.display()))?;
+    let lock = fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.try_lock().map_err(|_| {
+        anyhow!(
+            "another data-prep is writing {} (lock {} is held)",
+            opts.out.display(),
+            lock_path.display()
+        )
+    })?;
     let result = convert_locked(opts);
     drop(lock);
     let _ = fs::remove_file(&lock_path);
@@ -74,7 +85,10 @@ pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
 fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
     let packing = if opts.archive.is_file() {
         Some(Packing::of(&opts.archive).with_context(|| {
-            format!("{}: not an archive folder, and not a .tar.gz, .tgz, .tar.zst, .tzst or .tar file", opts.archive.display())
+            format!(
+                "{}: not an archive folder, and not a .tar.gz, .tgz, .tar.zst, .tzst or .tar file",
+                opts.archive.display()
+            )
         })?)
     } else {
         None
@@ -106,17 +120,32 @@ fn convert_folder(opts: &ConvertOptions, partial: &Path) -> Result<Outcome> {
     tracing::info!(format = %archive.format, root = %archive.root.display(), patches = archive.patches.len(),
         bad_metadata = archive.rejects.len(), "read archive metadata");
     let plan = plan::make_plan(&opts.archive, archive, &opts.lists, opts.split_seed)?;
-    tracing::info!(to_write = plan.splits.values().map(Vec::len).sum::<usize>(), rss_mib = resident_mib(), "planned every patch");
+    tracing::info!(
+        to_write = plan.splits.values().map(Vec::len).sum::<usize>(),
+        rss_mib = resident_mib(),
+        "planned every patch"
+    );
     if !opts.skip_bad && !plan.rejects.is_empty() {
         bail!(bad_input_message(&plan.rejects, false));
     }
     let total: usize = plan.splits.values().map(Vec::len).sum();
     let progress = crate::progress::bar(total as u64, "patches");
     let capacities = Split::ALL.map(|s| plan.splits[&s].len() as u64);
-    let mut sinks = Sinks::create(partial, capacities, opts, plan.accounting.clone(), plan.rejects.clone())?;
+    let mut sinks = Sinks::create(
+        partial,
+        capacities,
+        opts,
+        plan.accounting.clone(),
+        plan.rejects.clone(),
+    )?;
     for (&split, patches) in &plan.splits {
         for chunk in patches.chunks(CHUNK) {
-            let work = chunk.iter().map(|p| Work { split, name: p.name.clone(), labels: p.labels, input: Input::Folder(p.dir.clone()) });
+            let work = chunk.iter().map(|p| Work {
+                split,
+                name: p.name.clone(),
+                labels: p.labels,
+                input: Input::Folder(p.dir.clone()),
+            });
             sinks.process(work.collect())?;
             progress.inc(chunk.len() as u64);
         }
@@ -141,7 +170,10 @@ enum Input {
     /// The patch folder of an unpacked archive.
     Folder(PathBuf),
     /// The band files' bytes (in [`ALL_BANDS`] order) from a packed archive, named for messages.
-    Packed { bands: Vec<Vec<u8>>, archive: PathBuf },
+    Packed {
+        bands: Vec<Vec<u8>>,
+        archive: PathBuf,
+    },
 }
 
 /// A patch's pixels per band group (channels in layout order) and per-band sums.
@@ -180,23 +212,37 @@ fn decode(w: &Work) -> Result<Decoded, Reject> {
     for (g, group) in BAND_GROUPS.iter().enumerate() {
         groups[g].reserve_exact(group.values_per_patch());
         for band in group.bands {
-            let b = ALL_BANDS.iter().position(|x| x == band).expect("layout bands are archive bands");
+            let b = ALL_BANDS
+                .iter()
+                .position(|x| x == band)
+                .expect("layout bands are archive bands");
             let file_name = format!("{}_{band}.tif", w.name);
             let (bytes, file) = match &w.input {
                 Input::Folder(dir) => {
                     let path = dir.join(&file_name);
                     let reason = |e: std::io::Error| {
-                        if e.kind() == std::io::ErrorKind::NotFound { "missing band file".to_string() } else { format!("cannot read: {e}") }
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            "missing band file".to_string()
+                        } else {
+                            format!("cannot read: {e}")
+                        }
                     };
                     let read = read_small_file(&path, geotiff::typical_file_size(group.side));
                     match read {
                         Ok(bytes) => (std::borrow::Cow::Owned(bytes), path),
-                        Err(e) => return Err(Reject { patch: w.name.clone(), file: path, reason: reason(e) }),
+                        Err(e) => {
+                            return Err(Reject {
+                                patch: w.name.clone(),
+                                file: path,
+                                reason: reason(e),
+                            });
+                        }
                     }
                 }
-                Input::Packed { bands, archive } => {
-                    (std::borrow::Cow::Borrowed(&bands[b][..]), PathBuf::from(format!("{}:{file_name}", archive.display())))
-                }
+                Input::Packed { bands, archive } => (
+                    std::borrow::Cow::Borrowed(&bands[b][..]),
+                    PathBuf::from(format!("{}:{file_name}", archive.display())),
+                ),
             };
             let px = geotiff::decode_band(&bytes, group.side).map_err(|e| Reject {
                 patch: w.name.clone(),
@@ -245,7 +291,9 @@ impl ShardWriter {
             .name("shard-writer".into())
             .spawn(move || {
                 for w in rx {
-                    writers[&w.split].write(w.start, &w.groups).with_context(|| format!("writing split {}", w.split))?;
+                    writers[&w.split]
+                        .write(w.start, &w.groups)
+                        .with_context(|| format!("writing split {}", w.split))?;
                 }
                 Ok(writers)
             })
@@ -256,7 +304,9 @@ impl ShardWriter {
     /// Waits for every queued shard; the writers, or the first write's error.
     fn finish(self) -> Result<BTreeMap<Split, SplitWriter>> {
         drop(self.tx);
-        self.thread.join().map_err(|_| anyhow!("the shard writer panicked"))?
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("the shard writer panicked"))?
     }
 }
 
@@ -272,11 +322,20 @@ struct Sinks {
 }
 
 impl Sinks {
-    fn create(partial: &Path, capacities: [u64; 3], opts: &ConvertOptions, accounting: Accounting, rejects: Vec<Reject>) -> Result<Sinks> {
+    fn create(
+        partial: &Path,
+        capacities: [u64; 3],
+        opts: &ConvertOptions,
+        accounting: Accounting,
+        rejects: Vec<Reject>,
+    ) -> Result<Sinks> {
         let mut splits = BTreeMap::new();
         let mut writers = BTreeMap::new();
         for (split, capacity) in Split::ALL.into_iter().zip(capacities) {
-            writers.insert(split, SplitWriter::create(partial, split, capacity, &opts.store)?);
+            writers.insert(
+                split,
+                SplitWriter::create(partial, split, capacity, &opts.store)?,
+            );
             let sink = SplitSink {
                 shard: Default::default(),
                 stored: 0,
@@ -329,17 +388,25 @@ impl Sinks {
 
     /// Hands a full shard to the writer thread (waiting while two are queued).
     fn write(&mut self, w: ShardWrite) -> Result<()> {
-        let writer = self.writer.as_ref().context("the shard writer has stopped")?;
+        let writer = self
+            .writer
+            .as_ref()
+            .context("the shard writer has stopped")?;
         if writer.tx.send(w).is_err() {
             // The writer stopped on an error: report it.
             let stopped = self.writer.take().expect("checked above").finish();
-            return Err(stopped.err().unwrap_or_else(|| anyhow!("the shard writer stopped")));
+            return Err(stopped
+                .err()
+                .unwrap_or_else(|| anyhow!("the shard writer stopped")));
         }
         Ok(())
     }
 
     fn file(&mut self, work: Work, d: Decoded) -> Result<()> {
-        let sink = self.splits.get_mut(&work.split).expect("every split has a sink");
+        let sink = self
+            .splits
+            .get_mut(&work.split)
+            .expect("every split has a sink");
         for (buf, values) in sink.shard.iter_mut().zip(&d.groups) {
             buf.extend_from_slice(values);
         }
@@ -351,8 +418,13 @@ impl Sinks {
         let held = sink.names.len() as u64 - sink.stored;
         if held as usize == self.shard_patches {
             // The next shard's buffers at their full size: no regrowing while they fill.
-            let next = BAND_GROUPS.map(|g| Vec::with_capacity(self.shard_patches * g.values_per_patch()));
-            let full = ShardWrite { split: work.split, start: sink.stored, groups: std::mem::replace(&mut sink.shard, next) };
+            let next =
+                BAND_GROUPS.map(|g| Vec::with_capacity(self.shard_patches * g.values_per_patch()));
+            let full = ShardWrite {
+                split: work.split,
+                start: sink.stored,
+                groups: std::mem::replace(&mut sink.shard, next),
+            };
             sink.stored += held;
             self.write(full)?;
         }
@@ -367,12 +439,20 @@ impl Sinks {
             let sink = self.splits.get_mut(&split).expect("listed");
             let held = sink.names.len() as u64 - sink.stored;
             if held > 0 {
-                let last = ShardWrite { split, start: sink.stored, groups: std::mem::take(&mut sink.shard) };
+                let last = ShardWrite {
+                    split,
+                    start: sink.stored,
+                    groups: std::mem::take(&mut sink.shard),
+                };
                 sink.stored += held;
                 self.write(last)?;
             }
         }
-        let mut writers = self.writer.take().context("the shard writer has stopped")?.finish()?;
+        let mut writers = self
+            .writer
+            .take()
+            .context("the shard writer has stopped")?
+            .finish()?;
         let mut split_infos = BTreeMap::new();
         let mut train_sums = [BandSums::default(); BAND_COUNT];
         for (split, sink) in self.splits {
@@ -383,12 +463,23 @@ impl Sinks {
                 }
             }
             tracing::info!(%split, written = sink.names.len(), "split written");
-            self.accounting.written.insert(split, sink.names.len() as u64);
-            split_infos.insert(split, SplitInfo { patches: sink.names.len() as u64, label_counts });
+            self.accounting
+                .written
+                .insert(split, sink.names.len() as u64);
+            split_infos.insert(
+                split,
+                SplitInfo {
+                    patches: sink.names.len() as u64,
+                    label_counts,
+                },
+            );
             if split == Split::Train {
                 train_sums = sink.sums;
             }
-            writers.remove(&split).expect("a writer per split").finish(&sink.labels, &sink.names)?;
+            writers
+                .remove(&split)
+                .expect("a writer per split")
+                .finish(&sink.labels, &sink.names)?;
         }
         let accounting = self.accounting;
         if accounting.accounted() != accounting.input_patches {
@@ -398,12 +489,27 @@ impl Sinks {
                 accounting.accounted()
             );
         }
-        let band_stats = ALL_BANDS.iter().zip(train_sums.iter()).filter_map(|(b, s)| s.stats().map(|st| (b.to_string(), st))).collect();
+        let band_stats = ALL_BANDS
+            .iter()
+            .zip(train_sums.iter())
+            .filter_map(|(b, s)| s.stats().map(|st| (b.to_string(), st)))
+            .collect();
         let attrs = StoreAttributes {
             format_version: FORMAT_VERSION,
-            tool: Tool { name: "data-prep".into(), version: env!("CARGO_PKG_VERSION").into() },
+            tool: Tool {
+                name: "data-prep".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
             classes: BEN19.iter().map(|s| s.to_string()).collect(),
-            band_groups: BAND_GROUPS.iter().map(|g| (g.array.to_string(), g.bands.iter().map(|b| b.to_string()).collect())).collect(),
+            band_groups: BAND_GROUPS
+                .iter()
+                .map(|g| {
+                    (
+                        g.array.to_string(),
+                        g.bands.iter().map(|b| b.to_string()).collect(),
+                    )
+                })
+                .collect(),
             splits: split_infos,
             band_stats,
             source,
@@ -412,7 +518,10 @@ impl Sinks {
         };
         store::write_rejects(partial, &self.rejects)?;
         store::write_root(partial, &attrs)?;
-        Ok(Outcome { attrs, rejects: self.rejects })
+        Ok(Outcome {
+            attrs,
+            rejects: self.rejects,
+        })
     }
 }
 
@@ -420,30 +529,73 @@ impl Sinks {
 /// member arrives.
 fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Result<Outcome> {
     let path = &opts.archive;
-    let beside = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let metadata_path = opts.metadata.clone().or_else(|| Some(beside.join(archive::V2_METADATA)).filter(|p| p.is_file()));
-    let format = opts.format.unwrap_or(if metadata_path.is_some() { ArchiveFormat::V2 } else { ArchiveFormat::V1 });
+    let beside = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let metadata_path = opts
+        .metadata
+        .clone()
+        .or_else(|| Some(beside.join(archive::V2_METADATA)).filter(|p| p.is_file()));
+    let format = opts.format.unwrap_or(if metadata_path.is_some() {
+        ArchiveFormat::V2
+    } else {
+        ArchiveFormat::V1
+    });
     // v2.0's metadata comes beside the tar file; v1.0's inside it, one JSON per patch.
     let (known, mut metadata_rejects, has_flags) = match format {
         ArchiveFormat::V2 => {
-            let meta = metadata_path
-                .with_context(|| format!("{}: a v2.0 archive needs its metadata.parquet: beside it, or --metadata", path.display()))?;
+            let meta = metadata_path.with_context(|| {
+                format!(
+                    "{}: a v2.0 archive needs its metadata.parquet: beside it, or --metadata",
+                    path.display()
+                )
+            })?;
             let m = archive::read_v2_metadata(&meta, Path::new(archive::V2_FOLDER))?;
-            (Some(m.patches.into_iter().map(|p| (p.name.clone(), p)).collect::<HashMap<_, _>>()), m.rejects, m.has_exclusion_flags)
+            (
+                Some(
+                    m.patches
+                        .into_iter()
+                        .map(|p| (p.name.clone(), p))
+                        .collect::<HashMap<_, _>>(),
+                ),
+                m.rejects,
+                m.has_exclusion_flags,
+            )
         }
         ArchiveFormat::V1 => (None, Vec::new(), false),
     };
-    let has_splits = known.as_ref().is_some_and(|k| k.values().any(|p| p.split.is_some()));
-    let rules = Rules::new(format, &[beside], path, &opts.lists, has_flags, has_splits, opts.split_seed)?;
+    let has_splits = known
+        .as_ref()
+        .is_some_and(|k| k.values().any(|p| p.split.is_some()));
+    let rules = Rules::new(
+        format,
+        &[beside],
+        path,
+        &opts.lists,
+        has_flags,
+        has_splits,
+        opts.split_seed,
+    )?;
     if !opts.skip_bad && !metadata_rejects.is_empty() {
         bail!(bad_input_message(&metadata_rejects, false));
     }
-    let accounting =
-        Accounting { input_patches: metadata_rejects.len() as u64, rejected: metadata_rejects.len() as u64, ..Default::default() };
+    let accounting = Accounting {
+        input_patches: metadata_rejects.len() as u64,
+        rejected: metadata_rejects.len() as u64,
+        ..Default::default()
+    };
     let mut held: HashSet<String> = metadata_rejects.iter().map(|r| r.patch.clone()).collect();
     // Arrays grow to whatever the stream holds; their final length is set at the end.
     let capacities = [u64::from(u32::MAX); 3];
-    let mut sinks = Sinks::create(partial, capacities, opts, accounting, std::mem::take(&mut metadata_rejects))?;
+    let mut sinks = Sinks::create(
+        partial,
+        capacities,
+        opts,
+        accounting,
+        std::mem::take(&mut metadata_rejects),
+    )?;
 
     let stream = PackedStream::open(path, packing)?;
     let (read, size) = (stream.read.clone(), stream.size);
@@ -452,7 +604,11 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
     let max_pending = opts.max_pending;
     let reader = std::thread::Builder::new()
         .name("archive-reader".into())
-        .spawn(move || packed::read_patches(stream, format, max_pending, |e| tx.send(e).map_err(|_| anyhow!("the conversion stopped"))))
+        .spawn(move || {
+            packed::read_patches(stream, format, max_pending, |e| {
+                tx.send(e).map_err(|_| anyhow!("the conversion stopped"))
+            })
+        })
         .context("starting the archive reader")?;
     let started = Instant::now();
     let mut last_log = Instant::now();
@@ -465,7 +621,11 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
             let (patch, bytes, metadata) = match event {
                 Event::Bad { patch, reason } => {
                     held.insert(patch.clone());
-                    sinks.reject(Reject { patch, file: path.clone(), reason })?;
+                    sinks.reject(Reject {
+                        patch,
+                        file: path.clone(),
+                        reason,
+                    })?;
                     continue;
                 }
                 Event::Complete(p) => (p.name, p.bands, p.metadata),
@@ -474,7 +634,10 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
             let record = match &known {
                 Some(known) => match known.get(&patch) {
                     Some(r) => Ok(r.clone()),
-                    None => Err(format!("in the archive but not in its {}", archive::V2_METADATA)),
+                    None => Err(format!(
+                        "in the archive but not in its {}",
+                        archive::V2_METADATA
+                    )),
                 },
                 None => archive::v1_labels(&metadata).map(|labels| PatchRecord {
                     name: patch.clone(),
@@ -488,8 +651,16 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
             let record = match record {
                 Ok(r) => r,
                 Err(reason) => {
-                    let file = PathBuf::from(format!("{}:{}", path.display(), archive::v1_metadata_file(&patch)));
-                    sinks.reject(Reject { patch, file, reason })?;
+                    let file = PathBuf::from(format!(
+                        "{}:{}",
+                        path.display(),
+                        archive::v1_metadata_file(&patch)
+                    ));
+                    sinks.reject(Reject {
+                        patch,
+                        file,
+                        reason,
+                    })?;
                     continue;
                 }
             };
@@ -500,13 +671,19 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
                     split,
                     name: patch,
                     labels: record.labels,
-                    input: Input::Packed { bands: bytes, archive: path.clone() },
+                    input: Input::Packed {
+                        bands: bytes,
+                        archive: path.clone(),
+                    },
                 });
             }
             if chunk.len() == CHUNK {
                 sinks.process(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))?;
                 progress.set_position(read.load(Ordering::Relaxed));
-                progress.set_message(format!("{seen} patches, {:.0}/s", seen as f64 / started.elapsed().as_secs_f64()));
+                progress.set_message(format!(
+                    "{seen} patches, {:.0}/s",
+                    seen as f64 / started.elapsed().as_secs_f64()
+                ));
                 if last_log.elapsed() > Duration::from_secs(30) {
                     log_stream_progress(read.load(Ordering::Relaxed), size, seen, started);
                     last_log = Instant::now();
@@ -516,16 +693,22 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
         sinks.process(std::mem::take(&mut chunk))
     })();
     drop(rx);
-    let read_result = reader.join().map_err(|_| anyhow!("the archive reader panicked"))?;
+    let read_result = reader
+        .join()
+        .map_err(|_| anyhow!("the archive reader panicked"))?;
     consumed?;
     if let Err(e) = read_result {
-        if e.downcast_ref::<packed::StreamError>().is_some_and(|s| s.fatal) {
+        if e.downcast_ref::<packed::StreamError>()
+            .is_some_and(|s| s.fatal)
+        {
             return Err(e.context("no store was written (--skip-bad cannot set this aside)"));
         }
         if !opts.skip_bad {
             return Err(e.context("the archive is damaged; no store was written"));
         }
-        tracing::error!("{e:#}; with --skip-bad the patches read so far are kept, those after this point are not in the store");
+        tracing::error!(
+            "{e:#}; with --skip-bad the patches read so far are kept, those after this point are not in the store"
+        );
     }
     progress.finish_and_clear();
     log_stream_progress(read.load(Ordering::Relaxed), size, seen, started);
@@ -535,7 +718,11 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
         let mut unseen: Vec<Reject> = known
             .keys()
             .filter(|n| !held.contains(*n))
-            .map(|n| Reject { patch: n.clone(), file: path.clone(), reason: format!("in {} but not in the archive", archive::V2_METADATA) })
+            .map(|n| Reject {
+                patch: n.clone(),
+                file: path.clone(),
+                reason: format!("in {} but not in the archive", archive::V2_METADATA),
+            })
             .collect();
         unseen.sort_by(|a, b| a.patch.cmp(&b.patch));
         absent.extend(unseen);
@@ -550,7 +737,11 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
 fn log_stream_progress(read: u64, size: u64, patches: u64, started: Instant) {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let share = read as f64 / size.max(1) as f64;
-    let eta = if share > 0.0 { secs * (1.0 - share) / share } else { f64::NAN };
+    let eta = if share > 0.0 {
+        secs * (1.0 - share) / share
+    } else {
+        f64::NAN
+    };
     tracing::info!(
         read_mb = read >> 20,
         total_mb = size >> 20,
@@ -566,7 +757,13 @@ fn log_stream_progress(read: u64, size: u64, patches: u64, started: Instant) {
 /// that grows with the archive.
 fn resident_mib() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb / 1024)
 }
 
@@ -576,7 +773,10 @@ fn bad_input_message(rejects: &[Reject], stopped_at_first: bool) -> String {
     let mut msg = if stopped_at_first {
         "bad input; stopped, no store was written:\n".to_string()
     } else {
-        format!("{} bad input patch(es); no store was written:\n", rejects.len())
+        format!(
+            "{} bad input patch(es); no store was written:\n",
+            rejects.len()
+        )
     };
     for r in rejects.iter().take(20) {
         msg.push_str(&format!("  {r}\n"));
@@ -591,17 +791,21 @@ fn bad_input_message(rejects: &[Reject], stopped_at_first: bool) -> String {
 /// Replaces `out` by the finished `partial` with renames only, so a reader sees the old store
 /// or the new one, never a mix; the old one is removed afterwards.
 fn finalize(partial: &Path, out: &Path) -> Result<()> {
-    fs::File::open(partial).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", partial.display()))?;
+    fs::File::open(partial)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", partial.display()))?;
     if out.exists() {
         let old = sibling(out, ".old");
         if old.exists() {
             fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
         }
         fs::rename(out, &old).with_context(|| format!("moving the old {} aside", out.display()))?;
-        fs::rename(partial, out).with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
+        fs::rename(partial, out)
+            .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
         fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
     } else {
-        fs::rename(partial, out).with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
+        fs::rename(partial, out)
+            .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
     }
     Ok(())
 }

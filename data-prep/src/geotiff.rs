@@ -15,7 +15,11 @@ pub enum BandError {
     #[error("unreadable TIFF: {0}")]
     Decode(String),
     #[error("wrong size: {width}x{height} pixels, expected {expected}x{expected} for this band")]
-    WrongSize { width: u32, height: u32, expected: usize },
+    WrongSize {
+        width: u32,
+        height: u32,
+        expected: usize,
+    },
     #[error("wrong pixel type: {0}, expected single-band unsigned 16-bit")]
     WrongType(String),
 }
@@ -29,7 +33,10 @@ pub const fn typical_file_size(side: usize) -> usize {
 /// Decodes one band file held in memory, refusing anything but `side` x `side` uint16.
 pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
     if bytes.len() < 8 || !(bytes.starts_with(b"II") || bytes.starts_with(b"MM")) {
-        return Err(BandError::NotTiff(format!("{} bytes, no TIFF header", bytes.len())));
+        return Err(BandError::NotTiff(format!(
+            "{} bytes, no TIFF header",
+            bytes.len()
+        )));
     }
     // The archive's own layout, read directly; anything else (or anything inconsistent) goes
     // through the full decoder, which also words the errors.
@@ -37,21 +44,44 @@ pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
         return Ok(pixels);
     }
     check_tag_sizes(bytes)?;
-    let mut decoder = Decoder::new(Cursor::new(bytes)).map_err(|e| BandError::Decode(e.to_string()))?.with_limits(band_limits(bytes, side));
-    let (width, height) = decoder.dimensions().map_err(|e| BandError::Decode(e.to_string()))?;
+    let mut decoder = Decoder::new(Cursor::new(bytes))
+        .map_err(|e| BandError::Decode(e.to_string()))?
+        .with_limits(band_limits(bytes, side));
+    let (width, height) = decoder
+        .dimensions()
+        .map_err(|e| BandError::Decode(e.to_string()))?;
     if width as usize != side || height as usize != side {
-        return Err(BandError::WrongSize { width, height, expected: side });
+        return Err(BandError::WrongSize {
+            width,
+            height,
+            expected: side,
+        });
     }
-    match decoder.colortype().map_err(|e| BandError::Decode(e.to_string()))? {
+    match decoder
+        .colortype()
+        .map_err(|e| BandError::Decode(e.to_string()))?
+    {
         ColorType::Gray(16) => {}
         other => {
-            return Err(BandError::WrongType(format!("{other:?} at {width}x{height}")));
+            return Err(BandError::WrongType(format!(
+                "{other:?} at {width}x{height}"
+            )));
         }
     }
-    match decoder.read_image().map_err(|e| BandError::Decode(e.to_string()))? {
+    match decoder
+        .read_image()
+        .map_err(|e| BandError::Decode(e.to_string()))?
+    {
         DecodingResult::U16(v) if v.len() == side * side => Ok(v),
-        DecodingResult::U16(v) => Err(BandError::Decode(format!("decoded {} values, expected {}", v.len(), side * side))),
-        other => Err(BandError::WrongType(format!("{} at {width}x{height}", sample_kind(&other)))),
+        DecodingResult::U16(v) => Err(BandError::Decode(format!(
+            "decoded {} values, expected {}",
+            v.len(),
+            side * side
+        ))),
+        other => Err(BandError::WrongType(format!(
+            "{} at {width}x{height}",
+            sample_kind(&other)
+        ))),
     }
 }
 
@@ -59,13 +89,29 @@ pub fn decode_band(bytes: &[u8], side: usize) -> Result<Vec<u16>, BandError> {
 /// its buffers from those claims (up to 256 MiB) before finding the file too short.
 fn check_tag_sizes(bytes: &[u8]) -> Result<(), BandError> {
     let tiff = TiffBytes::new(bytes);
-    let short = || BandError::Decode(format!("{} bytes: the TIFF header or its first IFD is cut short", bytes.len()));
+    let short = || {
+        BandError::Decode(format!(
+            "{} bytes: the TIFF header or its first IFD is cut short",
+            bytes.len()
+        ))
+    };
     match tiff.u16_at(2).ok_or_else(short)? {
         42 => {}
-        43 => return Err(BandError::Decode("BigTIFF (BigEarthNet's band files are classic TIFF)".into())),
-        magic => return Err(BandError::NotTiff(format!("TIFF version {magic}, expected 42"))),
+        43 => {
+            return Err(BandError::Decode(
+                "BigTIFF (BigEarthNet's band files are classic TIFF)".into(),
+            ));
+        }
+        magic => {
+            return Err(BandError::NotTiff(format!(
+                "TIFF version {magic}, expected 42"
+            )));
+        }
     }
-    for IfdEntry { tag, typ, count, .. } in tiff.first_ifd().ok_or_else(short)? {
+    for IfdEntry {
+        tag, typ, count, ..
+    } in tiff.first_ifd().ok_or_else(short)?
+    {
         let size: u64 = match typ {
             3 | 8 => 2,
             4 | 9 | 11 | 13 => 4,
@@ -73,7 +119,10 @@ fn check_tag_sizes(bytes: &[u8]) -> Result<(), BandError> {
             _ => 1,
         };
         if u64::from(count) * size > bytes.len() as u64 {
-            return Err(BandError::Decode(format!("tag {tag} claims {count} values, more than the file's {} bytes hold", bytes.len())));
+            return Err(BandError::Decode(format!(
+                "tag {tag} claims {count} values, more than the file's {} bytes hold",
+                bytes.len()
+            )));
         }
     }
     Ok(())
@@ -95,17 +144,28 @@ struct IfdEntry {
 
 impl<'a> TiffBytes<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        TiffBytes { bytes, big_endian: bytes.starts_with(b"MM") }
+        TiffBytes {
+            bytes,
+            big_endian: bytes.starts_with(b"MM"),
+        }
     }
 
     fn u16_at(&self, o: usize) -> Option<u16> {
         let b: [u8; 2] = self.bytes.get(o..o.checked_add(2)?)?.try_into().ok()?;
-        Some(if self.big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+        Some(if self.big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
     }
 
     fn u32_at(&self, o: usize) -> Option<u32> {
         let b: [u8; 4] = self.bytes.get(o..o.checked_add(4)?)?.try_into().ok()?;
-        Some(if self.big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+        Some(if self.big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
     }
 
     /// The entries of the first IFD; `None` when the header or the IFD is cut short.
@@ -115,7 +175,12 @@ impl<'a> TiffBytes<'a> {
         (0..entries)
             .map(|i| {
                 let e = ifd + 2 + 12 * i;
-                Some(IfdEntry { tag: self.u16_at(e)?, typ: self.u16_at(e + 2)?, count: self.u32_at(e + 4)?, field: e + 8 })
+                Some(IfdEntry {
+                    tag: self.u16_at(e)?,
+                    typ: self.u16_at(e + 2)?,
+                    count: self.u32_at(e + 4)?,
+                    field: e + 8,
+                })
             })
             .collect()
     }
@@ -143,10 +208,17 @@ fn decode_plain_strips(bytes: &[u8], side: usize) -> Option<Vec<u16>> {
         return None;
     }
     // (value of a one-value tag) and (type, count, value-or-offset field position) of the others.
-    let (mut width, mut height, mut bits, mut compression, mut samples, mut planar, mut format) = (0, 0, 0, 1, 1, 1, 1);
+    let (mut width, mut height, mut bits, mut compression, mut samples, mut planar, mut format) =
+        (0, 0, 0, 1, 1, 1, 1);
     let mut offsets = None;
     let mut byte_counts = None;
-    for IfdEntry { tag, typ, count, field } in tiff.first_ifd()? {
+    for IfdEntry {
+        tag,
+        typ,
+        count,
+        field,
+    } in tiff.first_ifd()?
+    {
         let n = count as usize;
         let single = || match (typ, n) {
             (SHORT, 1) => u16_at(field).map(u32::from),
@@ -168,7 +240,9 @@ fn decode_plain_strips(bytes: &[u8], side: usize) -> Option<Vec<u16>> {
             _ => {}
         }
     }
-    if (width, height, bits, compression, samples, planar, format) != (side as u32, side as u32, 16, 1, 1, 1, 1) {
+    if (width, height, bits, compression, samples, planar, format)
+        != (side as u32, side as u32, 16, 1, 1, 1, 1)
+    {
         return None;
     }
     // An array of SHORT or LONG values, inline when it fits in 4 bytes.
@@ -178,8 +252,20 @@ fn decode_plain_strips(bytes: &[u8], side: usize) -> Option<Vec<u16>> {
             LONG => 4,
             _ => return None,
         };
-        let start = if n * size <= 4 { field } else { u32_at(field)? as usize };
-        (0..n).map(|k| if size == 2 { u16_at(start + 2 * k).map(usize::from) } else { u32_at(start + 4 * k).map(|v| v as usize) }).collect()
+        let start = if n * size <= 4 {
+            field
+        } else {
+            u32_at(field)? as usize
+        };
+        (0..n)
+            .map(|k| {
+                if size == 2 {
+                    u16_at(start + 2 * k).map(usize::from)
+                } else {
+                    u32_at(start + 4 * k).map(|v| v as usize)
+                }
+            })
+            .collect()
     };
     let (offsets, byte_counts) = (values(offsets?)?, values(byte_counts?)?);
     if offsets.len() != byte_counts.len() || byte_counts.iter().sum::<usize>() != side * side * 2 {
@@ -187,7 +273,12 @@ fn decode_plain_strips(bytes: &[u8], side: usize) -> Option<Vec<u16>> {
     }
     let mut pixels = Vec::with_capacity(side * side);
     for (&o, &n) in offsets.iter().zip(&byte_counts) {
-        pixels.extend(bytes.get(o..o.checked_add(n)?)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
+        pixels.extend(
+            bytes
+                .get(o..o.checked_add(n)?)?
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]])),
+        );
     }
     Some(pixels)
 }
@@ -249,10 +340,20 @@ pub fn rows_per_strip(side: usize) -> usize {
 /// Encodes a band as the real archive lays it out: little-endian, one IFD at offset 8, the
 /// tags' out-of-line values in tag order right after the IFD, then the uncompressed strips.
 pub fn encode_band(pixels: &[u16], side: usize, geo: &GeoRef, flavor: Flavor) -> Vec<u8> {
-    assert_eq!(pixels.len(), side * side, "pixel count does not match the side");
+    assert_eq!(
+        pixels.len(),
+        side * side,
+        "pixel count does not match the side"
+    );
     let rps = rows_per_strip(side);
-    let strips: Vec<(usize, usize)> = (0..side).step_by(rps).map(|row| (row, rps.min(side - row))).collect();
-    let strip_bytes: Vec<u32> = strips.iter().map(|&(_, rows)| (rows * side * 2) as u32).collect();
+    let strips: Vec<(usize, usize)> = (0..side)
+        .step_by(rps)
+        .map(|row| (row, rps.min(side - row)))
+        .collect();
+    let strip_bytes: Vec<u32> = strips
+        .iter()
+        .map(|&(_, rows)| (rows * side * 2) as u32)
+        .collect();
 
     let citation = format!("{}|WGS 84|", geo.crs_name());
     let mut ascii_params = citation.clone().into_bytes();
@@ -318,7 +419,12 @@ pub fn encode_band(pixels: &[u16], side: usize, geo: &GeoRef, flavor: Flavor) ->
         (284, SHORT, 1, le16(&[1])),
         (339, SHORT, 1, le16(&[1])),
         (33550, DOUBLE, 3, le64(&[geo.gsd_m, geo.gsd_m, 0.0])),
-        (33922, DOUBLE, 6, le64(&[0.0, 0.0, 0.0, geo.ulx, geo.uly, 0.0])),
+        (
+            33922,
+            DOUBLE,
+            6,
+            le64(&[0.0, 0.0, 0.0, geo.ulx, geo.uly, 0.0]),
+        ),
         (34735, SHORT, 32, le16(&geokeys)),
         (34737, ASCII, ascii_params.len() as u32, ascii_params),
     ];
@@ -327,7 +433,11 @@ pub fn encode_band(pixels: &[u16], side: usize, geo: &GeoRef, flavor: Flavor) ->
     }
 
     let ifd_len = 2 + 12 * tags.len() + 4;
-    let out_of_line: usize = tags.iter().filter(|t| t.3.len() > 4).map(|t| t.3.len().next_multiple_of(2)).sum();
+    let out_of_line: usize = tags
+        .iter()
+        .filter(|t| t.3.len() > 4)
+        .map(|t| t.3.len().next_multiple_of(2))
+        .sum();
     let data_start = 8 + ifd_len + out_of_line;
     let offsets: Vec<u32> = strip_bytes
         .iter()
@@ -377,11 +487,18 @@ mod tests {
     use super::*;
 
     fn geo(gsd: f64) -> GeoRef {
-        GeoRef { ulx: 600_000.0, uly: 5_300_040.0, gsd_m: gsd, utm_zone: 33 }
+        GeoRef {
+            ulx: 600_000.0,
+            uly: 5_300_040.0,
+            gsd_m: gsd,
+            utm_zone: 33,
+        }
     }
 
     fn ramp(side: usize) -> Vec<u16> {
-        (0..side * side).map(|i| (40 + i * 7 % 5_860) as u16).collect()
+        (0..side * side)
+            .map(|i| (40 + i * 7 % 5_860) as u16)
+            .collect()
     }
 
     #[test]
@@ -403,7 +520,11 @@ mod tests {
             for flavor in [Flavor::V1, Flavor::V2] {
                 let px = ramp(side);
                 let bytes = encode_band(&px, side, &geo(gsd), flavor);
-                assert_eq!(decode_plain_strips(&bytes, side).as_deref(), Some(&px[..]), "{side} {flavor:?}");
+                assert_eq!(
+                    decode_plain_strips(&bytes, side).as_deref(),
+                    Some(&px[..]),
+                    "{side} {flavor:?}"
+                );
                 let mut decoder = Decoder::new(Cursor::new(&bytes[..])).unwrap();
                 assert!(matches!(decoder.read_image().unwrap(), DecodingResult::U16(v) if v == px));
                 // Cut anywhere: never read directly, and the full decoder reports it.
@@ -427,9 +548,23 @@ mod tests {
     #[test]
     fn bad_files_are_refused_with_a_reason() {
         let bytes = encode_band(&ramp(60), 60, &geo(20.0), Flavor::V1);
-        assert_eq!(decode_band(&bytes, 120).unwrap_err(), BandError::WrongSize { width: 60, height: 60, expected: 120 });
-        assert!(matches!(decode_band(b"{\"labels\": []}", 60), Err(BandError::NotTiff(_))));
+        assert_eq!(
+            decode_band(&bytes, 120).unwrap_err(),
+            BandError::WrongSize {
+                width: 60,
+                height: 60,
+                expected: 120
+            }
+        );
+        assert!(matches!(
+            decode_band(b"{\"labels\": []}", 60),
+            Err(BandError::NotTiff(_))
+        ));
         let truncated = &bytes[..bytes.len() - 100];
-        assert!(matches!(decode_band(truncated, 60), Err(BandError::Decode(_))), "{:?}", decode_band(truncated, 60));
+        assert!(
+            matches!(decode_band(truncated, 60), Err(BandError::Decode(_))),
+            "{:?}",
+            decode_band(truncated, 60)
+        );
     }
 }

@@ -159,7 +159,9 @@ pub fn ben19_index(name: &str) -> Option<usize> {
 pub type LabelVector = [u8; NUM_CLASSES];
 
 /// Maps CORINE names to a 19-class vector. `Err(name)` for a name that is not one of the 43.
-pub fn from_corine_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<LabelVector, String> {
+pub fn from_corine_names<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<LabelVector, String> {
     let mut v = [0u8; NUM_CLASSES];
     for name in names {
         let i = corine_index(name).ok_or_else(|| name.to_string())?;
@@ -171,7 +173,9 @@ pub fn from_corine_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result
 }
 
 /// Maps BigEarthNet-19 names (as v2.0 stores them) to a vector. `Err(name)` for an unknown name.
-pub fn from_ben19_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<LabelVector, String> {
+pub fn from_ben19_names<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<LabelVector, String> {
     let mut v = [0u8; NUM_CLASSES];
     for name in names {
         let c = ben19_index(name).ok_or_else(|| name.to_string())?;
@@ -189,7 +193,8 @@ mod tests {
         let dropped: Vec<usize> = (0..43).filter(|&i| CORINE_TO_BEN19[i].is_none()).collect();
         assert_eq!(dropped, vec![3, 4, 5, 6, 7, 8, 9, 10, 30, 32, 37]);
         // Every 19-class index is reached, and the sources are those of the table.
-        let sources = |c: u8| -> Vec<usize> { (0..43).filter(|&i| CORINE_TO_BEN19[i] == Some(c)).collect() };
+        let sources =
+            |c: u8| -> Vec<usize> { (0..43).filter(|&i| CORINE_TO_BEN19[i] == Some(c)).collect() };
         assert_eq!(sources(0), vec![0, 1]);
         assert_eq!(sources(2), vec![11, 12, 13]);
         assert_eq!(sources(3), vec![14, 15, 16, 18]);
@@ -206,7 +211,8 @@ mod tests {
 
     #[test]
     fn names_map_to_vectors() {
-        let v = from_corine_names(["Discontinuous urban fabric", "Sea and ocean", "Bare rock"]).unwrap();
+        let v = from_corine_names(["Discontinuous urban fabric", "Sea and ocean", "Bare rock"])
+            .unwrap();
         assert_eq!(v[0], 1);
         assert_eq!(v[18], 1);
         assert_eq!(v.iter().map(|&x| x as u32).sum::<u32>(), 2);

@@ -13,7 +13,9 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const ATTRIBUTES_KEY: &str = "lossbench";
 
 /// The 12 Sentinel-2 L2A bands of BigEarthNet (no B10), as named in the archive.
-pub const ALL_BANDS: [&str; BAND_COUNT] = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"];
+pub const ALL_BANDS: [&str; BAND_COUNT] = [
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12",
+];
 pub const BAND_COUNT: usize = 12;
 
 /// A group of bands stored together at one native resolution.
@@ -41,17 +43,33 @@ impl BandGroup {
 /// Channel order follows the K-Branch CNN of the BigEarthNet team (docs/models.md): the 10 m
 /// group is R, G, B, NIR.
 pub const BAND_GROUPS: [BandGroup; 3] = [
-    BandGroup { array: "b10m", bands: &["B04", "B03", "B02", "B08"], side: 120, gsd_m: 10 },
-    BandGroup { array: "b20m", bands: &["B05", "B06", "B07", "B8A", "B11", "B12"], side: 60, gsd_m: 20 },
-    BandGroup { array: "b60m", bands: &["B01", "B09"], side: 20, gsd_m: 60 },
+    BandGroup {
+        array: "b10m",
+        bands: &["B04", "B03", "B02", "B08"],
+        side: 120,
+        gsd_m: 10,
+    },
+    BandGroup {
+        array: "b20m",
+        bands: &["B05", "B06", "B07", "B8A", "B11", "B12"],
+        side: 60,
+        gsd_m: 20,
+    },
+    BandGroup {
+        array: "b60m",
+        bands: &["B01", "B09"],
+        side: 20,
+        gsd_m: 60,
+    },
 ];
 
 /// Side of the finest band group: every map at full resolution is this square.
 pub const FULL_SIDE: usize = BAND_GROUPS[0].side;
 
 /// Values of all three band groups of one patch.
-pub const VALUES_PER_PATCH: usize =
-    BAND_GROUPS[0].values_per_patch() + BAND_GROUPS[1].values_per_patch() + BAND_GROUPS[2].values_per_patch();
+pub const VALUES_PER_PATCH: usize = BAND_GROUPS[0].values_per_patch()
+    + BAND_GROUPS[1].values_per_patch()
+    + BAND_GROUPS[2].values_per_patch();
 
 /// Where a store is built before it is complete: `<out>.partial`, beside it.
 pub fn partial_path(out: &std::path::Path) -> std::path::PathBuf {
@@ -193,20 +211,40 @@ impl StoreAttributes {
             ));
         }
         if self.classes.len() != NUM_CLASSES {
-            return Err(format!("store lists {} classes, expected {NUM_CLASSES}", self.classes.len()));
+            return Err(format!(
+                "store lists {} classes, expected {NUM_CLASSES}",
+                self.classes.len()
+            ));
         }
         for split in Split::ALL {
-            let info = self.splits.get(&split).ok_or_else(|| format!("attribute `splits` lacks the {split} split"))?;
+            let info = self
+                .splits
+                .get(&split)
+                .ok_or_else(|| format!("attribute `splits` lacks the {split} split"))?;
             if info.label_counts.len() != NUM_CLASSES {
-                return Err(format!("split {split}: {} label counts, expected {NUM_CLASSES}", info.label_counts.len()));
+                return Err(format!(
+                    "split {split}: {} label counts, expected {NUM_CLASSES}",
+                    info.label_counts.len()
+                ));
             }
-            if let Some((c, n)) = info.label_counts.iter().enumerate().find(|&(_, &n)| n > info.patches) {
-                return Err(format!("split {split}: class {c} is carried by {n} patches but the split has {}", info.patches));
+            if let Some((c, n)) = info
+                .label_counts
+                .iter()
+                .enumerate()
+                .find(|&(_, &n)| n > info.patches)
+            {
+                return Err(format!(
+                    "split {split}: class {c} is carried by {n} patches but the split has {}",
+                    info.patches
+                ));
             }
         }
         // Statistics come from the training split; a store whose patches were all rejected has none.
         let trained = self.splits[&Split::Train].patches > 0;
-        if let Some(missing) = ALL_BANDS.iter().find(|b| trained && !self.band_stats.contains_key(**b)) {
+        if let Some(missing) = ALL_BANDS
+            .iter()
+            .find(|b| trained && !self.band_stats.contains_key(**b))
+        {
             return Err(format!("attribute `band_stats` lacks band {missing}"));
         }
         Ok(())
@@ -219,7 +257,10 @@ mod tests {
 
     #[test]
     fn band_groups_cover_the_twelve_bands_once() {
-        let mut all: Vec<&str> = BAND_GROUPS.iter().flat_map(|g| g.bands.iter().copied()).collect();
+        let mut all: Vec<&str> = BAND_GROUPS
+            .iter()
+            .flat_map(|g| g.bands.iter().copied())
+            .collect();
         all.sort();
         let mut expected = ALL_BANDS.to_vec();
         expected.sort();
@@ -229,25 +270,54 @@ mod tests {
 
     #[test]
     fn inconsistent_attributes_are_refused_with_the_reason() {
-        let stats = BandStats { mean: 1.0, std: 1.0 };
+        let stats = BandStats {
+            mean: 1.0,
+            std: 1.0,
+        };
         let ok = StoreAttributes {
             format_version: FORMAT_VERSION,
-            tool: Tool { name: "t".into(), version: "0".into() },
+            tool: Tool {
+                name: "t".into(),
+                version: "0".into(),
+            },
             classes: vec![String::new(); NUM_CLASSES],
             band_groups: BTreeMap::new(),
-            splits: Split::ALL.iter().map(|&s| (s, SplitInfo { patches: 5, label_counts: vec![1; NUM_CLASSES] })).collect(),
+            splits: Split::ALL
+                .iter()
+                .map(|&s| {
+                    (
+                        s,
+                        SplitInfo {
+                            patches: 5,
+                            label_counts: vec![1; NUM_CLASSES],
+                        },
+                    )
+                })
+                .collect(),
             band_stats: ALL_BANDS.iter().map(|b| (b.to_string(), stats)).collect(),
-            source: Source { format: String::new(), path: String::new(), snow_list: None, cloud_list: None, splits: String::new() },
+            source: Source {
+                format: String::new(),
+                path: String::new(),
+                snow_list: None,
+                cloud_list: None,
+                splits: String::new(),
+            },
             options: serde_json::Value::Null,
             accounting: Accounting::default(),
         };
         assert_eq!(ok.validate(), Ok(()));
         let mut a = ok.clone();
         a.splits.remove(&Split::Validation);
-        assert_eq!(a.validate().unwrap_err(), "attribute `splits` lacks the validation split");
+        assert_eq!(
+            a.validate().unwrap_err(),
+            "attribute `splits` lacks the validation split"
+        );
         let mut a = ok.clone();
         a.splits.get_mut(&Split::Train).unwrap().label_counts[3] = 6;
-        assert_eq!(a.validate().unwrap_err(), "split train: class 3 is carried by 6 patches but the split has 5");
+        assert_eq!(
+            a.validate().unwrap_err(),
+            "split train: class 3 is carried by 6 patches but the split has 5"
+        );
         let mut a = ok.clone();
         a.band_stats.remove("B8A");
         assert!(a.validate().unwrap_err().contains("B8A"));

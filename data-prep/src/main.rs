@@ -119,7 +119,10 @@ struct SynthArgs {
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("starting the thread pool")?;
     }
     match cli.command {
         Command::Convert(a) => {
@@ -145,7 +148,11 @@ fn run(cli: Cli) -> Result<()> {
                 split_seed: a.split_seed,
                 skip_bad: a.skip_bad,
                 overwrite: a.overwrite,
-                store: StoreOptions { codec: a.codec, level: a.level, shard_patches: a.shard_patches },
+                store: StoreOptions {
+                    codec: a.codec,
+                    level: a.level,
+                    shard_patches: a.shard_patches,
+                },
                 max_pending: a.max_pending_patches,
             };
             let started = std::time::Instant::now();
@@ -153,14 +160,25 @@ fn run(cli: Cli) -> Result<()> {
             let secs = started.elapsed().as_secs_f64();
             print!("{}", summary::render(&a.out, &outcome.attrs));
             let written: u64 = outcome.attrs.accounting.written.values().sum();
-            println!("\nconverted {written} patches in {secs:.1} s ({:.0} patches/s)", written as f64 / secs);
+            println!(
+                "\nconverted {written} patches in {secs:.1} s ({:.0} patches/s)",
+                written as f64 / secs
+            );
             if !outcome.rejects.is_empty() {
-                println!("\nrejected patches (also in the store's `rejects` group; `data-prep info --rejects`):");
+                println!(
+                    "\nrejected patches (also in the store's `rejects` group; `data-prep info --rejects`):"
+                );
                 print_rejects(&outcome.rejects, 50);
             }
         }
         Command::Synth(a) => {
-            let s = synth(&SynthOptions { patches: a.patches, seed: a.seed, format: a.format, out: a.out.clone(), pack: a.pack })?;
+            let s = synth(&SynthOptions {
+                patches: a.patches,
+                seed: a.seed,
+                format: a.format,
+                out: a.out.clone(),
+                pack: a.pack,
+            })?;
             println!(
                 "wrote {} synthetic patches ({}) to {}: {} snowy, {} cloudy, {} without a 19-class label; \
                  train/validation/test {}/{}/{}",

@@ -66,17 +66,34 @@ pub struct PackedStream {
 impl PackedStream {
     pub fn open(path: &Path, packing: Packing) -> Result<PackedStream> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let size = file.metadata().with_context(|| format!("reading the size of {}", path.display()))?.len();
+        let size = file
+            .metadata()
+            .with_context(|| format!("reading the size of {}", path.display()))?
+            .len();
         let read = Arc::new(AtomicU64::new(0));
         // Large reads: the decompressors pull big blocks.
-        let counted = io::BufReader::with_capacity(1 << 20, Counting { inner: file, count: read.clone() });
+        let counted = io::BufReader::with_capacity(
+            1 << 20,
+            Counting {
+                inner: file,
+                count: read.clone(),
+            },
+        );
         let reader: Box<dyn Read + Send> = match packing {
             Packing::Tar => Box::new(counted),
             // Multi-member gzip (pigz, concatenated parts) is one stream.
             Packing::TarGz => Box::new(flate2::bufread::MultiGzDecoder::new(counted)),
-            Packing::TarZst => Box::new(zstd::stream::read::Decoder::with_buffer(counted).context("starting the zstd decoder")?),
+            Packing::TarZst => Box::new(
+                zstd::stream::read::Decoder::with_buffer(counted)
+                    .context("starting the zstd decoder")?,
+            ),
         };
-        Ok(PackedStream { path: path.to_path_buf(), reader, read, size })
+        Ok(PackedStream {
+            path: path.to_path_buf(),
+            reader,
+            read,
+            size,
+        })
     }
 }
 
@@ -104,7 +121,9 @@ pub enum Event {
 
 /// A failure of the stream itself: where it happened and why.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {what} at byte {tar_offset} of the tar stream ({compressed_offset} bytes into the file)")]
+#[error(
+    "{path}: {what} at byte {tar_offset} of the tar stream ({compressed_offset} bytes into the file)"
+)]
 pub struct StreamError {
     pub path: PathBuf,
     pub what: String,
@@ -126,12 +145,21 @@ struct Pending {
 
 impl Pending {
     fn new(offset: u64) -> Pending {
-        Pending { bands: vec![None; BAND_COUNT], metadata: None, problem: None, offset }
+        Pending {
+            bands: vec![None; BAND_COUNT],
+            metadata: None,
+            problem: None,
+            offset,
+        }
     }
 
     fn missing(&self, format: ArchiveFormat, patch: &str) -> Vec<String> {
-        let mut m: Vec<String> =
-            ALL_BANDS.iter().zip(&self.bands).filter(|(_, b)| b.is_none()).map(|(band, _)| format!("{patch}_{band}.tif")).collect();
+        let mut m: Vec<String> = ALL_BANDS
+            .iter()
+            .zip(&self.bands)
+            .filter(|(_, b)| b.is_none())
+            .map(|(band, _)| format!("{patch}_{band}.tif"))
+            .collect();
         if format == ArchiveFormat::V1 && self.metadata.is_none() {
             m.push(v1_metadata_file(patch));
         }
@@ -151,7 +179,10 @@ fn classify(format: ArchiveFormat, patch: &str, file: &str) -> Member {
     if format == ArchiveFormat::V1 && file == v1_metadata_file(patch) {
         return Member::Metadata;
     }
-    let band = file.strip_prefix(patch).and_then(|r| r.strip_prefix('_')).and_then(|r| r.strip_suffix(".tif"));
+    let band = file
+        .strip_prefix(patch)
+        .and_then(|r| r.strip_prefix('_'))
+        .and_then(|r| r.strip_suffix(".tif"));
     match band.and_then(|b| ALL_BANDS.iter().position(|x| *x == b)) {
         Some(i) => Member::Band(i),
         None => Member::Unexpected,
@@ -168,7 +199,9 @@ pub fn read_patches(
     max_pending: usize,
     mut emit: impl FnMut(Event) -> Result<()>,
 ) -> Result<()> {
-    let PackedStream { path, reader, read, .. } = stream;
+    let PackedStream {
+        path, reader, read, ..
+    } = stream;
     let mut archive = tar::Archive::new(reader);
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut done: HashSet<String> = HashSet::new();
@@ -192,20 +225,32 @@ pub fn read_patches(
         compressed_offset: read.load(Ordering::Relaxed),
         fatal: false,
     };
-    let entries = archive.entries().map_err(|e| stream_error(format!("not a tar stream: {e}"), 0))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| stream_error(format!("not a tar stream: {e}"), 0))?;
     let outcome = (|| -> Result<()> {
         for entry in entries {
-            let mut entry = entry.map_err(|e| stream_error(format!("unreadable tar header ({e})"), next_header))?;
+            let mut entry = entry
+                .map_err(|e| stream_error(format!("unreadable tar header ({e})"), next_header))?;
             tar_offset = entry.raw_header_position();
             next_header = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
-            let member = entry.path().map_err(|e| stream_error(format!("unreadable member name ({e})"), tar_offset))?.into_owned();
+            let member = entry
+                .path()
+                .map_err(|e| stream_error(format!("unreadable member name ({e})"), tar_offset))?
+                .into_owned();
             let kind = entry.header().entry_type();
             if kind.is_dir() {
                 continue;
             }
             let parts: Vec<String> = member
                 .components()
-                .filter_map(|c| if let Component::Normal(s) = c { Some(s.to_string_lossy().into_owned()) } else { None })
+                .filter_map(|c| {
+                    if let Component::Normal(s) = c {
+                        Some(s.to_string_lossy().into_owned())
+                    } else {
+                        None
+                    }
+                })
                 .collect();
             // A patch folder holds files named after it; a file in a folder known as a patch's
             // (from an earlier member) that is not one of its files is out of place in that patch.
@@ -220,12 +265,23 @@ pub fn read_patches(
                 _ => None,
             };
             let Some((patch, file)) = in_patch else {
-                let what = format!("member {} is outside any patch folder: not a {format} archive", member.display());
-                bail!(StreamError { fatal: true, ..stream_error(what, tar_offset) });
+                let what = format!(
+                    "member {} is outside any patch folder: not a {format} archive",
+                    member.display()
+                );
+                bail!(StreamError {
+                    fatal: true,
+                    ..stream_error(what, tar_offset)
+                });
             };
             if let Some((name, p)) = &mut ready {
                 if *name == patch {
-                    p.problem.get_or_insert_with(|| format!("unexpected member {} at byte {tar_offset}", member.display()));
+                    p.problem.get_or_insert_with(|| {
+                        format!(
+                            "unexpected member {} at byte {tar_offset}",
+                            member.display()
+                        )
+                    });
                     continue;
                 }
                 let (name, p) = ready.take().expect("checked");
@@ -233,12 +289,18 @@ pub fn read_patches(
             }
             if done.contains(&patch) {
                 bail!(stream_error(
-                    format!("member {} belongs to patch {patch}, which was already complete", member.display()),
+                    format!(
+                        "member {} belongs to patch {patch}, which was already complete",
+                        member.display()
+                    ),
                     tar_offset
                 ));
             }
             if !pending.contains_key(&patch) && pending.len() >= max_pending {
-                let (oldest, p) = pending.iter().min_by_key(|(_, p)| p.offset).expect("pending is full");
+                let (oldest, p) = pending
+                    .iter()
+                    .min_by_key(|(_, p)| p.offset)
+                    .expect("pending is full");
                 bail!(stream_error(
                     format!(
                         "{max_pending} patches are incomplete at once (--max-pending-patches): patch {oldest} still lacks {} of its \
@@ -250,26 +312,42 @@ pub fn read_patches(
                 ));
             }
             let mut bytes = Vec::with_capacity(entry.size() as usize);
-            entry
-                .read_to_end(&mut bytes)
-                .map_err(|e| stream_error(format!("member {} is cut short ({e})", member.display()), tar_offset))?;
+            entry.read_to_end(&mut bytes).map_err(|e| {
+                stream_error(
+                    format!("member {} is cut short ({e})", member.display()),
+                    tar_offset,
+                )
+            })?;
             if bytes.len() as u64 != entry.size() {
                 bail!(stream_error(
-                    format!("member {} ends after {} of its {} bytes", member.display(), bytes.len(), entry.size()),
+                    format!(
+                        "member {} ends after {} of its {} bytes",
+                        member.display(),
+                        bytes.len(),
+                        entry.size()
+                    ),
                     tar_offset
                 ));
             }
-            let p = pending.entry(patch.clone()).or_insert_with(|| Pending::new(tar_offset));
+            let p = pending
+                .entry(patch.clone())
+                .or_insert_with(|| Pending::new(tar_offset));
             let slot = match (kind.is_file(), classify(format, &patch, &file)) {
                 (true, Member::Band(i)) => &mut p.bands[i],
                 (true, Member::Metadata) => &mut p.metadata,
                 (_, Member::Unexpected) | (false, _) => {
-                    p.problem.get_or_insert_with(|| format!("unexpected member {} at byte {tar_offset}", member.display()));
+                    p.problem.get_or_insert_with(|| {
+                        format!(
+                            "unexpected member {} at byte {tar_offset}",
+                            member.display()
+                        )
+                    });
                     continue;
                 }
             };
             if slot.replace(bytes).is_some() {
-                p.problem.get_or_insert_with(|| format!("member {} appears twice", member.display()));
+                p.problem
+                    .get_or_insert_with(|| format!("member {} appears twice", member.display()));
             }
             if p.missing(format, &patch).is_empty() {
                 let p = pending.remove(&patch).expect("just seen");
@@ -284,12 +362,24 @@ pub fn read_patches(
     let outcome = outcome.and_then(|()| {
         io::copy(&mut archive.into_inner(), &mut io::sink())
             .map(drop)
-            .map_err(|e| StreamError { fatal: true, ..stream_error(format!("the compressed stream is damaged ({e})"), next_header) }.into())
+            .map_err(|e| {
+                StreamError {
+                    fatal: true,
+                    ..stream_error(
+                        format!("the compressed stream is damaged ({e})"),
+                        next_header,
+                    )
+                }
+                .into()
+            })
     });
     if let Err(e) = outcome {
         // A broken stream: the patches it cut off are reported, then the error.
         if e.downcast_ref::<StreamError>().is_some() {
-            let cut = |patch: String| Event::Bad { patch, reason: format!("cut off by the damaged stream: {e}") };
+            let cut = |patch: String| Event::Bad {
+                patch,
+                reason: format!("cut off by the damaged stream: {e}"),
+            };
             for name in ready.map(|(n, _)| n).into_iter().chain(pending.into_keys()) {
                 if emit(cut(name)).is_err() {
                     break;
@@ -305,8 +395,16 @@ pub fn read_patches(
     left.sort_by(|a, b| a.0.cmp(&b.0));
     for (patch, p) in left {
         let missing = p.missing(format, &patch);
-        let reason = format!("members missing at the end of the stream: {}", missing.join(", "));
-        emit(Event::Bad { reason: p.problem.map_or(reason.clone(), |pr| format!("{pr}; {reason}")), patch })?;
+        let reason = format!(
+            "members missing at the end of the stream: {}",
+            missing.join(", ")
+        );
+        emit(Event::Bad {
+            reason: p
+                .problem
+                .map_or(reason.clone(), |pr| format!("{pr}; {reason}")),
+            patch,
+        })?;
     }
     Ok(())
 }
@@ -317,9 +415,15 @@ mod tests {
 
     #[test]
     fn packing_follows_the_file_name() {
-        assert_eq!(Packing::of(Path::new("/d/BigEarthNet-S2-v1.0.tar.gz")), Some(Packing::TarGz));
+        assert_eq!(
+            Packing::of(Path::new("/d/BigEarthNet-S2-v1.0.tar.gz")),
+            Some(Packing::TarGz)
+        );
         assert_eq!(Packing::of(Path::new("x.TGZ")), Some(Packing::TarGz));
-        assert_eq!(Packing::of(Path::new("BigEarthNet-S2.tar.zst")), Some(Packing::TarZst));
+        assert_eq!(
+            Packing::of(Path::new("BigEarthNet-S2.tar.zst")),
+            Some(Packing::TarZst)
+        );
         assert_eq!(Packing::of(Path::new("a.tar")), Some(Packing::Tar));
         assert_eq!(Packing::of(Path::new("folder")), None);
     }
@@ -327,10 +431,25 @@ mod tests {
     #[test]
     fn members_are_classified_by_their_patch() {
         let p = "S2A_MSIL2A_20170613T101031_61_39";
-        assert!(matches!(classify(ArchiveFormat::V1, p, &format!("{p}_B8A.tif")), Member::Band(8)));
-        assert!(matches!(classify(ArchiveFormat::V1, p, &v1_metadata_file(p)), Member::Metadata));
-        assert!(matches!(classify(ArchiveFormat::V2, p, &v1_metadata_file(p)), Member::Unexpected));
-        assert!(matches!(classify(ArchiveFormat::V1, p, "README.txt"), Member::Unexpected));
-        assert!(matches!(classify(ArchiveFormat::V1, p, &format!("{p}_B10.tif")), Member::Unexpected));
+        assert!(matches!(
+            classify(ArchiveFormat::V1, p, &format!("{p}_B8A.tif")),
+            Member::Band(8)
+        ));
+        assert!(matches!(
+            classify(ArchiveFormat::V1, p, &v1_metadata_file(p)),
+            Member::Metadata
+        ));
+        assert!(matches!(
+            classify(ArchiveFormat::V2, p, &v1_metadata_file(p)),
+            Member::Unexpected
+        ));
+        assert!(matches!(
+            classify(ArchiveFormat::V1, p, "README.txt"),
+            Member::Unexpected
+        ));
+        assert!(matches!(
+            classify(ArchiveFormat::V1, p, &format!("{p}_B10.tif")),
+            Member::Unexpected
+        ));
     }
 }

@@ -61,7 +61,9 @@ pub struct Rules {
 /// Where an unset list is looked for: the folders given, in order (the archive's folder, the
 /// patch-folder root and its parent; for a packed archive, the folder holding it).
 fn find_file(dirs: &[PathBuf], names: &[&str]) -> Option<PathBuf> {
-    dirs.iter().flat_map(|d| names.iter().map(move |n| d.join(n))).find(|p| p.is_file())
+    dirs.iter()
+        .flat_map(|d| names.iter().map(move |n| d.join(n)))
+        .find(|p| p.is_file())
 }
 
 fn find_split_lists(dirs: &[PathBuf]) -> Option<[PathBuf; 3]> {
@@ -114,9 +116,19 @@ impl Rules {
         split_seed: u64,
     ) -> Result<Rules> {
         let uses_lists = format == ArchiveFormat::V1 || !has_flags;
-        let snow_path = lists.snow.clone().or_else(|| uses_lists.then(|| find_file(dirs, &[SNOW_LIST])).flatten());
-        let cloud_path = lists.cloud.clone().or_else(|| uses_lists.then(|| find_file(dirs, &[CLOUD_LIST])).flatten());
-        let split_paths = lists.splits.clone().or_else(|| (format == ArchiveFormat::V1).then(|| find_split_lists(dirs)).flatten());
+        let snow_path = lists
+            .snow
+            .clone()
+            .or_else(|| uses_lists.then(|| find_file(dirs, &[SNOW_LIST])).flatten());
+        let cloud_path = lists
+            .cloud
+            .clone()
+            .or_else(|| uses_lists.then(|| find_file(dirs, &[CLOUD_LIST])).flatten());
+        let split_paths = lists.splits.clone().or_else(|| {
+            (format == ArchiveFormat::V1)
+                .then(|| find_split_lists(dirs))
+                .flatten()
+        });
         let read_set = |p: &Option<PathBuf>| -> Result<HashSet<String>> {
             Ok(match p {
                 Some(p) => archive::read_name_list(p)?.into_iter().collect(),
@@ -125,25 +137,46 @@ impl Rules {
         };
         let (snow, cloud) = (read_set(&snow_path)?, read_set(&cloud_path)?);
         if snow_path.is_none() && !has_flags {
-            tracing::warn!("no snow list ({SNOW_LIST}) found or given: no patch is excluded for seasonal snow");
+            tracing::warn!(
+                "no snow list ({SNOW_LIST}) found or given: no patch is excluded for seasonal snow"
+            );
         }
         if cloud_path.is_none() && !has_flags {
-            tracing::warn!("no cloud list ({CLOUD_LIST}) found or given: no patch is excluded for cloud or shadow");
+            tracing::warn!(
+                "no cloud list ({CLOUD_LIST}) found or given: no patch is excluded for cloud or shadow"
+            );
         }
         let mut listed: HashMap<String, (Split, PathBuf)> = HashMap::new();
         if let Some(paths) = &split_paths {
             for (split, path) in Split::ALL.into_iter().zip(paths.iter()) {
                 for name in archive::read_name_list(path)? {
-                    if let Some((other, other_path)) = listed.insert(name.clone(), (split, path.clone())) {
-                        bail!("patch {name} is listed in both {} ({other}) and {} ({split})", other_path.display(), path.display());
+                    if let Some((other, other_path)) =
+                        listed.insert(name.clone(), (split, path.clone()))
+                    {
+                        bail!(
+                            "patch {name} is listed in both {} ({other}) and {} ({split})",
+                            other_path.display(),
+                            path.display()
+                        );
                     }
                 }
             }
         }
         let (split_rule, splits) = match (&split_paths, has_splits) {
-            (Some(p), _) => (SplitRule::Lists, format!("split lists {}, {}, {}", p[0].display(), p[1].display(), p[2].display())),
+            (Some(p), _) => (
+                SplitRule::Lists,
+                format!(
+                    "split lists {}, {}, {}",
+                    p[0].display(),
+                    p[1].display(),
+                    p[2].display()
+                ),
+            ),
             (None, true) => (SplitRule::Column, "the metadata's split column".to_string()),
-            (None, false) => (SplitRule::Random(split_seed), format!("seeded random 52/24/24 split by patch name, seed {split_seed}")),
+            (None, false) => (
+                SplitRule::Random(split_seed),
+                format!("seeded random 52/24/24 split by patch name, seed {split_seed}"),
+            ),
         };
         let source = Source {
             format: format.to_string(),
@@ -152,7 +185,13 @@ impl Rules {
             cloud_list: cloud_path.map(|p| p.display().to_string()),
             splits,
         };
-        Ok(Rules { snow, cloud, listed, split_rule, source })
+        Ok(Rules {
+            snow,
+            cloud,
+            listed,
+            split_rule,
+            source,
+        })
     }
 
     /// The fate of a patch with good metadata.
@@ -169,7 +208,9 @@ impl Rules {
                     Some(&(split, _)) => Fate::Write(split),
                     None => Fate::Excluded(Exclusion::NotInSplitLists),
                 },
-                SplitRule::Column => Fate::Write(p.split.unwrap_or_else(|| random_split(&p.name, 0))),
+                SplitRule::Column => {
+                    Fate::Write(p.split.unwrap_or_else(|| random_split(&p.name, 0)))
+                }
                 SplitRule::Random(seed) => Fate::Write(random_split(&p.name, seed)),
             }
         }
@@ -226,20 +267,51 @@ fn search_dirs(given: &Path, root: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-pub fn make_plan(given: &Path, archive: Archive, lists: &ListFiles, split_seed: u64) -> Result<Plan> {
+pub fn make_plan(
+    given: &Path,
+    archive: Archive,
+    lists: &ListFiles,
+    split_seed: u64,
+) -> Result<Plan> {
     let dirs = search_dirs(given, &archive.root);
     let has_splits = archive.patches.iter().any(|p| p.split.is_some());
-    let rules = Rules::new(archive.format, &dirs, &archive.root, lists, archive.has_exclusion_flags, has_splits, split_seed)?;
-    let Archive { patches, mut rejects, .. } = archive;
-    let mut accounting =
-        Accounting { input_patches: (patches.len() + rejects.len()) as u64, rejected: rejects.len() as u64, ..Default::default() };
-    let mut by_split: BTreeMap<Split, Vec<PatchRecord>> = Split::ALL.iter().map(|&s| (s, Vec::new())).collect();
-    let held: HashSet<String> = patches.iter().map(|p| p.name.clone()).chain(rejects.iter().map(|r| r.patch.clone())).collect();
+    let rules = Rules::new(
+        archive.format,
+        &dirs,
+        &archive.root,
+        lists,
+        archive.has_exclusion_flags,
+        has_splits,
+        split_seed,
+    )?;
+    let Archive {
+        patches,
+        mut rejects,
+        ..
+    } = archive;
+    let mut accounting = Accounting {
+        input_patches: (patches.len() + rejects.len()) as u64,
+        rejected: rejects.len() as u64,
+        ..Default::default()
+    };
+    let mut by_split: BTreeMap<Split, Vec<PatchRecord>> =
+        Split::ALL.iter().map(|&s| (s, Vec::new())).collect();
+    let held: HashSet<String> = patches
+        .iter()
+        .map(|p| p.name.clone())
+        .chain(rejects.iter().map(|r| r.patch.clone()))
+        .collect();
     for p in patches {
         let fate = rules.fate(&p);
         count(&mut accounting, fate);
         if let Fate::Write(split) = fate {
-            by_split.get_mut(&split).expect("every split").push(PatchRecord { split: Some(split), ..p });
+            by_split
+                .get_mut(&split)
+                .expect("every split")
+                .push(PatchRecord {
+                    split: Some(split),
+                    ..p
+                });
         }
     }
     // Listed patches that the archive does not hold (a patch whose metadata was rejected is held).
@@ -250,7 +322,12 @@ pub fn make_plan(given: &Path, archive: Archive, lists: &ListFiles, split_seed: 
     for v in by_split.values_mut() {
         v.sort_by(|a, b| a.name.cmp(&b.name));
     }
-    Ok(Plan { splits: by_split, accounting, rejects, source: rules.source })
+    Ok(Plan {
+        splits: by_split,
+        accounting,
+        rejects,
+        source: rules.source,
+    })
 }
 
 #[cfg(test)]
@@ -259,7 +336,9 @@ mod tests {
 
     #[test]
     fn random_split_is_about_52_24_24_and_depends_on_name_and_seed_only() {
-        let names: Vec<String> = (0..20_000).map(|i| format!("S2A_MSIL2A_20170613T101031_{}_{}", i % 100, i / 100)).collect();
+        let names: Vec<String> = (0..20_000)
+            .map(|i| format!("S2A_MSIL2A_20170613T101031_{}_{}", i % 100, i / 100))
+            .collect();
         let count = |seed| {
             let mut n = [0usize; 3];
             for name in &names {
@@ -269,10 +348,16 @@ mod tests {
         };
         let n = count(7);
         for (got, share) in n.iter().zip([0.52, 0.24, 0.24]) {
-            assert!((*got as f64 / names.len() as f64 - share).abs() < 0.01, "{n:?}");
+            assert!(
+                (*got as f64 / names.len() as f64 - share).abs() < 0.01,
+                "{n:?}"
+            );
         }
         assert_eq!(n, count(7));
         assert_ne!(n, count(8));
-        assert_eq!(random_split("S2B_MSIL2A_20170924T93020_69_24", 0), random_split("S2B_MSIL2A_20170924T93020_69_24", 0));
+        assert_eq!(
+            random_split("S2B_MSIL2A_20170924T93020_69_24", 0),
+            random_split("S2B_MSIL2A_20170924T93020_69_24", 0)
+        );
     }
 }

@@ -18,7 +18,11 @@ impl BandSums {
             let v = v as u64;
             (s + v, q + v * v)
         });
-        BandSums { count: values.len() as u64, sum, sum_sq: sum_sq as u128 }
+        BandSums {
+            count: values.len() as u64,
+            sum,
+            sum_sq: sum_sq as u128,
+        }
     }
 
     pub fn add(&mut self, other: &BandSums) {
@@ -38,7 +42,10 @@ impl BandSums {
         let scaled_var = n * self.sum_sq - s * s;
         let mean = self.sum as f64 / self.count as f64;
         let var = scaled_var as f64 / (n as f64 * n as f64);
-        Some(BandStats { mean, std: var.sqrt() })
+        Some(BandStats {
+            mean,
+            std: var.sqrt(),
+        })
     }
 }
 
@@ -57,7 +64,11 @@ mod tests {
         assert_eq!(whole, parts);
         let st = whole.stats().unwrap();
         let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64;
-        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / values.len() as f64;
+        let var = values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / values.len() as f64;
         assert!((st.mean - mean).abs() < 1e-9);
         assert!((st.std - var.sqrt()).abs() < 1e-9);
         assert_eq!(BandSums::default().stats(), None);

@@ -7,17 +7,22 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use zarrs::array::codec::{BloscCodec, BloscCompressionLevel, BloscCompressor, BloscShuffleMode, ZstdCodec};
+use zarrs::array::codec::{
+    BloscCodec, BloscCompressionLevel, BloscCompressor, BloscShuffleMode, ZstdCodec,
+};
 use zarrs::array::codec::{ShardingCodecOptions, SubchunkWriteOrder};
 use zarrs::array::{
-    Array, ArrayBuilder, ArrayShardedReadableExt, ArrayShardedReadableExtCache, BytesToBytesCodecTraits, CodecOptions,
-    CodecSpecificOptions, data_type,
+    Array, ArrayBuilder, ArrayShardedReadableExt, ArrayShardedReadableExtCache,
+    BytesToBytesCodecTraits, CodecOptions, CodecSpecificOptions, data_type,
 };
 use zarrs::filesystem::{FilesystemStore, FilesystemStoreOptions};
 use zarrs::group::{Group, GroupBuilder};
 
 use crate::labels::NUM_CLASSES;
-use crate::layout::{ATTRIBUTES_KEY, BAND_GROUPS, LABELS_ARRAY, NAMES_ARRAY, REJECTS_GROUP, Split, StoreAttributes, TABLE_CHUNK_ROWS};
+use crate::layout::{
+    ATTRIBUTES_KEY, BAND_GROUPS, LABELS_ARRAY, NAMES_ARRAY, REJECTS_GROUP, Split, StoreAttributes,
+    TABLE_CHUNK_ROWS,
+};
 
 /// Compression of every chunk (inner chunk of a shard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -46,14 +51,23 @@ pub struct StoreOptions {
 /// each chunk as one block: left to itself it picks blocks by level (32 KiB at level 1, 128 KiB
 /// at level 3 for zstd), and the 115,200-byte inner chunks of the 10 m bands would decode as four
 /// small zstd frames at level 1, slower to read than one.
-fn compression(opts: &StoreOptions, item_bytes: usize, chunk_bytes: usize) -> Result<Arc<dyn BytesToBytesCodecTraits>> {
+fn compression(
+    opts: &StoreOptions,
+    item_bytes: usize,
+    chunk_bytes: usize,
+) -> Result<Arc<dyn BytesToBytesCodecTraits>> {
     Ok(match opts.codec {
         Codec::Zstd => Arc::new(ZstdCodec::new(opts.level.into(), false)),
         Codec::Blosc => Arc::new(BloscCodec::new(
             BloscCompressor::Zstd,
-            BloscCompressionLevel::try_from(opts.level).map_err(|e| anyhow::anyhow!("blosc level: {e}"))?,
+            BloscCompressionLevel::try_from(opts.level)
+                .map_err(|e| anyhow::anyhow!("blosc level: {e}"))?,
             Some(chunk_bytes),
-            if item_bytes > 1 { BloscShuffleMode::Shuffle } else { BloscShuffleMode::NoShuffle },
+            if item_bytes > 1 {
+                BloscShuffleMode::Shuffle
+            } else {
+                BloscShuffleMode::NoShuffle
+            },
             Some(item_bytes),
         )?),
     })
@@ -66,7 +80,9 @@ type Fs = FilesystemStore;
 const READ_HANDLE_CACHE: usize = 512;
 
 fn open_storage(path: &Path) -> Result<Arc<Fs>> {
-    Ok(Arc::new(FilesystemStore::new(path).with_context(|| format!("opening store folder {}", path.display()))?))
+    Ok(Arc::new(FilesystemStore::new(path).with_context(|| {
+        format!("opening store folder {}", path.display())
+    })?))
 }
 
 /// Writes one split's arrays. The band arrays are created with room for every candidate patch
@@ -81,31 +97,48 @@ pub struct SplitWriter {
 }
 
 impl SplitWriter {
-    pub fn create(store_path: &Path, split: Split, capacity: u64, opts: &StoreOptions) -> Result<Self> {
+    pub fn create(
+        store_path: &Path,
+        split: Split,
+        capacity: u64,
+        opts: &StoreOptions,
+    ) -> Result<Self> {
         zarrs::config::global_config_mut().set_include_zarrs_metadata(false);
         let storage = open_storage(store_path)?;
         let creating = || format!("{}: creating split {split}", store_path.display());
-        GroupBuilder::new().build(storage.clone(), &format!("/{split}")).and_then(|g| Ok(g.store_metadata()?)).with_context(creating)?;
+        GroupBuilder::new()
+            .build(storage.clone(), &format!("/{split}"))
+            .and_then(|g| Ok(g.store_metadata()?))
+            .with_context(creating)?;
         let mut bands = Vec::new();
         for g in BAND_GROUPS {
             let side = g.side as u64;
             let nb = g.bands.len() as u64;
-            let array =
-                ArrayBuilder::new(vec![capacity, nb, side, side], vec![opts.shard_patches, nb, side, side], data_type::uint16(), 0u16)
-                    .subchunk_shape(vec![1, nb, side, side])
-                    // Inner chunks in index order, not in the order threads finish: byte-identical shards.
-                    .codec_specific_options(
-                        CodecSpecificOptions::default()
-                            .with_option(ShardingCodecOptions::default().with_subchunk_write_order(SubchunkWriteOrder::C)),
-                    )
-                    .bytes_to_bytes_codecs(vec![compression(opts, 2, 2 * g.values_per_patch())?])
-                    .dimension_names(["patch", "band", "y", "x"].into())
-                    .build(storage.clone(), &format!("/{split}/{}", g.array))
-                    .with_context(creating)?;
+            let array = ArrayBuilder::new(
+                vec![capacity, nb, side, side],
+                vec![opts.shard_patches, nb, side, side],
+                data_type::uint16(),
+                0u16,
+            )
+            .subchunk_shape(vec![1, nb, side, side])
+            // Inner chunks in index order, not in the order threads finish: byte-identical shards.
+            .codec_specific_options(CodecSpecificOptions::default().with_option(
+                ShardingCodecOptions::default().with_subchunk_write_order(SubchunkWriteOrder::C),
+            ))
+            .bytes_to_bytes_codecs(vec![compression(opts, 2, 2 * g.values_per_patch())?])
+            .dimension_names(["patch", "band", "y", "x"].into())
+            .build(storage.clone(), &format!("/{split}/{}", g.array))
+            .with_context(creating)?;
             array.store_metadata().with_context(creating)?;
             bands.push(array);
         }
-        Ok(SplitWriter { split, path: store_path.to_path_buf(), storage, bands, opts: opts.clone() })
+        Ok(SplitWriter {
+            split,
+            path: store_path.to_path_buf(),
+            storage,
+            bands,
+            opts: opts.clone(),
+        })
     }
 
     /// Stores patches `start..start + n`; `groups[g]` holds their values of band group `g`,
@@ -117,7 +150,15 @@ impl SplitWriter {
             let subset = [start..start + n, 0..g.bands.len() as u64, 0..side, 0..side];
             array
                 .store_array_subset(&subset, values.as_slice())
-                .with_context(|| format!("{}: writing {}/{} patches {start}..{}", self.path.display(), self.split, g.array, start + n))?;
+                .with_context(|| {
+                    format!(
+                        "{}: writing {}/{} patches {start}..{}",
+                        self.path.display(),
+                        self.split,
+                        g.array,
+                        start + n
+                    )
+                })?;
         }
         Ok(())
     }
@@ -138,16 +179,34 @@ impl SplitWriter {
             array.store_metadata()?;
         }
         let rows = TABLE_CHUNK_ROWS;
-        let label_array = ArrayBuilder::new(vec![n, NUM_CLASSES as u64], vec![rows, NUM_CLASSES as u64], data_type::uint8(), 0u8)
-            .bytes_to_bytes_codecs(vec![compression(&self.opts, 1, (rows as usize) * NUM_CLASSES)?])
-            .dimension_names(["patch", "class"].into())
-            .build(self.storage.clone(), &format!("/{}/{LABELS_ARRAY}", self.split))?;
+        let label_array = ArrayBuilder::new(
+            vec![n, NUM_CLASSES as u64],
+            vec![rows, NUM_CLASSES as u64],
+            data_type::uint8(),
+            0u8,
+        )
+        .bytes_to_bytes_codecs(vec![compression(
+            &self.opts,
+            1,
+            (rows as usize) * NUM_CLASSES,
+        )?])
+        .dimension_names(["patch", "class"].into())
+        .build(
+            self.storage.clone(),
+            &format!("/{}/{LABELS_ARRAY}", self.split),
+        )?;
         label_array.store_metadata()?;
         label_array.store_array_subset(&[0..n, 0..NUM_CLASSES as u64], labels)?;
         let name_array = ArrayBuilder::new(vec![n], vec![rows], data_type::string(), "")
-            .bytes_to_bytes_codecs(vec![Arc::new(ZstdCodec::new(self.opts.level.into(), false))])
+            .bytes_to_bytes_codecs(vec![Arc::new(ZstdCodec::new(
+                self.opts.level.into(),
+                false,
+            ))])
             .dimension_names(["patch"].into())
-            .build(self.storage.clone(), &format!("/{}/{NAMES_ARRAY}", self.split))?;
+            .build(
+                self.storage.clone(),
+                &format!("/{}/{NAMES_ARRAY}", self.split),
+            )?;
         name_array.store_metadata()?;
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         name_array.store_array_subset(&std::slice::from_ref(&(0..n)), refs)?;
@@ -158,16 +217,25 @@ impl SplitWriter {
 /// Writes the rejects report as a group of three aligned string arrays (patch, file, reason),
 /// so that Python readers see a plain Zarr hierarchy.
 pub fn write_rejects(store_path: &Path, rejects: &[crate::archive::Reject]) -> Result<()> {
-    write_reject_arrays(store_path, rejects).with_context(|| format!("{}: writing the rejects report", store_path.display()))
+    write_reject_arrays(store_path, rejects)
+        .with_context(|| format!("{}: writing the rejects report", store_path.display()))
 }
 
 fn write_reject_arrays(store_path: &Path, rejects: &[crate::archive::Reject]) -> Result<()> {
     let storage = open_storage(store_path)?;
-    GroupBuilder::new().build(storage.clone(), &format!("/{REJECTS_GROUP}"))?.store_metadata()?;
+    GroupBuilder::new()
+        .build(storage.clone(), &format!("/{REJECTS_GROUP}"))?
+        .store_metadata()?;
     let n = rejects.len() as u64;
     let columns: [(&str, Vec<String>); 3] = [
         ("patch", rejects.iter().map(|r| r.patch.clone()).collect()),
-        ("file", rejects.iter().map(|r| r.file.display().to_string()).collect()),
+        (
+            "file",
+            rejects
+                .iter()
+                .map(|r| r.file.display().to_string())
+                .collect(),
+        ),
         ("reason", rejects.iter().map(|r| r.reason.clone()).collect()),
     ];
     for (name, values) in columns {
@@ -188,14 +256,19 @@ pub fn read_rejects(store_path: &Path) -> Result<Vec<crate::archive::Reject>> {
     let column = |name: &str| -> Result<Vec<String>> {
         let a = Array::open(storage.clone(), &format!("/{REJECTS_GROUP}/{name}"))
             .with_context(|| format!("{}: opening {REJECTS_GROUP}/{name}", store_path.display()))?;
-        a.retrieve_array_subset(&a.subset_all()).with_context(|| format!("{}: reading {REJECTS_GROUP}/{name}", store_path.display()))
+        a.retrieve_array_subset(&a.subset_all())
+            .with_context(|| format!("{}: reading {REJECTS_GROUP}/{name}", store_path.display()))
     };
     let (patch, file, reason) = (column("patch")?, column("file")?, column("reason")?);
     Ok(patch
         .into_iter()
         .zip(file)
         .zip(reason)
-        .map(|((patch, file), reason)| crate::archive::Reject { patch, file: file.into(), reason })
+        .map(|((patch, file), reason)| crate::archive::Reject {
+            patch,
+            file: file.into(),
+            reason,
+        })
         .collect())
 }
 
@@ -204,8 +277,12 @@ pub fn write_root(store_path: &Path, attrs: &StoreAttributes) -> Result<()> {
     zarrs::config::global_config_mut().set_include_zarrs_metadata(false);
     let storage = open_storage(store_path)?;
     let mut group = GroupBuilder::new().build(storage, "/")?;
-    group.attributes_mut().insert(ATTRIBUTES_KEY.into(), serde_json::to_value(attrs)?);
-    group.store_metadata().with_context(|| format!("{}: writing the root attributes", store_path.display()))
+    group
+        .attributes_mut()
+        .insert(ATTRIBUTES_KEY.into(), serde_json::to_value(attrs)?);
+    group
+        .store_metadata()
+        .with_context(|| format!("{}: writing the root attributes", store_path.display()))
 }
 
 /// A finished store, opened for reading.
@@ -226,23 +303,40 @@ impl Store {
                     partial.display()
                 );
             }
-            bail!("{} is not a store made by data-prep (no zarr.json)", path.display());
+            bail!(
+                "{} is not a store made by data-prep (no zarr.json)",
+                path.display()
+            );
         }
         // Random reads hit the same shard files over and over: keep them open.
         let mut fs_options = FilesystemStoreOptions::default();
         fs_options.file_handle_cache_size(READ_HANDLE_CACHE);
         let storage = Arc::new(
-            FilesystemStore::new_with_options(path, fs_options).with_context(|| format!("opening store folder {}", path.display()))?,
+            FilesystemStore::new_with_options(path, fs_options)
+                .with_context(|| format!("opening store folder {}", path.display()))?,
         );
-        let group = Group::open(storage.clone(), "/").with_context(|| format!("opening {}", path.display()))?;
-        let value = group
-            .attributes()
-            .get(ATTRIBUTES_KEY)
-            .with_context(|| format!("{}: no `{ATTRIBUTES_KEY}` attributes; not written by data-prep", path.display()))?;
-        let attrs: StoreAttributes = serde_json::from_value(value.clone())
-            .with_context(|| format!("{}: unreadable `{ATTRIBUTES_KEY}` attributes", path.display()))?;
-        attrs.validate().map_err(|e| anyhow::anyhow!("{}: inconsistent store attributes: {e}", path.display()))?;
-        Ok(Store { path: path.to_path_buf(), attrs, storage })
+        let group = Group::open(storage.clone(), "/")
+            .with_context(|| format!("opening {}", path.display()))?;
+        let value = group.attributes().get(ATTRIBUTES_KEY).with_context(|| {
+            format!(
+                "{}: no `{ATTRIBUTES_KEY}` attributes; not written by data-prep",
+                path.display()
+            )
+        })?;
+        let attrs: StoreAttributes = serde_json::from_value(value.clone()).with_context(|| {
+            format!(
+                "{}: unreadable `{ATTRIBUTES_KEY}` attributes",
+                path.display()
+            )
+        })?;
+        attrs.validate().map_err(|e| {
+            anyhow::anyhow!("{}: inconsistent store attributes: {e}", path.display())
+        })?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            attrs,
+            storage,
+        })
     }
 
     pub fn split(&self, split: Split) -> Result<SplitData> {
@@ -250,8 +344,14 @@ impl Store {
             Array::open(self.storage.clone(), &format!("/{split}/{name}"))
                 .with_context(|| format!("{}: opening array {split}/{name}", self.path.display()))
         };
-        let bands: Vec<Array<Fs>> = BAND_GROUPS.iter().map(|g| open(g.array)).collect::<Result<_>>()?;
-        let caches = bands.iter().map(ArrayShardedReadableExtCache::new).collect();
+        let bands: Vec<Array<Fs>> = BAND_GROUPS
+            .iter()
+            .map(|g| open(g.array))
+            .collect::<Result<_>>()?;
+        let caches = bands
+            .iter()
+            .map(ArrayShardedReadableExtCache::new)
+            .collect();
         let labels_array = open(LABELS_ARRAY)?;
         let labels: Vec<u8> = labels_array
             .retrieve_array_subset(&labels_array.subset_all())
@@ -263,14 +363,29 @@ impl Store {
         let len = names.len();
         for (a, g) in bands.iter().zip(BAND_GROUPS) {
             if a.shape()[0] as usize != len || labels.len() != len * NUM_CLASSES {
-                bail!("{}: split {split}: {} has {} patches but names has {len}", self.path.display(), g.array, a.shape()[0]);
+                bail!(
+                    "{}: split {split}: {} has {} patches but names has {len}",
+                    self.path.display(),
+                    g.array,
+                    a.shape()[0]
+                );
             }
         }
         let recorded = self.attrs.splits[&split].patches;
         if recorded != len as u64 {
-            bail!("{}: split {split} holds {len} patches but its attributes say {recorded}", self.path.display());
+            bail!(
+                "{}: split {split} holds {len} patches but its attributes say {recorded}",
+                self.path.display()
+            );
         }
-        Ok(SplitData { split, len, names, labels, bands, caches })
+        Ok(SplitData {
+            split,
+            len,
+            names,
+            labels,
+            bands,
+            caches,
+        })
     }
 }
 
@@ -294,7 +409,12 @@ impl SplitData {
     pub fn encoded_patch(&self, group: usize, i: usize) -> Result<Vec<u8>> {
         self.bands[group]
             .retrieve_encoded_subchunk(&self.caches[group], &[i as u64, 0, 0, 0])?
-            .with_context(|| format!("{}/{} patch {i} is not stored", self.split, BAND_GROUPS[group].array))
+            .with_context(|| {
+                format!(
+                    "{}/{} patch {i} is not stored",
+                    self.split, BAND_GROUPS[group].array
+                )
+            })
     }
 
     /// Values of band group `group` (index into [`BAND_GROUPS`]) of patch `i`: one inner chunk,
@@ -303,6 +423,11 @@ impl SplitData {
         let options = CodecOptions::default().with_concurrent_target(1);
         self.bands[group]
             .retrieve_subchunk_opt(&self.caches[group], &[i as u64, 0, 0, 0], &options)
-            .with_context(|| format!("reading {}/{} patch {i}", self.split, BAND_GROUPS[group].array))
+            .with_context(|| {
+                format!(
+                    "reading {}/{} patch {i}",
+                    self.split, BAND_GROUPS[group].array
+                )
+            })
     }
 }

@@ -22,7 +22,9 @@ use rayon::prelude::*;
 
 use crate::archive::{ArchiveFormat, V1_FOLDER, V2_FOLDER, V2_METADATA, v2_tile_of};
 use crate::geotiff::{self, Flavor, GeoRef};
-use crate::labels::{BEN19, BEN19_OFFICIAL_COUNTS, BEN19_OFFICIAL_PATCHES, CORINE_43, CORINE_TO_BEN19, NUM_CLASSES};
+use crate::labels::{
+    BEN19, BEN19_OFFICIAL_COUNTS, BEN19_OFFICIAL_PATCHES, CORINE_43, CORINE_TO_BEN19, NUM_CLASSES,
+};
 use crate::layout::{ALL_BANDS, BAND_GROUPS, Split};
 use crate::plan::{CLOUD_LIST, SNOW_LIST};
 
@@ -89,16 +91,96 @@ struct Acquisition {
 }
 
 const ACQUISITIONS: [Acquisition; 10] = [
-    Acquisition { satellite: "S2A", date: "20170613", time: "101031", orbit: "R022", tile: "33UUP", utm_zone: 33, country: "Austria" },
-    Acquisition { satellite: "S2B", date: "20170924", time: "93020", orbit: "R136", tile: "29SND", utm_zone: 29, country: "Portugal" },
-    Acquisition { satellite: "S2A", date: "20170717", time: "113321", orbit: "R080", tile: "29SNB", utm_zone: 29, country: "Portugal" },
-    Acquisition { satellite: "S2B", date: "20180204", time: "94160", orbit: "R036", tile: "34VER", utm_zone: 34, country: "Finland" },
-    Acquisition { satellite: "S2A", date: "20171208", time: "100401", orbit: "R122", tile: "32TNS", utm_zone: 32, country: "Switzerland" },
-    Acquisition { satellite: "S2B", date: "20180511", time: "105619", orbit: "R094", tile: "31UES", utm_zone: 31, country: "Belgium" },
-    Acquisition { satellite: "S2A", date: "20170816", time: "095031", orbit: "R079", tile: "35VLJ", utm_zone: 35, country: "Finland" },
-    Acquisition { satellite: "S2B", date: "20170808", time: "095029", orbit: "R079", tile: "34UFA", utm_zone: 34, country: "Lithuania" },
-    Acquisition { satellite: "S2A", date: "20180221", time: "112111", orbit: "R037", tile: "29UPU", utm_zone: 29, country: "Ireland" },
-    Acquisition { satellite: "S2B", date: "20180325", time: "103019", orbit: "R108", tile: "33TWN", utm_zone: 33, country: "Serbia" },
+    Acquisition {
+        satellite: "S2A",
+        date: "20170613",
+        time: "101031",
+        orbit: "R022",
+        tile: "33UUP",
+        utm_zone: 33,
+        country: "Austria",
+    },
+    Acquisition {
+        satellite: "S2B",
+        date: "20170924",
+        time: "93020",
+        orbit: "R136",
+        tile: "29SND",
+        utm_zone: 29,
+        country: "Portugal",
+    },
+    Acquisition {
+        satellite: "S2A",
+        date: "20170717",
+        time: "113321",
+        orbit: "R080",
+        tile: "29SNB",
+        utm_zone: 29,
+        country: "Portugal",
+    },
+    Acquisition {
+        satellite: "S2B",
+        date: "20180204",
+        time: "94160",
+        orbit: "R036",
+        tile: "34VER",
+        utm_zone: 34,
+        country: "Finland",
+    },
+    Acquisition {
+        satellite: "S2A",
+        date: "20171208",
+        time: "100401",
+        orbit: "R122",
+        tile: "32TNS",
+        utm_zone: 32,
+        country: "Switzerland",
+    },
+    Acquisition {
+        satellite: "S2B",
+        date: "20180511",
+        time: "105619",
+        orbit: "R094",
+        tile: "31UES",
+        utm_zone: 31,
+        country: "Belgium",
+    },
+    Acquisition {
+        satellite: "S2A",
+        date: "20170816",
+        time: "095031",
+        orbit: "R079",
+        tile: "35VLJ",
+        utm_zone: 35,
+        country: "Finland",
+    },
+    Acquisition {
+        satellite: "S2B",
+        date: "20170808",
+        time: "095029",
+        orbit: "R079",
+        tile: "34UFA",
+        utm_zone: 34,
+        country: "Lithuania",
+    },
+    Acquisition {
+        satellite: "S2A",
+        date: "20180221",
+        time: "112111",
+        orbit: "R037",
+        tile: "29UPU",
+        utm_zone: 29,
+        country: "Ireland",
+    },
+    Acquisition {
+        satellite: "S2B",
+        date: "20180325",
+        time: "103019",
+        orbit: "R108",
+        tile: "33TWN",
+        utm_zone: 33,
+        country: "Serbia",
+    },
 ];
 
 const TILE_ULX: f64 = 399_960.0;
@@ -111,13 +193,28 @@ impl Acquisition {
         format!("{:0>6}", self.time)
     }
     fn v1_name(&self, h: usize, v: usize) -> String {
-        format!("{}_MSIL2A_{}T{}_{h}_{v}", self.satellite, self.date, self.time)
+        format!(
+            "{}_MSIL2A_{}T{}_{h}_{v}",
+            self.satellite, self.date, self.time
+        )
     }
     fn v2_name(&self, h: usize, v: usize) -> String {
-        format!("{}_MSIL2A_{}T{}_N9999_{}_T{}_{h}_{v}", self.satellite, self.date, self.time6(), self.orbit, self.tile)
+        format!(
+            "{}_MSIL2A_{}T{}_N9999_{}_T{}_{h}_{v}",
+            self.satellite,
+            self.date,
+            self.time6(),
+            self.orbit,
+            self.tile
+        )
     }
     fn s1_name(&self, h: usize, v: usize) -> String {
-        format!("S1A_IW_GRDH_1SDV_{}T{}_{}_{h}_{v}", self.date, self.time6(), self.tile)
+        format!(
+            "S1A_IW_GRDH_1SDV_{}T{}_{}_{h}_{v}",
+            self.date,
+            self.time6(),
+            self.tile
+        )
     }
     fn tile_source(&self) -> String {
         format!(
@@ -133,7 +230,15 @@ impl Acquisition {
     }
     fn acquisition_date(&self) -> String {
         let (d, t) = (self.date, self.time6());
-        format!("{}-{}-{} {}:{}:{}", &d[0..4], &d[4..6], &d[6..8], &t[0..2], &t[2..4], &t[4..6])
+        format!(
+            "{}-{}-{} {}:{}:{}",
+            &d[0..4],
+            &d[4..6],
+            &d[6..8],
+            &t[0..2],
+            &t[2..4],
+            &t[4..6]
+        )
     }
     fn wkt(&self) -> String {
         let z = self.utm_zone;
@@ -153,7 +258,9 @@ UNIT[\"metre\",1,AUTHORITY[\"EPSG\",\"9001\"]],AXIS[\"Easting\",EAST],AXIS[\"Nor
 const GROUP: [u8; NUM_CLASSES] = [0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 3, 3, 2, 4, 4, 4, 4, 4];
 const SAME_GROUP_AFFINITY: f64 = 4.0;
 /// Probability of carrying k = 1..=12 labels (mean about 2.9, about 5% above five, as the real data).
-const LABEL_COUNT_PROBS: [f64; 12] = [0.17, 0.27, 0.25, 0.15, 0.11, 0.025, 0.012, 0.006, 0.003, 0.002, 0.001, 0.001];
+const LABEL_COUNT_PROBS: [f64; 12] = [
+    0.17, 0.27, 0.25, 0.15, 0.11, 0.025, 0.012, 0.006, 0.003, 0.002, 0.001, 0.001,
+];
 
 /// Area weight of each class's regions: rare classes cover less of a patch.
 fn area_weight(c: usize) -> f64 {
@@ -169,8 +276,13 @@ struct LabelSampler {
 
 impl LabelSampler {
     fn calibrated() -> Self {
-        let target: Vec<f64> = BEN19_OFFICIAL_COUNTS.iter().map(|&c| c as f64 / BEN19_OFFICIAL_PATCHES as f64).collect();
-        let mut s = LabelSampler { weights: std::array::from_fn(|c| target[c]) };
+        let target: Vec<f64> = BEN19_OFFICIAL_COUNTS
+            .iter()
+            .map(|&c| c as f64 / BEN19_OFFICIAL_PATCHES as f64)
+            .collect();
+        let mut s = LabelSampler {
+            weights: std::array::from_fn(|c| target[c]),
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_ca1b);
         for _ in 0..10 {
             let n = 20_000;
@@ -230,14 +342,30 @@ impl LabelSampler {
 }
 
 /// Reflectance-like spectra (x 1e4, bands in ALL_BANDS order) of a few surface types.
-const URBAN: [f64; 12] = [1200., 1100., 1050., 1100., 1300., 1500., 1600., 1700., 1750., 1700., 1900., 1700.];
-const WATER: [f64; 12] = [600., 500., 450., 300., 250., 200., 180., 150., 140., 120., 60., 40.];
-const FOREST: [f64; 12] = [250., 300., 500., 300., 700., 2200., 2700., 2900., 3000., 3000., 1500., 700.];
-const CROPS: [f64; 12] = [350., 450., 700., 600., 1000., 2000., 2400., 2700., 2800., 2800., 2200., 1300.];
-const GRASS: [f64; 12] = [400., 500., 750., 700., 1100., 1900., 2200., 2400., 2500., 2500., 2400., 1500.];
-const SAND: [f64; 12] = [1500., 1700., 2000., 2300., 2500., 2700., 2800., 2900., 3000., 2800., 3300., 2800.];
-const WETLAND: [f64; 12] = [350., 400., 550., 450., 700., 1300., 1500., 1600., 1650., 1600., 1100., 600.];
-const SNOW: [f64; 12] = [5200., 5400., 5300., 5200., 5000., 4800., 4700., 4600., 4500., 4000., 900., 700.];
+const URBAN: [f64; 12] = [
+    1200., 1100., 1050., 1100., 1300., 1500., 1600., 1700., 1750., 1700., 1900., 1700.,
+];
+const WATER: [f64; 12] = [
+    600., 500., 450., 300., 250., 200., 180., 150., 140., 120., 60., 40.,
+];
+const FOREST: [f64; 12] = [
+    250., 300., 500., 300., 700., 2200., 2700., 2900., 3000., 3000., 1500., 700.,
+];
+const CROPS: [f64; 12] = [
+    350., 450., 700., 600., 1000., 2000., 2400., 2700., 2800., 2800., 2200., 1300.,
+];
+const GRASS: [f64; 12] = [
+    400., 500., 750., 700., 1100., 1900., 2200., 2400., 2500., 2500., 2400., 1500.,
+];
+const SAND: [f64; 12] = [
+    1500., 1700., 2000., 2300., 2500., 2700., 2800., 2900., 3000., 2800., 3300., 2800.,
+];
+const WETLAND: [f64; 12] = [
+    350., 400., 550., 450., 700., 1300., 1500., 1600., 1650., 1600., 1100., 600.,
+];
+const SNOW: [f64; 12] = [
+    5200., 5400., 5300., 5200., 5000., 4800., 4700., 4600., 4500., 4000., 900., 700.,
+];
 
 /// Spectral signature and texture of one class: fixed "physics", independent of the seed.
 struct ClassLook {
@@ -247,7 +375,9 @@ struct ClassLook {
 }
 
 fn class_looks() -> Vec<ClassLook> {
-    let mix = |a: &[f64; 12], b: &[f64; 12], t: f64| -> [f64; 12] { std::array::from_fn(|i| a[i] * (1.0 - t) + b[i] * t) };
+    let mix = |a: &[f64; 12], b: &[f64; 12], t: f64| -> [f64; 12] {
+        std::array::from_fn(|i| a[i] * (1.0 - t) + b[i] * t)
+    };
     // (base spectrum, texture amplitude, texture frequency in cycles per 10 m pixel)
     let bases: [([f64; 12], f64, f64); NUM_CLASSES] = [
         (URBAN, 0.25, 0.45),                       // Urban fabric
@@ -334,7 +464,17 @@ fn spec(seed: u64, index: usize, sampler: &LabelSampler) -> PatchSpec {
     } else {
         Split::Test
     };
-    PatchSpec { acq, h, v, painted, labels, snow, cloud, no_label, split }
+    PatchSpec {
+        acq,
+        h,
+        v,
+        painted,
+        labels,
+        snow,
+        cloud,
+        no_label,
+        split,
+    }
 }
 
 /// Approximately standard normal, cheap: a scaled sum of four uniforms.
@@ -370,7 +510,11 @@ fn paint(seed: u64, index: usize, spec: &PatchSpec, looks: &[ClassLook]) -> Vec<
         }
     }
     let overlay = if spec.snow || spec.cloud {
-        Some((rng.random::<f64>() * 120.0, rng.random::<f64>() * 120.0, 20.0 + rng.random::<f64>() * 40.0))
+        Some((
+            rng.random::<f64>() * 120.0,
+            rng.random::<f64>() * 120.0,
+            20.0 + rng.random::<f64>() * 40.0,
+        ))
     } else {
         None
     };
@@ -397,12 +541,18 @@ fn paint(seed: u64, index: usize, spec: &PatchSpec, looks: &[ClassLook]) -> Vec<
             let mut px = Vec::with_capacity(g.side * g.side);
             for row in 0..g.side {
                 for col in 0..g.side {
-                    let (x, y) = ((col * scale + scale / 2) as f64, (row * scale + scale / 2) as f64);
-                    let reg = &regions[owner[(row * scale + scale / 2) * 120 + col * scale + scale / 2]];
+                    let (x, y) = (
+                        (col * scale + scale / 2) as f64,
+                        (row * scale + scale / 2) as f64,
+                    );
+                    let reg =
+                        &regions[owner[(row * scale + scale / 2) * 120 + col * scale + scale / 2]];
                     let look = &looks[reg.class];
                     let along = x * reg.angle.cos() + y * reg.angle.sin();
-                    let texture = (along * look.texture_freq * std::f64::consts::TAU + reg.phase).sin();
-                    let mut value = look.spectrum[b] * illumination * (1.0 + look.texture_amp * texture);
+                    let texture =
+                        (along * look.texture_freq * std::f64::consts::TAU + reg.phase).sin();
+                    let mut value =
+                        look.spectrum[b] * illumination * (1.0 + look.texture_amp * texture);
                     if let Some((ox, oy, radius)) = overlay {
                         let d = ((x - ox).powi(2) + (y - oy).powi(2)).sqrt();
                         if d < radius {
@@ -429,7 +579,9 @@ fn corine_names(labels: &[usize], no_label: bool, rng: &mut impl Rng) -> Vec<&'s
         idx.push(dropped[rng.random_range(0..dropped.len())]);
     } else {
         for &c in labels {
-            let sources: Vec<usize> = (0..43).filter(|&i| CORINE_TO_BEN19[i] == Some(c as u8)).collect();
+            let sources: Vec<usize> = (0..43)
+                .filter(|&i| CORINE_TO_BEN19[i] == Some(c as u8))
+                .collect();
             idx.push(sources[rng.random_range(0..sources.len())]);
         }
         if rng.random::<f64>() < 0.1 {
@@ -462,24 +614,51 @@ fn v1_json(names: &[&str], acq: &Acquisition, ulx: i64, uly: i64) -> String {
 }
 
 /// The files of patch `i`: each band's GeoTIFF (and v1.0's JSON), named as in the archive.
-fn patch_files(opts: &SynthOptions, i: usize, spec: &PatchSpec, name: &str, looks: &[ClassLook]) -> Vec<(String, Vec<u8>)> {
+fn patch_files(
+    opts: &SynthOptions,
+    i: usize,
+    spec: &PatchSpec,
+    name: &str,
+    looks: &[ClassLook],
+) -> Vec<(String, Vec<u8>)> {
     let a = &ACQUISITIONS[spec.acq];
     let ulx = TILE_ULX + spec.h as f64 * PATCH_SPAN_M;
     let uly = TILE_ULY - spec.v as f64 * PATCH_SPAN_M;
-    let flavor = if opts.format == ArchiveFormat::V1 { Flavor::V1 } else { Flavor::V2 };
+    let flavor = if opts.format == ArchiveFormat::V1 {
+        Flavor::V1
+    } else {
+        Flavor::V2
+    };
     let bands = paint(opts.seed, i, spec, looks);
     let mut files: Vec<(String, Vec<u8>)> = ALL_BANDS
         .iter()
         .enumerate()
         .map(|(b, band)| {
-            let side = BAND_GROUPS.iter().find(|g| g.bands.contains(band)).expect("every band has a group").side;
-            let geo = GeoRef { ulx, uly, gsd_m: (1200 / side) as f64, utm_zone: a.utm_zone };
-            (format!("{name}_{band}.tif"), geotiff::encode_band(&bands[b], side, &geo, flavor))
+            let side = BAND_GROUPS
+                .iter()
+                .find(|g| g.bands.contains(band))
+                .expect("every band has a group")
+                .side;
+            let geo = GeoRef {
+                ulx,
+                uly,
+                gsd_m: (1200 / side) as f64,
+                utm_zone: a.utm_zone,
+            };
+            (
+                format!("{name}_{band}.tif"),
+                geotiff::encode_band(&bands[b], side, &geo, flavor),
+            )
         })
         .collect();
     if opts.format == ArchiveFormat::V1 {
         let mut rng = patch_rng(opts.seed, i, 2);
-        let json = v1_json(&corine_names(&spec.labels, spec.no_label, &mut rng), a, ulx as i64, uly as i64);
+        let json = v1_json(
+            &corine_names(&spec.labels, spec.no_label, &mut rng),
+            a,
+            ulx as i64,
+            uly as i64,
+        );
         files.push((crate::archive::v1_metadata_file(name), json.into_bytes()));
     }
     files
@@ -489,7 +668,9 @@ fn patch_files(opts: &SynthOptions, i: usize, spec: &PatchSpec, name: &str, look
 fn patch_folder(format: ArchiveFormat, name: &str) -> PathBuf {
     match format {
         ArchiveFormat::V1 => Path::new(V1_FOLDER).join(name),
-        ArchiveFormat::V2 => Path::new(V2_FOLDER).join(v2_tile_of(name).expect("v2 names have a tile")).join(name),
+        ArchiveFormat::V2 => Path::new(V2_FOLDER)
+            .join(v2_tile_of(name).expect("v2 names have a tile"))
+            .join(name),
     }
 }
 
@@ -497,7 +678,10 @@ pub fn synth(opts: &SynthOptions) -> Result<SynthSummary> {
     let sampler = LabelSampler::calibrated();
     let looks = class_looks();
     fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
-    let specs: Vec<PatchSpec> = (0..opts.patches).into_par_iter().map(|i| spec(opts.seed, i, &sampler)).collect();
+    let specs: Vec<PatchSpec> = (0..opts.patches)
+        .into_par_iter()
+        .map(|i| spec(opts.seed, i, &sampler))
+        .collect();
     let names: Vec<String> = specs
         .iter()
         .map(|s| {
@@ -510,15 +694,19 @@ pub fn synth(opts: &SynthOptions) -> Result<SynthSummary> {
         .collect();
     let path = match opts.pack {
         None => {
-            (0..opts.patches).into_par_iter().try_for_each(|i| -> Result<()> {
-                let dir = opts.out.join(patch_folder(opts.format, &names[i]));
-                fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-                for (file, bytes) in patch_files(opts, i, &specs[i], &names[i], &looks) {
-                    let path = dir.join(file);
-                    fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-                }
-                Ok(())
-            })?;
+            (0..opts.patches)
+                .into_par_iter()
+                .try_for_each(|i| -> Result<()> {
+                    let dir = opts.out.join(patch_folder(opts.format, &names[i]));
+                    fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    for (file, bytes) in patch_files(opts, i, &specs[i], &names[i], &looks) {
+                        let path = dir.join(file);
+                        fs::write(&path, bytes)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                    }
+                    Ok(())
+                })?;
             opts.out.join(match opts.format {
                 ArchiveFormat::V1 => V1_FOLDER,
                 ArchiveFormat::V2 => V2_FOLDER,
@@ -530,7 +718,11 @@ pub fn synth(opts: &SynthOptions) -> Result<SynthSummary> {
         ArchiveFormat::V1 => write_v1_lists(&opts.out, &specs, &names)?,
         ArchiveFormat::V2 => write_v2_metadata(&opts.out.join(V2_METADATA), &specs, &names)?,
     }
-    let mut summary = SynthSummary { patches: opts.patches, path, ..Default::default() };
+    let mut summary = SynthSummary {
+        patches: opts.patches,
+        path,
+        ..Default::default()
+    };
     for s in &specs {
         summary.snow += s.snow as usize;
         summary.cloud += s.cloud as usize;
@@ -548,16 +740,32 @@ pub fn synth(opts: &SynthOptions) -> Result<SynthSummary> {
 /// Writes every patch into one tar (compressed as `pack` says) in name order, as the download
 /// holds them: a folder entry per folder, then the patch's files. Patches are painted in
 /// parallel a batch at a time and appended in order.
-fn pack_patches(opts: &SynthOptions, pack: Pack, specs: &[PatchSpec], names: &[String], looks: &[ClassLook]) -> Result<PathBuf> {
+fn pack_patches(
+    opts: &SynthOptions,
+    pack: Pack,
+    specs: &[PatchSpec],
+    names: &[String],
+    looks: &[ClassLook],
+) -> Result<PathBuf> {
     let stem = match opts.format {
         ArchiveFormat::V1 => "BigEarthNet-S2-v1.0",
         ArchiveFormat::V2 => V2_FOLDER,
     };
     let path = opts.out.join(format!("{stem}.{}", pack.extension()));
-    let file = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?);
+    let file = std::io::BufWriter::with_capacity(
+        1 << 20,
+        fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
     let sink: Box<dyn Write> = match pack {
-        Pack::TarGz => Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::default())),
-        Pack::TarZst => Box::new(zstd::stream::write::Encoder::new(file, 3).context("starting zstd")?.auto_finish()),
+        Pack::TarGz => Box::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::default(),
+        )),
+        Pack::TarZst => Box::new(
+            zstd::stream::write::Encoder::new(file, 3)
+                .context("starting zstd")?
+                .auto_finish(),
+        ),
         Pack::Tar => Box::new(file),
     };
     let mut tar = tar::Builder::new(sink);
@@ -566,7 +774,11 @@ fn pack_patches(opts: &SynthOptions, pack: Pack, specs: &[PatchSpec], names: &[S
     let mut folders_written: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     let entry = |path: &Path, size: u64, dir: bool| {
         let mut h = tar::Header::new_gnu();
-        h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+        h.set_entry_type(if dir {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
         h.set_size(size);
         h.set_mode(if dir { 0o755 } else { 0o644 });
         h.set_mtime(1_514_764_800); // fixed: identical archives for identical inputs
@@ -575,24 +787,37 @@ fn pack_patches(opts: &SynthOptions, pack: Pack, specs: &[PatchSpec], names: &[S
         (h, path.to_path_buf())
     };
     for batch in order.chunks(256) {
-        let files: Vec<Vec<(String, Vec<u8>)>> = batch.par_iter().map(|&i| patch_files(opts, i, &specs[i], &names[i], looks)).collect();
+        let files: Vec<Vec<(String, Vec<u8>)>> = batch
+            .par_iter()
+            .map(|&i| patch_files(opts, i, &specs[i], &names[i], looks))
+            .collect();
         for (&i, patch) in batch.iter().zip(files) {
             let folder = patch_folder(opts.format, &names[i]);
-            for dir in folder.ancestors().collect::<Vec<_>>().into_iter().rev().filter(|d| !d.as_os_str().is_empty()) {
+            for dir in folder
+                .ancestors()
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
                 if folders_written.insert(dir.to_path_buf()) {
                     let (mut h, p) = entry(dir, 0, true);
-                    tar.append_data(&mut h, p, std::io::empty()).with_context(|| format!("writing {}", path.display()))?;
+                    tar.append_data(&mut h, p, std::io::empty())
+                        .with_context(|| format!("writing {}", path.display()))?;
                 }
             }
             let mut patch = patch;
             patch.sort_by(|a, b| a.0.cmp(&b.0));
             for (file, bytes) in patch {
                 let (mut h, p) = entry(&folder.join(file), bytes.len() as u64, false);
-                tar.append_data(&mut h, p, bytes.as_slice()).with_context(|| format!("writing {}", path.display()))?;
+                tar.append_data(&mut h, p, bytes.as_slice())
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
     }
-    tar.into_inner().and_then(|mut w| w.flush()).with_context(|| format!("finishing {}", path.display()))?;
+    tar.into_inner()
+        .and_then(|mut w| w.flush())
+        .with_context(|| format!("finishing {}", path.display()))?;
     Ok(path)
 }
 
@@ -600,7 +825,13 @@ fn pack_patches(opts: &SynthOptions, pack: Pack, specs: &[PatchSpec], names: &[S
 /// patches under `dir/archive`, converted to `dir/store.zarr` with shards of 16 patches.
 pub fn synthetic_store(dir: &Path, patches: usize, seed: u64) -> Result<PathBuf> {
     let archive = dir.join("archive");
-    synth(&SynthOptions { patches, seed, format: ArchiveFormat::V1, out: archive.clone(), pack: None })?;
+    synth(&SynthOptions {
+        patches,
+        seed,
+        format: ArchiveFormat::V1,
+        out: archive.clone(),
+        pack: None,
+    })?;
     let out = dir.join("store.zarr");
     crate::convert::convert(&crate::convert::ConvertOptions {
         archive,
@@ -611,14 +842,20 @@ pub fn synthetic_store(dir: &Path, patches: usize, seed: u64) -> Result<PathBuf>
         split_seed: 0,
         skip_bad: false,
         overwrite: false,
-        store: crate::store::StoreOptions { codec: crate::store::Codec::Blosc, level: crate::store::DEFAULT_LEVEL, shard_patches: 16 },
+        store: crate::store::StoreOptions {
+            codec: crate::store::Codec::Blosc,
+            level: crate::store::DEFAULT_LEVEL,
+            shard_patches: 16,
+        },
         max_pending: crate::convert::DEFAULT_MAX_PENDING,
     })?;
     Ok(out)
 }
 
 fn write_lines(path: &Path, names: impl Iterator<Item = impl AsRef<str>>, eol: &str) -> Result<()> {
-    let mut f = std::io::BufWriter::new(fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    let mut f = std::io::BufWriter::new(
+        fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
     for n in names {
         write!(f, "{}{eol}", n.as_ref())?;
     }
@@ -629,11 +866,25 @@ fn write_lines(path: &Path, names: impl Iterator<Item = impl AsRef<str>>, eol: &
 /// The official list files: snow and cloud lists (CRLF), and the BigEarthNet-19 split lists,
 /// which hold neither snowy, cloudy nor label-less patches.
 fn write_v1_lists(out: &Path, specs: &[PatchSpec], names: &[String]) -> Result<()> {
-    let pick =
-        |f: &dyn Fn(&PatchSpec) -> bool| -> Vec<&str> { specs.iter().zip(names).filter(|(s, _)| f(s)).map(|(_, n)| n.as_str()).collect() };
+    let pick = |f: &dyn Fn(&PatchSpec) -> bool| -> Vec<&str> {
+        specs
+            .iter()
+            .zip(names)
+            .filter(|(s, _)| f(s))
+            .map(|(_, n)| n.as_str())
+            .collect()
+    };
     write_lines(&out.join(SNOW_LIST), pick(&|s| s.snow).into_iter(), "\r\n")?;
-    write_lines(&out.join(CLOUD_LIST), pick(&|s| s.cloud).into_iter(), "\r\n")?;
-    for (split, file) in [(Split::Train, "train.csv"), (Split::Validation, "val.csv"), (Split::Test, "test.csv")] {
+    write_lines(
+        &out.join(CLOUD_LIST),
+        pick(&|s| s.cloud).into_iter(),
+        "\r\n",
+    )?;
+    for (split, file) in [
+        (Split::Train, "train.csv"),
+        (Split::Validation, "val.csv"),
+        (Split::Test, "test.csv"),
+    ] {
         let listed = pick(&|s| !s.snow && !s.cloud && !s.no_label && s.split == split);
         write_lines(&out.join(file), listed.into_iter(), "\n")?;
     }
@@ -651,18 +902,37 @@ fn write_v2_metadata(path: &Path, specs: &[PatchSpec], names: &[String]) -> Resu
         }
         labels.append(true);
     }
-    let strings = |f: &dyn Fn(usize) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values((0..specs.len()).map(f))) };
+    let strings = |f: &dyn Fn(usize) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values((0..specs.len()).map(f)))
+    };
     let batch = RecordBatch::try_from_iter([
         ("patch_id", strings(&|i| names[i].clone())),
         ("labels", Arc::new(labels.finish()) as ArrayRef),
         ("split", strings(&|i| specs[i].split.name().to_string())),
-        ("country", strings(&|i| ACQUISITIONS[specs[i].acq].country.to_string())),
-        ("s1_name", strings(&|i| ACQUISITIONS[specs[i].acq].s1_name(specs[i].h, specs[i].v))),
-        ("s2v1_name", strings(&|i| ACQUISITIONS[specs[i].acq].v1_name(specs[i].h, specs[i].v))),
-        ("contains_seasonal_snow", Arc::new(BooleanArray::from_iter(specs.iter().map(|s| Some(s.snow)))) as ArrayRef),
-        ("contains_cloud_or_shadow", Arc::new(BooleanArray::from_iter(specs.iter().map(|s| Some(s.cloud)))) as ArrayRef),
+        (
+            "country",
+            strings(&|i| ACQUISITIONS[specs[i].acq].country.to_string()),
+        ),
+        (
+            "s1_name",
+            strings(&|i| ACQUISITIONS[specs[i].acq].s1_name(specs[i].h, specs[i].v)),
+        ),
+        (
+            "s2v1_name",
+            strings(&|i| ACQUISITIONS[specs[i].acq].v1_name(specs[i].h, specs[i].v)),
+        ),
+        (
+            "contains_seasonal_snow",
+            Arc::new(BooleanArray::from_iter(specs.iter().map(|s| Some(s.snow)))) as ArrayRef,
+        ),
+        (
+            "contains_cloud_or_shadow",
+            Arc::new(BooleanArray::from_iter(specs.iter().map(|s| Some(s.cloud)))) as ArrayRef,
+        ),
     ])?;
-    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?)).build();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .build();
     let mut w = ArrowWriter::try_new(fs::File::create(path)?, batch.schema(), Some(props))?;
     w.write(&batch)?;
     w.close()?;
@@ -691,7 +961,10 @@ mod tests {
         for c in 0..NUM_CLASSES {
             let target = BEN19_OFFICIAL_COUNTS[c] as f64 / BEN19_OFFICIAL_PATCHES as f64;
             let got = seen[c] / n as f64;
-            assert!((got - target).abs() < 0.02 + 0.15 * target, "class {c}: {got:.4} vs {target:.4}");
+            assert!(
+                (got - target).abs() < 0.02 + 0.15 * target,
+                "class {c}: {got:.4} vs {target:.4}"
+            );
         }
         let mean = total_labels as f64 / n as f64;
         assert!((2.6..3.2).contains(&mean), "mean labels per patch {mean}");
@@ -700,19 +973,45 @@ mod tests {
     #[test]
     fn json_matches_python_json_dumps_layout() {
         let a = &ACQUISITIONS[0];
-        let j = v1_json(&["Non-irrigated arable land", "Pastures"], a, 400_000, 5_300_040);
+        let j = v1_json(
+            &["Non-irrigated arable land", "Pastures"],
+            a,
+            400_000,
+            5_300_040,
+        );
         assert!(j.starts_with("{\"labels\": [\"Non-irrigated arable land\", \"Pastures\"], \"coordinates\": {\"ulx\": 400000, \"uly\": 5300040, \"lrx\": 401200, \"lry\": 5298840}, \"projection\": \"PROJCS[\\\"WGS 84 / UTM zone 33N\\\""), "{j}");
-        assert!(j.ends_with("\"acquisition_date\": \"2017-06-13 10:10:31\"}"), "{j}");
+        assert!(
+            j.ends_with("\"acquisition_date\": \"2017-06-13 10:10:31\"}"),
+            "{j}"
+        );
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["labels", "coordinates", "projection", "tile_source", "acquisition_date"]);
+        assert_eq!(
+            keys,
+            [
+                "labels",
+                "coordinates",
+                "projection",
+                "tile_source",
+                "acquisition_date"
+            ]
+        );
     }
 
     #[test]
     fn names_follow_the_real_patterns() {
-        assert_eq!(ACQUISITIONS[1].v1_name(69, 24), "S2B_MSIL2A_20170924T93020_69_24");
-        assert_eq!(ACQUISITIONS[0].v2_name(75, 43), "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43");
-        assert_eq!(v2_tile_of(&ACQUISITIONS[0].v2_name(75, 43)), Some("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"));
+        assert_eq!(
+            ACQUISITIONS[1].v1_name(69, 24),
+            "S2B_MSIL2A_20170924T93020_69_24"
+        );
+        assert_eq!(
+            ACQUISITIONS[0].v2_name(75, 43),
+            "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43"
+        );
+        assert_eq!(
+            v2_tile_of(&ACQUISITIONS[0].v2_name(75, 43)),
+            Some("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP")
+        );
     }
 
     #[test]

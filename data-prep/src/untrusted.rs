@@ -26,7 +26,8 @@ mod tests {
 
     #[test]
     fn a_panic_becomes_an_error_naming_the_file() {
-        let e = contain_panics::<()>(Path::new("x/y.parquet"), || panic!("bad offset")).unwrap_err();
+        let e =
+            contain_panics::<()>(Path::new("x/y.parquet"), || panic!("bad offset")).unwrap_err();
         assert_eq!(e.to_string(), "x/y.parquet: damaged file (bad offset)");
         assert_eq!(contain_panics(Path::new("z"), || Ok(3)).unwrap(), 3);
     }

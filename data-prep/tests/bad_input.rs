@@ -22,11 +22,17 @@ struct Case {
 }
 
 fn band(archive: &Path, patch: &str, band: &str) -> PathBuf {
-    archive.join("BigEarthNet-v1.0").join(patch).join(format!("{patch}_{band}.tif"))
+    archive
+        .join("BigEarthNet-v1.0")
+        .join(patch)
+        .join(format!("{patch}_{band}.tif"))
 }
 
 fn json(archive: &Path, patch: &str) -> PathBuf {
-    archive.join("BigEarthNet-v1.0").join(patch).join(format!("{patch}_labels_metadata.json"))
+    archive
+        .join("BigEarthNet-v1.0")
+        .join(patch)
+        .join(format!("{patch}_labels_metadata.json"))
 }
 
 const CASES: [Case; 7] = [
@@ -45,8 +51,17 @@ const CASES: [Case; 7] = [
         name: "wrong size",
         corrupt: |a, p| {
             let f = band(a, p, "B05");
-            let geo = GeoRef { ulx: 0.0, uly: 0.0, gsd_m: 20.0, utm_zone: 33 };
-            fs::write(&f, geotiff::encode_band(&vec![7u16; 120 * 120], 120, &geo, Flavor::V1)).unwrap();
+            let geo = GeoRef {
+                ulx: 0.0,
+                uly: 0.0,
+                gsd_m: 20.0,
+                utm_zone: 33,
+            };
+            fs::write(
+                &f,
+                geotiff::encode_band(&vec![7u16; 120 * 120], 120, &geo, Flavor::V1),
+            )
+            .unwrap();
             (p.into(), f)
         },
         reason: "wrong size: 120x120 pixels, expected 60x60",
@@ -118,7 +133,12 @@ fn every_bad_input_is_named_and_accounted_for() {
     let tmp = tempfile::tempdir().unwrap();
     let pristine = common::synth(tmp.path(), 40, 11, "v1");
     // A patch that is in a split list, so that its pixels are read.
-    let victim = fs::read_to_string(pristine.join("train.csv")).unwrap().lines().nth(3).unwrap().to_string();
+    let victim = fs::read_to_string(pristine.join("train.csv"))
+        .unwrap()
+        .lines()
+        .nth(3)
+        .unwrap()
+        .to_string();
     for (k, case) in CASES.iter().enumerate() {
         let archive = tmp.path().join(format!("case{k}"));
         copy_dir(&pristine, &archive);
@@ -127,35 +147,78 @@ fn every_bad_input_is_named_and_accounted_for() {
         let (a, o) = (archive.to_str().unwrap(), out.to_str().unwrap());
 
         let err = common::run_err(&["convert", "--archive", a, "--out", o]);
-        assert!(err.contains(&patch), "{}: error does not name the patch:\n{err}", case.name);
-        assert!(err.contains(file.to_str().unwrap()), "{}: error does not name the file:\n{err}", case.name);
-        assert!(err.contains(case.reason), "{}: error does not say {:?}:\n{err}", case.name, case.reason);
-        assert!(!out.exists(), "{}: a store exists after the error", case.name);
-        assert!(!data_prep::layout::partial_path(&out).exists(), "{}: partial left behind", case.name);
+        assert!(
+            err.contains(&patch),
+            "{}: error does not name the patch:\n{err}",
+            case.name
+        );
+        assert!(
+            err.contains(file.to_str().unwrap()),
+            "{}: error does not name the file:\n{err}",
+            case.name
+        );
+        assert!(
+            err.contains(case.reason),
+            "{}: error does not say {:?}:\n{err}",
+            case.name,
+            case.reason
+        );
+        assert!(
+            !out.exists(),
+            "{}: a store exists after the error",
+            case.name
+        );
+        assert!(
+            !data_prep::layout::partial_path(&out).exists(),
+            "{}: partial left behind",
+            case.name
+        );
 
         common::run_ok(&["convert", "--archive", a, "--out", o, "--skip-bad"]);
         let store = Store::open(&out).unwrap();
         let acc = &store.attrs.accounting;
-        assert_eq!(acc.input_patches, 40 + case.extra_input as u64, "{}", case.name);
+        assert_eq!(
+            acc.input_patches,
+            40 + case.extra_input as u64,
+            "{}",
+            case.name
+        );
         assert_eq!(acc.accounted(), acc.input_patches, "{}: {acc:?}", case.name);
         assert_eq!(acc.rejected, 1, "{}", case.name);
         let rejects = read_rejects(&out).unwrap();
         assert_eq!(rejects.len(), 1);
         assert_eq!(rejects[0].patch, patch);
         assert_eq!(rejects[0].file, file);
-        assert!(rejects[0].reason.contains(case.reason), "{}: {}", case.name, rejects[0].reason);
+        assert!(
+            rejects[0].reason.contains(case.reason),
+            "{}: {}",
+            case.name,
+            rejects[0].reason
+        );
         for split in data_prep::layout::Split::ALL {
             assert!(!store.split(split).unwrap().names.contains(&patch));
         }
 
         // The same archive packed as downloaded: the same patch named, the member's file name.
-        let packed = common::pack_with_system_tar(&archive, &tmp.path().join(format!("case{k}-packed")), Some("gz"));
+        let packed = common::pack_with_system_tar(
+            &archive,
+            &tmp.path().join(format!("case{k}-packed")),
+            Some("gz"),
+        );
         let out = tmp.path().join(format!("case{k}-packed.zarr"));
         let (a, o) = (packed.to_str().unwrap(), out.to_str().unwrap());
         let err = common::run_err(&["convert", "--archive", a, "--out", o]);
         let file_name = file.file_name().unwrap().to_str().unwrap();
-        assert!(err.contains(&patch) && err.contains(file_name) && err.contains(case.packed_reason), "{} (packed):\n{err}", case.name);
-        assert!(!out.exists() && !data_prep::layout::partial_path(&out).exists(), "{} (packed): left behind", case.name);
+        assert!(
+            err.contains(&patch) && err.contains(file_name) && err.contains(case.packed_reason),
+            "{} (packed):\n{err}",
+            case.name
+        );
+        assert!(
+            !out.exists() && !data_prep::layout::partial_path(&out).exists(),
+            "{} (packed): left behind",
+            case.name
+        );
         common::run_ok(&["convert", "--archive", a, "--out", o, "--skip-bad"]);
         let acc = Store::open(&out).unwrap().attrs.accounting;
         assert_eq!(
@@ -165,7 +228,12 @@ fn every_bad_input_is_named_and_accounted_for() {
             case.name
         );
         let rejects = read_rejects(&out).unwrap();
-        assert!(rejects.len() == 1 && rejects[0].patch == patch && rejects[0].reason.contains(case.packed_reason), "{rejects:?}");
+        assert!(
+            rejects.len() == 1
+                && rejects[0].patch == patch
+                && rejects[0].reason.contains(case.packed_reason),
+            "{rejects:?}"
+        );
     }
 }
 
@@ -188,8 +256,17 @@ fn an_existing_store_is_kept_unless_overwrite_is_given() {
     let archive = common::synth(tmp.path(), 20, 12, "v1");
     let out = tmp.path().join("s.zarr");
     common::convert(&archive, &out, &[]);
-    let err = common::run_err(&["convert", "--archive", archive.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(err.contains("already exists") && err.contains("--overwrite"), "{err}");
+    let err = common::run_err(&[
+        "convert",
+        "--archive",
+        archive.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("already exists") && err.contains("--overwrite"),
+        "{err}"
+    );
     common::convert(&archive, &out, &["--overwrite"]);
     Store::open(&out).unwrap();
 }

@@ -39,9 +39,21 @@ fn v1_fixture_labels_and_split_files_are_read_right() {
     // 61_41: Discontinuous urban fabric, Non-irrigated arable land, Broad-leaved forest, Coniferous forest
     // 61_42: Non-irrigated arable land, Coniferous forest
     let expected: BTreeMap<String, (Split, Vec<usize>)> = [
-        ("S2A_MSIL2A_20170613T101031_61_39", Split::Train, vec![2, 8, 17]),
-        ("S2A_MSIL2A_20170613T101031_61_40", Split::Train, vec![0, 2, 6, 8, 15, 17]),
-        ("S2A_MSIL2A_20170613T101031_61_41", Split::Validation, vec![0, 2, 8, 9]),
+        (
+            "S2A_MSIL2A_20170613T101031_61_39",
+            Split::Train,
+            vec![2, 8, 17],
+        ),
+        (
+            "S2A_MSIL2A_20170613T101031_61_40",
+            Split::Train,
+            vec![0, 2, 6, 8, 15, 17],
+        ),
+        (
+            "S2A_MSIL2A_20170613T101031_61_41",
+            Split::Validation,
+            vec![0, 2, 8, 9],
+        ),
         ("S2A_MSIL2A_20170613T101031_61_42", Split::Test, vec![2, 9]),
     ]
     .into_iter()
@@ -56,10 +68,26 @@ fn v2_fixture_labels_and_split_column_are_read_right() {
     let got = planned(&v2);
     // By hand from metadata.parquet (19-class names already).
     let expected: BTreeMap<String, (Split, Vec<usize>)> = [
-        ("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57", Split::Train, vec![0, 1, 5]),
-        ("S2A_MSIL2A_20170614T102021_N9999_R122_T32TQT_45_38", Split::Train, vec![8, 10, 13]),
-        ("S2B_MSIL2A_20170615T102019_N9999_R122_T32TNS_45_23", Split::Validation, vec![2, 4, 17]),
-        ("S2A_MSIL2A_20170618T101021_N9999_R022_T32TQR_89_34", Split::Test, vec![9, 11]),
+        (
+            "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57",
+            Split::Train,
+            vec![0, 1, 5],
+        ),
+        (
+            "S2A_MSIL2A_20170614T102021_N9999_R122_T32TQT_45_38",
+            Split::Train,
+            vec![8, 10, 13],
+        ),
+        (
+            "S2B_MSIL2A_20170615T102019_N9999_R122_T32TNS_45_23",
+            Split::Validation,
+            vec![2, 4, 17],
+        ),
+        (
+            "S2A_MSIL2A_20170618T101021_N9999_R022_T32TQR_89_34",
+            Split::Test,
+            vec![9, 11],
+        ),
     ]
     .into_iter()
     .map(|(n, s, c)| (n.to_string(), (s, c)))
@@ -70,23 +98,36 @@ fn v2_fixture_labels_and_split_column_are_read_right() {
 #[test]
 fn fixture_bands_are_refused_or_rejected_with_skip_bad() {
     let tmp = tempfile::tempdir().unwrap();
-    for (version, reason) in [("v1", "wrong size: 2x2 pixels, expected 120x120"), ("v2", "expected single-band unsigned 16-bit")] {
+    for (version, reason) in [
+        ("v1", "wrong size: 2x2 pixels, expected 120x120"),
+        ("v2", "expected single-band unsigned 16-bit"),
+    ] {
         let archive = common::fixtures().join(version);
         let out = tmp.path().join(format!("{version}.zarr"));
         let (a, o) = (archive.to_str().unwrap(), out.to_str().unwrap());
         let err = common::run_err(&["convert", "--archive", a, "--out", o]);
         assert!(err.contains(reason), "{version}: {err}");
-        assert!(err.contains("_B04.tif"), "{version}: the error names the file: {err}");
+        assert!(
+            err.contains("_B04.tif"),
+            "{version}: the error names the file: {err}"
+        );
         assert!(!out.exists());
 
         let printed = common::run_ok(&["convert", "--archive", a, "--out", o, "--skip-bad"]);
         assert!(printed.contains("rejected (bad input)"), "{printed}");
         let store = Store::open(&out).unwrap();
         let acc = &store.attrs.accounting;
-        assert_eq!((acc.input_patches, acc.rejected, acc.accounted()), (4, 4, 4), "{version}: {acc:?}");
+        assert_eq!(
+            (acc.input_patches, acc.rejected, acc.accounted()),
+            (4, 4, 4),
+            "{version}: {acc:?}"
+        );
         let rejects = read_rejects(&out).unwrap();
         assert_eq!(rejects.len(), 4);
-        assert!(rejects.iter().all(|r| r.reason.contains(reason)), "{rejects:?}");
+        assert!(
+            rejects.iter().all(|r| r.reason.contains(reason)),
+            "{rejects:?}"
+        );
     }
     // The v2 fixture's 20 m and 60 m bands are also at the wrong size (120 x 120).
     let b01 = std::fs::read_dir(
@@ -98,5 +139,8 @@ fn fixture_bands_are_refused_or_rejected_with_skip_bad() {
     .find(|p| p.to_string_lossy().ends_with("_B01.tif"))
     .unwrap();
     let err = data_prep::geotiff::decode_band(&std::fs::read(b01).unwrap(), 20).unwrap_err();
-    assert_eq!(err.to_string(), "wrong size: 120x120 pixels, expected 20x20 for this band");
+    assert_eq!(
+        err.to_string(),
+        "wrong size: 120x120 pixels, expected 20x20 for this band"
+    );
 }

@@ -17,7 +17,11 @@ static HEAP: fuzzing::PeakAlloc = fuzzing::PeakAlloc;
 
 /// Every file under `dir` whose name ends with `suffix`.
 fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    common::tree(dir).into_keys().filter(|p| p.to_string_lossy().ends_with(suffix)).map(|p| dir.join(p)).collect()
+    common::tree(dir)
+        .into_keys()
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .map(|p| dir.join(p))
+        .collect()
 }
 
 #[test]
@@ -26,7 +30,12 @@ fn geotiff_bands() {
     let mut seeds: Vec<(Vec<u8>, usize)> = Vec::new();
     for side in [120usize, 60, 20] {
         let pixels: Vec<u16> = (0..side * side).map(|i| (i * 37 % 4096) as u16).collect();
-        let geo = GeoRef { ulx: 500_000.0, uly: 6_000_000.0, gsd_m: (1200 / side) as f64, utm_zone: 33 };
+        let geo = GeoRef {
+            ulx: 500_000.0,
+            uly: 6_000_000.0,
+            gsd_m: (1200 / side) as f64,
+            utm_zone: 33,
+        };
         for flavor in [Flavor::V1, Flavor::V2] {
             seeds.push((geotiff::encode_band(&pixels, side, &geo, flavor), side));
         }
@@ -54,8 +63,15 @@ fn geotiff_bands() {
 fn v1_label_json() {
     let tmp = tempfile::tempdir().unwrap();
     let archive = common::synth(tmp.path(), 20, 3, "v1");
-    let mut seeds: Vec<Vec<u8>> = files(&archive, "_labels_metadata.json").iter().map(|f| std::fs::read(f).unwrap()).collect();
-    seeds.extend(files(&common::fixtures(), "_labels_metadata.json").iter().map(|f| std::fs::read(f).unwrap()));
+    let mut seeds: Vec<Vec<u8>> = files(&archive, "_labels_metadata.json")
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
+    seeds.extend(
+        files(&common::fixtures(), "_labels_metadata.json")
+            .iter()
+            .map(|f| std::fs::read(f).unwrap()),
+    );
     let report = campaign(
         "v1.0 labels metadata JSON",
         cases(),
@@ -71,10 +87,13 @@ fn v1_label_json() {
 fn v2_metadata_parquet() {
     let tmp = tempfile::tempdir().unwrap();
     let archive = common::synth(tmp.path(), 40, 4, "v2");
-    let seeds: Vec<Vec<u8>> = [archive.join("metadata.parquet"), common::fixtures().join("v2/metadata.parquet")]
-        .iter()
-        .map(|f| std::fs::read(f).unwrap())
-        .collect();
+    let seeds: Vec<Vec<u8>> = [
+        archive.join("metadata.parquet"),
+        common::fixtures().join("v2/metadata.parquet"),
+    ]
+    .iter()
+    .map(|f| std::fs::read(f).unwrap())
+    .collect();
     let file = tmp.path().join("metadata.parquet");
     let s2 = archive.join("BigEarthNet-S2");
     let report = campaign(
@@ -96,8 +115,15 @@ fn v2_metadata_parquet() {
 fn name_lists() {
     let tmp = tempfile::tempdir().unwrap();
     let archive = common::synth(tmp.path(), 40, 5, "v1");
-    let mut seeds: Vec<Vec<u8>> = files(&archive, ".csv").iter().map(|f| std::fs::read(f).unwrap()).collect();
-    seeds.extend(files(&common::fixtures(), ".csv").iter().map(|f| std::fs::read(f).unwrap()));
+    let mut seeds: Vec<Vec<u8>> = files(&archive, ".csv")
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
+    seeds.extend(
+        files(&common::fixtures(), ".csv")
+            .iter()
+            .map(|f| std::fs::read(f).unwrap()),
+    );
     let file = tmp.path().join("list.csv");
     let report = campaign(
         "split, snow and cloud lists",
@@ -109,7 +135,12 @@ fn name_lists() {
             match read_name_list(&file) {
                 // Accepted names are names: no blanks, no empty ones.
                 Ok(names) => {
-                    assert!(names.iter().all(|n| !n.is_empty() && !n.contains(char::is_whitespace)), "{names:?}");
+                    assert!(
+                        names
+                            .iter()
+                            .all(|n| !n.is_empty() && !n.contains(char::is_whitespace)),
+                        "{names:?}"
+                    );
                     Outcome::Accepted
                 }
                 Err(e) => Outcome::Refused(format!("{e:#}")),

@@ -24,7 +24,15 @@ fn kill_and_rerun(tmp: &std::path::Path, archive: &std::path::Path, name: &str) 
     let out = tmp.join(format!("{name}.zarr"));
     let partial = partial_path(&out);
     let mut child = common::data_prep()
-        .args(["--threads", "1", "convert", "--archive", archive.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "--threads",
+            "1",
+            "convert",
+            "--archive",
+            archive.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .args(["--shard-patches", "16"])
         .stderr(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -33,15 +41,24 @@ fn kill_and_rerun(tmp: &std::path::Path, archive: &std::path::Path, name: &str) 
     // Wait until shards are being written, then kill.
     let started = Instant::now();
     while !partial.join("train/b10m/c/1/0/0/0").exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "no shard appeared");
-        assert!(child.try_wait().unwrap().is_none(), "conversion ended before it could be killed");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no shard appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "conversion ended before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!out.exists(), "a killed run must not leave the final store");
     assert!(partial.exists());
-    let err = Store::open(&out).err().expect("the store must not open").to_string();
+    let err = Store::open(&out)
+        .err()
+        .expect("the store must not open")
+        .to_string();
     assert!(err.contains("interrupted"), "{err}");
 
     // Rerun: cleans the partial build and completes; identical to an uninterrupted run.
@@ -50,5 +67,8 @@ fn kill_and_rerun(tmp: &std::path::Path, archive: &std::path::Path, name: &str) 
     let fresh = tmp.join(format!("{name}-fresh.zarr"));
     common::convert(archive, &fresh, &["--shard-patches", "16"]);
     common::assert_same_tree(&out, &fresh);
-    assert_eq!(Store::open(&out).unwrap().attrs.accounting.accounted(), 1200);
+    assert_eq!(
+        Store::open(&out).unwrap().attrs.accounting.accounted(),
+        1200
+    );
 }

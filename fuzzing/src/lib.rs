@@ -94,12 +94,18 @@ const INTERESTING: &[u8] = &[0x00, 0x01, 0x7f, 0x80, 0xff, 0xfe, 0x10, 0x20];
 
 impl Mutator {
     pub fn new(seed: u64) -> Self {
-        Mutator { rng: ChaCha8Rng::seed_from_u64(seed) }
+        Mutator {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     /// A random index below `n` (0 for n = 0).
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { self.rng.random_range(0..n) }
+        if n == 0 {
+            0
+        } else {
+            self.rng.random_range(0..n)
+        }
     }
 
     /// One to four stacked mutations of `input`; with `tail` > 0, positions fall in the last
@@ -119,12 +125,19 @@ impl Mutator {
                     out[i] ^= 1 << bit;
                 }
                 2 if !out.is_empty() => {
-                    let (i, v) = (at.min(out.len() - 1), INTERESTING[self.below(INTERESTING.len())]);
+                    let (i, v) = (
+                        at.min(out.len() - 1),
+                        INTERESTING[self.below(INTERESTING.len())],
+                    );
                     out[i] = v;
                 }
                 3 => {
                     // Overwrite up to 8 bytes with 0xff or 0x00: huge or zero sizes and offsets.
-                    let fill = if self.rng.random_bool(0.5) { 0xff } else { 0x00 };
+                    let fill = if self.rng.random_bool(0.5) {
+                        0xff
+                    } else {
+                        0x00
+                    };
                     let end = (at + 1 + self.below(8)).min(out.len());
                     out[at.min(end)..end].fill(fill);
                 }
@@ -134,7 +147,8 @@ impl Mutator {
                     out.splice(at.min(end)..end, token.iter().copied());
                 }
                 5 => {
-                    let junk: Vec<u8> = (0..1 + self.below(64)).map(|_| self.rng.random()).collect();
+                    let junk: Vec<u8> =
+                        (0..1 + self.below(64)).map(|_| self.rng.random()).collect();
                     out.splice(at..at, junk);
                 }
                 6 if !out.is_empty() => {
@@ -191,17 +205,43 @@ impl Report {
     /// Zero panics, every refusal's message as required, no case over [`MAX_CASE`], the heap
     /// within [`MAX_HEAP`]; and at least one input refused (the mutations reached the parser).
     pub fn assert_clean(&self) {
-        assert_eq!(self.panic_count, 0, "{}: {} panic(s), first ones: {:#?}", self.name, self.panic_count, self.panics);
-        assert!(self.unnamed.is_empty(), "{}: refusals that do not name the input: {:#?}", self.name, self.unnamed);
-        assert!(self.slowest <= MAX_CASE, "{}: a case took {:?}", self.name, self.slowest);
-        assert!(self.peak_heap <= MAX_HEAP, "{}: {} MiB of heap at the peak", self.name, self.peak_heap >> 20);
-        assert!(self.refused > 0, "{}: no mutated input was refused: the mutations do not reach the parser", self.name);
+        assert_eq!(
+            self.panic_count, 0,
+            "{}: {} panic(s), first ones: {:#?}",
+            self.name, self.panic_count, self.panics
+        );
+        assert!(
+            self.unnamed.is_empty(),
+            "{}: refusals that do not name the input: {:#?}",
+            self.name,
+            self.unnamed
+        );
+        assert!(
+            self.slowest <= MAX_CASE,
+            "{}: a case took {:?}",
+            self.name,
+            self.slowest
+        );
+        assert!(
+            self.peak_heap <= MAX_HEAP,
+            "{}: {} MiB of heap at the peak",
+            self.name,
+            self.peak_heap >> 20
+        );
+        assert!(
+            self.refused > 0,
+            "{}: no mutated input was refused: the mutations do not reach the parser",
+            self.name
+        );
     }
 }
 
 /// The number of cases a campaign runs.
 pub fn cases() -> usize {
-    std::env::var("LOSSBENCH_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_CASES)
+    std::env::var("LOSSBENCH_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CASES)
 }
 
 thread_local! {
@@ -217,7 +257,10 @@ fn install_hook() {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if IN_CAMPAIGN.with(|c| *c.borrow()) {
-                let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+                let at = info
+                    .location()
+                    .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
                 CAUGHT.with(|c| *c.borrow_mut() = Some(format!("{info}{at}")));
             } else {
                 default(info);
@@ -239,7 +282,9 @@ pub fn campaign(
     mut parse: impl FnMut(usize, &[u8]) -> Outcome,
     named: impl Fn(&str) -> bool,
 ) -> Report {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     install_hook();
     let mut mutator = Mutator::new(seed);
     let mut report = Report {
@@ -264,7 +309,9 @@ pub fn campaign(
         let result = catch_unwind(AssertUnwindSafe(|| parse(i, &input)));
         report.slowest = report.slowest.max(t.elapsed());
         TRACKED.with(|t| t.set(false));
-        report.peak_heap = report.peak_heap.max(PEAK.swap(0, Ordering::Relaxed).max(0) as usize);
+        report.peak_heap = report
+            .peak_heap
+            .max(PEAK.swap(0, Ordering::Relaxed).max(0) as usize);
         IN_CAMPAIGN.with(|c| *c.borrow_mut() = false);
         match result {
             Ok(Outcome::Accepted) => report.accepted += 1,
@@ -278,7 +325,9 @@ pub fn campaign(
                 report.panic_count += 1;
                 if report.panics.len() < 10 {
                     let message = CAUGHT.with(|c| c.borrow_mut().take()).unwrap_or_default();
-                    report.panics.push(format!("case {i} ({} bytes): {message}", input.len()));
+                    report
+                        .panics
+                        .push(format!("case {i} ({} bytes): {message}", input.len()));
                 }
             }
         }
@@ -292,7 +341,11 @@ pub fn campaign(
     println!("{line}");
     if let Ok(path) = std::env::var("LOSSBENCH_FUZZ_REPORT") {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("LOSSBENCH_FUZZ_REPORT is writable");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("LOSSBENCH_FUZZ_REPORT is writable");
         writeln!(f, "{line}").expect("LOSSBENCH_FUZZ_REPORT is writable");
     }
     report

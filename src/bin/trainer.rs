@@ -138,14 +138,21 @@ struct LandscapeArgs {
 }
 
 fn parse_range(s: &str) -> Result<(f64, f64), String> {
-    let (a, b) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected FROM:TO, e.g. -1:1"))?;
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected FROM:TO, e.g. -1:1"))?;
     let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
     Ok((parse(a)?, parse(b)?))
 }
 
 fn parse_task(s: &str) -> Result<(usize, usize), String> {
-    let (k, n) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected K/N, e.g. 0/4"))?;
-    let (k, n) = (k.parse::<usize>().map_err(|e| e.to_string())?, n.parse::<usize>().map_err(|e| e.to_string())?);
+    let (k, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected K/N, e.g. 0/4"))?;
+    let (k, n) = (
+        k.parse::<usize>().map_err(|e| e.to_string())?,
+        n.parse::<usize>().map_err(|e| e.to_string())?,
+    );
     if n == 0 || k >= n {
         return Err(format!("{s:?}: K must be below N"));
     }
@@ -257,7 +264,10 @@ fn run(cli: Cli, dist: Dist) -> Result<ExitCode> {
                 composite: a.composite,
             };
             let n = lossbench::explain::explain(&request)?;
-            println!("{n} heatmap(s) in {} (heatmaps.parquet and <patch>/<class>.png)", request.out.display());
+            println!(
+                "{n} heatmap(s) in {} (heatmaps.parquet and <patch>/<class>.png)",
+                request.out.display()
+            );
         }
         Command::Landscape(a) => {
             let request = lossbench::landscape::Request {
@@ -296,7 +306,10 @@ fn run(cli: Cli, dist: Dist) -> Result<ExitCode> {
                 o.already_done
             );
         }
-        Command::Env => println!("{}", serde_json::to_string_pretty(&lossbench::device::Environment::probe())?),
+        Command::Env => println!(
+            "{}",
+            serde_json::to_string_pretty(&lossbench::device::Environment::probe())?
+        ),
         Command::Bench(a) => {
             let mut config = a.job.load()?;
             // A bench leaves no run behind: its run folder is temporary.
@@ -321,7 +334,13 @@ fn run(cli: Cli, dist: Dist) -> Result<ExitCode> {
                     seed: c.run.seed,
                     code_revision: env!("LOSSBENCH_REVISION").into(),
                 };
-                Some(RunInfo::begin(&run.dir, id, run.dist.world_size, format!("{:?}", run.device), run.placements.clone())?)
+                Some(RunInfo::begin(
+                    &run.dir,
+                    id,
+                    run.dist.world_size,
+                    format!("{:?}", run.device),
+                    run.placements.clone(),
+                )?)
             } else {
                 None
             };
@@ -353,7 +372,10 @@ fn train_and_test(run: &mut Run) -> Result<ExitCode> {
     let records = match run.train()? {
         Ending::Finished(records) => records,
         Ending::Stopped { .. } if !root => return Ok(ExitCode::from(EXIT_REQUEUE)),
-        Ending::Stopped { epoch, steps_into_epoch } => {
+        Ending::Stopped {
+            epoch,
+            steps_into_epoch,
+        } => {
             println!(
                 "stopped at epoch {epoch}, step {steps_into_epoch}; checkpointed in {}; rerun with --resume auto to continue",
                 run.dir.display()
@@ -365,7 +387,10 @@ fn train_and_test(run: &mut Run) -> Result<ExitCode> {
     if !root {
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:>5} {:>11} {:>9} {:>13} {:>10} {:>8}", "epoch", "train loss", "val loss", "val F1 sample", "F1 micro", "img/s");
+    println!(
+        "{:>5} {:>11} {:>9} {:>13} {:>10} {:>8}",
+        "epoch", "train loss", "val loss", "val F1 sample", "F1 micro", "img/s"
+    );
     for r in &records {
         println!(
             "{:>5} {:>11.4} {:>9.4} {:>13.4} {:>10.4} {:>8.0}",
@@ -375,7 +400,12 @@ fn train_and_test(run: &mut Run) -> Result<ExitCode> {
     let m = &test.metrics;
     println!(
         "test (weights of epoch {}): F1 micro {:.4}, macro {:.4}, sample {:.4}; precision sample {:.4}, recall sample {:.4}",
-        test.best_epoch, m.micro.f1, m.macro_avg.f1, m.samples.f1, m.samples.precision, m.samples.recall
+        test.best_epoch,
+        m.micro.f1,
+        m.macro_avg.f1,
+        m.samples.f1,
+        m.samples.precision,
+        m.samples.recall
     );
     println!("results in {}", run.dir.display());
     Ok(ExitCode::SUCCESS)

@@ -35,10 +35,26 @@ impl Normalizer {
             let stats = g
                 .bands
                 .iter()
-                .map(|b| attrs.band_stats.get(*b).with_context(|| format!("the store has no statistics for band {b}")))
+                .map(|b| {
+                    attrs
+                        .band_stats
+                        .get(*b)
+                        .with_context(|| format!("the store has no statistics for band {b}"))
+                })
                 .collect::<Result<Vec<_>>>()?;
             mean.push(stats.iter().map(|s| s.mean as f32).collect());
-            inv_std.push(stats.iter().map(|s| if s.std > 0.0 { (1.0 / s.std) as f32 } else { 1.0 }).collect());
+            inv_std.push(
+                stats
+                    .iter()
+                    .map(|s| {
+                        if s.std > 0.0 {
+                            (1.0 / s.std) as f32
+                        } else {
+                            1.0
+                        }
+                    })
+                    .collect(),
+            );
         }
         Ok(Normalizer { mean, inv_std })
     }
@@ -58,8 +74,12 @@ impl Normalizer {
     fn tensors(&self, g: usize, device: Device) -> (Tensor, Tensor) {
         let shape = [1, self.mean[g].len() as i64, 1, 1];
         (
-            Tensor::from_slice(&self.mean[g]).reshape(shape).to_device(device),
-            Tensor::from_slice(&self.inv_std[g]).reshape(shape).to_device(device),
+            Tensor::from_slice(&self.mean[g])
+                .reshape(shape)
+                .to_device(device),
+            Tensor::from_slice(&self.inv_std[g])
+                .reshape(shape)
+                .to_device(device),
         )
     }
 }
@@ -112,10 +132,18 @@ impl Source {
     /// Batches of the patch lists `lists`, in order.
     pub fn batches(&self, lists: Vec<Vec<usize>>, loading: &Loading) -> Result<Batches> {
         Ok(match self {
-            Source::Stream(split) => {
-                Batches::Stream(Prefetcher::start(split.clone(), loading.norm.clone(), lists, loading.ahead, loading.threads)?)
-            }
-            Source::Resident(r) => Batches::Resident { data: r.clone(), lists: lists.into_iter(), waited: Duration::ZERO },
+            Source::Stream(split) => Batches::Stream(Prefetcher::start(
+                split.clone(),
+                loading.norm.clone(),
+                lists,
+                loading.ahead,
+                loading.threads,
+            )?),
+            Source::Resident(r) => Batches::Resident {
+                data: r.clone(),
+                lists: lists.into_iter(),
+                waited: Duration::ZERO,
+            },
         })
     }
 }
@@ -123,7 +151,11 @@ impl Source {
 /// A sequence of batches being produced.
 pub enum Batches {
     Stream(Prefetcher),
-    Resident { data: Rc<ResidentSplit>, lists: std::vec::IntoIter<Vec<usize>>, waited: Duration },
+    Resident {
+        data: Rc<ResidentSplit>,
+        lists: std::vec::IntoIter<Vec<usize>>,
+        waited: Duration,
+    },
 }
 
 impl Batches {
@@ -131,7 +163,11 @@ impl Batches {
     pub fn next_batch(&mut self) -> Option<Result<Batch>> {
         match self {
             Batches::Stream(p) => p.next_batch(),
-            Batches::Resident { data, lists, waited } => {
+            Batches::Resident {
+                data,
+                lists,
+                waited,
+            } => {
                 let indices = lists.next()?;
                 let started = Instant::now();
                 let batch = data.batch(&indices);

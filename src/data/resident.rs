@@ -67,11 +67,22 @@ pub struct Budget {
 /// order, on the device if it fits beside the reserve for the model, else in host memory if it
 /// fits, else streams it. `host` and `device` refuse, naming the sizes, what does not fit. On
 /// the CPU, device memory is host memory.
-pub fn plan(choice: Residency, device: Device, lens: &[usize], budget: Budget) -> Result<Vec<Placement>> {
+pub fn plan(
+    choice: Residency,
+    device: Device,
+    lens: &[usize],
+    budget: Budget,
+) -> Result<Vec<Placement>> {
     let sizes: Vec<u64> = lens.iter().map(|&n| n as u64 * BYTES_PER_PATCH).collect();
     let total: u64 = sizes.iter().sum();
     let host = budget.host_available;
-    let describe = || sizes.iter().map(|&b| gib(b)).collect::<Vec<_>>().join(" + ");
+    let describe = || {
+        sizes
+            .iter()
+            .map(|&b| gib(b))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
     let on_cpu = device == Device::Cpu;
     match choice {
         Residency::Off => Ok(vec![Placement::Stream; lens.len()]),
@@ -83,16 +94,29 @@ pub fn plan(choice: Residency, device: Device, lens: &[usize], budget: Budget) -
                 bail!(
                     "data.resident = \"{}\": the training and validation splits need {} ({}) of host memory but {} is available; \
                      use data.resident = \"off\" or \"auto\", or ask for more memory",
-                    if choice == Residency::Host { "host" } else { "device" },
+                    if choice == Residency::Host {
+                        "host"
+                    } else {
+                        "device"
+                    },
                     gib(total),
                     describe(),
                     gib(avail)
                 );
             }
-            Ok(vec![if on_cpu { Placement::Device } else { Placement::Host }; lens.len()])
+            Ok(vec![
+                if on_cpu {
+                    Placement::Device
+                } else {
+                    Placement::Host
+                };
+                lens.len()
+            ])
         }
         Residency::Host | Residency::Device => {
-            let (free, _) = budget.gpu.context("data.resident = \"device\": the GPU's free memory is unknown")?;
+            let (free, _) = budget
+                .gpu
+                .context("data.resident = \"device\": the GPU's free memory is unknown")?;
             if total > free {
                 bail!(
                     "data.resident = \"device\": the training and validation splits need {} ({}) of GPU memory but {} is free; \
@@ -105,8 +129,11 @@ pub fn plan(choice: Residency, device: Device, lens: &[usize], budget: Budget) -
             Ok(vec![Placement::Device; lens.len()])
         }
         Residency::Auto => {
-            let mut device_left =
-                budget.gpu.map(|(free, total)| free.saturating_sub(((total as f64 * DEVICE_RESERVE_SHARE) as u64).max(DEVICE_RESERVE_MIN)));
+            let mut device_left = budget.gpu.map(|(free, total)| {
+                free.saturating_sub(
+                    ((total as f64 * DEVICE_RESERVE_SHARE) as u64).max(DEVICE_RESERVE_MIN),
+                )
+            });
             let mut host_left = host.map_or(0, |h| (h as f64 * HOST_SHARE) as u64);
             Ok(sizes
                 .iter()
@@ -117,7 +144,11 @@ pub fn plan(choice: Residency, device: Device, lens: &[usize], budget: Budget) -
                     }
                     _ if bytes <= host_left => {
                         host_left -= bytes;
-                        if on_cpu { Placement::Device } else { Placement::Host }
+                        if on_cpu {
+                            Placement::Device
+                        } else {
+                            Placement::Host
+                        }
                     }
                     _ => Placement::Stream,
                 })
@@ -145,7 +176,13 @@ pub struct ResidentSplit {
 
 impl ResidentSplit {
     /// Decodes every patch of `split` with `threads` loader threads into `placement` memory.
-    pub fn load(split: Arc<SplitData>, norm: &Normalizer, placement: Placement, compute: Device, threads: usize) -> Result<Self> {
+    pub fn load(
+        split: Arc<SplitData>,
+        norm: &Normalizer,
+        placement: Placement,
+        compute: Device,
+        threads: usize,
+    ) -> Result<Self> {
         let rows: Vec<usize> = (0..split.len).collect();
         Self::load_rows(split, &rows, norm, placement, compute, threads)
     }
@@ -168,8 +205,12 @@ impl ResidentSplit {
         };
         let pinned = home == Device::Cpu && compute != Device::Cpu;
         let n = rows.len();
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("starting the loader threads")?;
-        let progress = data_prep::progress::bar(n as u64, &format!("{} patches into memory", split.split));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .context("starting the loader threads")?;
+        let progress =
+            data_prep::progress::bar(n as u64, &format!("{} patches into memory", split.split));
         let mut groups = Vec::new();
         for (g, group) in BAND_GROUPS.iter().enumerate() {
             let (c, side) = (group.bands.len() as i64, group.side as i64);
@@ -182,12 +223,16 @@ impl ResidentSplit {
                 let count = LOAD_CHUNK.min(n - start);
                 let mut values = vec![0i16; count * per];
                 pool.install(|| {
-                    values.par_chunks_mut(per).enumerate().try_for_each(|(k, out)| -> Result<()> {
-                        for (d, v) in out.iter_mut().zip(split.read_group(g, rows[start + k])?) {
-                            *d = v as i16; // the bits of the uint16 value
-                        }
-                        Ok(())
-                    })
+                    values
+                        .par_chunks_mut(per)
+                        .enumerate()
+                        .try_for_each(|(k, out)| -> Result<()> {
+                            for (d, v) in out.iter_mut().zip(split.read_group(g, rows[start + k])?)
+                            {
+                                *d = v as i16; // the bits of the uint16 value
+                            }
+                            Ok(())
+                        })
                 })?;
                 let chunk = Tensor::from_slice(&values).reshape([count as i64, c, side, side]);
                 whole.narrow(0, start as i64, count as i64).copy_(&chunk);
@@ -198,13 +243,29 @@ impl ResidentSplit {
             groups.push(whole);
         }
         progress.finish_and_clear();
-        let labels: Vec<f32> = rows.iter().flat_map(|&r| split.labels_of(r).iter().map(|&l| f32::from(l))).collect();
-        let labels = Tensor::from_slice(&labels).reshape([n as i64, NUM_CLASSES as i64]).to_device(home);
-        let stats = (0..BAND_GROUPS.len()).map(|g| norm.tensors(g, compute)).collect();
+        let labels: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| split.labels_of(r).iter().map(|&l| f32::from(l)))
+            .collect();
+        let labels = Tensor::from_slice(&labels)
+            .reshape([n as i64, NUM_CLASSES as i64])
+            .to_device(home);
+        let stats = (0..BAND_GROUPS.len())
+            .map(|g| norm.tensors(g, compute))
+            .collect();
         let load_s = started.elapsed().as_secs_f64();
         let bytes = n as u64 * BYTES_PER_PATCH;
         tracing::info!(split = %split.split, patches = n, size = gib(bytes), seconds = format!("{load_s:.1}"), "{placement}");
-        Ok(ResidentSplit { split, groups, labels, stats, compute, placement, load_s, bytes })
+        Ok(ResidentSplit {
+            split,
+            groups,
+            labels,
+            stats,
+            compute,
+            placement,
+            load_s,
+            bytes,
+        })
     }
 
     /// Rows `indices` (positions among the loaded rows) as a batch on the compute device:
@@ -215,7 +276,9 @@ impl ResidentSplit {
         let index = Tensor::from_slice(&index).to_device(home);
         let to_compute = |t: Tensor| match (home, self.compute) {
             (a, b) if a == b => t,
-            (_, device) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+            (_, device) => t
+                .pin_memory(device)
+                .to_device_(device, t.kind(), true, false),
         };
         let inputs: Vec<Tensor> = self
             .groups
@@ -223,13 +286,22 @@ impl ResidentSplit {
             .zip(&self.stats)
             .map(|(group, (mean, inv_std))| {
                 let raw = to_compute(group.index_select(0, &index));
-                let values = raw.to_kind(Kind::Int).bitwise_and(0xFFFF).to_kind(Kind::Float);
+                let values = raw
+                    .to_kind(Kind::Int)
+                    .bitwise_and(0xFFFF)
+                    .to_kind(Kind::Float);
                 (values - mean) * inv_std
             })
             .collect();
         let targets = to_compute(self.labels.index_select(0, &index));
-        let [x10, x20, x60]: [Tensor; 3] = inputs.try_into().unwrap_or_else(|_| unreachable!("three band groups"));
-        Batch { inputs: [x10, x20, x60], targets, indices: indices.to_vec() }
+        let [x10, x20, x60]: [Tensor; 3] = inputs
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("three band groups"));
+        Batch {
+            inputs: [x10, x20, x60],
+            targets,
+            indices: indices.to_vec(),
+        }
     }
 }
 
@@ -244,14 +316,26 @@ mod tests {
     #[test]
     fn resident_batches_equal_streamed_ones_bitwise() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&data_prep::synth::synthetic_store(dir.path(), 40, 3).unwrap()).unwrap();
+        let store =
+            Store::open(&data_prep::synth::synthetic_store(dir.path(), 40, 3).unwrap()).unwrap();
         let norm = Arc::new(Normalizer::from_store(&store.attrs).unwrap());
         let split = Arc::new(store.split(Split::Train).unwrap());
-        let resident = std::rc::Rc::new(ResidentSplit::load(split.clone(), &norm, Placement::Device, Device::Cpu, 2).unwrap());
+        let resident = std::rc::Rc::new(
+            ResidentSplit::load(split.clone(), &norm, Placement::Device, Device::Cpu, 2).unwrap(),
+        );
         assert_eq!(resident.bytes, split.len as u64 * BYTES_PER_PATCH);
-        let lists: Vec<Vec<usize>> = epoch_order(split.len, 4, 2).chunks(5).map(<[usize]>::to_vec).collect();
-        let loading = Loading { norm, ahead: 2, threads: 2 };
-        let mut streamed = Source::Stream(split).batches(lists.clone(), &loading).unwrap();
+        let lists: Vec<Vec<usize>> = epoch_order(split.len, 4, 2)
+            .chunks(5)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let loading = Loading {
+            norm,
+            ahead: 2,
+            threads: 2,
+        };
+        let mut streamed = Source::Stream(split)
+            .batches(lists.clone(), &loading)
+            .unwrap();
         let mut held = Source::Resident(resident).batches(lists, &loading).unwrap();
         while let Some(a) = streamed.next_batch() {
             let (a, b) = (a.unwrap(), held.next_batch().unwrap().unwrap());
@@ -270,21 +354,57 @@ mod tests {
         let patches = |bytes: u64| (bytes / BYTES_PER_PATCH) as usize;
         let cuda = Device::Cuda(0);
         // An H200-like GPU: 140 GiB free of 141; splits the size of the study's fit beside the reserve.
-        let big = Budget { host_available: Some(500 * gib), gpu: Some((140 * gib, 141 * gib)) };
+        let big = Budget {
+            host_available: Some(500 * gib),
+            gpu: Some((140 * gib, 141 * gib)),
+        };
         let lens = [patches(40 * gib), patches(24 * gib)];
-        assert_eq!(plan(Residency::Auto, cuda, &lens, big).unwrap(), [Placement::Device, Placement::Device]);
+        assert_eq!(
+            plan(Residency::Auto, cuda, &lens, big).unwrap(),
+            [Placement::Device, Placement::Device]
+        );
         // A 40 GiB GPU keeps 16 GiB for the model: the training split goes to the host, the
         // smaller validation split to the GPU; a small host streams both.
-        let small = Budget { host_available: Some(100 * gib), gpu: Some((39 * gib, 40 * gib)) };
+        let small = Budget {
+            host_available: Some(100 * gib),
+            gpu: Some((39 * gib, 40 * gib)),
+        };
         let lens_small_val = [patches(40 * gib), patches(20 * gib)];
-        assert_eq!(plan(Residency::Auto, cuda, &lens_small_val, small).unwrap(), [Placement::Host, Placement::Device]);
-        let tiny = Budget { host_available: Some(10 * gib), gpu: None };
-        assert_eq!(plan(Residency::Auto, Device::Cpu, &lens, tiny).unwrap(), [Placement::Stream, Placement::Stream]);
-        assert_eq!(plan(Residency::Off, cuda, &lens, big).unwrap(), [Placement::Stream, Placement::Stream]);
-        let e = plan(Residency::Device, cuda, &lens, small).unwrap_err().to_string();
-        assert!(e.contains("need 64.00 GiB (40.00 GiB + 24.00 GiB) of GPU memory but 39.00 GiB is free"), "{e}");
-        let e = plan(Residency::Host, Device::Cpu, &lens, tiny).unwrap_err().to_string();
-        assert!(e.contains("of host memory but 10.00 GiB is available"), "{e}");
-        assert_eq!(plan(Residency::Host, cuda, &lens, big).unwrap(), [Placement::Host, Placement::Host]);
+        assert_eq!(
+            plan(Residency::Auto, cuda, &lens_small_val, small).unwrap(),
+            [Placement::Host, Placement::Device]
+        );
+        let tiny = Budget {
+            host_available: Some(10 * gib),
+            gpu: None,
+        };
+        assert_eq!(
+            plan(Residency::Auto, Device::Cpu, &lens, tiny).unwrap(),
+            [Placement::Stream, Placement::Stream]
+        );
+        assert_eq!(
+            plan(Residency::Off, cuda, &lens, big).unwrap(),
+            [Placement::Stream, Placement::Stream]
+        );
+        let e = plan(Residency::Device, cuda, &lens, small)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "need 64.00 GiB (40.00 GiB + 24.00 GiB) of GPU memory but 39.00 GiB is free"
+            ),
+            "{e}"
+        );
+        let e = plan(Residency::Host, Device::Cpu, &lens, tiny)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("of host memory but 10.00 GiB is available"),
+            "{e}"
+        );
+        assert_eq!(
+            plan(Residency::Host, cuda, &lens, big).unwrap(),
+            [Placement::Host, Placement::Host]
+        );
     }
 }

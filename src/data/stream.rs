@@ -22,17 +22,29 @@ pub fn read_batch(split: &SplitData, norm: &Normalizer, indices: &[usize]) -> Re
     for (g, group) in BAND_GROUPS.iter().enumerate() {
         let per = group.values_per_patch();
         let mut values = vec![0f32; indices.len() * per];
-        values.par_chunks_mut(per).zip(indices.par_iter()).try_for_each(|(out, &i)| -> Result<()> {
-            norm.apply(g, &split.read_group(g, i)?, out);
-            Ok(())
-        })?;
+        values
+            .par_chunks_mut(per)
+            .zip(indices.par_iter())
+            .try_for_each(|(out, &i)| -> Result<()> {
+                norm.apply(g, &split.read_group(g, i)?, out);
+                Ok(())
+            })?;
         let side = group.side as i64;
         inputs.push(Tensor::from_slice(&values).reshape([b, group.bands.len() as i64, side, side]));
     }
-    let labels: Vec<f32> = indices.iter().flat_map(|&i| split.labels_of(i).iter().map(|&l| l as f32)).collect();
+    let labels: Vec<f32> = indices
+        .iter()
+        .flat_map(|&i| split.labels_of(i).iter().map(|&l| l as f32))
+        .collect();
     let targets = Tensor::from_slice(&labels).reshape([b, NUM_CLASSES as i64]);
-    let [x10, x20, x60]: [Tensor; 3] = inputs.try_into().map_err(|_| anyhow::anyhow!("three band groups"))?;
-    Ok(Batch { inputs: [x10, x20, x60], targets, indices: indices.to_vec() })
+    let [x10, x20, x60]: [Tensor; 3] = inputs
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("three band groups"))?;
+    Ok(Batch {
+        inputs: [x10, x20, x60],
+        targets,
+        indices: indices.to_vec(),
+    })
 }
 
 /// Reads a sequence of batches on background threads, at most `ahead` batches in advance.
@@ -44,7 +56,13 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
-    pub fn start(split: Arc<SplitData>, norm: Arc<Normalizer>, batches: Vec<Vec<usize>>, ahead: usize, threads: usize) -> Result<Self> {
+    pub fn start(
+        split: Arc<SplitData>,
+        norm: Arc<Normalizer>,
+        batches: Vec<Vec<usize>>,
+        ahead: usize,
+        threads: usize,
+    ) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("loader-{i}"))
@@ -63,7 +81,11 @@ impl Prefetcher {
                 }
             })
             .context("starting the prefetch thread")?;
-        Ok(Prefetcher { rx, worker: Some(worker), waited: Duration::ZERO })
+        Ok(Prefetcher {
+            rx,
+            worker: Some(worker),
+            waited: Duration::ZERO,
+        })
     }
 
     /// The next batch, or `None` after the last.
@@ -115,9 +137,15 @@ mod tests {
             let b04 = &store.attrs.band_stats["B04"];
             let want = (raw[5] as f64 - b04.mean) / b04.std;
             assert!((batch.inputs[0].double_value(&[k, 0, 0, 5]) - want).abs() < 1e-4);
-            assert_eq!(batch.inputs[1].size(), vec![expected.len() as i64, 6, 60, 60]);
+            assert_eq!(
+                batch.inputs[1].size(),
+                vec![expected.len() as i64, 6, 60, 60]
+            );
             for c in 0..19 {
-                assert_eq!(batch.targets.double_value(&[k, c]), split.labels_of(i)[c as usize] as f64);
+                assert_eq!(
+                    batch.targets.double_value(&[k, c]),
+                    split.labels_of(i)[c as usize] as f64
+                );
             }
             seen += expected.len();
         }

@@ -12,7 +12,12 @@ pub type Direction = Vec<(String, Tensor)>;
 /// Draws `count` directions from torch's CPU generator seeded with `seed`: for each direction in
 /// turn, one standard normal tensor per variable in the given (name-sorted) order, then
 /// normalised filter by filter.
-pub fn draw(weights: &[(String, Tensor)], seed: u64, count: usize, include_bias_bn: bool) -> Vec<Direction> {
+pub fn draw(
+    weights: &[(String, Tensor)],
+    seed: u64,
+    count: usize,
+    include_bias_bn: bool,
+) -> Vec<Direction> {
     tch::manual_seed(seed as i64);
     (0..count)
         .map(|_| {
@@ -31,10 +36,17 @@ pub fn draw(weights: &[(String, Tensor)], seed: u64, count: usize, include_bias_
 pub fn normalise(raw: &Tensor, w: &Tensor, include_bias_bn: bool) -> Tensor {
     let w = w.to_device(tch::Device::Cpu).to_kind(Kind::Float);
     if w.dim() <= 1 {
-        return if include_bias_bn { w.copy() } else { w.zeros_like() };
+        return if include_bias_bn {
+            w.copy()
+        } else {
+            w.zeros_like()
+        };
     }
     let filters = w.size()[0];
-    let norms = |t: &Tensor| t.reshape([filters, -1]).norm_scalaropt_dim(2, [1i64].as_slice(), false);
+    let norms = |t: &Tensor| {
+        t.reshape([filters, -1])
+            .norm_scalaropt_dim(2, [1i64].as_slice(), false)
+    };
     let (wn, dn) = (norms(&w), norms(raw));
     let mut shape = vec![filters];
     shape.extend(std::iter::repeat_n(1, w.dim() - 1));
@@ -52,7 +64,10 @@ mod tests {
         let o = (Kind::Float, tch::Device::Cpu);
         tch::manual_seed(3);
         let weights = vec![
-            ("a.conv.weight".to_string(), Tensor::randn([4, 3, 5, 5], o) * 0.3),
+            (
+                "a.conv.weight".to_string(),
+                Tensor::randn([4, 3, 5, 5], o) * 0.3,
+            ),
             ("a.conv.bias".to_string(), Tensor::randn([4], o)),
             ("head.weight".to_string(), Tensor::randn([19, 8], o)),
         ];
@@ -66,7 +81,10 @@ mod tests {
                     continue;
                 }
                 for j in 0..w.size()[0] {
-                    let (a, b) = (w.get(j).norm().double_value(&[]), dt.get(j).norm().double_value(&[]));
+                    let (a, b) = (
+                        w.get(j).norm().double_value(&[]),
+                        dt.get(j).norm().double_value(&[]),
+                    );
                     assert!((a - b).abs() <= 1e-5 * a, "{name} filter {j}: {a} vs {b}");
                 }
             }

@@ -145,7 +145,10 @@ fn default_name(r: &Request, epoch: Option<u32>) -> String {
     let e = epoch.map_or(String::new(), |e| format!("-epoch{e:04}"));
     match (r.kind, &r.to_run, r.to_epoch) {
         (LandscapeKind::Interp, to, Some(te)) => {
-            let other = to.as_ref().and_then(|p| p.file_name()).map_or("self".into(), |n| n.to_string_lossy().to_string());
+            let other = to
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map_or("self".into(), |n| n.to_string_lossy().to_string());
             format!("interp{e}-to-{other}-epoch{te:04}")
         }
         (LandscapeKind::Sharpness, _, _) => format!("sharpness-seed{}", r.seed),
@@ -155,12 +158,19 @@ fn default_name(r: &Request, epoch: Option<u32>) -> String {
 
 /// A run's config and the epoch of its best (or a given) checkpoint.
 fn run_config(run: &Path) -> Result<Config> {
-    config::load(&run.join("config.toml"), Vec::new())
-        .with_context(|| format!("{} is not a run folder (no readable config.toml)", run.display()))
+    config::load(&run.join("config.toml"), Vec::new()).with_context(|| {
+        format!(
+            "{} is not a run folder (no readable config.toml)",
+            run.display()
+        )
+    })
 }
 
 fn best_epoch(run: &Path) -> Result<u32> {
-    Ok(checkpoint::latest(run)?.with_context(|| format!("{}: no checkpoint", run.display()))?.state.best_epoch)
+    Ok(checkpoint::latest(run)?
+        .with_context(|| format!("{}: no checkpoint", run.display()))?
+        .state
+        .best_epoch)
 }
 
 /// The evaluation set-up: the network, the subsets in memory, the losses.
@@ -179,28 +189,56 @@ struct Evaluator {
 }
 
 impl Evaluator {
-    fn new(config: &Config, spec: &Spec, device: Device, store: &Store, threads: usize) -> Result<Evaluator> {
+    fn new(
+        config: &Config,
+        spec: &Spec,
+        device: Device,
+        store: &Store,
+        threads: usize,
+    ) -> Result<Evaluator> {
         let norm = Normalizer::from_store(&store.attrs)?;
         let counts = &store.attrs.splits[&Split::Train];
         let own = Loss::new(&config.loss, &counts.label_counts, counts.patches);
         let study = STUDY_LOSSES
             .iter()
             .map(|&n| {
-                let spec = LossSpec::Single(SingleLoss::with_defaults(n).map_err(anyhow::Error::msg)?);
+                let spec =
+                    LossSpec::Single(SingleLoss::with_defaults(n).map_err(anyhow::Error::msg)?);
                 Ok((n, Loss::new(&spec, &counts.label_counts, counts.patches)))
             })
             .collect::<Result<_>>()?;
         let load = |split: Split, rows: &[usize]| -> Result<ResidentSplit> {
-            ResidentSplit::load_rows(Arc::new(store.split(split)?), rows, &norm, Placement::Device, device, threads)
+            ResidentSplit::load_rows(
+                Arc::new(store.split(split)?),
+                rows,
+                &norm,
+                Placement::Device,
+                device,
+                threads,
+            )
         };
-        let (train, val) = (load(Split::Train, &spec.train_rows)?, load(Split::Validation, &spec.val_rows)?);
+        let (train, val) = (
+            load(Split::Train, &spec.train_rows)?,
+            load(Split::Validation, &spec.val_rows)?,
+        );
         // Dropout off; BatchNorm per the spec.
         let mut vs = VarStore::new(Device::Cpu);
         let model = Model::new(&vs.root(), config.model.arch, config.run.seed, false);
         vs.set_device(device);
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Evaluator { device, vs, model, vars, train, val, own, study, batch: spec.batch, bn: spec.bn })
+        Ok(Evaluator {
+            device,
+            vs,
+            model,
+            vars,
+            train,
+            val,
+            own,
+            study,
+            batch: spec.batch,
+            bn: spec.bn,
+        })
     }
 
     /// Sets every variable from `values` (by name, the same order as `vars`).
@@ -229,20 +267,35 @@ impl Evaluator {
     /// The quantities at the current weights: losses on the training subset, F1 on the
     /// validation subset.
     fn quantities(&self, train_rows: usize, val_rows: usize) -> Result<Vec<(String, f64)>> {
-        let (logits, targets): (Vec<Tensor>, Vec<Tensor>) = self.logits(&self.train, train_rows, false).into_iter().unzip();
+        let (logits, targets): (Vec<Tensor>, Vec<Tensor>) = self
+            .logits(&self.train, train_rows, false)
+            .into_iter()
+            .unzip();
         let (z, y) = (Tensor::cat(&logits, 0), Tensor::cat(&targets, 0));
-        let mut out = vec![("loss".to_string(), self.own.compute(&z, &y).double_value(&[]))];
+        let mut out = vec![(
+            "loss".to_string(),
+            self.own.compute(&z, &y).double_value(&[]),
+        )];
         for (name, loss) in &self.study {
-            out.push((format!("loss:{name}"), loss.compute(&z, &y).double_value(&[])));
+            out.push((
+                format!("loss:{name}"),
+                loss.compute(&z, &y).double_value(&[]),
+            ));
         }
         let mut counts = Counts::default();
         for (z, y) in self.logits(&self.val, val_rows, false) {
-            let pred = Vec::<u8>::try_from(self.own.decide(&z).to_device(Device::Cpu).reshape([-1]))?;
-            let truth = Vec::<u8>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Uint8).reshape([-1]))?;
+            let pred =
+                Vec::<u8>::try_from(self.own.decide(&z).to_device(Device::Cpu).reshape([-1]))?;
+            let truth =
+                Vec::<u8>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Uint8).reshape([-1]))?;
             counts.add(&truth, &pred);
         }
         let m = counts.metrics();
-        out.extend([("f1_samples".into(), m.samples.f1), ("f1_micro".into(), m.micro.f1), ("f1_macro".into(), m.macro_avg.f1)]);
+        out.extend([
+            ("f1_samples".into(), m.samples.f1),
+            ("f1_micro".into(), m.micro.f1),
+            ("f1_macro".into(), m.macro_avg.f1),
+        ]);
         Ok(out)
     }
 }
@@ -261,24 +314,50 @@ fn linspace((from, to): (f64, f64), n: usize) -> Vec<f64> {
     if n == 1 {
         return vec![from];
     }
-    (0..n).map(|i| from + (to - from) * i as f64 / (n - 1) as f64).collect()
+    (0..n)
+        .map(|i| from + (to - from) * i as f64 / (n - 1) as f64)
+        .collect()
 }
 
 fn grid(spec: &Spec) -> Vec<Point> {
     let axis = linspace(spec.range, spec.points);
-    let point = |index, alpha, beta, epoch| Point { index, alpha, beta, epoch };
+    let point = |index, alpha, beta, epoch| Point {
+        index,
+        alpha,
+        beta,
+        epoch,
+    };
     match spec.kind {
-        LandscapeKind::OneD | LandscapeKind::Interp => axis.iter().enumerate().map(|(i, &a)| point(i, Some(a), None, None)).collect(),
-        LandscapeKind::TwoD => {
-            (0..spec.points * spec.points).map(|k| point(k, Some(axis[k / spec.points]), Some(axis[k % spec.points]), None)).collect()
-        }
-        LandscapeKind::Sharpness => spec.epochs.iter().enumerate().map(|(i, &e)| point(i, None, None, Some(e))).collect(),
+        LandscapeKind::OneD | LandscapeKind::Interp => axis
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| point(i, Some(a), None, None))
+            .collect(),
+        LandscapeKind::TwoD => (0..spec.points * spec.points)
+            .map(|k| {
+                point(
+                    k,
+                    Some(axis[k / spec.points]),
+                    Some(axis[k % spec.points]),
+                    None,
+                )
+            })
+            .collect(),
+        LandscapeKind::Sharpness => spec
+            .epochs
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| point(i, None, None, Some(e)))
+            .collect(),
     }
 }
 
 /// The seeded subset: the first `n` rows of a permutation of the split (in row order).
 fn subset(len: usize, n: usize, seed: u64, salt: u32) -> Vec<usize> {
-    let mut rows: Vec<usize> = epoch_order(len, seed, u32::MAX - salt).into_iter().take(n.min(len)).collect();
+    let mut rows: Vec<usize> = epoch_order(len, seed, u32::MAX - salt)
+        .into_iter()
+        .take(n.min(len))
+        .collect();
     rows.sort_unstable();
     rows
 }
@@ -295,8 +374,12 @@ pub struct Outcome {
 pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
     let config = run_config(&r.run)?;
     let store_path = r.data.clone().unwrap_or_else(|| config.run.data.clone());
-    let store = Store::open(&store_path)
-        .with_context(|| format!("opening the run's store (--data to point elsewhere): {}", store_path.display()))?;
+    let store = Store::open(&store_path).with_context(|| {
+        format!(
+            "opening the run's store (--data to point elsewhere): {}",
+            store_path.display()
+        )
+    })?;
     let kind = r.kind;
     let epoch = match kind {
         LandscapeKind::Sharpness => None,
@@ -311,7 +394,9 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
             let to_epoch = match (r.to_epoch, &r.to_run) {
                 (Some(e), _) => e,
                 (None, Some(other)) => best_epoch(other)?,
-                (None, None) => bail!("--kind interp: give the other end, --to-epoch (this run) or --to-run (another run's best epoch)"),
+                (None, None) => bail!(
+                    "--kind interp: give the other end, --to-epoch (this run) or --to-run (another run's best epoch)"
+                ),
             };
             Some((to_run, to_epoch))
         }
@@ -324,8 +409,16 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
     if kind == LandscapeKind::Sharpness && epochs.is_empty() {
         bail!("{}: no epoch checkpoint to measure", r.run.display());
     }
-    let default_range = if kind == LandscapeKind::Interp { (-0.5, 1.5) } else { (-1.0, 1.0) };
-    let default_points = if kind == LandscapeKind::Interp { 41 } else { 51 };
+    let default_range = if kind == LandscapeKind::Interp {
+        (-0.5, 1.5)
+    } else {
+        (-1.0, 1.0)
+    };
+    let default_points = if kind == LandscapeKind::Interp {
+        41
+    } else {
+        51
+    };
     let train_len = store.attrs.splits[&Split::Train].patches as usize;
     let val_len = store.attrs.splits[&Split::Validation].patches as usize;
     let spec = Spec {
@@ -338,32 +431,62 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
         points: r.points.unwrap_or(default_points),
         include_bias_bn: r.include_bias_bn,
         bn: r.bn,
-        train_rows: subset(train_len, r.train_patches.unwrap_or(default_patches(config.model.arch)), r.seed, 0),
-        val_rows: subset(val_len, r.val_patches.unwrap_or(default_patches(config.model.arch)), r.seed, 1),
+        train_rows: subset(
+            train_len,
+            r.train_patches
+                .unwrap_or(default_patches(config.model.arch)),
+            r.seed,
+            0,
+        ),
+        val_rows: subset(
+            val_len,
+            r.val_patches.unwrap_or(default_patches(config.model.arch)),
+            r.seed,
+            1,
+        ),
         batch: r.batch,
-        block: if kind == LandscapeKind::Sharpness { 1 } else { r.block },
+        block: if kind == LandscapeKind::Sharpness {
+            1
+        } else {
+            r.block
+        },
         epochs,
         iterations: r.iterations,
         tolerance: 1e-3,
         data: store_path,
     };
-    if spec.points == 0 || spec.block == 0 || spec.batch == 0 || spec.train_rows.is_empty() || spec.val_rows.is_empty() {
+    if spec.points == 0
+        || spec.block == 0
+        || spec.batch == 0
+        || spec.train_rows.is_empty()
+        || spec.val_rows.is_empty()
+    {
         bail!("--points, --block, --batch, --train-patches and --val-patches must be at least 1");
     }
     if !(spec.range.0.is_finite() && spec.range.1.is_finite() && spec.range.0 < spec.range.1) {
-        bail!("--range {}:{}: expected FROM:TO with FROM < TO", spec.range.0, spec.range.1);
+        bail!(
+            "--range {}:{}: expected FROM:TO with FROM < TO",
+            spec.range.0,
+            spec.range.1
+        );
     }
     let name = r.name.clone().unwrap_or_else(|| default_name(r, epoch));
     let dir = folder(&r.run, &name);
     let blocks_dir = dir.join("blocks");
     // The spec is written once (rank 0, task 0 first); a rerun must ask for the same landscape.
     let spec_path = dir.join("spec.json");
-    fs::create_dir_all(&blocks_dir).with_context(|| format!("creating {}", blocks_dir.display()))?;
+    fs::create_dir_all(&blocks_dir)
+        .with_context(|| format!("creating {}", blocks_dir.display()))?;
     match fs::read(&spec_path) {
         Ok(bytes) => {
-            let existing: Spec = serde_json::from_slice(&bytes).with_context(|| format!("{}: unreadable", spec_path.display()))?;
+            let existing: Spec = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: unreadable", spec_path.display()))?;
             if existing != spec {
-                bail!("{} holds another landscape ({}); choose another --name or remove it", dir.display(), spec_path.display());
+                bail!(
+                    "{} holds another landscape ({}); choose another --name or remove it",
+                    dir.display(),
+                    spec_path.display()
+                );
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -381,8 +504,17 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
     let me = task * dist.world_size + dist.rank;
     let block_path = |b: usize| blocks_dir.join(format!("block-{b:05}.parquet"));
     let mine: Vec<usize> = (0..blocks.len()).filter(|b| b % workers == me).collect();
-    let todo: Vec<usize> = mine.iter().copied().filter(|&b| !block_path(b).is_file()).collect();
-    let outcome = Outcome { folder: dir.clone(), blocks: blocks.len(), computed: todo.len(), already_done: mine.len() - todo.len() };
+    let todo: Vec<usize> = mine
+        .iter()
+        .copied()
+        .filter(|&b| !block_path(b).is_file())
+        .collect();
+    let outcome = Outcome {
+        folder: dir.clone(),
+        blocks: blocks.len(),
+        computed: todo.len(),
+        already_done: mine.len() - todo.len(),
+    };
     if todo.is_empty() {
         return Ok(outcome);
     }
@@ -391,7 +523,14 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
     dist.set_compute_threads(r.threads.unwrap_or(config.run.threads));
     let eval = Evaluator::new(&config, &spec, device, &store, config.train.loader_threads)?;
     let base = checkpoint_values(&r.run, epoch, &eval)?;
-    let landscape = Landscape { spec: &spec, eval: &eval, base, name: &name, dirs: None, end: None };
+    let landscape = Landscape {
+        spec: &spec,
+        eval: &eval,
+        base,
+        name: &name,
+        dirs: None,
+        end: None,
+    };
     let landscape = landscape.prepare(&dir, dist.is_root() && task == 0)?;
     let progress = data_prep::progress::bar_if(dist.is_root(), todo.len() as u64, "blocks");
     for b in todo {
@@ -406,7 +545,9 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
 
 /// The variables of a checkpoint on the evaluation device, in the evaluator's order.
 fn checkpoint_values(run: &Path, epoch: Option<u32>, eval: &Evaluator) -> Result<Vec<Tensor>> {
-    let Some(epoch) = epoch else { return Ok(Vec::new()) };
+    let Some(epoch) = epoch else {
+        return Ok(Vec::new());
+    };
     let c = checkpoint::at_epoch(run, epoch)?;
     checkpoint::copy_into(&eval.vars, &c.model, &c.dir)?;
     Ok(eval.vars.iter().map(|(_, t)| t.detach().copy()).collect())
@@ -432,7 +573,11 @@ impl<'a> Landscape<'a> {
         let spec = self.spec;
         match spec.kind {
             LandscapeKind::OneD | LandscapeKind::TwoD => {
-                let count = if spec.kind == LandscapeKind::OneD { 1 } else { 2 };
+                let count = if spec.kind == LandscapeKind::OneD {
+                    1
+                } else {
+                    2
+                };
                 let trainable: Vec<(String, Tensor)> = self
                     .eval
                     .vars
@@ -447,18 +592,28 @@ impl<'a> Landscape<'a> {
                     let named: Vec<(String, Tensor)> = drawn
                         .iter()
                         .enumerate()
-                        .flat_map(|(k, d)| d.iter().map(move |(n, t)| (format!("d{}/{n}", k + 1), t.shallow_clone())))
+                        .flat_map(|(k, d)| {
+                            d.iter()
+                                .map(move |(n, t)| (format!("d{}/{n}", k + 1), t.shallow_clone()))
+                        })
                         .collect();
                     let tmp = dir.join("directions.safetensors.tmp");
-                    Tensor::write_safetensors(&named, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-                    fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+                    Tensor::write_safetensors(&named, &tmp)
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                    fs::rename(&tmp, &path)
+                        .with_context(|| format!("renaming {}", tmp.display()))?;
                 }
                 // Per variable in the evaluator's order: the direction, or zero for buffers.
                 let per_var = |d: &directions::Direction| -> Vec<Tensor> {
                     self.eval
                         .vars
                         .iter()
-                        .map(|(n, v)| d.iter().find(|(m, _)| m == n).map_or_else(|| v.zeros_like(), |(_, t)| t.to_device(self.eval.device)))
+                        .map(|(n, v)| {
+                            d.iter().find(|(m, _)| m == n).map_or_else(
+                                || v.zeros_like(),
+                                |(_, t)| t.to_device(self.eval.device),
+                            )
+                        })
                         .collect()
                 };
                 self.dirs = Some(drawn.iter().map(per_var).collect());
@@ -484,34 +639,96 @@ impl<'a> Landscape<'a> {
                     checkpoint_values(&spec.run, p.epoch, self.eval)?;
                     let e = self.sharpness();
                     if !e.converged {
-                        tracing::warn!(epoch = p.epoch, iterations = e.iterations, "power iteration did not converge (raise --iterations)");
+                        tracing::warn!(
+                            epoch = p.epoch,
+                            iterations = e.iterations,
+                            "power iteration did not converge (raise --iterations)"
+                        );
                     }
                     vec![
                         ("lambda_max".to_string(), e.value),
                         ("power_iterations".to_string(), e.iterations as f64),
-                        ("power_converged".to_string(), f64::from(u8::from(e.converged))),
+                        (
+                            "power_converged".to_string(),
+                            f64::from(u8::from(e.converged)),
+                        ),
                     ]
                 }
                 _ => {
                     self.eval.set(&self.weights_at(p));
-                    self.eval.quantities(spec.train_rows.len(), spec.val_rows.len())?
+                    self.eval
+                        .quantities(spec.train_rows.len(), spec.val_rows.len())?
                 }
             };
             rows.extend(values.into_iter().map(|(q, v)| (p, q, v)));
         }
-        let other = spec.to.as_ref().map(|(r, e)| format!("{}@{e}", r.display())).unwrap_or_default();
+        let other = spec
+            .to
+            .as_ref()
+            .map(|(r, e)| format!("{}@{e}", r.display()))
+            .unwrap_or_default();
         let n = rows.len();
         let columns: Vec<(&str, ArrayRef)> = vec![
-            ("name", Arc::new(StringArray::from_iter_values(std::iter::repeat_n(self.name, n)))),
-            ("kind", Arc::new(StringArray::from_iter_values(std::iter::repeat_n(spec.kind.name(), n)))),
-            ("checkpoint", Arc::new(UInt32Array::from_iter(rows.iter().map(|(p, _, _)| p.epoch.or(spec.epoch))))),
-            ("other", Arc::new(StringArray::from_iter_values(std::iter::repeat_n(other.as_str(), n)))),
-            ("direction_seed", Arc::new(UInt64Array::from_iter_values(std::iter::repeat_n(spec.seed, n)))),
-            ("point", Arc::new(UInt32Array::from_iter_values(rows.iter().map(|(p, _, _)| p.index as u32)))),
-            ("alpha", Arc::new(Float64Array::from_iter(rows.iter().map(|(p, _, _)| p.alpha)))),
-            ("beta", Arc::new(Float64Array::from_iter(rows.iter().map(|(p, _, _)| p.beta)))),
-            ("quantity", Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, q, _)| q.as_str())))),
-            ("value", Arc::new(Float64Array::from_iter_values(rows.iter().map(|(_, _, v)| *v)))),
+            (
+                "name",
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    self.name, n,
+                ))),
+            ),
+            (
+                "kind",
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    spec.kind.name(),
+                    n,
+                ))),
+            ),
+            (
+                "checkpoint",
+                Arc::new(UInt32Array::from_iter(
+                    rows.iter().map(|(p, _, _)| p.epoch.or(spec.epoch)),
+                )),
+            ),
+            (
+                "other",
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    other.as_str(),
+                    n,
+                ))),
+            ),
+            (
+                "direction_seed",
+                Arc::new(UInt64Array::from_iter_values(std::iter::repeat_n(
+                    spec.seed, n,
+                ))),
+            ),
+            (
+                "point",
+                Arc::new(UInt32Array::from_iter_values(
+                    rows.iter().map(|(p, _, _)| p.index as u32),
+                )),
+            ),
+            (
+                "alpha",
+                Arc::new(Float64Array::from_iter(
+                    rows.iter().map(|(p, _, _)| p.alpha),
+                )),
+            ),
+            (
+                "beta",
+                Arc::new(Float64Array::from_iter(rows.iter().map(|(p, _, _)| p.beta))),
+            ),
+            (
+                "quantity",
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|(_, q, _)| q.as_str()),
+                )),
+            ),
+            (
+                "value",
+                Arc::new(Float64Array::from_iter_values(
+                    rows.iter().map(|(_, _, v)| *v),
+                )),
+            ),
         ];
         Ok(RecordBatch::try_from_iter(columns)?)
     }
@@ -529,7 +746,12 @@ impl<'a> Landscape<'a> {
                     w
                 })
                 .collect(),
-            (None, Some(end)) => self.base.iter().zip(end).map(|(s, e)| s * (1.0 - a) + e * a).collect(),
+            (None, Some(end)) => self
+                .base
+                .iter()
+                .zip(end)
+                .map(|(s, e)| s * (1.0 - a) + e * a)
+                .collect(),
             (None, None) => self.base.iter().map(Tensor::shallow_clone).collect(),
         }
     }
@@ -540,13 +762,25 @@ impl<'a> Landscape<'a> {
         let params: Vec<Tensor> = eval.vs.trainable_variables();
         let rows = self.spec.train_rows.len();
         let positions: Vec<usize> = (0..rows).collect();
-        let batches: Vec<Vec<usize>> = positions.chunks(eval.batch).map(<[usize]>::to_vec).collect();
+        let batches: Vec<Vec<usize>> = positions
+            .chunks(eval.batch)
+            .map(<[usize]>::to_vec)
+            .collect();
         let batch_loss = |b: usize| -> Tensor {
             let batch = eval.train.batch(&batches[b]);
-            let logits = eval.model.forward_t(&batch.inputs, eval.bn == BnMode::Batch);
+            let logits = eval
+                .model
+                .forward_t(&batch.inputs, eval.bn == BnMode::Batch);
             // Each batch's mean, weighted by its share of the subset: their sum is the subset's loss.
             eval.own.compute(&logits, &batch.targets) * (batches[b].len() as f64 / rows as f64)
         };
-        hessian::dominant_eigenvalue(&params, batches.len(), &batch_loss, self.spec.seed, self.spec.iterations, self.spec.tolerance)
+        hessian::dominant_eigenvalue(
+            &params,
+            batches.len(),
+            &batch_loss,
+            self.spec.seed,
+            self.spec.iterations,
+            self.spec.tolerance,
+        )
     }
 }

@@ -22,7 +22,8 @@ mod tests {
         let p = z.sigmoid();
         let direct = -(&y * p.log() + (1f64 - &y) * (1f64 - &p).log());
         assert!(elementwise(&z, &y).allclose(&direct, 1e-10, 1e-12, false));
-        let torch = z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Mean);
+        let torch =
+            z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Mean);
         assert!((loss(&z, &y).double_value(&[]) - torch.double_value(&[])).abs() < 1e-12);
     }
 

@@ -23,7 +23,9 @@ pub(super) fn loss(z: &Tensor, y: &Tensor, gamma: f64, weighting: Weighting) -> 
         Weighting::None => {}
         Weighting::Alpha(a) => l *= a * y + (1.0 - a) * (1f64 - y),
         Weighting::Positives(w) => {
-            let w = Tensor::from_slice(w).to_kind(z.kind()).to_device(z.device());
+            let w = Tensor::from_slice(w)
+                .to_kind(z.kind())
+                .to_device(z.device());
             l *= w * y + (1f64 - y);
         }
     }
@@ -38,12 +40,21 @@ mod tests {
     /// Study Table 4.2: the CE/FL ratio at γ = 2 is 1/(1 - p_t)², e.g. 4 at p_t = 0.5 and 100 at 0.9.
     #[test]
     fn ratio_to_ce_matches_table_4_2() {
-        for (pt, ratio) in [(0.1f64, 1.0 / 0.81), (0.5, 4.0), (0.9, 100.0), (0.968, 976.5625)] {
+        for (pt, ratio) in [
+            (0.1f64, 1.0 / 0.81),
+            (0.5, 4.0),
+            (0.9, 100.0),
+            (0.968, 976.5625),
+        ] {
             let z = Tensor::from_slice(&[(pt / (1.0 - pt)).ln()]).reshape([1, 1]);
             let y = Tensor::from_slice(&[1.0f64]).reshape([1, 1]);
             let ce = super::super::ce::loss(&z, &y).double_value(&[]);
             let fl = loss(&z, &y, 2.0, Weighting::None).double_value(&[]);
-            assert!((ce / fl - ratio).abs() < 1e-6 * ratio, "p_t {pt}: {} vs {ratio}", ce / fl);
+            assert!(
+                (ce / fl - ratio).abs() < 1e-6 * ratio,
+                "p_t {pt}: {} vs {ratio}",
+                ce / fl
+            );
             // And the table's CE column, written with log10.
             if pt == 0.9 {
                 assert!((ce / std::f64::consts::LN_10 - 0.045757).abs() < 1e-6);
@@ -67,7 +78,9 @@ mod tests {
         let (z, y) = testing::inputs(14, 5);
         let w: Vec<f64> = (0..19).map(|c| 0.5 + c as f64 / 7.0).collect();
         let wce = super::super::wce::loss(&z, &y, &w).double_value(&[]);
-        assert!((loss(&z, &y, 0.0, Weighting::Positives(&w)).double_value(&[]) - wce).abs() < 1e-12);
+        assert!(
+            (loss(&z, &y, 0.0, Weighting::Positives(&w)).double_value(&[]) - wce).abs() < 1e-12
+        );
         testing::check_gradient(|x| loss(x, &y, 2.0, Weighting::Positives(&w)), &z);
     }
 }

@@ -24,7 +24,15 @@ pub use spec::{LossSpec, Mix, MixPart, SingleLoss};
 pub use wce::positive_weights;
 
 /// The published study's seven losses, by config name (a landscape evaluates all of them).
-pub const STUDY_LOSSES: [&str; 7] = ["ce", "wce", "focal", "hamming", "huber", "sparsemax", "ranking"];
+pub const STUDY_LOSSES: [&str; 7] = [
+    "ce",
+    "wce",
+    "focal",
+    "hamming",
+    "huber",
+    "sparsemax",
+    "ranking",
+];
 
 /// A loss ready to compute: its spec with what the data determines (W-CE's weights).
 #[derive(Debug, Clone, PartialEq)]
@@ -46,16 +54,25 @@ impl Loss {
     pub fn new(spec: &LossSpec, train_label_counts: &[u64], train_patches: u64) -> Loss {
         let single = |s: &SingleLoss| {
             let pos_weight = match s {
-                SingleLoss::Wce | SingleLoss::WeightedFocal { .. } => positive_weights(train_label_counts, train_patches),
+                SingleLoss::Wce | SingleLoss::WeightedFocal { .. } => {
+                    positive_weights(train_label_counts, train_patches)
+                }
                 _ => Vec::new(),
             };
-            Loss::Single { spec: s.clone(), pos_weight }
+            Loss::Single {
+                spec: s.clone(),
+                pos_weight,
+            }
         };
         match spec {
             LossSpec::Single(s) => single(s),
             LossSpec::Mix(m) => Loss::Mix {
                 parts: m.mix.iter().map(|p| (p.weight, single(&p.loss))).collect(),
-                decide_by: m.decision.as_ref().and_then(|d| m.mix.iter().position(|p| p.loss.name() == d)).unwrap_or(0),
+                decide_by: m
+                    .decision
+                    .as_ref()
+                    .and_then(|d| m.mix.iter().position(|p| p.loss.name() == d))
+                    .unwrap_or(0),
             },
         }
     }
@@ -69,9 +86,13 @@ impl Loss {
     fn with_unit_weights(self) -> Loss {
         match self {
             Loss::Single { spec, pos_weight }
-                if pos_weight.is_empty() && matches!(spec, SingleLoss::Wce | SingleLoss::WeightedFocal { .. }) =>
+                if pos_weight.is_empty()
+                    && matches!(spec, SingleLoss::Wce | SingleLoss::WeightedFocal { .. }) =>
             {
-                Loss::Single { spec, pos_weight: vec![1.0; data_prep::labels::NUM_CLASSES] }
+                Loss::Single {
+                    spec,
+                    pos_weight: vec![1.0; data_prep::labels::NUM_CLASSES],
+                }
             }
             other => other,
         }
@@ -108,15 +129,24 @@ impl Loss {
             Loss::Single { spec, pos_weight } => match *spec {
                 SingleLoss::Ce => ce::loss(z, &y),
                 SingleLoss::Wce => wce::loss(z, &y, pos_weight),
-                SingleLoss::Focal { gamma, alpha } => {
-                    focal::loss(z, &y, gamma, alpha.map_or(focal::Weighting::None, focal::Weighting::Alpha))
+                SingleLoss::Focal { gamma, alpha } => focal::loss(
+                    z,
+                    &y,
+                    gamma,
+                    alpha.map_or(focal::Weighting::None, focal::Weighting::Alpha),
+                ),
+                SingleLoss::WeightedFocal { gamma } => {
+                    focal::loss(z, &y, gamma, focal::Weighting::Positives(pos_weight))
                 }
-                SingleLoss::WeightedFocal { gamma } => focal::loss(z, &y, gamma, focal::Weighting::Positives(pos_weight)),
                 SingleLoss::Hamming => hamming::loss(z, &y),
                 SingleLoss::Huber => huber::loss(z, &y),
                 SingleLoss::Sparsemax => sparsemax::loss(z, &y),
                 SingleLoss::Ranking { margin, .. } => ranking::loss(z, &y, margin),
-                SingleLoss::Asl { gamma_pos, gamma_neg, clip } => asl::loss(z, &y, gamma_pos, gamma_neg, clip),
+                SingleLoss::Asl {
+                    gamma_pos,
+                    gamma_neg,
+                    clip,
+                } => asl::loss(z, &y, gamma_pos, gamma_neg, clip),
                 SingleLoss::Zlpr => zlpr::loss(z, &y),
                 SingleLoss::Poly1 { epsilon } => poly1::loss(z, &y, epsilon),
             },
@@ -176,7 +206,10 @@ pub(crate) mod testing {
                 _ => (rng.random::<f64>() < 0.3) as u8 as f64,
             })
             .collect();
-        (Tensor::from_slice(&z).reshape([batch, 19]), Tensor::from_slice(&y).reshape([batch, 19]))
+        (
+            Tensor::from_slice(&z).reshape([batch, 19]),
+            Tensor::from_slice(&y).reshape([batch, 19]),
+        )
     }
 
     /// Checks autograd's gradient of `f` at `z` against central finite differences (f64).
@@ -208,8 +241,19 @@ mod tests {
     use super::*;
 
     /// Every loss a config can name.
-    pub const ALL: [&str; 11] =
-        ["ce", "wce", "focal", "hamming", "huber", "sparsemax", "ranking", "asl", "zlpr", "poly1", "weighted_focal"];
+    pub const ALL: [&str; 11] = [
+        "ce",
+        "wce",
+        "focal",
+        "hamming",
+        "huber",
+        "sparsemax",
+        "ranking",
+        "asl",
+        "zlpr",
+        "poly1",
+        "weighted_focal",
+    ];
 
     #[test]
     fn every_loss_is_nonnegative_finite_and_differentiable() {
@@ -234,7 +278,13 @@ mod tests {
         assert_eq!(ones(loss("ce").decide(&z)), vec![0, 1, 1, 1]);
         assert_eq!(ones(loss("huber").decide(&z)), vec![0, 1, 1, 1]);
         assert_eq!(ones(loss("zlpr").decide(&z)), vec![0, 0, 1, 1]);
-        let ranking = Loss::Single { spec: SingleLoss::Ranking { margin: 1.0, threshold: 1.0 }, pos_weight: Vec::new() };
+        let ranking = Loss::Single {
+            spec: SingleLoss::Ranking {
+                margin: 1.0,
+                threshold: 1.0,
+            },
+            pos_weight: Vec::new(),
+        };
         assert_eq!(ones(ranking.decide(&z)), vec![0, 0, 0, 1]);
     }
 
@@ -249,13 +299,33 @@ mod tests {
         .try_into()
         .unwrap();
         let mix = Loss::new(&spec, &[], 0);
-        let want = 0.25 * Loss::with_defaults("focal").unwrap().compute(&z, &y).double_value(&[])
-            + 2.0 * Loss::with_defaults("sparsemax").unwrap().compute(&z, &y).double_value(&[]);
+        let want = 0.25
+            * Loss::with_defaults("focal")
+                .unwrap()
+                .compute(&z, &y)
+                .double_value(&[])
+            + 2.0
+                * Loss::with_defaults("sparsemax")
+                    .unwrap()
+                    .compute(&z, &y)
+                    .double_value(&[]);
         assert!((mix.compute(&z, &y).double_value(&[]) - want).abs() < 1e-12);
-        assert!(mix.decide(&z).equal(&Loss::with_defaults("sparsemax").unwrap().decide(&z)));
+        assert!(
+            mix.decide(&z)
+                .equal(&Loss::with_defaults("sparsemax").unwrap().decide(&z))
+        );
         testing::check_gradient(|x| mix.compute(x, &y), &z);
         // W-CE inside a mix takes the split's weights.
-        let spec = LossSpec::Mix(Mix { mix: vec![MixPart { weight: 1.0, loss: SingleLoss::Wce }], decision: None });
-        assert_eq!(Loss::new(&spec, &[1, 3], 4).positive_weights(), Some(&[3.0, 1.0 / 3.0][..]));
+        let spec = LossSpec::Mix(Mix {
+            mix: vec![MixPart {
+                weight: 1.0,
+                loss: SingleLoss::Wce,
+            }],
+            decision: None,
+        });
+        assert_eq!(
+            Loss::new(&spec, &[1, 3], 4).positive_weights(),
+            Some(&[3.0, 1.0 / 3.0][..])
+        );
     }
 }

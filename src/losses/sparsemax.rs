@@ -10,10 +10,14 @@ fn threshold(z: &Tensor) -> (Tensor, Tensor) {
     let k = Tensor::arange_start(1, c + 1, (z.kind(), z.device())).unsqueeze(0);
     let cumulative = sorted.cumsum(1, z.kind());
     // k(z) = max{k : 1 + k z_(k) > Σ_{j≤k} z_(j)}.
-    let in_support = (1f64 + &k * &sorted).gt_tensor(&cumulative).to_kind(z.kind());
+    let in_support = (1f64 + &k * &sorted)
+        .gt_tensor(&cumulative)
+        .to_kind(z.kind());
     // The largest logit is always in the support (1 + z_(1) > z_(1)); in f32, 1 + z rounds to z
     // for |z| above 2^24, so the count is floored at 1 rather than trusted to find it.
-    let support_size = in_support.sum_dim_intlist([1i64].as_slice(), true, z.kind()).clamp_min(1.0);
+    let support_size = in_support
+        .sum_dim_intlist([1i64].as_slice(), true, z.kind())
+        .clamp_min(1.0);
     let top_sum = cumulative.gather(1, &(support_size.to_kind(Kind::Int64) - 1), false);
     let tau = (top_sum - 1.0) / &support_size;
     let support = z.gt_tensor(&tau).to_kind(z.kind());
@@ -27,11 +31,20 @@ pub fn sparsemax(z: &Tensor) -> Tensor {
 }
 
 pub(super) fn loss(z: &Tensor, y: &Tensor) -> Tensor {
-    let q = y / y.sum_dim_intlist([1i64].as_slice(), true, z.kind()).clamp_min(1.0);
+    let q = y / y
+        .sum_dim_intlist([1i64].as_slice(), true, z.kind())
+        .clamp_min(1.0);
     let (tau, support) = threshold(z);
     let per_patch = -(&q * z).sum_dim_intlist([1i64].as_slice(), false, z.kind())
-        + 0.5f64 * ((z.square() - tau.square()) * support).sum_dim_intlist([1i64].as_slice(), false, z.kind())
-        + 0.5f64 * q.square().sum_dim_intlist([1i64].as_slice(), false, z.kind());
+        + 0.5f64
+            * ((z.square() - tau.square()) * support).sum_dim_intlist(
+                [1i64].as_slice(),
+                false,
+                z.kind(),
+            )
+        + 0.5f64
+            * q.square()
+                .sum_dim_intlist([1i64].as_slice(), false, z.kind());
     per_patch.mean(z.kind())
 }
 

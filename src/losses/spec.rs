@@ -115,15 +115,22 @@ impl SingleLoss {
 
     /// The study's defaults for a name.
     pub fn with_defaults(name: &str) -> Result<SingleLoss, String> {
-        toml::Value::Table(toml::Table::from_iter([("name".to_string(), toml::Value::String(name.into()))]))
-            .try_into()
-            .map_err(|e: toml::de::Error| e.message().to_string())
+        toml::Value::Table(toml::Table::from_iter([(
+            "name".to_string(),
+            toml::Value::String(name.into()),
+        )]))
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_string())
     }
 
     /// Parameter values out of range: `Err((parameter, why))`.
     fn check(&self) -> Result<(), (&'static str, String)> {
         let at_least_zero = |key, v: f64| {
-            if v >= 0.0 && v.is_finite() { Ok(()) } else { Err((key, format!("must be 0 or more, got {v}"))) }
+            if v >= 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err((key, format!("must be 0 or more, got {v}")))
+            }
         };
         match *self {
             SingleLoss::Focal { gamma, alpha } => {
@@ -143,7 +150,11 @@ impl SingleLoss {
                     return Err(("threshold", "must be a finite number".into()));
                 }
             }
-            SingleLoss::Asl { gamma_pos, gamma_neg, clip } => {
+            SingleLoss::Asl {
+                gamma_pos,
+                gamma_neg,
+                clip,
+            } => {
                 at_least_zero("gamma_pos", gamma_pos)?;
                 at_least_zero("gamma_neg", gamma_neg)?;
                 if !(0.0..1.0).contains(&clip) {
@@ -152,10 +163,18 @@ impl SingleLoss {
             }
             SingleLoss::Poly1 { epsilon } => {
                 if !epsilon.is_finite() || epsilon < -1.0 {
-                    return Err(("epsilon", format!("must be a finite number of at least -1, got {epsilon}")));
+                    return Err((
+                        "epsilon",
+                        format!("must be a finite number of at least -1, got {epsilon}"),
+                    ));
                 }
             }
-            SingleLoss::Ce | SingleLoss::Wce | SingleLoss::Hamming | SingleLoss::Huber | SingleLoss::Sparsemax | SingleLoss::Zlpr => {}
+            SingleLoss::Ce
+            | SingleLoss::Wce
+            | SingleLoss::Hamming
+            | SingleLoss::Huber
+            | SingleLoss::Sparsemax
+            | SingleLoss::Zlpr => {}
         }
         Ok(())
     }
@@ -180,15 +199,23 @@ impl LossSpec {
                 }
                 for (i, part) in m.mix.iter().enumerate() {
                     if !(part.weight > 0.0 && part.weight.is_finite()) {
-                        return Err((format!("mix[{i}].weight"), format!("must be a positive number, got {}", part.weight)));
+                        return Err((
+                            format!("mix[{i}].weight"),
+                            format!("must be a positive number, got {}", part.weight),
+                        ));
                     }
-                    part.loss.check().map_err(|(k, msg)| (format!("mix[{i}].{k}"), msg))?;
+                    part.loss
+                        .check()
+                        .map_err(|(k, msg)| (format!("mix[{i}].{k}"), msg))?;
                 }
                 if let Some(d) = &m.decision
                     && !m.mix.iter().any(|p| p.loss.name() == d)
                 {
                     let names: Vec<&str> = m.mix.iter().map(|p| p.loss.name()).collect();
-                    return Err(("decision".into(), format!("{d:?} is none of the mixed losses ({})", names.join(", "))));
+                    return Err((
+                        "decision".into(),
+                        format!("{d:?} is none of the mixed losses ({})", names.join(", ")),
+                    ));
                 }
                 Ok(())
             }
@@ -199,7 +226,10 @@ impl LossSpec {
 fn table<E: serde::de::Error>(value: toml::Value, what: &str) -> Result<toml::Table, E> {
     match value {
         toml::Value::Table(t) => Ok(t),
-        other => Err(E::custom(format!("{what}: expected a table, found {}", other.type_str()))),
+        other => Err(E::custom(format!(
+            "{what}: expected a table, found {}",
+            other.type_str()
+        ))),
     }
 }
 
@@ -216,11 +246,17 @@ impl<'de> Deserialize<'de> for MixPart {
             Some(toml::Value::Float(w)) => w,
             Some(toml::Value::Integer(w)) => w as f64,
             Some(other) => {
-                return Err(D::Error::custom(format!("`weight`: expected a number, found {}", other.type_str())));
+                return Err(D::Error::custom(format!(
+                    "`weight`: expected a number, found {}",
+                    other.type_str()
+                )));
             }
             None => return Err(D::Error::missing_field("weight")),
         };
-        Ok(MixPart { weight, loss: single::<D::Error>(t)? })
+        Ok(MixPart {
+            weight,
+            loss: single::<D::Error>(t)?,
+        })
     }
 }
 
@@ -239,13 +275,18 @@ impl Serialize for MixPart {
 /// without parameters (a unit variant) would silently ignore any, so keys are also checked
 /// against what the parsed loss writes back.
 fn single<E: serde::de::Error>(t: toml::Table) -> Result<SingleLoss, E> {
-    let loss: SingleLoss = toml::Value::Table(t.clone()).try_into().map_err(message::<E>)?;
+    let loss: SingleLoss = toml::Value::Table(t.clone())
+        .try_into()
+        .map_err(message::<E>)?;
     let known = match toml::Value::try_from(&loss) {
         Ok(toml::Value::Table(k)) => k,
         _ => return Ok(loss),
     };
     if let Some(key) = t.keys().find(|k| !known.contains_key(*k)) {
-        return Err(E::custom(format!("unknown field `{key}`: loss `{}` takes no parameters", loss.name())));
+        return Err(E::custom(format!(
+            "unknown field `{key}`: loss `{}` takes no parameters",
+            loss.name()
+        )));
     }
     Ok(loss)
 }
@@ -254,7 +295,10 @@ impl<'de> Deserialize<'de> for LossSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let t = table::<D::Error>(toml::Value::deserialize(d)?, "[loss]")?;
         if t.contains_key("mix") {
-            toml::Value::Table(t).try_into().map(LossSpec::Mix).map_err(message::<D::Error>)
+            toml::Value::Table(t)
+                .try_into()
+                .map(LossSpec::Mix)
+                .map_err(message::<D::Error>)
         } else {
             single::<D::Error>(t).map(LossSpec::Single)
         }
@@ -276,25 +320,48 @@ mod tests {
 
     fn parse(text: &str) -> Result<LossSpec, String> {
         let v: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
-        v.try_into().map_err(|e: toml::de::Error| e.message().to_string())
+        v.try_into()
+            .map_err(|e: toml::de::Error| e.message().to_string())
     }
 
     #[test]
     fn names_parameters_and_defaults() {
-        assert_eq!(parse("name = \"ce\"").unwrap(), LossSpec::Single(SingleLoss::Ce));
-        assert_eq!(parse("name = \"focal\"").unwrap(), LossSpec::Single(SingleLoss::Focal { gamma: 2.0, alpha: None }));
+        assert_eq!(
+            parse("name = \"ce\"").unwrap(),
+            LossSpec::Single(SingleLoss::Ce)
+        );
+        assert_eq!(
+            parse("name = \"focal\"").unwrap(),
+            LossSpec::Single(SingleLoss::Focal {
+                gamma: 2.0,
+                alpha: None
+            })
+        );
         assert_eq!(
             parse("name = \"asl\"\nclip = 0.1").unwrap(),
-            LossSpec::Single(SingleLoss::Asl { gamma_pos: 0.0, gamma_neg: 4.0, clip: 0.1 })
+            LossSpec::Single(SingleLoss::Asl {
+                gamma_pos: 0.0,
+                gamma_neg: 4.0,
+                clip: 0.1
+            })
         );
         let e = parse("name = \"mse\"").unwrap_err();
-        assert!(e.contains("unknown variant `mse`") && e.contains("weighted_focal"), "{e}");
+        assert!(
+            e.contains("unknown variant `mse`") && e.contains("weighted_focal"),
+            "{e}"
+        );
         let e = parse("name = \"ce\"\ngamma = 2").unwrap_err();
-        assert!(e.contains("unknown field `gamma`: loss `ce` takes no parameters"), "{e}");
+        assert!(
+            e.contains("unknown field `gamma`: loss `ce` takes no parameters"),
+            "{e}"
+        );
         let e = parse("mix = [{ name = \"zlpr\", weight = 1, margin = 2 }]").unwrap_err();
         assert!(e.contains("unknown field `margin`"), "{e}");
         let e = parse("name = \"focal\"\ngama = 2").unwrap_err();
-        assert!(e.contains("unknown field `gama`") && e.contains("`gamma`"), "{e}");
+        assert!(
+            e.contains("unknown field `gama`") && e.contains("`gamma`"),
+            "{e}"
+        );
         for name in crate::losses::tests::ALL {
             assert_eq!(SingleLoss::with_defaults(name).unwrap().name(), name);
         }
@@ -302,20 +369,39 @@ mod tests {
 
     #[test]
     fn mixes_parse_check_and_round_trip() {
-        let text =
-            "mix = [{ name = \"focal\", weight = 0.5, gamma = 1.0 }, { name = \"sparsemax\", weight = 0.5 }]\ndecision = \"sparsemax\"";
+        let text = "mix = [{ name = \"focal\", weight = 0.5, gamma = 1.0 }, { name = \"sparsemax\", weight = 0.5 }]\ndecision = \"sparsemax\"";
         let spec = parse(text).unwrap();
-        let LossSpec::Mix(m) = &spec else { panic!("{spec:?}") };
-        assert_eq!(m.mix[0], MixPart { weight: 0.5, loss: SingleLoss::Focal { gamma: 1.0, alpha: None } });
+        let LossSpec::Mix(m) = &spec else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(
+            m.mix[0],
+            MixPart {
+                weight: 0.5,
+                loss: SingleLoss::Focal {
+                    gamma: 1.0,
+                    alpha: None
+                }
+            }
+        );
         assert_eq!(spec.name(), "mix");
         spec.check().unwrap();
         let written = toml::to_string(&spec).unwrap();
         assert_eq!(parse(&written).unwrap(), spec, "{written}");
         let bad = parse("mix = [{ name = \"ce\", weight = 0.5 }]\ndecision = \"focal\"").unwrap();
-        assert!(bad.check().unwrap_err().1.contains("none of the mixed losses"));
+        assert!(
+            bad.check()
+                .unwrap_err()
+                .1
+                .contains("none of the mixed losses")
+        );
         let bad = parse("mix = [{ name = \"ce\", weight = -1 }]").unwrap();
         assert_eq!(bad.check().unwrap_err().0, "mix[0].weight");
-        assert!(parse("mix = [{ name = \"ce\" }]").unwrap_err().contains("weight"));
+        assert!(
+            parse("mix = [{ name = \"ce\" }]")
+                .unwrap_err()
+                .contains("weight")
+        );
         let bad = parse("mix = [{ name = \"focal\", weight = 1, alpha = 2.0 }]").unwrap();
         assert_eq!(bad.check().unwrap_err().0, "mix[0].alpha");
     }

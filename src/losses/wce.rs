@@ -6,11 +6,22 @@
 use tch::Tensor;
 
 pub fn positive_weights(label_counts: &[u64], patches: u64) -> Vec<f64> {
-    label_counts.iter().map(|&n| if n == 0 { 1.0 } else { patches.saturating_sub(n) as f64 / n as f64 }).collect()
+    label_counts
+        .iter()
+        .map(|&n| {
+            if n == 0 {
+                1.0
+            } else {
+                patches.saturating_sub(n) as f64 / n as f64
+            }
+        })
+        .collect()
 }
 
 pub(super) fn loss(z: &Tensor, y: &Tensor, pos_weight: &[f64]) -> Tensor {
-    let w = Tensor::from_slice(pos_weight).to_kind(z.kind()).to_device(z.device());
+    let w = Tensor::from_slice(pos_weight)
+        .to_kind(z.kind())
+        .to_device(z.device());
     // -w y log sigmoid(z) - (1-y) log sigmoid(-z), with log sigmoid(±z) = -softplus(∓z).
     let softplus = |t: &Tensor| t.clamp_min(0.0) + (-t.abs()).exp().log1p();
     super::mean_all(&w * y * softplus(&-z) + (1f64 - y) * softplus(z))

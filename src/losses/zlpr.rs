@@ -33,7 +33,11 @@ mod tests {
             let (mut neg, mut pos) = (0.0, 0.0);
             for c in 0..19 {
                 let v = z.double_value(&[b, c]);
-                if y.double_value(&[b, c]) == 1.0 { pos += (-v).exp() } else { neg += v.exp() }
+                if y.double_value(&[b, c]) == 1.0 {
+                    pos += (-v).exp()
+                } else {
+                    neg += v.exp()
+                }
             }
             let want = (1.0 + neg).ln() + (1.0 + pos).ln();
             assert!((got.double_value(&[b]) - want).abs() < 1e-12);

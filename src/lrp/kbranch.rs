@@ -50,23 +50,48 @@ impl KBranchLrp {
                     .enumerate()
                     .map(|(i, &(_, kernel, pool))| {
                         let p = format!("{}.conv{}", spec.name, i + 1);
-                        Ok((w.folded(&format!("{p}.conv"), &format!("{p}.bn"), Some(Geometry::same(kernel)))?, pool))
+                        Ok((
+                            w.folded(
+                                &format!("{p}.conv"),
+                                &format!("{p}.bn"),
+                                Some(Geometry::same(kernel)),
+                            )?,
+                            pool,
+                        ))
                     })
                     .collect::<Result<_>>()?;
                 let p = format!("{}.dense", spec.name);
-                Ok(BranchLayers { convs, dense: w.folded(&format!("{p}.fc"), &format!("{p}.bn"), None)? })
+                Ok(BranchLayers {
+                    convs,
+                    dense: w.folded(&format!("{p}.fc"), &format!("{p}.bn"), None)?,
+                })
             })
             .collect::<Result<_>>()?;
-        Ok(KBranchLrp { branches, fusion: w.folded("fusion.fc", "fusion.bn", None)?, head: w.dense("head")? })
+        Ok(KBranchLrp {
+            branches,
+            fusion: w.folded("fusion.fc", "fusion.bn", None)?,
+            head: w.dense("head")?,
+        })
     }
 
     pub(super) fn logits(&self, inputs: &[Tensor; 3]) -> Tensor {
-        let hidden: Vec<Tensor> = self.branches.iter().zip(inputs).map(|(b, x)| branch_forward(b, x, &mut Vec::new()).0).collect();
-        self.head.forward(&self.fusion.forward(&Tensor::cat(&hidden, 1)).relu())
+        let hidden: Vec<Tensor> = self
+            .branches
+            .iter()
+            .zip(inputs)
+            .map(|(b, x)| branch_forward(b, x, &mut Vec::new()).0)
+            .collect();
+        self.head
+            .forward(&self.fusion.forward(&Tensor::cat(&hidden, 1)).relu())
     }
 
     /// The chosen logits `[B]` and the relevance of each band group's input.
-    pub(super) fn explain(&self, inputs: &[Tensor; 3], classes: &[i64], rules: &Rules) -> (Tensor, [Tensor; 3]) {
+    pub(super) fn explain(
+        &self,
+        inputs: &[Tensor; 3],
+        classes: &[i64],
+        rules: &Rules,
+    ) -> (Tensor, [Tensor; 3]) {
         // Forward, keeping every layer's input.
         let mut saved: Vec<Vec<Tensor>> = Vec::new();
         let mut hidden = Vec::new();
@@ -101,7 +126,9 @@ impl KBranchLrp {
             }
             bands.push(r);
         }
-        let [b10, b20, b60]: [Tensor; 3] = bands.try_into().unwrap_or_else(|_| unreachable!("three branches"));
+        let [b10, b20, b60]: [Tensor; 3] = bands
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("three branches"));
         (chosen, [b10, b20, b60])
     }
 }

@@ -79,11 +79,19 @@ struct Geometry {
 impl Geometry {
     /// "Same" padding at stride 1, as the K-Branch CNN pads.
     fn same(kernel: i64) -> Geometry {
-        Geometry { stride: 1, padding: crate::model::kbranch::conv_padding(kernel), even_same: (kernel % 2 == 0).then_some(kernel) }
+        Geometry {
+            stride: 1,
+            padding: crate::model::kbranch::conv_padding(kernel),
+            even_same: (kernel % 2 == 0).then_some(kernel),
+        }
     }
 
     fn strided(stride: i64, padding: i64) -> Geometry {
-        Geometry { stride, padding, even_same: None }
+        Geometry {
+            stride,
+            padding,
+            even_same: None,
+        }
     }
 }
 
@@ -102,7 +110,14 @@ impl Affine {
                     Some(k) => crate::model::kbranch::pad_even_kernel(x, k),
                     None => x.shallow_clone(),
                 };
-                x.conv2d(weight, bias, [g.stride, g.stride], [g.padding, g.padding], [1, 1], 1)
+                x.conv2d(
+                    weight,
+                    bias,
+                    [g.stride, g.stride],
+                    [g.padding, g.padding],
+                    [1, 1],
+                    1,
+                )
             }
             None => x.linear(weight, bias),
         }
@@ -129,9 +144,11 @@ impl Affine {
             Rule::ZPlus => {
                 let (pos_in, neg_in) = (a.clamp_min(0.0), a.clamp_max(0.0));
                 let (pos_w, neg_w) = (self.weight.clamp_min(0.0), self.weight.clamp_max(0.0));
-                let z = self.apply(&pos_in, &pos_w, Some(&self.bias.clamp_min(0.0))) + self.apply(&neg_in, &neg_w, None);
+                let z = self.apply(&pos_in, &pos_w, Some(&self.bias.clamp_min(0.0)))
+                    + self.apply(&neg_in, &neg_w, None);
                 let s = r / stabilize(&z, STABILIZER);
-                &pos_in * self.transpose(&pos_in, &pos_w, &s) + &neg_in * self.transpose(&neg_in, &neg_w, &s)
+                &pos_in * self.transpose(&pos_in, &pos_w, &s)
+                    + &neg_in * self.transpose(&neg_in, &neg_w, &s)
             }
             Rule::Flat => {
                 let (ones_in, ones_w) = (a.ones_like(), self.weight.ones_like());
@@ -148,7 +165,8 @@ fn norm_relevance(x: &Tensor, r: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> Tens
     let input = x.detach().set_requires_grad(true);
     let out = f(&input);
     let s = r / stabilize(&out.detach(), STABILIZER);
-    let grad = Tensor::run_backward(&[(out * s).sum(input.kind())], &[&input], false, false).remove(0);
+    let grad =
+        Tensor::run_backward(&[(out * s).sum(input.kind())], &[&input], false, false).remove(0);
     x * grad
 }
 
@@ -209,7 +227,12 @@ struct Weights<'a> {
 
 impl Weights<'_> {
     fn get(&self, name: &str) -> Result<Tensor> {
-        let t = self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).with_context(|| format!("the weights lack {name}"))?;
+        let t = self
+            .tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .with_context(|| format!("the weights lack {name}"))?;
         Ok(t.detach().to_kind(self.kind).to_device(tch::Device::Cpu))
     }
 
@@ -223,17 +246,31 @@ impl Weights<'_> {
         } else {
             Tensor::zeros([w.size()[0]], (w.kind(), tch::Device::Cpu))
         };
-        let (gamma, beta) = (self.get(&format!("{bn}.weight"))?, self.get(&format!("{bn}.bias"))?);
-        let (mean, var) = (self.get(&format!("{bn}.running_mean"))?, self.get(&format!("{bn}.running_var"))?);
+        let (gamma, beta) = (
+            self.get(&format!("{bn}.weight"))?,
+            self.get(&format!("{bn}.bias"))?,
+        );
+        let (mean, var) = (
+            self.get(&format!("{bn}.running_mean"))?,
+            self.get(&format!("{bn}.running_var"))?,
+        );
         let scale = gamma / (var + BN_EPS).sqrt();
         let mut shape = vec![-1i64];
         shape.extend(std::iter::repeat_n(1, w.dim() - 1));
-        Ok(Affine { weight: &w * scale.reshape(&shape), bias: (b - mean) * &scale + beta, conv })
+        Ok(Affine {
+            weight: &w * scale.reshape(&shape),
+            bias: (b - mean) * &scale + beta,
+            conv,
+        })
     }
 
     /// A dense layer without BatchNorm.
     fn dense(&self, layer: &str) -> Result<Affine> {
-        Ok(Affine { weight: self.get(&format!("{layer}.weight"))?, bias: self.get(&format!("{layer}.bias"))?, conv: None })
+        Ok(Affine {
+            weight: self.get(&format!("{layer}.weight"))?,
+            bias: self.get(&format!("{layer}.bias"))?,
+            conv: None,
+        })
     }
 }
 
@@ -259,20 +296,38 @@ const ROWS_PER_PASS: i64 = 8;
 impl Explainer {
     /// From the model's named tensors (a checkpoint's `model.safetensors`, or a live model's),
     /// computing in f32.
-    pub fn new(weights: &[(String, Tensor)], arch: Arch, composite: Composite, epsilon: f64) -> Result<Self> {
+    pub fn new(
+        weights: &[(String, Tensor)],
+        arch: Arch,
+        composite: Composite,
+        epsilon: f64,
+    ) -> Result<Self> {
         Self::with_precision(weights, arch, composite, epsilon, Kind::Float)
     }
 
     /// The same, computing in `kind` (`Kind::Float` or `Kind::Double`). Heatmaps keep the band
     /// maps in that precision; logits, combined maps and band totals are f32.
-    pub fn with_precision(weights: &[(String, Tensor)], arch: Arch, composite: Composite, epsilon: f64, kind: Kind) -> Result<Self> {
-        let w = Weights { tensors: weights, kind };
+    pub fn with_precision(
+        weights: &[(String, Tensor)],
+        arch: Arch,
+        composite: Composite,
+        epsilon: f64,
+        kind: Kind,
+    ) -> Result<Self> {
+        let w = Weights {
+            tensors: weights,
+            kind,
+        };
         let network = match arch {
             Arch::KBranch => Network::KBranch(kbranch::KBranchLrp::new(&w)?),
             Arch::ResNet50 => Network::ResNet50(resnet::ResNetLrp::new(&w)?),
             Arch::Vgg16 => Network::Vgg16(vgg::VggLrp::new(&w)?),
         };
-        Ok(Explainer { network, rules: Rules { composite, epsilon }, kind })
+        Ok(Explainer {
+            network,
+            rules: Rules { composite, epsilon },
+            kind,
+        })
     }
 
     pub fn composite(&self) -> Composite {
@@ -299,12 +354,20 @@ impl Explainer {
         let mut out = Vec::with_capacity(classes.len());
         for start in (0..n).step_by(ROWS_PER_PASS as usize) {
             let len = ROWS_PER_PASS.min(n - start);
-            let part = [inputs[0].narrow(0, start, len), inputs[1].narrow(0, start, len), inputs[2].narrow(0, start, len)];
+            let part = [
+                inputs[0].narrow(0, start, len),
+                inputs[1].narrow(0, start, len),
+                inputs[2].narrow(0, start, len),
+            ];
             let cls = &classes[start as usize..(start + len) as usize];
             let (logits, bands) = match &self.network {
                 Network::KBranch(net) => net.explain(&part, cls, &self.rules),
-                Network::ResNet50(net) => explain_stacked(&part, cls, |x, c| net.explain(x, c, &self.rules)),
-                Network::Vgg16(net) => explain_stacked(&part, cls, |x, c| net.explain(x, c, &self.rules)),
+                Network::ResNet50(net) => {
+                    explain_stacked(&part, cls, |x, c| net.explain(x, c, &self.rules))
+                }
+                Network::Vgg16(net) => {
+                    explain_stacked(&part, cls, |x, c| net.explain(x, c, &self.rules))
+                }
             };
             out.extend(heatmaps(&logits, &bands)?);
         }
@@ -312,7 +375,9 @@ impl Explainer {
     }
 
     fn on_cpu(&self, inputs: &[Tensor; 3]) -> [Tensor; 3] {
-        inputs.each_ref().map(|t| t.detach().to_kind(self.kind).to_device(tch::Device::Cpu))
+        inputs
+            .each_ref()
+            .map(|t| t.detach().to_kind(self.kind).to_device(tch::Device::Cpu))
     }
 }
 
@@ -320,13 +385,20 @@ impl Explainer {
 fn start_relevance(logits: &Tensor, classes: &[i64]) -> (Tensor, Tensor) {
     let index = Tensor::from_slice(classes).reshape([-1, 1]);
     let chosen = logits.gather(1, &index, false);
-    (logits.zeros_like().scatter(1, &index, &chosen), chosen.reshape([-1]))
+    (
+        logits.zeros_like().scatter(1, &index, &chosen),
+        chosen.reshape([-1]),
+    )
 }
 
 /// A stacked network's explanation: relevance of the stacked 12-band input, carried back
 /// through the upsampling (its transpose, which conserves totals) to each band group's native
 /// resolution.
-fn explain_stacked(inputs: &[Tensor; 3], classes: &[i64], net: impl Fn(&Tensor, &[i64]) -> (Tensor, Tensor)) -> (Tensor, [Tensor; 3]) {
+fn explain_stacked(
+    inputs: &[Tensor; 3],
+    classes: &[i64],
+    net: impl Fn(&Tensor, &[i64]) -> (Tensor, Tensor),
+) -> (Tensor, [Tensor; 3]) {
     let (logits, r) = net(&tch::no_grad(|| stack_bands(inputs)), classes);
     let channels: Vec<i64> = inputs.iter().map(|t| t.size()[1]).collect();
     let parts = r.split_with_sizes(&channels, 1);
@@ -350,14 +422,28 @@ fn heatmaps(logits: &Tensor, bands: &[Tensor; 3]) -> Result<Vec<Heatmap>> {
             let combined = maps
                 .iter()
                 .zip(BAND_GROUPS)
-                .map(|(m, g)| spread(&m.sum_dim_intlist(0, false, Kind::Float), (FULL_SIDE / g.side) as i64))
+                .map(|(m, g)| {
+                    spread(
+                        &m.sum_dim_intlist(0, false, Kind::Float),
+                        (FULL_SIDE / g.side) as i64,
+                    )
+                })
                 .reduce(|a, b| a + b)
                 .expect("three band groups");
             let mut band_totals = Vec::new();
             for m in &maps {
-                band_totals.extend(Vec::<f32>::try_from(m.sum_dim_intlist([1, 2].as_slice(), false, Kind::Float))?);
+                band_totals.extend(Vec::<f32>::try_from(m.sum_dim_intlist(
+                    [1, 2].as_slice(),
+                    false,
+                    Kind::Float,
+                ))?);
             }
-            Ok(Heatmap { logit: logits[i], bands: maps, combined, band_totals })
+            Ok(Heatmap {
+                logit: logits[i],
+                bands: maps,
+                combined,
+                band_totals,
+            })
         })
         .collect()
 }
@@ -368,8 +454,10 @@ fn heatmaps(logits: &Tensor, bands: &[Tensor; 3]) -> Result<Vec<Heatmap>> {
 pub fn pick_probes(labels: &[u8], count: usize) -> Vec<usize> {
     let n = labels.len() / NUM_CLASSES;
     let carries = |i: usize, c: usize| labels[i * NUM_CLASSES + c] == 1;
-    let mut frequency: Vec<(usize, usize)> =
-        (0..NUM_CLASSES).map(|c| ((0..n).filter(|&i| carries(i, c)).count(), c)).filter(|&(k, _)| k > 0).collect();
+    let mut frequency: Vec<(usize, usize)> = (0..NUM_CLASSES)
+        .map(|c| ((0..n).filter(|&i| carries(i, c)).count(), c))
+        .filter(|&(k, _)| k > 0)
+        .collect();
     frequency.sort();
     let mut chosen: Vec<usize> = Vec::new();
     for (_, c) in frequency {
@@ -382,7 +470,12 @@ pub fn pick_probes(labels: &[u8], count: usize) -> Vec<usize> {
             chosen.push(i);
         }
     }
-    chosen.extend((0..n).filter(|i| !chosen.contains(i)).take(count.saturating_sub(chosen.len())).collect::<Vec<_>>());
+    chosen.extend(
+        (0..n)
+            .filter(|i| !chosen.contains(i))
+            .take(count.saturating_sub(chosen.len()))
+            .collect::<Vec<_>>(),
+    );
     chosen
 }
 
@@ -403,7 +496,12 @@ pub fn explain_patches(
     epoch: u32,
     with_bands: bool,
 ) -> Result<Vec<HeatmapRow>> {
-    let Patches { inputs, names, truth, predicted } = *patches;
+    let Patches {
+        inputs,
+        names,
+        truth,
+        predicted,
+    } = *patches;
     let mut pairs: Vec<(usize, usize)> = Vec::new();
     for row in 0..names.len() {
         let at = |v: &[u8], c: usize| v[row * NUM_CLASSES + c] == 1;
@@ -421,9 +519,17 @@ pub fn explain_patches(
         return Ok(Vec::new());
     }
     let rows = Tensor::from_slice(&pairs.iter().map(|&(r, _)| r as i64).collect::<Vec<_>>());
-    let selected = [inputs[0].index_select(0, &rows), inputs[1].index_select(0, &rows), inputs[2].index_select(0, &rows)];
-    let maps = explainer.explain(&selected, &pairs.iter().map(|&(_, c)| c as i64).collect::<Vec<_>>())?;
-    let flat = |t: &Tensor| Vec::<f32>::try_from(t.reshape([-1])).context("reading a relevance map");
+    let selected = [
+        inputs[0].index_select(0, &rows),
+        inputs[1].index_select(0, &rows),
+        inputs[2].index_select(0, &rows),
+    ];
+    let maps = explainer.explain(
+        &selected,
+        &pairs.iter().map(|&(_, c)| c as i64).collect::<Vec<_>>(),
+    )?;
+    let flat =
+        |t: &Tensor| Vec::<f32>::try_from(t.reshape([-1])).context("reading a relevance map");
     pairs
         .iter()
         .zip(maps)
@@ -457,7 +563,9 @@ fn spread(map: &Tensor, f: i64) -> Tensor {
     if f == 1 {
         return map.shallow_clone();
     }
-    map.repeat_interleave_self_int(f, Some(0), None).repeat_interleave_self_int(f, Some(1), None) / (f * f) as f64
+    map.repeat_interleave_self_int(f, Some(0), None)
+        .repeat_interleave_self_int(f, Some(1), None)
+        / (f * f) as f64
 }
 
 #[cfg(test)]
@@ -483,7 +591,11 @@ mod tests {
     fn inputs(n: i64) -> [Tensor; 3] {
         let o = (Kind::Float, tch::Device::Cpu);
         tch::manual_seed(4);
-        [Tensor::randn([n, 4, 120, 120], o), Tensor::randn([n, 6, 60, 60], o), Tensor::randn([n, 2, 20, 20], o)]
+        [
+            Tensor::randn([n, 4, 120, 120], o),
+            Tensor::randn([n, 6, 60, 60], o),
+            Tensor::randn([n, 2, 20, 20], o),
+        ]
     }
 
     /// Without biases the input relevance sums to the logit, up to ε, for every architecture
@@ -491,10 +603,18 @@ mod tests {
     #[test]
     fn relevance_is_conserved() {
         let _rng = crate::torch_rng();
-        for (arch, rows, classes) in [(Arch::KBranch, 3, vec![0, 7, 18]), (Arch::ResNet50, 1, vec![4]), (Arch::Vgg16, 1, vec![11])] {
+        for (arch, rows, classes) in [
+            (Arch::KBranch, 3, vec![0, 7, 18]),
+            (Arch::ResNet50, 1, vec![4]),
+            (Arch::Vgg16, 1, vec![11]),
+        ] {
             let weights = unbiased(arch, 3);
             let x = inputs(rows);
-            for composite in [Composite::EpsilonPlusFlat, Composite::Epsilon, Composite::Alpha1Beta0] {
+            for composite in [
+                Composite::EpsilonPlusFlat,
+                Composite::Epsilon,
+                Composite::Alpha1Beta0,
+            ] {
                 let e = Explainer::new(&weights, arch, composite, 1e-6).unwrap();
                 let maps = e.explain(&x, &classes).unwrap();
                 assert_eq!(maps.len(), classes.len());
@@ -503,9 +623,20 @@ mod tests {
                     let combined = h.combined.sum(Kind::Double).double_value(&[]);
                     let logit = h.logit as f64;
                     // float32 sums: the error scales with the size of what is summed.
-                    let scale = h.combined.abs().sum(Kind::Double).double_value(&[]).max(logit.abs());
-                    assert!((total - logit).abs() <= 1e-4 * scale, "{arch:?} {composite:?}: {total} vs logit {logit}");
-                    assert!((combined - total).abs() <= 1e-4 * scale, "{arch:?}: combined {combined} vs bands {total}");
+                    let scale = h
+                        .combined
+                        .abs()
+                        .sum(Kind::Double)
+                        .double_value(&[])
+                        .max(logit.abs());
+                    assert!(
+                        (total - logit).abs() <= 1e-4 * scale,
+                        "{arch:?} {composite:?}: {total} vs logit {logit}"
+                    );
+                    assert!(
+                        (combined - total).abs() <= 1e-4 * scale,
+                        "{arch:?}: combined {combined} vs bands {total}"
+                    );
                     assert_eq!(h.combined.size(), [120, 120]);
                     assert_eq!(h.bands[1].size(), [6, 60, 60]);
                     assert_eq!(h.bands[2].size(), [2, 20, 20]);
@@ -532,9 +663,16 @@ mod tests {
                 }
             });
             let expected = tch::no_grad(|| m.forward_t(&x, false));
-            let e = Explainer::new(&vs.variables().into_iter().collect::<Vec<_>>(), arch, Composite::EpsilonPlusFlat, 1e-6).unwrap();
+            let e = Explainer::new(
+                &vs.variables().into_iter().collect::<Vec<_>>(),
+                arch,
+                Composite::EpsilonPlusFlat,
+                1e-6,
+            )
+            .unwrap();
             let got = e.logits(&x);
-            let err = (&got - &expected).abs().max().double_value(&[]) / expected.abs().max().double_value(&[]).max(1.0);
+            let err = (&got - &expected).abs().max().double_value(&[])
+                / expected.abs().max().double_value(&[]).max(1.0);
             assert!(err < 1e-4, "{arch:?}: folded logits differ by {err}");
         }
     }
@@ -553,7 +691,16 @@ mod tests {
 
     #[test]
     fn composites_parse() {
-        assert_eq!("alpha1-beta0".parse::<Composite>().unwrap(), Composite::Alpha1Beta0);
-        assert!("zplus".parse::<Composite>().unwrap_err().to_string().contains("unknown LRP composite"));
+        assert_eq!(
+            "alpha1-beta0".parse::<Composite>().unwrap(),
+            Composite::Alpha1Beta0
+        );
+        assert!(
+            "zplus"
+                .parse::<Composite>()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown LRP composite")
+        );
     }
 }

@@ -6,7 +6,10 @@
 use anyhow::Result;
 use tch::Tensor;
 
-use super::{Affine, Geometry, Rules, Weights, norm_relevance, pool_relevance, start_relevance, sum_relevance};
+use super::{
+    Affine, Geometry, Rules, Weights, norm_relevance, pool_relevance, start_relevance,
+    sum_relevance,
+};
 use crate::model::resnet::STAGES;
 
 struct Block {
@@ -35,14 +38,25 @@ impl Block {
             None => x.shallow_clone(),
         };
         let out = (&main + &shortcut).relu();
-        (out, BlockActs { input: x.shallow_clone(), a1, a2, main, shortcut })
+        (
+            out,
+            BlockActs {
+                input: x.shallow_clone(),
+                a1,
+                a2,
+                main,
+                shortcut,
+            },
+        )
     }
 
     fn relevance(&self, acts: &BlockActs, r: &Tensor, rules: &Rules) -> Tensor {
         let (r_shortcut, r_main) = sum_relevance(&acts.shortcut, &acts.main, r);
         let r_main = self.conv3.relevance(&acts.a2, &r_main, rules.conv(false));
         let r_main = self.conv2.relevance(&acts.a1, &r_main, rules.conv(false));
-        let r_main = self.conv1.relevance(&acts.input, &r_main, rules.conv(false));
+        let r_main = self
+            .conv1
+            .relevance(&acts.input, &r_main, rules.conv(false));
         let r_shortcut = match &self.downsample {
             Some(d) => d.relevance(&acts.input, &r_shortcut, rules.conv(false)),
             None => r_shortcut,
@@ -74,19 +88,39 @@ impl ResNetLrp {
                 let stride = if i > 0 && b == 0 { 2 } else { 1 };
                 let downsample_weight = format!("{p}.downsample.0.weight");
                 let downsample = if w.tensors.iter().any(|(n, _)| *n == downsample_weight) {
-                    Some(w.folded(&format!("{p}.downsample.0"), &format!("{p}.downsample.1"), Some(Geometry::strided(stride, 0)))?)
+                    Some(w.folded(
+                        &format!("{p}.downsample.0"),
+                        &format!("{p}.downsample.1"),
+                        Some(Geometry::strided(stride, 0)),
+                    )?)
                 } else {
                     None
                 };
                 blocks.push(Block {
-                    conv1: w.folded(&format!("{p}.conv1"), &format!("{p}.bn1"), Some(Geometry::strided(1, 0)))?,
-                    conv2: w.folded(&format!("{p}.conv2"), &format!("{p}.bn2"), Some(Geometry::strided(stride, 1)))?,
-                    conv3: w.folded(&format!("{p}.conv3"), &format!("{p}.bn3"), Some(Geometry::strided(1, 0)))?,
+                    conv1: w.folded(
+                        &format!("{p}.conv1"),
+                        &format!("{p}.bn1"),
+                        Some(Geometry::strided(1, 0)),
+                    )?,
+                    conv2: w.folded(
+                        &format!("{p}.conv2"),
+                        &format!("{p}.bn2"),
+                        Some(Geometry::strided(stride, 1)),
+                    )?,
+                    conv3: w.folded(
+                        &format!("{p}.conv3"),
+                        &format!("{p}.bn3"),
+                        Some(Geometry::strided(1, 0)),
+                    )?,
                     downsample,
                 });
             }
         }
-        Ok(ResNetLrp { conv1: w.folded("conv1", "bn1", Some(Geometry::strided(2, 3)))?, blocks, fc: w.dense("fc")? })
+        Ok(ResNetLrp {
+            conv1: w.folded("conv1", "bn1", Some(Geometry::strided(2, 3)))?,
+            blocks,
+            fc: w.dense("fc")?,
+        })
     }
 
     pub(super) fn logits(&self, x: &Tensor) -> Tensor {

@@ -32,7 +32,11 @@ impl VggLrp {
         let mut index = 0;
         for entry in FEATURES {
             if entry.is_some() {
-                let conv = w.folded(&format!("features.{index}"), &format!("features.{}", index + 1), Some(Geometry::strided(1, 1)))?;
+                let conv = w.folded(
+                    &format!("features.{index}"),
+                    &format!("features.{}", index + 1),
+                    Some(Geometry::strided(1, 1)),
+                )?;
                 features.push(Layer::Conv(conv));
                 index += 3;
             } else {
@@ -40,8 +44,15 @@ impl VggLrp {
                 index += 1;
             }
         }
-        let classifier = [w.dense("classifier.0")?, w.dense("classifier.3")?, w.dense("classifier.6")?];
-        Ok(VggLrp { features, classifier })
+        let classifier = [
+            w.dense("classifier.0")?,
+            w.dense("classifier.3")?,
+            w.dense("classifier.6")?,
+        ];
+        Ok(VggLrp {
+            features,
+            classifier,
+        })
     }
 
     /// Forward from the stacked input; `acts` receives each feature layer's input.

@@ -36,7 +36,12 @@ pub const BRANCHES: [BranchSpec; 3] = [
 /// The branch of band group `g`, its input shaped by the store layout.
 const fn branch(g: usize, convs: &'static [(i64, i64, bool)]) -> BranchSpec {
     let group = &BAND_GROUPS[g];
-    BranchSpec { name: group.array, channels: group.bands.len() as i64, side: group.side as i64, convs }
+    BranchSpec {
+        name: group.array,
+        channels: group.bands.len() as i64,
+        side: group.side as i64,
+        convs,
+    }
 }
 
 /// "Same" convolutions: odd kernels pad symmetrically inside the conv (this padding); even
@@ -57,7 +62,10 @@ pub fn pad_even_kernel(x: &Tensor, kernel: i64) -> Tensor {
 
 fn xavier(fan_in: i64, fan_out: i64) -> nn::Init {
     let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
-    nn::Init::Uniform { lo: -bound, up: bound }
+    nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
 }
 
 /// Conv → BatchNorm → ReLU with "same" padding; even kernels pad one more on the right and
@@ -85,7 +93,10 @@ impl ConvBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.conv.forward(&pad_even_kernel(x, self.kernel)).apply_t(&self.bn, train).relu_()
+        self.conv
+            .forward(&pad_even_kernel(x, self.kernel))
+            .apply_t(&self.bn, train)
+            .relu_()
     }
 }
 
@@ -98,8 +109,15 @@ struct DenseBlock {
 
 impl DenseBlock {
     fn new(p: &nn::Path, d_in: i64, d_out: i64) -> Self {
-        let config = nn::LinearConfig { ws_init: xavier(d_in, d_out), bs_init: Some(nn::Init::Const(0.0)), bias: true };
-        DenseBlock { linear: nn::linear(p / "fc", d_in, d_out, config), bn: nn::batch_norm1d(p / "bn", d_out, batch_norm_config()) }
+        let config = nn::LinearConfig {
+            ws_init: xavier(d_in, d_out),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        DenseBlock {
+            linear: nn::linear(p / "fc", d_in, d_out, config),
+            bn: nn::batch_norm1d(p / "bn", d_out, batch_norm_config()),
+        }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -125,13 +143,19 @@ impl Branch {
         let (mut c, mut s) = (spec.channels, spec.side);
         let mut convs = Vec::new();
         for (i, &(c_out, kernel, pool)) in spec.convs.iter().enumerate() {
-            convs.push((ConvBlock::new(&(&p / format!("conv{}", i + 1)), c, c_out, kernel), pool));
+            convs.push((
+                ConvBlock::new(&(&p / format!("conv{}", i + 1)), c, c_out, kernel),
+                pool,
+            ));
             c = c_out;
             if pool {
                 s /= 2;
             }
         }
-        Branch { convs, dense: DenseBlock::new(&(&p / "dense"), c * s * s, HIDDEN) }
+        Branch {
+            convs,
+            dense: DenseBlock::new(&(&p / "dense"), c * s * s, HIDDEN),
+        }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool, drop: bool) -> Tensor {
@@ -143,7 +167,11 @@ impl Branch {
             }
             x = dropout(x, CONV_DROPOUT, drop);
         }
-        dropout(self.dense.forward_t(&x.flatten(1, -1), train), FC_DROPOUT, drop)
+        dropout(
+            self.dense.forward_t(&x.flatten(1, -1), train),
+            FC_DROPOUT,
+            drop,
+        )
     }
 }
 
@@ -159,7 +187,11 @@ pub struct KBranch {
 impl KBranch {
     /// Creates the variables under `p` from torch's generator (seeded by the caller).
     pub fn new(p: &nn::Path) -> Self {
-        let head_config = nn::LinearConfig { ws_init: xavier(HIDDEN, NUM_CLASSES as i64), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        let head_config = nn::LinearConfig {
+            ws_init: xavier(HIDDEN, NUM_CLASSES as i64),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
         let [b10m, b20m, b60m] = &BRANCHES;
         KBranch {
             b10m: Branch::new(p, b10m),
@@ -171,10 +203,19 @@ impl KBranch {
     }
 
     /// Logits `[B, 19]`. Batch statistics are on when `train`, dropout when `train && dropout`.
-    pub fn forward_t(&self, [x10, x20, x60]: &[Tensor; 3], train: bool, dropout_on: bool) -> Tensor {
+    pub fn forward_t(
+        &self,
+        [x10, x20, x60]: &[Tensor; 3],
+        train: bool,
+        dropout_on: bool,
+    ) -> Tensor {
         let drop = train && dropout_on;
         let fused = Tensor::cat(
-            &[self.b10m.forward_t(x10, train, drop), self.b20m.forward_t(x20, train, drop), self.b60m.forward_t(x60, train, drop)],
+            &[
+                self.b10m.forward_t(x10, train, drop),
+                self.b20m.forward_t(x20, train, drop),
+                self.b60m.forward_t(x60, train, drop),
+            ],
             1,
         );
         dropout(self.fusion.forward_t(&fused, train), FC_DROPOUT, drop).apply(&self.head)
@@ -191,7 +232,11 @@ mod tests {
     fn inputs(batch: i64) -> [Tensor; 3] {
         tch::manual_seed(99);
         let o = (Kind::Float, Device::Cpu);
-        [Tensor::randn([batch, 4, 120, 120], o), Tensor::randn([batch, 6, 60, 60], o), Tensor::randn([batch, 2, 20, 20], o)]
+        [
+            Tensor::randn([batch, 4, 120, 120], o),
+            Tensor::randn([batch, 6, 60, 60], o),
+            Tensor::randn([batch, 2, 20, 20], o),
+        ]
     }
 
     #[test]
@@ -201,10 +246,21 @@ mod tests {
         let model = Model::new(&vs.root(), Arch::KBranch, 5, true);
         let out = model.forward_t(&inputs(3), false);
         assert_eq!(out.size(), vec![3, 19]);
-        let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+        let params: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
         // The two flatten -> 128 layers dominate: 2 x 57,600 x 128, plus 12,800 x 128.
-        assert!((16_000_000..16_600_000).contains(&params), "{params} parameters");
-        let conv_weights = vs.variables().iter().filter(|(_, t)| Model::decays(t)).count();
+        assert!(
+            (16_000_000..16_600_000).contains(&params),
+            "{params} parameters"
+        );
+        let conv_weights = vs
+            .variables()
+            .iter()
+            .filter(|(_, t)| Model::decays(t))
+            .count();
         assert_eq!(conv_weights, 9);
     }
 

@@ -57,12 +57,19 @@ pub enum Model {
 
 /// BatchNorm as PyTorch initialises it (scale 1, shift 0), not tch's random scale.
 pub(crate) fn batch_norm_config() -> nn::BatchNormConfig {
-    nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), bs_init: nn::Init::Const(0.0), ..Default::default() }
+    nn::BatchNormConfig {
+        ws_init: nn::Init::Const(1.0),
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    }
 }
 
 /// Kaiming-normal with the fan-out and ReLU's gain, torchvision's conv initialisation.
 pub(crate) fn kaiming_fan_out(fan_out: i64) -> nn::Init {
-    nn::Init::Randn { mean: 0.0, stdev: (2.0 / fan_out as f64).sqrt() }
+    nn::Init::Randn {
+        mean: 0.0,
+        stdev: (2.0 / fan_out as f64).sqrt(),
+    }
 }
 
 /// The 12 bands at 120x120 for the stacked networks: the 10 m bands, then the 20 m and 60 m
@@ -79,9 +86,15 @@ impl Model {
     pub fn new(p: &nn::Path, arch: Arch, seed: u64, dropout: bool) -> Model {
         tch::manual_seed(seed as i64);
         match arch {
-            Arch::KBranch => Model::KBranch { net: Box::new(KBranch::new(p)), dropout },
+            Arch::KBranch => Model::KBranch {
+                net: Box::new(KBranch::new(p)),
+                dropout,
+            },
             Arch::ResNet50 => Model::ResNet50(Box::new(ResNet50::new(p, STACKED_CHANNELS))),
-            Arch::Vgg16 => Model::Vgg16 { net: Box::new(Vgg16::new(p, STACKED_CHANNELS)), dropout },
+            Arch::Vgg16 => Model::Vgg16 {
+                net: Box::new(Vgg16::new(p, STACKED_CHANNELS)),
+                dropout,
+            },
         }
     }
 
@@ -99,7 +112,9 @@ impl Model {
         match self {
             Model::KBranch { net, dropout } => net.forward_t(inputs, train, *dropout),
             Model::ResNet50(net) => net.forward_t(&stack_bands(inputs), train),
-            Model::Vgg16 { net, dropout } => net.forward_t(&stack_bands(inputs), train, train && *dropout),
+            Model::Vgg16 { net, dropout } => {
+                net.forward_t(&stack_bands(inputs), train, train && *dropout)
+            }
         }
     }
 
@@ -120,12 +135,17 @@ mod tests {
     #[test]
     fn stacked_networks_have_torchvisions_shapes_and_names() {
         let _rng = crate::torch_rng();
-        for (arch, low, high, first) in
-            [(Arch::ResNet50, 23_500_000, 23_600_000, "conv1.weight"), (Arch::Vgg16, 134_000_000, 134_400_000, "features.0.weight")]
-        {
+        for (arch, low, high, first) in [
+            (Arch::ResNet50, 23_500_000, 23_600_000, "conv1.weight"),
+            (Arch::Vgg16, 134_000_000, 134_400_000, "features.0.weight"),
+        ] {
             let vs = nn::VarStore::new(Device::Cpu);
             let model = Model::new(&vs.root(), arch, 1, true);
-            let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+            let params: i64 = vs
+                .trainable_variables()
+                .iter()
+                .map(|t| t.numel() as i64)
+                .sum();
             assert!((low..high).contains(&params), "{arch:?}: {params}");
             let vars = vs.variables();
             assert_eq!(vars[first].size()[1], STACKED_CHANNELS, "{arch:?}");
@@ -141,7 +161,11 @@ mod tests {
     #[test]
     fn stacking_keeps_10m_bands_and_upsamples_the_others() {
         let o = (Kind::Float, Device::Cpu);
-        let x = [Tensor::ones([1, 4, 120, 120], o), Tensor::full([1, 6, 60, 60], 2.0, o), Tensor::full([1, 2, 20, 20], 3.0, o)];
+        let x = [
+            Tensor::ones([1, 4, 120, 120], o),
+            Tensor::full([1, 6, 60, 60], 2.0, o),
+            Tensor::full([1, 2, 20, 20], 3.0, o),
+        ];
         let s = stack_bands(&x);
         assert_eq!(s.size(), [1, 12, 120, 120]);
         let at = |c: i64| s.double_value(&[0, c, 50, 50]);

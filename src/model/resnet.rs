@@ -15,7 +15,13 @@ pub const STAGES: [(usize, i64); 4] = [(3, 64), (4, 128), (6, 256), (3, 512)];
 pub const EXPANSION: i64 = 4;
 
 fn conv(p: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64) -> nn::Conv2D {
-    let config = nn::ConvConfig { stride, padding, bias: false, ws_init: kaiming_fan_out(c_out * kernel * kernel), ..Default::default() };
+    let config = nn::ConvConfig {
+        stride,
+        padding,
+        bias: false,
+        ws_init: kaiming_fan_out(c_out * kernel * kernel),
+        ..Default::default()
+    };
     nn::conv2d(p, c_in, c_out, kernel, config)
 }
 
@@ -37,7 +43,10 @@ impl Bottleneck {
         let c_out = width * EXPANSION;
         let downsample = (stride != 1 || c_in != c_out).then(|| {
             let d = p / "downsample";
-            (conv(&d / "0", c_in, c_out, 1, stride, 0), nn::batch_norm2d(&d / "1", c_out, batch_norm_config()))
+            (
+                conv(&d / "0", c_in, c_out, 1, stride, 0),
+                nn::batch_norm2d(&d / "1", c_out, batch_norm_config()),
+            )
         });
         Bottleneck {
             conv1: conv(p / "conv1", c_in, width, 1, 1, 0),
@@ -83,7 +92,12 @@ impl ResNet50 {
             let stride = if i == 0 { 1 } else { 2 };
             let mut layer = Vec::new();
             for b in 0..blocks {
-                layer.push(Bottleneck::new(&(&stage / b.to_string()), c_in, width, if b == 0 { stride } else { 1 }));
+                layer.push(Bottleneck::new(
+                    &(&stage / b.to_string()),
+                    c_in,
+                    width,
+                    if b == 0 { stride } else { 1 },
+                ));
                 c_in = width * EXPANSION;
             }
             stages.push(layer);
@@ -98,7 +112,11 @@ impl ResNet50 {
 
     /// Logits from the stacked `[B, 12, 120, 120]` input.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut x = x.apply(&self.conv1).apply_t(&self.bn1, train).relu_().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut x = x
+            .apply(&self.conv1)
+            .apply_t(&self.bn1, train)
+            .relu_()
+            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for block in self.stages.iter().flatten() {
             x = block.forward_t(&x, train);
         }

@@ -51,7 +51,14 @@ pub struct Vgg16 {
 }
 
 fn linear(p: nn::Path, d_in: i64, d_out: i64) -> nn::Linear {
-    let config = nn::LinearConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.01 }, bs_init: Some(nn::Init::Const(0.0)), bias: true };
+    let config = nn::LinearConfig {
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.01,
+        },
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
     nn::linear(p, d_in, d_out, config)
 }
 
@@ -70,7 +77,8 @@ impl Vgg16 {
                         ..Default::default()
                     };
                     let conv = nn::conv2d(&f / index.to_string(), c_in, c_out, 3, config);
-                    let bn = nn::batch_norm2d(&f / (index + 1).to_string(), c_out, batch_norm_config());
+                    let bn =
+                        nn::batch_norm2d(&f / (index + 1).to_string(), c_out, batch_norm_config());
                     features.push(Feature::Conv(Box::new((conv, bn))));
                     index += 3;
                     c_in = c_out;
@@ -87,7 +95,10 @@ impl Vgg16 {
             linear(&c / "3", HIDDEN, HIDDEN),
             linear(&c / "6", HIDDEN, NUM_CLASSES as i64),
         ];
-        Vgg16 { features, classifier }
+        Vgg16 {
+            features,
+            classifier,
+        }
     }
 
     /// Logits from the stacked `[B, 12, 120, 120]` input; dropout in the classifier when `drop`.
@@ -99,7 +110,9 @@ impl Vgg16 {
                 Feature::Pool => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
             };
         }
-        let x = x.adaptive_avg_pool2d([POOLED_SIDE, POOLED_SIDE]).flatten(1, -1);
+        let x = x
+            .adaptive_avg_pool2d([POOLED_SIDE, POOLED_SIDE])
+            .flatten(1, -1);
         let [fc1, fc2, fc3] = &self.classifier;
         let x = x.apply(fc1).relu_().dropout(DROPOUT, drop);
         let x = x.apply(fc2).relu_().dropout(DROPOUT, drop);

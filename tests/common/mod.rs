@@ -10,27 +10,59 @@ pub fn store(dir: &Path) -> PathBuf {
 }
 
 pub fn trainer<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// The path of `jobs/<name>.toml`.
 pub fn job(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs").join(format!("{name}.toml")).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("jobs")
+        .join(format!("{name}.toml"))
+        .display()
+        .to_string()
 }
 
 /// `trainer train` arguments of a small run on the CPU: `jobs/<job_name>.toml` on the store
 /// `data`, into `out`, then `extra` (flags and `--set` overrides).
 pub fn train_args(job_name: &str, data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let common = ["train", "--config", &job(job_name), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"];
+    let common = [
+        "train",
+        "--config",
+        &job(job_name),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
     common.iter().chain(extra).map(|s| s.to_string()).collect()
 }
 
 /// `trainer landscape` arguments of a small landscape of the run `run` on the CPU (12 training
 /// and 10 validation patches, batches of 8: seconds), then `extra`.
 pub fn landscape_args(run: &Path, kind: &str, name: &str, extra: &[&str]) -> Vec<String> {
-    let common = ["landscape", "--run", run.to_str().unwrap(), "--kind", kind, "--name", name, "--train-patches", "12"];
+    let common = [
+        "landscape",
+        "--run",
+        run.to_str().unwrap(),
+        "--kind",
+        kind,
+        "--name",
+        name,
+        "--train-patches",
+        "12",
+    ];
     let small = ["--val-patches", "10", "--batch", "8", "--device", "cpu"];
-    common.iter().chain(&small).chain(extra).map(|s| s.to_string()).collect()
+    common
+        .iter()
+        .chain(&small)
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// A safetensors file's tensors, sorted by name.
@@ -63,21 +95,58 @@ pub struct Predictions {
 pub fn predictions(run: &Path) -> Predictions {
     use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray, UInt8Array};
     let file = std::fs::File::open(run.join("test_predictions.parquet")).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
-    let mut p = Predictions { names: Vec::new(), labels: Vec::new(), decisions: Vec::new(), scores: Vec::new() };
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut p = Predictions {
+        names: Vec::new(),
+        labels: Vec::new(),
+        decisions: Vec::new(),
+        scores: Vec::new(),
+    };
     for batch in reader {
         let batch = batch.unwrap();
         let list = |n: &str| {
-            let list = batch.column_by_name(n).unwrap().as_any().downcast_ref::<FixedSizeListArray>().unwrap().clone();
+            let list = batch
+                .column_by_name(n)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<FixedSizeListArray>()
+                .unwrap()
+                .clone();
             assert_eq!(list.value_length(), 19);
             list.values().clone()
         };
         let patch = batch.column_by_name("patch").unwrap();
-        p.names.extend(patch.as_any().downcast_ref::<StringArray>().unwrap().iter().map(|s| s.unwrap().to_string()));
+        p.names.extend(
+            patch
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .iter()
+                .map(|s| s.unwrap().to_string()),
+        );
         for (name, out) in [("labels", &mut p.labels), ("decisions", &mut p.decisions)] {
-            out.extend(list(name).as_any().downcast_ref::<UInt8Array>().unwrap().values().iter().copied());
+            out.extend(
+                list(name)
+                    .as_any()
+                    .downcast_ref::<UInt8Array>()
+                    .unwrap()
+                    .values()
+                    .iter()
+                    .copied(),
+            );
         }
-        p.scores.extend(list("scores").as_any().downcast_ref::<Float32Array>().unwrap().values().iter().copied());
+        p.scores.extend(
+            list("scores")
+                .as_any()
+                .downcast_ref::<Float32Array>()
+                .unwrap()
+                .values()
+                .iter()
+                .copied(),
+        );
     }
     p
 }

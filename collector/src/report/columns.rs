@@ -23,16 +23,27 @@ impl<'a> Columns<'a> {
     }
 
     fn get(&self, name: &str) -> Result<&'a dyn Array> {
-        self.batch.column_by_name(name).map(|c| c.as_ref()).with_context(|| format!("table {}: no column {name}", self.table))
+        self.batch
+            .column_by_name(name)
+            .map(|c| c.as_ref())
+            .with_context(|| format!("table {}: no column {name}", self.table))
     }
 
     fn wrong(&self, name: &str, found: &DataType, want: &str) -> anyhow::Error {
-        anyhow::anyhow!("table {}: column {name} is {found}, expected {want}", self.table)
+        anyhow::anyhow!(
+            "table {}: column {name} is {found}, expected {want}",
+            self.table
+        )
     }
 
-    fn primitive<T: ArrowPrimitiveType>(&self, name: &str, want: &str) -> Result<&'a PrimitiveArray<T>> {
+    fn primitive<T: ArrowPrimitiveType>(
+        &self,
+        name: &str,
+        want: &str,
+    ) -> Result<&'a PrimitiveArray<T>> {
         let a = self.get(name)?;
-        a.as_primitive_opt::<T>().ok_or_else(|| self.wrong(name, a.data_type(), want))
+        a.as_primitive_opt::<T>()
+            .ok_or_else(|| self.wrong(name, a.data_type(), want))
     }
 
     /// A string (UTF-8 or large UTF-8); null reads as empty.
@@ -81,17 +92,27 @@ impl<'a> Columns<'a> {
 
     pub fn bool(&self, name: &str, i: usize) -> Result<bool> {
         let a = self.get(name)?;
-        Ok(a.as_boolean_opt().ok_or_else(|| self.wrong(name, a.data_type(), "bool"))?.value(i))
+        Ok(a.as_boolean_opt()
+            .ok_or_else(|| self.wrong(name, a.data_type(), "bool"))?
+            .value(i))
     }
 
     /// A fixed-size list of float32 of `len` values.
     pub fn f32_list(&self, name: &str, i: usize, len: usize) -> Result<Vec<f32>> {
         let a = self.get(name)?;
-        let list = a.as_fixed_size_list_opt().ok_or_else(|| self.wrong(name, a.data_type(), "a fixed-size list of float32"))?;
+        let list = a
+            .as_fixed_size_list_opt()
+            .ok_or_else(|| self.wrong(name, a.data_type(), "a fixed-size list of float32"))?;
         let values = list.value(i);
-        let floats = values.as_primitive_opt::<Float32Type>().ok_or_else(|| self.wrong(name, a.data_type(), "a list of float32"))?;
+        let floats = values
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| self.wrong(name, a.data_type(), "a list of float32"))?;
         if floats.len() != len {
-            bail!("table {}: column {name} row {i} holds {} values, expected {len}", self.table, floats.len());
+            bail!(
+                "table {}: column {name} row {i} holds {} values, expected {len}",
+                self.table,
+                floats.len()
+            );
         }
         Ok(floats.values().to_vec())
     }
@@ -125,9 +146,18 @@ mod tests {
         ])
         .unwrap();
         let c = Columns::new("epochs", &b);
-        assert_eq!(c.str("loss", 0).unwrap_err().to_string(), "table epochs: column loss is Int64, expected a string");
-        assert_eq!(c.u32("epoch", 0).unwrap_err().to_string(), "table epochs: column epoch is Utf8, expected uint32");
-        assert_eq!(c.f64("nope", 0).unwrap_err().to_string(), "table epochs: no column nope");
+        assert_eq!(
+            c.str("loss", 0).unwrap_err().to_string(),
+            "table epochs: column loss is Int64, expected a string"
+        );
+        assert_eq!(
+            c.u32("epoch", 0).unwrap_err().to_string(),
+            "table epochs: column epoch is Utf8, expected uint32"
+        );
+        assert_eq!(
+            c.f64("nope", 0).unwrap_err().to_string(),
+            "table epochs: no column nope"
+        );
         assert_eq!(c.arch(0).unwrap(), "kbranch");
         assert!(c.job(0).is_err());
     }

@@ -21,11 +21,22 @@ use data_prep::layout::{BAND_GROUPS, FULL_SIDE, Split};
 
 /// The study's loss abbreviations and column order (docs/study.md, Table 6.1); its jobs carry
 /// the losses' names.
-const STUDY_ORDER: [(&str, &str); 7] =
-    [("ce", "CE"), ("focal", "FL"), ("hamming", "HAL"), ("huber", "HL"), ("sparsemax", "SML"), ("ranking", "RL"), ("wce", "W-CE")];
+const STUDY_ORDER: [(&str, &str); 7] = [
+    ("ce", "CE"),
+    ("focal", "FL"),
+    ("hamming", "HAL"),
+    ("huber", "HL"),
+    ("sparsemax", "SML"),
+    ("ranking", "RL"),
+    ("wce", "W-CE"),
+];
 
 /// Architectures in the order the report shows them, with their titles.
-const ARCHS: [(&str, &str); 3] = [("kbranch", "K-Branch CNN"), ("resnet50", "ResNet-50"), ("vgg16", "VGG-16-BN")];
+const ARCHS: [(&str, &str); 3] = [
+    ("kbranch", "K-Branch CNN"),
+    ("resnet50", "ResNet-50"),
+    ("vgg16", "VGG-16-BN"),
+];
 
 pub struct Options {
     /// "First epoch at which each job reaches this validation F1 (sample average)".
@@ -39,40 +50,67 @@ pub struct Options {
 }
 
 fn label(job: &str) -> String {
-    STUDY_ORDER.iter().find(|(n, _)| *n == job).map_or_else(|| job.to_string(), |(_, l)| format!("{l} ({job})"))
+    STUDY_ORDER
+        .iter()
+        .find(|(n, _)| *n == job)
+        .map_or_else(|| job.to_string(), |(_, l)| format!("{l} ({job})"))
 }
 
 fn arch_title(arch: &str) -> String {
-    ARCHS.iter().find(|(n, _)| *n == arch).map_or_else(|| arch.to_string(), |(_, t)| t.to_string())
+    ARCHS
+        .iter()
+        .find(|(n, _)| *n == arch)
+        .map_or_else(|| arch.to_string(), |(_, t)| t.to_string())
 }
 
 /// Jobs in the study's order, others after them alphabetically.
 fn ordered(jobs: BTreeSet<String>) -> Vec<String> {
-    let mut out: Vec<String> = STUDY_ORDER.iter().map(|(n, _)| n.to_string()).filter(|n| jobs.contains(n)).collect();
-    out.extend(jobs.into_iter().filter(|l| !STUDY_ORDER.iter().any(|(n, _)| n == l)));
+    let mut out: Vec<String> = STUDY_ORDER
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .filter(|n| jobs.contains(n))
+        .collect();
+    out.extend(
+        jobs.into_iter()
+            .filter(|l| !STUDY_ORDER.iter().any(|(n, _)| n == l)),
+    );
     out
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (mean, var.sqrt())
 }
 
 /// A mean over seeds, with its spread when there is one (a single run has none).
 fn mean_cell(v: &[f64]) -> String {
     let (m, s) = mean_std(v);
-    if v.len() > 1 { format!("{m:.3} <span class=sd>± {s:.3}</span>") } else { format!("{m:.3}") }
+    if v.len() > 1 {
+        format!("{m:.3} <span class=sd>± {s:.3}</span>")
+    } else {
+        format!("{m:.3}")
+    }
 }
 
 fn png_img(png: &[u8], width: u32, alt: &str) -> String {
     let data = base64::engine::general_purpose::STANDARD.encode(png);
-    format!("<img src=\"data:image/png;base64,{data}\" width={width} height={width} alt=\"{}\">", escape(alt))
+    format!(
+        "<img src=\"data:image/png;base64,{data}\" width={width} height={width} alt=\"{}\">",
+        escape(alt)
+    )
 }
 
 /// Every batch of a table.
@@ -125,16 +163,27 @@ fn section_table_6_1(html: &mut String, per_job: &PerJob) {
     html.push_str("<table><tr><th>metric</th>");
     for j in &jobs {
         let n = per_job[j]["micro_f1"].len();
-        let _ = write!(html, "<th>{} <span class=n>n={n}</span></th>", escape(&label(j)));
+        let _ = write!(
+            html,
+            "<th>{} <span class=n>n={n}</span></th>",
+            escape(&label(j))
+        );
     }
     html.push_str("</tr>");
     for (name, col) in TABLE_6_1 {
         let _ = write!(html, "<tr><td>{name}</td>");
         let lower_is_better = col == "hamming_loss";
         let means: Vec<f64> = jobs.iter().map(|j| mean_std(&per_job[j][col]).0).collect();
-        let best = means.iter().copied().fold(if lower_is_better { f64::INFINITY } else { f64::NEG_INFINITY }, |a, b| {
-            if lower_is_better { a.min(b) } else { a.max(b) }
-        });
+        let best = means.iter().copied().fold(
+            if lower_is_better {
+                f64::INFINITY
+            } else {
+                f64::NEG_INFINITY
+            },
+            |a, b| {
+                if lower_is_better { a.min(b) } else { a.max(b) }
+            },
+        );
         for (j, m) in jobs.iter().zip(&means) {
             let class = if *m == best { " class=best" } else { "" };
             let _ = write!(html, "<td{class}>{}</td>", mean_cell(&per_job[j][col]));
@@ -159,9 +208,14 @@ fn section_classes(html: &mut String, results: &Path, arch: &str) -> Result<()> 
             }
             let k = c.u8("class_index", i)? as usize;
             if k >= BEN19.len() {
-                bail!("table class_metrics: class_index {k} is not one of the {} classes", BEN19.len());
+                bail!(
+                    "table class_metrics: class_index {k} is not one of the {} classes",
+                    BEN19.len()
+                );
             }
-            f1.entry((c.job(i)?, k)).or_default().extend(c.f64("f1", i)?);
+            f1.entry((c.job(i)?, k))
+                .or_default()
+                .extend(c.f64("f1", i)?);
             support[k] = c.u64("support", i)?;
         }
     }
@@ -171,17 +225,33 @@ fn section_classes(html: &mut String, results: &Path, arch: &str) -> Result<()> 
         html.push_str("<p>No finished runs yet.</p>");
         return Ok(());
     }
-    let values: Vec<Vec<f64>> =
-        jobs.iter().map(|l| (0..BEN19.len()).map(|k| f1.get(&(l.clone(), k)).map_or(0.0, |v| mean_std(v).0)).collect()).collect();
+    let values: Vec<Vec<f64>> = jobs
+        .iter()
+        .map(|l| {
+            (0..BEN19.len())
+                .map(|k| f1.get(&(l.clone(), k)).map_or(0.0, |v| mean_std(v).0))
+                .collect()
+        })
+        .collect();
     let names: Vec<String> = jobs.iter().map(|l| label(l)).collect();
-    html.push_str(&charts::bar_chart(&BEN19, &names.iter().map(String::as_str).collect::<Vec<_>>(), &values, "test F1"));
+    html.push_str(&charts::bar_chart(
+        &BEN19,
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+        &values,
+        "test F1",
+    ));
     html.push_str("<table><tr><th>class</th><th>test support</th>");
     for n in &names {
         let _ = write!(html, "<th>{}</th>", escape(n));
     }
     html.push_str("</tr>");
     for (k, class) in BEN19.iter().enumerate() {
-        let _ = write!(html, "<tr><td>{}</td><td>{}</td>", escape(class), support[k]);
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td>",
+            escape(class),
+            support[k]
+        );
         for v in &values {
             let _ = write!(html, "<td>{:.3}</td>", v[k]);
         }
@@ -200,7 +270,12 @@ fn section_curves(html: &mut String, results: &Path, arch: &str, threshold: f64)
                 && c.arch(i)? == arch
                 && let Some(f1) = c.f64("samples_f1", i)?
             {
-                curves.entry(c.job(i)?).or_default().entry(c.u32("epoch", i)?).or_default().push(f1);
+                curves
+                    .entry(c.job(i)?)
+                    .or_default()
+                    .entry(c.u32("epoch", i)?)
+                    .or_default()
+                    .push(f1);
             }
         }
     }
@@ -208,14 +283,36 @@ fn section_curves(html: &mut String, results: &Path, arch: &str, threshold: f64)
     html.push_str("<h3>Validation F1 (sample average) per epoch (Fig. 6.2): mean over seeds</h3>");
     let series: Vec<charts::Series> = jobs
         .iter()
-        .map(|l| charts::Series { name: label(l), points: curves[l].iter().map(|(&e, v)| (e as f64, mean_std(v).0)).collect() })
+        .map(|l| charts::Series {
+            name: label(l),
+            points: curves[l]
+                .iter()
+                .map(|(&e, v)| (e as f64, mean_std(v).0))
+                .collect(),
+        })
         .collect();
-    html.push_str(&charts::line_chart(&series, "epoch", "validation F1 (sample)", Some(threshold)));
-    let _ = write!(html, "<table><tr><th>loss</th><th>first epoch with validation F1 ≥ {threshold}</th><th>best validation F1</th></tr>");
+    html.push_str(&charts::line_chart(
+        &series,
+        "epoch",
+        "validation F1 (sample)",
+        Some(threshold),
+    ));
+    let _ = write!(
+        html,
+        "<table><tr><th>loss</th><th>first epoch with validation F1 ≥ {threshold}</th><th>best validation F1</th></tr>"
+    );
     for (l, s) in jobs.iter().zip(&series) {
-        let first = s.points.iter().find(|p| p.1 >= threshold).map_or("not reached".to_string(), |p| format!("{}", p.0));
+        let first = s
+            .points
+            .iter()
+            .find(|p| p.1 >= threshold)
+            .map_or("not reached".to_string(), |p| format!("{}", p.0));
         let best = s.points.iter().map(|p| p.1).fold(0.0, f64::max);
-        let _ = write!(html, "<tr><td>{}</td><td>{first}</td><td>{best:.3}</td></tr>", escape(&label(l)));
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{first}</td><td>{best:.3}</td></tr>",
+            escape(&label(l))
+        );
     }
     html.push_str("</table>");
     Ok(())
@@ -256,7 +353,13 @@ fn lrp_keys(b: &RecordBatch, arch: &str) -> Result<Vec<Option<LrpKey>>> {
 /// `data`), as a PNG.
 fn patch_image(stores: &[String], patch: &str) -> Result<Vec<u8>> {
     let group = &BAND_GROUPS[0];
-    let channel = |band: &str| group.bands.iter().position(|b| *b == band).with_context(|| format!("{band} is not a 10 m band"));
+    let channel = |band: &str| {
+        group
+            .bands
+            .iter()
+            .position(|b| *b == band)
+            .with_context(|| format!("{band} is not a 10 m band"))
+    };
     let (r, g, b) = (channel("B04")?, channel("B03")?, channel("B02")?);
     let mut tried = Vec::new();
     for path in stores.iter().filter(|s| !s.is_empty()) {
@@ -273,17 +376,47 @@ fn patch_image(stores: &[String], patch: &str) -> Result<Vec<u8>> {
                 let values = data.read_group(0, i)?;
                 let n = group.pixels_per_band();
                 let band = |k: usize| &values[k * n..(k + 1) * n];
-                return crate::render::true_colour_png(band(r), band(g), band(b), group.side as u32, 1);
+                return crate::render::true_colour_png(
+                    band(r),
+                    band(g),
+                    band(b),
+                    group.side as u32,
+                    1,
+                );
             }
         }
         tried.push(format!("{path} has no patch {patch}"));
     }
-    bail!("no store holds it ({})", if tried.is_empty() { "the runs name no store".to_string() } else { tried.join("; ") })
+    bail!(
+        "no store holds it ({})",
+        if tried.is_empty() {
+            "the runs name no store".to_string()
+        } else {
+            tried.join("; ")
+        }
+    )
 }
 
-fn section_lrp(html: &mut String, results: &Path, arch: &str, opts: &Options, stores: &[String]) -> Result<()> {
+fn section_lrp(
+    html: &mut String,
+    results: &Path,
+    arch: &str,
+    opts: &Options,
+    stores: &[String],
+) -> Result<()> {
     html.push_str("<h3>LRP heatmaps across epochs (Tables 6.12 / 6.13)</h3>");
-    let without_maps = ["run_id", "job", "loss", "arch", "seed", "epoch", "patch", "class", "is_true", "is_predicted"];
+    let without_maps = [
+        "run_id",
+        "job",
+        "loss",
+        "arch",
+        "seed",
+        "epoch",
+        "patch",
+        "class",
+        "is_true",
+        "is_predicted",
+    ];
     // First the keys alone (the maps are most of the bytes), remembering each key's file and row.
     let files = table_files(&results.join("lrp"))?;
     let mut keys: Vec<(LrpKey, usize)> = Vec::new();
@@ -298,64 +431,110 @@ fn section_lrp(html: &mut String, results: &Path, arch: &str, opts: &Options, st
     }
     let jobs = ordered(keys.iter().map(|(k, _)| k.job.clone()).collect());
     // One seed per job: the smallest.
-    let seed_of: BTreeMap<&str, u64> =
-        jobs.iter().map(|l| (l.as_str(), keys.iter().filter(|(k, _)| &k.job == l).map(|(k, _)| k.seed).min().unwrap_or(0))).collect();
+    let seed_of: BTreeMap<&str, u64> = jobs
+        .iter()
+        .map(|l| {
+            (
+                l.as_str(),
+                keys.iter()
+                    .filter(|(k, _)| &k.job == l)
+                    .map(|(k, _)| k.seed)
+                    .min()
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
     let chosen = |k: &LrpKey| seed_of.get(k.job.as_str()) == Some(&k.seed);
     let (patch, class) = match (&opts.lrp_patch, &opts.lrp_class) {
         (Some(p), Some(c)) => (p.clone(), c.clone()),
         _ => {
             // The (patch, true class) with snapshots for the most jobs, then epochs; first by name on ties.
-            let mut coverage: BTreeMap<(String, String), (BTreeSet<String>, usize)> = BTreeMap::new();
+            let mut coverage: BTreeMap<(String, String), (BTreeSet<String>, usize)> =
+                BTreeMap::new();
             for (k, _) in keys.iter().filter(|(k, _)| k.is_true && chosen(k)) {
-                if opts.lrp_patch.as_ref().is_some_and(|p| *p != k.patch) || opts.lrp_class.as_ref().is_some_and(|c| *c != k.class) {
+                if opts.lrp_patch.as_ref().is_some_and(|p| *p != k.patch)
+                    || opts.lrp_class.as_ref().is_some_and(|c| *c != k.class)
+                {
                     continue;
                 }
-                let e = coverage.entry((k.patch.clone(), k.class.clone())).or_default();
+                let e = coverage
+                    .entry((k.patch.clone(), k.class.clone()))
+                    .or_default();
                 e.0.insert(k.job.clone());
                 e.1 += 1;
             }
-            let best = coverage.iter().max_by(|a, b| (a.1.0.len(), a.1.1).cmp(&(b.1.0.len(), b.1.1)).then(b.0.cmp(a.0)));
+            let best = coverage.iter().max_by(|a, b| {
+                (a.1.0.len(), a.1.1)
+                    .cmp(&(b.1.0.len(), b.1.1))
+                    .then(b.0.cmp(a.0))
+            });
             match best {
                 Some(((p, c), _)) => (p.clone(), c.clone()),
                 None => bail!("no LRP snapshot matches --lrp-patch / --lrp-class"),
             }
         }
     };
-    let epochs: BTreeSet<u32> =
-        keys.iter().filter(|(k, _)| chosen(k) && k.patch == patch && k.class == class).map(|(k, _)| k.epoch).collect();
+    let epochs: BTreeSet<u32> = keys
+        .iter()
+        .filter(|(k, _)| chosen(k) && k.patch == patch && k.class == class)
+        .map(|(k, _)| k.epoch)
+        .collect();
     let epochs: Vec<u32> = epochs.into_iter().collect();
     let shown: Vec<u32> = if epochs.len() <= opts.lrp_epochs {
         epochs.clone()
     } else {
         let n = opts.lrp_epochs.max(2);
-        let mut picked: Vec<u32> = (0..n).map(|i| epochs[i * (epochs.len() - 1) / (n - 1)]).collect();
+        let mut picked: Vec<u32> = (0..n)
+            .map(|i| epochs[i * (epochs.len() - 1) / (n - 1)])
+            .collect();
         picked.dedup();
         picked
     };
     // The patch's labels, and each cell's predictions (the rows of that patch at that epoch).
     let short = |name: &str| escape(name.split(',').next().unwrap_or(name));
-    let truth: BTreeSet<String> = keys.iter().filter(|(k, _)| k.patch == patch && k.is_true).map(|(k, _)| k.class.clone()).collect();
+    let truth: BTreeSet<String> = keys
+        .iter()
+        .filter(|(k, _)| k.patch == patch && k.is_true)
+        .map(|(k, _)| k.class.clone())
+        .collect();
     let mut predicted: BTreeMap<(String, u32), BTreeSet<String>> = BTreeMap::new();
-    for (k, _) in keys.iter().filter(|(k, _)| chosen(k) && k.patch == patch && k.is_predicted) {
-        predicted.entry((k.job.clone(), k.epoch)).or_default().insert(k.class.clone());
+    for (k, _) in keys
+        .iter()
+        .filter(|(k, _)| chosen(k) && k.patch == patch && k.is_predicted)
+    {
+        predicted
+            .entry((k.job.clone(), k.epoch))
+            .or_default()
+            .insert(k.class.clone());
     }
     // The maps of the chosen cells, read from the files that hold them only.
-    let wanted = |k: &LrpKey| chosen(k) && k.patch == patch && k.class == class && shown.contains(&k.epoch);
-    let needed: BTreeSet<usize> = keys.iter().filter(|(k, _)| wanted(k)).map(|(_, f)| *f).collect();
+    let wanted =
+        |k: &LrpKey| chosen(k) && k.patch == patch && k.class == class && shown.contains(&k.epoch);
+    let needed: BTreeSet<usize> = keys
+        .iter()
+        .filter(|(k, _)| wanted(k))
+        .map(|(_, f)| *f)
+        .collect();
     let mut maps: BTreeMap<(String, u32), (Vec<f32>, f32)> = BTreeMap::new();
     for &f in &needed {
         for b in read_parquet(&files[f], None)? {
             let c = Columns::new("lrp", &b);
             for (i, k) in lrp_keys(&b, arch)?.into_iter().enumerate() {
                 if let Some(k) = k.filter(|k| wanted(k)) {
-                    maps.insert((k.job, k.epoch), (c.f32_list("map", i, MAP_VALUES)?, c.f32("logit", i)?));
+                    maps.insert(
+                        (k.job, k.epoch),
+                        (c.f32_list("map", i, MAP_VALUES)?, c.f32("logit", i)?),
+                    );
                 }
             }
         }
     }
     let image = match patch_image(stores, &patch) {
         Ok(png) => png_img(&png, 120, &format!("{patch}, true colour")),
-        Err(e) => format!("<span class=missing>true-colour image unavailable: {}</span>", escape(&format!("{e:#}"))),
+        Err(e) => format!(
+            "<span class=missing>true-colour image unavailable: {}</span>",
+            escape(&format!("{e:#}"))
+        ),
     };
     let _ = write!(
         html,
@@ -364,11 +543,20 @@ fn section_lrp(html: &mut String, results: &Path, arch: &str, opts: &Options, st
          model's logit for the class and the classes it predicts at that epoch (its loss's decision rule); seed per loss: \
          the smallest.</p><table class=lrp><tr><th>epoch</th>",
         escape(&patch),
-        truth.iter().map(|c| short(c)).collect::<Vec<_>>().join(", "),
+        truth
+            .iter()
+            .map(|c| short(c))
+            .collect::<Vec<_>>()
+            .join(", "),
         escape(&class)
     );
     for l in &jobs {
-        let _ = write!(html, "<th>{}<br><span class=n>seed {}</span></th>", escape(&label(l)), seed_of[l.as_str()]);
+        let _ = write!(
+            html,
+            "<th>{}<br><span class=n>seed {}</span></th>",
+            escape(&label(l)),
+            seed_of[l.as_str()]
+        );
     }
     html.push_str("</tr>");
     for e in &shown {
@@ -377,14 +565,18 @@ fn section_lrp(html: &mut String, results: &Path, arch: &str, opts: &Options, st
             match maps.get(&(l.clone(), *e)) {
                 Some((map, logit)) => {
                     let png = crate::render::heatmap_png(map, FULL_SIDE as u32, 1)?;
-                    let pred = predicted
-                        .get(&(l.clone(), *e))
-                        .map_or(String::new(), |p| p.iter().map(|c| short(c)).collect::<Vec<_>>().join(", "));
+                    let pred = predicted.get(&(l.clone(), *e)).map_or(String::new(), |p| {
+                        p.iter().map(|c| short(c)).collect::<Vec<_>>().join(", ")
+                    });
                     let _ = write!(
                         html,
                         "<td>{}<br><span class=n>logit {logit:.2}</span><br><span class=pred>predicted: {}</span></td>",
                         png_img(&png, 120, &format!("{l}, epoch {e}")),
-                        if pred.is_empty() { "none".to_string() } else { pred }
+                        if pred.is_empty() {
+                            "none".to_string()
+                        } else {
+                            pred
+                        }
                     );
                 }
                 None => html.push_str("<td class=missing>no snapshot</td>"),
@@ -442,7 +634,9 @@ fn landscape_rows(results: &Path, arch: &str) -> Result<Vec<LandscapeRow>> {
 fn per_job<'a>(rows: &'a [LandscapeRow], kind: &str) -> BTreeMap<String, Vec<&'a LandscapeRow>> {
     let mut first: BTreeMap<String, (u64, &str)> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.kind == kind) {
-        let e = first.entry(r.job.clone()).or_insert((r.seed, r.name.as_str()));
+        let e = first
+            .entry(r.job.clone())
+            .or_insert((r.seed, r.name.as_str()));
         if (r.seed, r.name.as_str()) < *e {
             *e = (r.seed, r.name.as_str());
         }
@@ -450,20 +644,33 @@ fn per_job<'a>(rows: &'a [LandscapeRow], kind: &str) -> BTreeMap<String, Vec<&'a
     first
         .into_iter()
         .map(|(job, (seed, name))| {
-            let chosen = rows.iter().filter(|r| r.kind == kind && r.job == job && r.seed == seed && r.name == name).collect();
+            let chosen = rows
+                .iter()
+                .filter(|r| r.kind == kind && r.job == job && r.seed == seed && r.name == name)
+                .collect();
             (job, chosen)
         })
         .collect()
 }
 
-fn curves(per_job: &BTreeMap<String, Vec<&LandscapeRow>>, quantity: &str, x: impl Fn(&LandscapeRow) -> Option<f64>) -> Vec<charts::Series> {
+fn curves(
+    per_job: &BTreeMap<String, Vec<&LandscapeRow>>,
+    quantity: &str,
+    x: impl Fn(&LandscapeRow) -> Option<f64>,
+) -> Vec<charts::Series> {
     ordered(per_job.keys().cloned().collect())
         .into_iter()
         .map(|job| {
-            let mut points: Vec<(f64, f64)> =
-                per_job[&job].iter().filter(|r| r.quantity == quantity).filter_map(|r| x(r).map(|x| (x, r.value))).collect();
+            let mut points: Vec<(f64, f64)> = per_job[&job]
+                .iter()
+                .filter(|r| r.quantity == quantity)
+                .filter_map(|r| x(r).map(|x| (x, r.value)))
+                .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            charts::Series { name: label(&job), points }
+            charts::Series {
+                name: label(&job),
+                points,
+            }
         })
         .collect()
 }
@@ -482,16 +689,33 @@ fn section_landscape(html: &mut String, results: &Path, arch: &str) -> Result<()
     let one = per_job(&rows, "1d");
     if !one.is_empty() {
         html.push_str("<h4>1D: θ + α·d</h4>");
-        html.push_str(&charts::xy_chart(&curves(&one, "loss", |r| r.alpha), "α", "loss"));
-        html.push_str(&charts::xy_chart(&curves(&one, "f1_samples", |r| r.alpha), "α", "validation F1 (sample)"));
+        html.push_str(&charts::xy_chart(
+            &curves(&one, "loss", |r| r.alpha),
+            "α",
+            "loss",
+        ));
+        html.push_str(&charts::xy_chart(
+            &curves(&one, "f1_samples", |r| r.alpha),
+            "α",
+            "validation F1 (sample)",
+        ));
     }
     let two = per_job(&rows, "2d");
     if !two.is_empty() {
         // One colour scale for every loss: log10 of the loss where every value is positive.
-        let all: Vec<f64> = two.values().flatten().filter(|r| r.quantity == "loss").map(|r| r.value).collect();
+        let all: Vec<f64> = two
+            .values()
+            .flatten()
+            .filter(|r| r.quantity == "loss")
+            .map(|r| r.value)
+            .collect();
         let log = all.iter().all(|&v| v > 0.0);
         let scaled = |v: f64| if log { v.log10() } else { v };
-        let (lo, hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(scaled(v)), b.max(scaled(v))));
+        let (lo, hi) = all
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(scaled(v)), b.max(scaled(v)))
+            });
         let _ = write!(
             html,
             "<h4>2D: θ + α·d₁ + β·d₂, α left to right, β bottom to top</h4><p class=note>One colour scale for all: {} of the loss \
@@ -499,15 +723,25 @@ fn section_landscape(html: &mut String, results: &Path, arch: &str) -> Result<()
             if log { "log10" } else { "value" }
         );
         for job in ordered(two.keys().cloned().collect()) {
-            let mut cells: Vec<(f64, f64, f64)> =
-                two[&job].iter().filter(|r| r.quantity == "loss").filter_map(|r| Some((r.alpha?, r.beta?, scaled(r.value)))).collect();
+            let mut cells: Vec<(f64, f64, f64)> = two[&job]
+                .iter()
+                .filter(|r| r.quantity == "loss")
+                .filter_map(|r| Some((r.alpha?, r.beta?, scaled(r.value))))
+                .collect();
             cells.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
             let n = (cells.len() as f64).sqrt().round() as usize;
             let cell = if n >= 2 && n * n == cells.len() {
                 let values: Vec<f64> = cells.iter().map(|c| c.2).collect();
-                png_img(&crate::render::contour_png(&values, n, lo, hi, 12, 180)?, 180, &format!("{job}, 2D landscape"))
+                png_img(
+                    &crate::render::contour_png(&values, n, lo, hi, 12, 180)?,
+                    180,
+                    &format!("{job}, 2D landscape"),
+                )
             } else {
-                format!("<span class=missing>{} of the grid's points so far</span>", cells.len())
+                format!(
+                    "<span class=missing>{} of the grid's points so far</span>",
+                    cells.len()
+                )
             };
             let _ = write!(html, "<td>{}<br>{cell}</td>", escape(&label(&job)));
         }
@@ -516,12 +750,21 @@ fn section_landscape(html: &mut String, results: &Path, arch: &str) -> Result<()
     let interp = per_job(&rows, "interp");
     if !interp.is_empty() {
         html.push_str("<h4>Interpolation: (1 − t)·θ₀ + t·θ₁ between two checkpoints</h4>");
-        html.push_str(&charts::xy_chart(&curves(&interp, "loss", |r| r.alpha), "t", "loss"));
+        html.push_str(&charts::xy_chart(
+            &curves(&interp, "loss", |r| r.alpha),
+            "t",
+            "loss",
+        ));
     }
     let sharp = per_job(&rows, "sharpness");
     if !sharp.is_empty() {
         html.push_str("<h4>Sharpness: the dominant Hessian eigenvalue of the training loss per checkpoint</h4>");
-        html.push_str(&charts::line_chart(&curves(&sharp, "lambda_max", |r| r.checkpoint.map(f64::from)), "epoch", "λ_max", None));
+        html.push_str(&charts::line_chart(
+            &curves(&sharp, "lambda_max", |r| r.checkpoint.map(f64::from)),
+            "epoch",
+            "λ_max",
+            None,
+        ));
     }
     Ok(())
 }
@@ -534,7 +777,11 @@ struct RunsTable {
 }
 
 fn runs_table(results: &Path) -> Result<RunsTable> {
-    let mut out = RunsTable { rows: Vec::new(), archs: BTreeSet::new(), stores: Vec::new() };
+    let mut out = RunsTable {
+        rows: Vec::new(),
+        archs: BTreeSet::new(),
+        stores: Vec::new(),
+    };
     for b in table(results, "runs")? {
         let c = Columns::new("runs", &b);
         for i in 0..c.rows() {
@@ -570,7 +817,10 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}th{b
 /// Writes `out/index.html` from the tables under `results`; returns its path.
 pub fn render(results: &Path, out: &Path, opts: &Options) -> Result<PathBuf> {
     if !results.join("runs").is_dir() {
-        bail!("{} holds no merged tables: run `collector merge` first", results.display());
+        bail!(
+            "{} holds no merged tables: run `collector merge` first",
+            results.display()
+        );
     }
     let runs = runs_table(results)?;
     let mut html = format!(
@@ -580,7 +830,12 @@ pub fn render(results: &Path, out: &Path, opts: &Options) -> Result<PathBuf> {
         humantime::format_rfc3339_seconds(std::time::SystemTime::now())
     );
     let mut archs: Vec<&String> = runs.archs.iter().collect();
-    archs.sort_by_key(|a| ARCHS.iter().position(|(n, _)| n == a).unwrap_or(ARCHS.len()));
+    archs.sort_by_key(|a| {
+        ARCHS
+            .iter()
+            .position(|(n, _)| n == a)
+            .unwrap_or(ARCHS.len())
+    });
     for arch in archs {
         let _ = write!(html, "<h2>{}</h2>", escape(&arch_title(arch)));
         section_table_6_1(&mut html, &test_metrics(results, arch)?);
@@ -609,7 +864,10 @@ mod tests {
 
     #[test]
     fn jobs_follow_the_study_and_spread_is_the_sample_std() {
-        let jobs: BTreeSet<String> = ["wce", "mine", "ce", "sparsemax"].iter().map(|s| s.to_string()).collect();
+        let jobs: BTreeSet<String> = ["wce", "mine", "ce", "sparsemax"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(ordered(jobs), ["ce", "sparsemax", "wce", "mine"]);
         assert_eq!(label("focal"), "FL (focal)");
         let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
@@ -617,6 +875,9 @@ mod tests {
         assert_eq!(mean_std(&[0.5]), (0.5, 0.0));
         // One seed: no spread shown.
         assert_eq!(mean_cell(&[0.5]), "0.500");
-        assert_eq!(mean_cell(&[1.0, 3.0]), "2.000 <span class=sd>± 1.414</span>");
+        assert_eq!(
+            mean_cell(&[1.0, 3.0]),
+            "2.000 <span class=sd>± 1.414</span>"
+        );
     }
 }

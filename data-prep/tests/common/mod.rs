@@ -16,25 +16,49 @@ pub fn run(args: &[&str]) -> Output {
 /// Runs data-prep and returns its stdout, failing the test with its stderr if it failed.
 pub fn run_ok(args: &[&str]) -> String {
     let out = run(args);
-    assert!(out.status.success(), "data-prep {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "data-prep {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Runs data-prep expecting failure; returns stderr.
 pub fn run_err(args: &[&str]) -> String {
     let out = run(args);
-    assert!(!out.status.success(), "data-prep {args:?} should have failed:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "data-prep {args:?} should have failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8(out.stderr).unwrap()
 }
 
 pub fn synth(dir: &Path, patches: usize, seed: u64, format: &str) -> PathBuf {
     let out = dir.join(format!("archive-{format}-{seed}"));
-    run_ok(&["synth", "--patches", &patches.to_string(), "--seed", &seed.to_string(), "--format", format, "--out", out.to_str().unwrap()]);
+    run_ok(&[
+        "synth",
+        "--patches",
+        &patches.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--format",
+        format,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     out
 }
 
 pub fn convert(archive: &Path, out: &Path, extra: &[&str]) -> String {
-    let mut args = vec!["convert", "--archive", archive.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "convert",
+        "--archive",
+        archive.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     run_ok(&args)
 }
@@ -49,7 +73,10 @@ pub fn fixtures() -> PathBuf {
 /// trailing side² little-endian u16, read without any TIFF parser.
 pub fn raw_pixels(path: &Path, side: usize) -> Vec<u16> {
     let bytes = std::fs::read(path).unwrap();
-    bytes[bytes.len() - side * side * 2..].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+    bytes[bytes.len() - side * side * 2..]
+        .chunks(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
 }
 
 /// Every file below `dir`, relative path → contents.
@@ -62,7 +89,10 @@ pub fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -74,9 +104,23 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     let (ta, tb) = (tree(a), tree(b));
     let only_a: Vec<_> = ta.keys().filter(|k| !tb.contains_key(*k)).collect();
     let only_b: Vec<_> = tb.keys().filter(|k| !ta.contains_key(*k)).collect();
-    assert!(only_a.is_empty() && only_b.is_empty(), "only in {}: {only_a:?}; only in {}: {only_b:?}", a.display(), b.display());
-    let differ: Vec<_> = ta.iter().filter(|(k, v)| tb[*k] != **v).map(|(k, _)| k).collect();
-    assert!(differ.is_empty(), "files differ between {} and {}: {differ:?}", a.display(), b.display());
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "only in {}: {only_a:?}; only in {}: {only_b:?}",
+        a.display(),
+        b.display()
+    );
+    let differ: Vec<_> = ta
+        .iter()
+        .filter(|(k, v)| tb[*k] != **v)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "files differ between {} and {}: {differ:?}",
+        a.display(),
+        b.display()
+    );
     assert!(ta.len() > 10, "suspiciously few files in {}", a.display());
 }
 
@@ -86,7 +130,11 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 /// metadata are copied beside it, as the downloads come.
 pub fn pack_with_system_tar(archive: &Path, dest: &Path, compress: Option<&str>) -> PathBuf {
     std::fs::create_dir_all(dest).unwrap();
-    let folder = if archive.join("BigEarthNet-v1.0").is_dir() { "BigEarthNet-v1.0" } else { "BigEarthNet-S2" };
+    let folder = if archive.join("BigEarthNet-v1.0").is_dir() {
+        "BigEarthNet-v1.0"
+    } else {
+        "BigEarthNet-S2"
+    };
     let ext = match compress {
         Some("gz") => "tar.gz",
         Some("zst") => "tar.zst",
@@ -100,7 +148,14 @@ pub fn pack_with_system_tar(archive: &Path, dest: &Path, compress: Option<&str>)
         Some("zst") => tar.arg("--zstd"),
         _ => &mut tar,
     };
-    let status = tar.arg("-f").arg(&out).arg("-C").arg(archive).arg(folder).status().unwrap();
+    let status = tar
+        .arg("-f")
+        .arg(&out)
+        .arg("-C")
+        .arg(archive)
+        .arg(folder)
+        .status()
+        .unwrap();
     assert!(status.success(), "tar failed");
     for e in std::fs::read_dir(archive).unwrap() {
         let p = e.unwrap().path();
