@@ -15,7 +15,7 @@ FEATURES := --features lossbench/mpi
 
 export LOSSBENCH_DATA_PREP := $(abspath $(DATA_PREP))
 
-.PHONY: all deps deps-torch build lint test test-rust test-python demo demo-beyond bench fuzz clean gpu-bundle
+.PHONY: all deps deps-torch build lint test test-rust test-python demo demo-beyond bench fuzz chaos clean gpu-bundle
 
 all: build
 
@@ -133,6 +133,16 @@ fuzz: deps
 	LOSSBENCH_FUZZ_CASES=$(FUZZ_CASES) LOSSBENCH_FUZZ_REPORT=$(abspath $(WORK)/fuzz/report.jsonl) \
 	  $(CARGO) test --release --locked --workspace $(FEATURES) --test fuzz
 	$(PY) scripts/fuzz_table.py $(WORK)/fuzz/report.jsonl | tee $(WORK)/fuzz/report.md
+
+# The chaos suite (tests/python/test_chaos.py, docs/reliability.md) with CHAOS_TRIALS trials per
+# random scenario instead of the tests' 3, on the real single-node SLURM and OpenMPI; the table
+# goes to work/chaos/report.md.
+CHAOS_TRIALS ?= 20
+chaos: deps build
+	@mkdir -p $(WORK)/chaos && rm -f $(WORK)/chaos/report.jsonl
+	CHAOS_TRIALS=$(CHAOS_TRIALS) CHAOS_REPORT=$(abspath $(WORK)/chaos/report.jsonl) \
+	  $(VENV)/bin/pytest -q tests/python/test_chaos.py
+	$(PY) scripts/chaos_table.py $(WORK)/chaos/report.jsonl | tee $(WORK)/chaos/report.md
 
 clean:
 	rm -rf $(WORK) target

@@ -18,7 +18,7 @@ fn main() -> Result<()> {
     };
     let spec: LossSpec =
         toml::from_str(spec).with_context(|| format!("not a [loss] section: {spec}"))?;
-    let loss = Loss::new(&spec, &[0; data_prep::labels::NUM_CLASSES], 0);
+    let loss = Loss::new(&spec, &[0; lossbench_core::labels::NUM_CLASSES], 0);
     let read = Tensor::read_safetensors(input).with_context(|| format!("reading {input}"))?;
     let get = |name: &str| {
         read.iter()

@@ -22,8 +22,11 @@ dest="$deps/libtorch-$flavour"
 [[ -f "$dest/.complete" && "$(cat "$dest/.complete")" == "$version" ]] && exit 0
 echo "setup-libtorch: assembling the $flavour libtorch $version in $dest" >&2
 mkdir -p "$deps/wheels"
-pip_dl() { python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-  --python-version 3.11 -d "$deps/wheels" "$1"; }
+# The project venv's pip: Debian's system Python has none (python3-pip is not installed by
+# default), and its venv module brings one.
+"$root/scripts/setup-python.sh"
+pip_dl() { "$root/.cache/venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+  --only-binary=:all: --python-version 3.11 -d "$deps/wheels" "$1"; }
 pip_dl "torch==$version"
 # The CUDA runtime versions torch 2.11.0's cuda-toolkit 13.0.2 pins.
 pip_dl nvidia-cuda-runtime==13.0.96

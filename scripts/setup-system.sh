@@ -4,7 +4,9 @@
 set -euo pipefail
 missing=()
 # The Rust toolchain and a C compiler (zstd, blosc) come with the machine; Python needs venv.
-python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+# Debian's python3 has the venv module but not ensurepip (it comes with python3-venv), without
+# which a venv has no pip.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v cc >/dev/null || missing+=(gcc)
 command -v unzip >/dev/null || missing+=(unzip)
 # MPI data parallelism (the trainer's `mpi` feature): OpenMPI, and libclang + pkg-config for

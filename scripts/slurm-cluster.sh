@@ -30,7 +30,10 @@ esac
 
 stop
 host=$(hostname -s)
+# At least 4 CPUs, so that a planning job or a collector can start beside a 2-rank task on a
+# 2-core machine (slurmd takes the configured count, config_overrides).
 cpus=$(nproc)
+((cpus >= 4)) || cpus=4
 mem=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2))
 mkdir -p "$dir"/{spool,state,log,munge}
 rm -rf "${dir:?}"/state/* "${dir:?}"/spool/*
@@ -59,6 +62,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=pmix
 ReturnToService=2
+SlurmdParameters=config_overrides
 SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
 SlurmdSpoolDir=$dir/spool

@@ -7,8 +7,8 @@
 #   RUN=work/runs/ce-seed0 KIND=2d TASKS=8 sbatch --ntasks=1 --gpus-per-task=1 slurm/landscape.sh
 #
 # Submitted with sbatch, this script first runs as a short planning job that submits itself as
-# an array of TASKS tasks with the planning job's shape (tasks, nodes, CPUs and GPUs per task,
-# time limit, partition), then the collector behind the array.
+# an array of TASKS tasks with the planning job's shape (tasks, nodes, CPUs, GPUs, memory, time
+# limit, partition: slurm/common.sh, as slurm/sweep.sh does), then the collector behind the array.
 #
 # Environment (defaults in brackets):
 #   RUN [required: the run folder]  KIND [2d: 1d 2d interp sharpness]  TASKS [4]
@@ -23,14 +23,14 @@
 #SBATCH --open-mode=append
 set -euo pipefail
 
-script="${LANDSCAPE_SCRIPT:-}"
-if [[ -z "$script" && -n "${SLURM_JOB_ID:-}" ]]; then
-  script=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n1)
+# slurm/common.sh, beside the submitted script (a job runs a spooled copy of it).
+if [[ -z "${LOSSBENCH_SLURM:-}" && -n "${SLURM_JOB_ID:-}" ]]; then
+  LOSSBENCH_SLURM=$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')")
 fi
-[[ -n "$script" && -f "$script" ]] || script="${BASH_SOURCE[0]}"
-script=$(cd "$(dirname "$script")" && pwd)/$(basename "$script")
-repo=$(dirname "$(dirname "$script")")
-cd "${SLURM_SUBMIT_DIR:-$repo}"
+# shellcheck source=slurm/common.sh
+source "${LOSSBENCH_SLURM:-$(dirname "${BASH_SOURCE[0]}")}/common.sh"
+lb_name=landscape
+script="$lb_slurm_dir/landscape.sh"
 
 RUN="${RUN:?set RUN to the run folder}"
 KIND="${KIND:-2d}"
@@ -38,46 +38,32 @@ TASKS="${TASKS:-4}"
 RUNS_DIR=$(dirname "$RUN")
 RESULTS="${RESULTS:-$(dirname "$RUNS_DIR")/results}"
 REPORT="${REPORT:-$(dirname "$RUNS_DIR")/report}"
-TRAINER="${TRAINER:-$repo/target/release/trainer}"
-COLLECTOR="${COLLECTOR:-$repo/target/release/collector}"
 LOGS="${LOGS:-$RUN/landscape/logs}"
-export LANDSCAPE_SCRIPT="$script" RUN KIND TASKS RESULTS REPORT TRAINER COLLECTOR LOGS
-
-log() { echo "[landscape $(date +%H:%M:%S)] $*"; }
+export RUN KIND TASKS RESULTS REPORT LOGS
 
 plan() {
   [[ -x "$TRAINER" ]] || { echo "landscape: no trainer at $TRAINER (build it: make build)" >&2; exit 1; }
   [[ -f "$RUN/config.toml" ]] || { echo "landscape: $RUN is not a run folder (no config.toml)" >&2; exit 1; }
   [[ "$TASKS" =~ ^[1-9][0-9]*$ ]] || { echo "landscape: TASKS=$TASKS is not a positive number" >&2; exit 1; }
   mkdir -p "$LOGS"
-  local shape=()
-  [[ -n "${SLURM_NTASKS:-}" ]] && shape+=("--ntasks=$SLURM_NTASKS")
-  [[ -n "${SLURM_JOB_NUM_NODES:-}" ]] && shape+=("--nodes=$SLURM_JOB_NUM_NODES")
-  [[ -n "${SLURM_CPUS_PER_TASK:-}" ]] && shape+=("--cpus-per-task=$SLURM_CPUS_PER_TASK")
-  [[ -n "${SLURM_GPUS_PER_TASK:-}" ]] && shape+=("--gpus-per-task=$SLURM_GPUS_PER_TASK")
-  [[ -n "${SLURM_JOB_PARTITION:-}" ]] && shape+=("--partition=$SLURM_JOB_PARTITION")
-  if [[ -n "${SLURM_JOB_ID:-}" ]]; then
-    local limit
-    limit=$(squeue -h -j "$SLURM_JOB_ID" -o %l 2>/dev/null || true)
-    [[ -n "$limit" && "$limit" != UNLIMITED && "$limit" != INVALID ]] && shape+=("--time=$limit")
-  fi
+  lb_job_shape
   # shellcheck disable=SC2206
   local extra=(${LANDSCAPE_SBATCH_ARGS:-})
   local array_id
-  array_id=$(sbatch --parsable --array="0-$((TASKS - 1))" "${shape[@]}" "${extra[@]}" --job-name=lossbench-landscape \
+  array_id=$(sbatch --parsable --array="0-$((TASKS - 1))" "${lb_shape[@]}" "${extra[@]}" --job-name=lossbench-landscape \
     --output="$LOGS/%A_%a.out" --export=ALL "$script")
   array_id=${array_id%%;*}
-  log "submitted array job $array_id: $KIND landscape of $RUN in $TASKS task(s); logs: $LOGS/${array_id}_<task>.out"
+  lb_log "submitted array job $array_id: $KIND landscape of $RUN in $TASKS task(s); logs: $LOGS/${array_id}_<task>.out"
   local collect_id
   collect_id=$(sbatch --parsable --dependency="afterany:$array_id" --ntasks=1 --nodes=1 --time=1:00:00 \
     --job-name=lossbench-collect --output="$LOGS/collect-%j.out" --export=ALL,LANDSCAPE_ROLE=collect "$script")
-  log "submitted collector job ${collect_id%%;*}; results: $RESULTS, report: $REPORT"
+  lb_log "submitted collector job ${collect_id%%;*}; results: $RESULTS, report: $REPORT"
 }
 
 task() {
   local k=$((SLURM_ARRAY_TASK_ID - ${SLURM_ARRAY_TASK_MIN:-0}))
   local n=${SLURM_ARRAY_TASK_COUNT:-$TASKS}
-  log "task $k of $n: $KIND landscape of $RUN on ${SLURM_NTASKS:-1} rank(s)"
+  lb_log "task $k of $n: $KIND landscape of $RUN on ${SLURM_NTASKS:-1} rank(s)"
   # shellcheck disable=SC2206
   local args=(${LANDSCAPE_ARGS:-})
   srun ${SRUN_MPI:+--mpi=$SRUN_MPI} --kill-on-bad-exit=1 "$TRAINER" landscape --run "$RUN" --kind "$KIND" \
@@ -85,7 +71,7 @@ task() {
 }
 
 collect() {
-  log "every landscape task has ended"
+  lb_log "every landscape task has ended"
   "$COLLECTOR" merge --runs "$RUNS_DIR" --out "$RESULTS"
   "$COLLECTOR" report --results "$RESULTS" --out "$REPORT"
 }

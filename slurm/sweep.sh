@@ -9,12 +9,13 @@
 #   sbatch --ntasks=4 --gpus-per-task=1 --time=24:00:00 slurm/sweep.sh
 #
 # Submitted with sbatch, this script first runs as a short planning job: it lists the runs still
-# to train (finished ones are skipped, unfinished ones resume from their last checkpoint),
-# submits itself again as a job array with the planning job's shape (tasks, nodes, CPUs and GPUs
-# per task, time limit, partition), and submits the collector behind the array. Each array task
-# is one run. Before the time limit SLURM signals the task (--signal below); the trainer
-# checkpoints and exits 75, and the task requeues itself and resumes. docs/cluster.md has the
-# details.
+# to train (finished ones, and ones a running job is training, are skipped and named; unfinished
+# ones resume from their last checkpoint), submits itself again as a job array with the planning
+# job's shape (slurm/common.sh), and submits the collector behind the array. Each array task is
+# one run; a task whose run another job is training by then (a second sweep submitted while
+# the first runs) leaves it to that job. Before the time limit SLURM signals the task (--signal
+# below); the trainer checkpoints and exits 75, and the task requeues itself and resumes.
+# docs/cluster.md has the details.
 #
 # Environment (defaults in brackets):
 #   LOSSES [ce wce focal hamming huber sparsemax ranking: job configs JOBS/<name>.toml]
@@ -33,16 +34,14 @@
 #SBATCH --open-mode=append
 set -euo pipefail
 
-# The repository: the folder above this script (inside a job, sbatch runs a copy, so ask SLURM
-# for the submitted path).
-script="${SWEEP_SCRIPT:-}"
-if [[ -z "$script" && -n "${SLURM_JOB_ID:-}" ]]; then
-  script=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n1)
+# slurm/common.sh, beside the submitted script (a job runs a spooled copy of it).
+if [[ -z "${LOSSBENCH_SLURM:-}" && -n "${SLURM_JOB_ID:-}" ]]; then
+  LOSSBENCH_SLURM=$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')")
 fi
-[[ -n "$script" && -f "$script" ]] || script="${BASH_SOURCE[0]}"
-script=$(cd "$(dirname "$script")" && pwd)/$(basename "$script")
-repo=$(dirname "$(dirname "$script")")
-cd "${SLURM_SUBMIT_DIR:-$repo}"
+# shellcheck source=slurm/common.sh
+source "${LOSSBENCH_SLURM:-$(dirname "${BASH_SOURCE[0]}")}/common.sh"
+lb_name=sweep
+script="$lb_slurm_dir/sweep.sh"
 
 LOSSES="${LOSSES:-ce wce focal hamming huber sparsemax ranking}"
 SEEDS="${SEEDS:-0 1 2}"
@@ -51,13 +50,13 @@ DATA="${DATA:-work/store.zarr}"
 OUT="${OUT:-work/runs}"
 RESULTS="${RESULTS:-$(dirname "$OUT")/results}"
 REPORT="${REPORT:-$(dirname "$OUT")/report}"
-JOBS="${JOBS:-$repo/jobs}"
-TRAINER="${TRAINER:-$repo/target/release/trainer}"
-COLLECTOR="${COLLECTOR:-$repo/target/release/collector}"
+JOBS="${JOBS:-$lb_repo/jobs}"
 LOGS="${LOGS:-$OUT/logs}"
-export SWEEP_SCRIPT="$script" LOSSES SEEDS ARCHS DATA OUT RESULTS REPORT JOBS TRAINER COLLECTOR LOGS
+export LOSSES SEEDS ARCHS DATA OUT RESULTS REPORT JOBS LOGS
 
-log() { echo "[sweep $(date +%H:%M:%S)] $*"; }
+# Exit codes of the trainer (docs/training.md, "Exit codes").
+EXIT_BUSY=73
+EXIT_REQUEUE=75
 
 run_finished() { [[ -f "$OUT/$1/test_metrics.json" ]]; }
 
@@ -71,14 +70,19 @@ plan() {
     [[ -f "$JOBS/$loss.toml" ]] || { echo "sweep: no job config $JOBS/$loss.toml (LOSSES=\"$LOSSES\")" >&2; exit 1; }
   done
   mkdir -p "$OUT/.sweep" "$LOGS"
-  local plan_file="$OUT/.sweep/plan-${SLURM_JOB_ID:-$$}.txt" n=0 skipped=0
+  local plan_file="$OUT/.sweep/plan-${SLURM_JOB_ID:-$$}.txt" n=0 finished=0 held=0 id holder
   : > "$plan_file"
   for arch in $ARCHS; do
     case "$arch" in kbranch | resnet50 | vgg16) ;; *) echo "sweep: unknown architecture $arch (ARCHS=\"$ARCHS\")" >&2; exit 1 ;; esac
     for loss in $LOSSES; do
       for seed in $SEEDS; do
-        if run_finished "$(run_id_of "$loss" "$arch" "$seed")"; then
-          skipped=$((skipped + 1))
+        id=$(run_id_of "$loss" "$arch" "$seed")
+        if run_finished "$id"; then
+          finished=$((finished + 1))
+          lb_log "skipping $id: finished"
+        elif holder=$(lb_run_held "$OUT/$id"); then
+          held=$((held + 1))
+          lb_log "skipping $id: held by $holder"
         else
           echo "$loss $arch $seed" >> "$plan_file"
           n=$((n + 1))
@@ -86,37 +90,24 @@ plan() {
       done
     done
   done
-  log "$n run(s) to train or resume, $skipped finished run(s) kept; plan in $plan_file"
+  lb_log "$n run(s) to train or resume, $finished finished, $held being trained by running jobs; plan in $plan_file"
 
-  # The array tasks get this job's shape unless the script's #SBATCH lines say otherwise.
-  local shape=()
-  [[ -n "${SLURM_NTASKS:-}" ]] && shape+=("--ntasks=$SLURM_NTASKS")
-  [[ -n "${SLURM_JOB_NUM_NODES:-}" ]] && shape+=("--nodes=$SLURM_JOB_NUM_NODES")
-  [[ -n "${SLURM_CPUS_PER_TASK:-}" ]] && shape+=("--cpus-per-task=$SLURM_CPUS_PER_TASK")
-  [[ -n "${SLURM_GPUS_PER_TASK:-}" ]] && shape+=("--gpus-per-task=$SLURM_GPUS_PER_TASK")
-  [[ -n "${SLURM_GPUS_PER_NODE:-}" ]] && shape+=("--gpus-per-node=$SLURM_GPUS_PER_NODE")
-  [[ -n "${SLURM_JOB_PARTITION:-}" ]] && shape+=("--partition=$SLURM_JOB_PARTITION")
-  if [[ -n "${SLURM_JOB_ID:-}" ]]; then
-    local limit
-    limit=$(squeue -h -j "$SLURM_JOB_ID" -o %l 2>/dev/null || true)
-    [[ -n "$limit" && "$limit" != UNLIMITED && "$limit" != INVALID ]] && shape+=("--time=$limit")
-  fi
+  lb_job_shape
   # shellcheck disable=SC2206
   local extra=(${SWEEP_SBATCH_ARGS:-})
-
   local dependency=()
   if ((n > 0)); then
     local array_id
-    array_id=$(sbatch --parsable --array="0-$((n - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}" "${shape[@]}" "${extra[@]}" \
+    array_id=$(sbatch --parsable --array="0-$((n - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}" "${lb_shape[@]}" "${extra[@]}" \
       --job-name=lossbench-train --output="$LOGS/%A_%a.out" --export=ALL,SWEEP_PLAN="$plan_file" "$script")
     array_id=${array_id%%;*}
-    log "submitted array job $array_id (tasks 0-$((n - 1))); logs: $LOGS/${array_id}_<task>.out"
+    lb_log "submitted array job $array_id (tasks 0-$((n - 1))); logs: $LOGS/${array_id}_<task>.out"
     dependency=(--dependency="afterany:$array_id")
   fi
   local collect_id
   collect_id=$(sbatch --parsable "${dependency[@]}" --ntasks=1 --nodes=1 --time=2:00:00 --job-name=lossbench-collect \
     --output="$LOGS/collect-%j.out" --export=ALL,SWEEP_ROLE=collect "$script")
-  log "submitted collector job ${collect_id%%;*}; results: $RESULTS, report: $REPORT"
+  lb_log "submitted collector job ${collect_id%%;*}; results: $RESULTS, report: $REPORT"
 }
 
 train_task() {
@@ -127,12 +118,12 @@ train_task() {
   local run_id
   run_id=$(run_id_of "$loss" "$arch" "$seed")
   if run_finished "$run_id"; then
-    log "$run_id already finished"
+    lb_log "$run_id already finished"
     return 0
   fi
   local epochs=()
   [[ -n "${EPOCHS:-}" ]] && epochs=(--epochs "$EPOCHS")
-  log "task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}: $run_id on $SLURM_NTASKS rank(s), restart ${SLURM_RESTART_COUNT:-0}"
+  lb_log "task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}: $run_id on $SLURM_NTASKS rank(s), restart ${SLURM_RESTART_COUNT:-0}"
   # shellcheck disable=SC2206
   local train_args=(${TRAIN_ARGS:-})
   srun ${SRUN_MPI:+--mpi=$SRUN_MPI} --kill-on-bad-exit=1 "$TRAINER" train --config "$JOBS/$loss.toml" \
@@ -141,7 +132,7 @@ train_task() {
   local step=$!
   # The time-limit signal (and scancel --signal) reaches this script: pass it to the ranks,
   # which finish their step, checkpoint and exit 75.
-  trap 'log "signal: asking the trainer to checkpoint"; kill -USR1 "$step" 2>/dev/null || true' USR1 TERM
+  trap 'lb_log "signal: asking the trainer to checkpoint"; kill -USR1 "$step" 2>/dev/null || true' USR1 TERM
   local rc=0
   while true; do
     wait "$step" && rc=0 || rc=$?
@@ -149,22 +140,23 @@ train_task() {
   done
   trap - USR1 TERM
   case "$rc" in
-    0) log "$run_id finished" ;;
-    75)
-      log "$run_id checkpointed before the time limit: requeueing"
-      scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" || log "requeue refused (already requeued?)"
+    0) lb_log "$run_id finished" ;;
+    "$EXIT_REQUEUE")
+      lb_log "$run_id checkpointed before the time limit: requeueing"
+      scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" || lb_log "requeue refused (already requeued?)"
       ;;
-    *) log "$run_id failed with exit code $rc"; return "$rc" ;;
+    "$EXIT_BUSY") lb_log "$run_id is being trained by another job: left to it" ;;
+    *) lb_log "$run_id failed with exit code $rc"; return "$rc" ;;
   esac
 }
 
 collect() {
-  log "every training task has ended"
+  lb_log "every training task has ended"
   if [[ -x "$COLLECTOR" ]]; then
     "$COLLECTOR" merge --runs "$OUT" --out "$RESULTS"
     "$COLLECTOR" report --results "$RESULTS" --out "$REPORT"
   else
-    log "no collector at $COLLECTOR; finished runs:"
+    lb_log "no collector at $COLLECTOR; finished runs:"
     for dir in "$OUT"/*/; do
       run_finished "$(basename "$dir")" && echo "  $(basename "$dir")"
     done

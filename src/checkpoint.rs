@@ -37,6 +37,9 @@ pub struct State {
     pub best_f1: f64,
     /// CRC-32 of `model.safetensors` and `optimizer.safetensors`.
     pub crc32: [u32; 2],
+    /// The configuration that produced it (absent in checkpoints written before fingerprints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<crate::resume::Fingerprint>,
 }
 
 pub struct Loaded {
@@ -119,7 +122,7 @@ pub fn save(
         ))
     };
     state.crc32 = [crc(MODEL)?, crc(OPTIMIZER)?];
-    crate::results::write_atomically(&tmp.join(STATE), &serde_json::to_vec_pretty(&state)?)?;
+    lossbench_core::files::write_atomically(&tmp.join(STATE), &serde_json::to_vec_pretty(&state)?)?;
     sync_dir(&tmp)?;
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir)
@@ -214,15 +217,19 @@ fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
         .map_err(|e| damaged(format!("{STATE}: {e}")))?;
     let mut tensors = Vec::new();
     for (file, crc) in [MODEL, OPTIMIZER].into_iter().zip(state.crc32) {
-        let bytes = read_file(dir, file)?;
-        let got = crc32fast::hash(&bytes);
+        // The bytes are dropped before the tensors are read: a checkpoint is held once.
+        let got = crc32fast::hash(&read_file(dir, file)?);
         if got != crc {
             return Err(damaged(format!(
                 "{file}: checksum {got:08x}, expected {crc:08x}"
             )));
         }
-        let read = Tensor::read_safetensors(dir.join(file))
-            .map_err(|e| damaged(format!("{file}: {e}")))?;
+        // Its bytes verified, the file is whole: failing to read it now (memory, I/O) says
+        // nothing against it, and must not make a resume fall back to an older checkpoint.
+        let read = Tensor::read_safetensors(dir.join(file)).map_err(|e| LoadError::Unreadable {
+            dir: dir.into(),
+            source: anyhow!("reading {}: {e}", dir.join(file).display()),
+        })?;
         tensors.push(read);
     }
     let optimizer = tensors.pop().unwrap_or_default();
@@ -250,8 +257,22 @@ pub fn latest(run: &Path) -> Result<Option<Loaded>> {
 
 /// The checkpoint of a given epoch (e.g. the best one), verified.
 pub fn at_epoch(run: &Path, epoch: u32) -> Result<Loaded> {
-    load_dir(&epoch_dir(run, epoch))
-        .with_context(|| format!("loading the checkpoint of epoch {epoch}"))
+    let dir = epoch_dir(run, epoch);
+    if !dir.exists() {
+        let kept = epochs(run)?;
+        let kept = if kept.is_empty() {
+            "it has none".to_string()
+        } else {
+            let list: Vec<String> = kept.iter().map(u32::to_string).collect();
+            format!("it keeps epoch(s) {}", list.join(", "))
+        };
+        bail!(
+            "{} has no checkpoint of epoch {epoch}: {kept} (the newest checkpoint.keep_last and \
+             the best are kept, older ones pruned)",
+            run.display()
+        );
+    }
+    load_dir(&dir).with_context(|| format!("loading the checkpoint of epoch {epoch}"))
 }
 
 /// Copies saved tensors into `vars` by name, after checking that every variable has a saved
@@ -309,6 +330,7 @@ mod tests {
             best_epoch,
             best_f1: 0.5,
             crc32: [0, 0],
+            fingerprint: None,
         }
     }
 

@@ -17,15 +17,58 @@ pub fn resolve(choice: DeviceChoice, local_rank: usize) -> Result<Device> {
     Ok(match choice {
         DeviceChoice::Cpu => Device::Cpu,
         DeviceChoice::Auto if tch::Cuda::is_available() => gpu(),
-        DeviceChoice::Auto => Device::Cpu,
+        // A job that asked for GPUs and sees none would silently train on the CPU for days.
+        DeviceChoice::Auto => match requested_gpus() {
+            Some((var, value)) => bail!(
+                "run.device = \"auto\" in a job that asked for GPUs ({var}={value}) but libtorch \
+                 finds no CUDA device ({}); set run.device = \"cpu\" to train on the CPU anyway",
+                cuda_absence()
+            ),
+            None => Device::Cpu,
+        },
         DeviceChoice::Cuda if tch::Cuda::is_available() => gpu(),
         DeviceChoice::Cuda => bail!(
             "run.device = \"cuda\" but libtorch finds no CUDA device ({}); see `trainer env`",
-            match loaded_library("libtorch_cuda") {
-                Some(path) => format!("libtorch_cuda is loaded from {path}, so no GPU is visible to this process"),
-                None => "this trainer runs without libtorch_cuda: build it against a CUDA libtorch (docs/cluster.md)".into(),
-            }
+            cuda_absence()
         ),
+    })
+}
+
+/// Why libtorch sees no GPU, as far as this process can tell.
+fn cuda_absence() -> String {
+    match loaded_library("libtorch_cuda") {
+        Some(path) => {
+            format!("libtorch_cuda is loaded from {path}, so no GPU is visible to this process")
+        }
+        None => "this trainer runs without libtorch_cuda: build it against a CUDA libtorch \
+                 (docs/cluster.md)"
+            .into(),
+    }
+}
+
+/// A device as `run.json` and the logs name it: `cpu` or `cuda:<index>`.
+pub fn name(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Cpu => "cpu".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The GPUs a SLURM job or its launcher asked for, when it did: the variable that says so and
+/// its value.
+fn requested_gpus() -> Option<(&'static str, String)> {
+    [
+        "SLURM_GPUS_ON_NODE",
+        "SLURM_GPUS_PER_TASK",
+        "SLURM_JOB_GPUS",
+        "SLURM_STEP_GPUS",
+    ]
+    .into_iter()
+    .find_map(|var| {
+        let v = std::env::var(var).ok()?;
+        let none = v.is_empty() || v == "0" || v.eq_ignore_ascii_case("none");
+        (!none).then_some((var, v))
     })
 }
 

@@ -129,6 +129,46 @@ impl Dist {
         }
     }
 
+    /// Whether any rank passes `true`.
+    pub fn any(&self, flag: bool) -> bool {
+        let mut v = [u64::from(flag)];
+        self.sum_u64(&mut v);
+        v[0] > 0
+    }
+
+    /// The ranks that pass `true` (every rank must call this).
+    pub fn ranks_with(&self, flag: bool) -> Vec<usize> {
+        let mut v = vec![0u64; self.world_size];
+        v[self.rank] = u64::from(flag);
+        self.sum_u64(&mut v);
+        (0..self.world_size).filter(|&r| v[r] > 0).collect()
+    }
+
+    /// Rank 0's `values`, on every rank (the others' are replaced).
+    pub fn broadcast_f64(&self, values: &mut [f64]) {
+        if !self.is_root() {
+            values.iter_mut().for_each(|v| *v = 0.0);
+        }
+        self.sum_f64(values);
+    }
+
+    /// The value of this node's first rank (local rank 0), on every rank of the node.
+    pub fn node_broadcast_u64(&self, value: u64) -> u64 {
+        #[cfg(feature = "mpi")]
+        if let Some(w) = &self.mpi {
+            return w.node_broadcast(value);
+        }
+        value
+    }
+
+    /// Waits until every rank of this node reaches this point.
+    pub fn node_barrier(&self) {
+        #[cfg(feature = "mpi")]
+        if let Some(w) = &self.mpi {
+            w.node_barrier();
+        }
+    }
+
     /// Waits until every rank reaches this point.
     pub fn barrier(&self) {
         #[cfg(feature = "mpi")]
@@ -263,6 +303,8 @@ mod mpi_world {
     /// MPI state; dropping it finalizes MPI.
     pub struct World {
         world: SimpleCommunicator,
+        /// The ranks of this node (sharing memory).
+        node: SimpleCommunicator,
         /// Receive buffers of [`World::sum_overlapped`], kept between steps: the gradients are
         /// tens of MB, reduced every step.
         received: RefCell<Vec<Vec<f32>>>,
@@ -287,6 +329,7 @@ mod mpi_world {
             Ok(Dist {
                 mpi: Some(World {
                     world,
+                    node,
                     received: RefCell::new(Vec::new()),
                     _universe: universe,
                 }),
@@ -332,6 +375,15 @@ mod mpi_world {
 
         pub fn barrier(&self) {
             self.world.barrier();
+        }
+
+        pub fn node_broadcast(&self, mut value: u64) -> u64 {
+            self.node.process_at_rank(0).broadcast_into(&mut value);
+            value
+        }
+
+        pub fn node_barrier(&self) {
+            self.node.barrier();
         }
     }
 }

@@ -1,15 +1,20 @@
 //! Evaluating a split in eval mode (validation every epoch, test at the end with the best
-//! epoch's weights), exactly and identically on any number of ranks.
+//! epoch's weights), exactly and identically on any number of ranks: ranks evaluate alternate
+//! batches and sum their integer counts, so the metrics equal one process's.
+//!
+//! A stop signal is honoured between batches (the ranks agree on it after each batch), so that
+//! a time limit's signal arriving during a long validation does not wait for its end.
 
 use anyhow::{Context, Result};
 use tch::Device;
 
-use crate::checkpoint;
-use crate::data::Source;
-use crate::labels::NUM_CLASSES;
-use crate::metrics::Counts;
-use crate::records::{self, TestOutcome};
-use crate::run::Run;
+use crate::data::{Loading, Source};
+use crate::dist::Dist;
+use crate::failure;
+use crate::losses::Loss;
+use crate::network::Network;
+use lossbench_core::labels::NUM_CLASSES;
+use lossbench_core::metrics::Counts;
 
 /// A split's evaluation.
 pub struct Evaluation {
@@ -20,65 +25,83 @@ pub struct Evaluation {
     pub decisions: Vec<u8>,
 }
 
-impl Run {
+/// What evaluating needs: the network, its loss, the ranks, the loader.
+pub struct Evaluator<'a> {
+    pub net: &'a Network,
+    pub loss: &'a Loss,
+    pub dist: &'a Dist,
+    pub loading: &'a Loading,
+    /// Patches per forward pass on each rank.
+    pub batch: usize,
+    /// For the messages of caught libtorch errors.
+    pub context: failure::Context,
+}
+
+impl Evaluator<'_> {
     /// Mean loss and metric counts over a split, in eval mode; with `keep`, also every patch's
-    /// logits and decisions. Ranks evaluate alternate batches and sum their integer counts, so
-    /// the metrics equal one process's exactly.
-    pub fn evaluate(&self, source: &Source, keep: bool) -> Result<Evaluation> {
+    /// logits and decisions. `stop` is polled after each batch: `None` when a rank asked to
+    /// stop before the end.
+    pub fn evaluate(
+        &self,
+        source: &Source,
+        keep: bool,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Evaluation>> {
         let split = source.split().clone();
-        let t = &self.config.train;
         let order: Vec<usize> = (0..split.len).collect();
         let (rank, world) = (self.dist.rank, self.dist.world_size);
         let lists: Vec<Vec<usize>> = order
-            .chunks(t.batch_size)
+            .chunks(self.batch)
             .skip(rank)
             .step_by(world)
             .map(<[usize]>::to_vec)
             .collect();
-        let mut batches = source.batches(lists, &self.loading)?;
-        let row = NUM_CLASSES;
+        // Every rank goes through as many rounds as the rank with the most batches.
+        let rounds = order.chunks(self.batch).len().div_ceil(world);
+        let mut batches = source.batches(lists, self.loading)?;
         let (mut loss_sum, mut counts) = (0.0, Counts::default());
         // Kept rows are placed at their patch's position; ranks fill disjoint rows of zeros, so
         // summing over ranks gathers them exactly.
-        let mut logits_all = vec![0f32; if keep { split.len * row } else { 0 }];
+        let mut logits_all = vec![0f32; if keep { split.len * NUM_CLASSES } else { 0 }];
         let mut decisions_all = logits_all.clone();
-        while let Some(batch) = batches.next_batch() {
-            let batch = batch?;
-            let (loss, logits, decided) = tch::no_grad(|| {
-                let logits = self.forward(&batch.inputs, false);
-                let loss = self
-                    .loss
-                    .compute(&logits, &self.to_device(&batch.targets))
-                    .double_value(&[]);
-                let decided = self
-                    .loss
-                    .decide(&logits)
-                    .to_device(Device::Cpu)
-                    .reshape([-1]);
-                // Only the test evaluation keeps the logits: no device-to-host copy otherwise.
-                let logits = keep.then(|| {
-                    logits
-                        .to_device(Device::Cpu)
-                        .to_kind(tch::Kind::Float)
-                        .reshape([-1])
-                });
-                (loss, logits, decided)
-            });
-            loss_sum += loss * batch.indices.len() as f64;
-            let pred = Vec::<u8>::try_from(decided).context("reading decisions")?;
-            let truth: Vec<u8> = batch
-                .indices
-                .iter()
-                .flat_map(|&i| split.labels_of(i).iter().copied())
-                .collect();
-            counts.add(&truth, &pred);
-            if let Some(logits) = logits {
-                let rows = batch.indices[0] * row..(batch.indices[0] + batch.indices.len()) * row;
-                logits.copy_data(&mut logits_all[rows.clone()], rows.len());
-                decisions_all[rows]
-                    .iter_mut()
-                    .zip(&pred)
-                    .for_each(|(d, &p)| *d = f32::from(p));
+        for _ in 0..rounds {
+            let done = match batches.next_batch() {
+                Some(batch) => batch.and_then(|batch| {
+                    let (loss, logits, decided) = failure::catch(|| self.forward(&batch, keep))
+                        .map_err(|c| self.context.error(c))?;
+                    loss_sum += loss * batch.indices.len() as f64;
+                    let pred = Vec::<u8>::try_from(decided).context("reading decisions")?;
+                    let truth: Vec<u8> = batch
+                        .indices
+                        .iter()
+                        .flat_map(|&i| split.labels_of(i).iter().copied())
+                        .collect();
+                    counts.add(&truth, &pred);
+                    if let Some(logits) = logits {
+                        let first = batch.indices[0] * NUM_CLASSES;
+                        let rows = first..first + batch.indices.len() * NUM_CLASSES;
+                        logits.copy_data(&mut logits_all[rows.clone()], rows.len());
+                        for (d, &p) in decisions_all[rows].iter_mut().zip(&pred) {
+                            *d = f32::from(p);
+                        }
+                    }
+                    Ok(())
+                }),
+                None => Ok(()),
+            };
+            // The ranks agree after every batch: a failure or a stop on one ends them all here.
+            let mut flags = [u64::from(stop()), u64::from(done.is_err())];
+            self.dist.sum_u64(&mut flags);
+            if flags[1] > 0 {
+                done?;
+                anyhow::bail!(
+                    "{}: another rank failed {} (its error is in its log)",
+                    self.context.run,
+                    self.context.doing
+                );
+            }
+            if flags[0] > 0 {
+                return Ok(None);
             }
         }
         let mut loss_sum = [loss_sum];
@@ -87,41 +110,37 @@ impl Run {
         self.dist.sum_u64(&mut flat);
         self.dist.sum_f32(&mut logits_all);
         self.dist.sum_f32(&mut decisions_all);
-        Ok(Evaluation {
+        Ok(Some(Evaluation {
             loss: loss_sum[0] / split.len as f64,
             counts: Counts::from_flat(&flat),
             logits: logits_all,
             decisions: decisions_all.iter().map(|&d| d as u8).collect(),
-        })
+        }))
     }
 
-    /// Evaluates the test split (streamed: it is read once) with the best validation epoch's
-    /// weights; writes `test_metrics.json` and `test_predictions.parquet` into the run folder.
-    pub fn test(&mut self) -> Result<TestOutcome> {
-        let best = checkpoint::at_epoch(&self.dir, self.progress.best_epoch)?;
-        self.restore_weights(&best)?;
-        let split = self.test.clone();
-        let e = self.evaluate(&Source::Stream(split.clone()), true)?;
-        let outcome = TestOutcome {
-            best_epoch: self.progress.best_epoch,
-            loss: e.loss,
-            metrics: e.counts.metrics(),
-        };
-        if !self.dist.is_root() {
-            return Ok(outcome);
-        }
-        crate::results::write_atomically(
-            &self.dir.join(records::TEST_FILE),
-            &serde_json::to_vec_pretty(&outcome)?,
-        )?;
-        let predictions = self.dir.join("test_predictions.parquet");
-        crate::results::write_predictions(
-            &predictions,
-            &split.names,
-            &split.labels,
-            &e.logits,
-            &e.decisions,
-        )?;
-        Ok(outcome)
+    /// A batch's loss, its logits on the CPU (when kept) and its decisions.
+    fn forward(
+        &self,
+        batch: &crate::data::Batch,
+        keep: bool,
+    ) -> (f64, Option<tch::Tensor>, tch::Tensor) {
+        tch::no_grad(|| {
+            let logits = self.net.forward(&batch.inputs, false);
+            let targets = self.net.to_device(&batch.targets);
+            let loss = self.loss.compute(&logits, &targets).double_value(&[]);
+            let decided = self
+                .loss
+                .decide(&logits)
+                .to_device(Device::Cpu)
+                .reshape([-1]);
+            // Only kept logits are copied to the host.
+            let logits = keep.then(|| {
+                logits
+                    .to_device(Device::Cpu)
+                    .to_kind(tch::Kind::Float)
+                    .reshape([-1])
+            });
+            (loss, logits, decided)
+        })
     }
 }

@@ -7,24 +7,36 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::checkpoint;
-use crate::config::{self, Config};
 use crate::data::{Normalizer, read_batch};
-use crate::labels::{BEN19, ben19_index};
-use crate::layout::Split;
+use crate::dist::Dist;
 use crate::lrp::{Composite, Explainer, Patches, explain_patches};
-use crate::store::Store;
+use crate::run_folder::RunFolder;
+use lossbench_core::labels::{BEN19, ben19_index};
+use lossbench_core::layout::Split;
+use lossbench_core::lock::Mode;
 
+#[derive(Debug, Clone, clap::Args)]
 pub struct Request {
+    /// The run folder.
+    #[arg(long)]
     pub run: PathBuf,
-    /// Default: the run's best epoch so far.
+    /// The epoch whose checkpoint to use (default: the best epoch).
+    #[arg(long)]
     pub epoch: Option<u32>,
+    /// Patch names (any split). Repeatable.
+    #[arg(long = "patch", required = true)]
     pub patches: Vec<String>,
-    /// Default: each patch's true and predicted classes.
+    /// BigEarthNet-19 class names (default: each patch's true and predicted classes). Repeatable.
+    #[arg(long = "class")]
     pub classes: Vec<String>,
+    /// Output folder: heatmaps.parquet and <patch>/<class>.png.
+    #[arg(long)]
     pub out: PathBuf,
-    /// Default: the run's `run.data`.
+    /// The store (default: the run's run.data).
+    #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Default: the run's `lrp.composite`.
+    /// epsilon-plus-flat | epsilon | alpha1-beta0 (default: the run's lrp.composite).
+    #[arg(long)]
     pub composite: Option<Composite>,
 }
 
@@ -35,32 +47,38 @@ fn file_stem(name: &str) -> String {
         .collect()
 }
 
-/// Explains the requested patches; returns the number of heatmaps written.
-pub fn explain(req: &Request) -> Result<usize> {
-    let config: Config =
-        config::load(&req.run.join("config.toml"), Vec::new()).with_context(|| {
-            format!(
-                "{} is not a run folder (no readable config.toml)",
-                req.run.display()
-            )
-        })?;
+/// Whether `inner` lies inside the folder `outer` (both as they resolve now).
+fn inside(inner: &Path, outer: &Path) -> bool {
+    let outer = outer.canonicalize().unwrap_or_else(|_| outer.to_path_buf());
+    let mut at = inner.to_path_buf();
+    // The output folder may not exist yet: resolve its nearest existing ancestor.
+    while !at.exists() {
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p.to_path_buf(),
+            _ => at = PathBuf::from("."),
+        }
+    }
+    at.canonicalize().is_ok_and(|a| a.starts_with(&outer))
+}
+
+/// Explains the requested patches; returns the number of heatmaps written and the epoch whose
+/// weights explained them.
+pub fn explain(req: &Request, dist: &Dist) -> Result<(usize, u32)> {
+    let folder = RunFolder::open(&req.run)?;
+    // Writing into the run folder: as a landscape does, beside no training attempt.
+    let _lock = if inside(&req.out, &req.run) {
+        crate::folder_lock::lock(&req.run, Mode::Shared, "trainer explain", dist)?
+    } else {
+        None
+    };
+    let config = &folder.config;
     let epoch = match req.epoch {
         Some(e) => e,
-        None => {
-            checkpoint::latest(&req.run)?
-                .with_context(|| format!("{}: no checkpoint", req.run.display()))?
-                .state
-                .best_epoch
-        }
+        None => folder.best_epoch()?,
     };
     let weights = checkpoint::at_epoch(&req.run, epoch)?.model;
-    let data = req.data.clone().unwrap_or_else(|| config.run.data.clone());
-    let store = Store::open(&data).with_context(|| {
-        format!(
-            "opening the run's store (pass --data to point elsewhere): {}",
-            data.display()
-        )
-    })?;
+    let store = folder.store(req.data.as_deref())?;
+    let data = store.path.clone();
     let classes: Option<Vec<usize>> = if req.classes.is_empty() {
         None
     } else {
@@ -130,17 +148,17 @@ pub fn explain(req: &Request) -> Result<usize> {
         );
     }
     write(&req.out, &rows)?;
-    Ok(rows.len())
+    Ok((rows.len(), epoch))
 }
 
-fn write(out: &Path, rows: &[crate::results::HeatmapRow]) -> Result<()> {
+fn write(out: &Path, rows: &[lossbench_core::heatmaps::HeatmapRow]) -> Result<()> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for r in rows {
         let dir = out.join(&r.patch);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let png = crate::render::heatmap_png(&r.map, 120, 2)?;
+        let png = lossbench_core::images::heatmap_png(&r.map, 120, 2)?;
         let path = dir.join(format!("{}.png", file_stem(BEN19[r.class_index as usize])));
         fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
     }
-    crate::results::write_heatmaps(&out.join("heatmaps.parquet"), rows)
+    lossbench_core::heatmaps::write(&out.join("heatmaps.parquet"), rows)
 }

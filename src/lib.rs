@@ -1,8 +1,7 @@
 //! lossbench: runs the BigEarthNet-19 loss-function study as repeatable batch jobs. This
-//! library is what the `trainer` binary is thin over. The store it trains from is written by the
-//! `data-prep` crate, and the records it writes are defined by the `collector` crate (which
-//! merges them into tables without libtorch); their modules are re-exported here so that each
-//! side uses one definition.
+//! library is what the `trainer` binary is thin over. The store it reads and the run-folder
+//! formats it writes are defined in `lossbench-core`, which data-prep (the store's writer) and
+//! the collector (the run folders' reader) use too (docs/architecture.md).
 
 pub mod bench;
 pub mod checkpoint;
@@ -12,17 +11,23 @@ pub mod device;
 pub mod dist;
 pub mod eval;
 pub mod explain;
+pub mod failure;
+pub mod final_test;
+pub mod folder_lock;
 pub mod landscape;
 pub mod losses;
 pub mod lrp;
 pub mod model;
+pub mod network;
 pub mod optim;
+pub mod resume;
 pub mod run;
+pub mod run_folder;
 pub mod snapshot;
+pub mod step;
+pub mod steps;
+pub mod stop;
 pub mod train;
-
-pub use collector::{metrics, records, render, results, run_info};
-pub use data_prep::{labels, layout, store};
 
 /// Torch's random generator is global: unit tests that seed it must not interleave. A test that
 /// failed while holding the lock leaves nothing to repair, so a poisoned lock is taken as is

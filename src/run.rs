@@ -1,28 +1,28 @@
-//! One run (one job config and seed) set up once: device, data (streamed or resident), loss,
-//! model, optimizer, and, with `--resume auto`, the state of its newest valid checkpoint. The
-//! training loop ([`crate::train`]) and the evaluation ([`crate::eval`]) work on a [`Run`].
+//! One run (one job config and seed) set up once, before anything is trained: the run folder
+//! locked ([`crate::folder_lock`]), the store opened (and locked for reading), the data placed,
+//! the loss, the network and its optimizer, and with `--resume auto` the state of the newest
+//! valid checkpoint, after checking that this configuration may continue it
+//! ([`crate::resume`]). The training loop ([`crate::train`]) runs on a [`Run`].
 
-use std::fs;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
-use tch::nn::VarStore;
-use tch::{Device, Tensor};
+use tch::Device;
 
 use crate::checkpoint;
 use crate::config::Config;
-use crate::data::resident::{self, Budget, Placement};
-use crate::data::{Loading, Normalizer, ResidentSplit, Source};
-use crate::dist::{Dist, GradientBuckets};
-use crate::layout::Split;
+use crate::data::Splits;
+use crate::dist::Dist;
 use crate::losses::Loss;
-use crate::model::Model;
-use crate::optim::Adam;
-use crate::run_info::DataPlacement;
+use crate::network::Network;
+use crate::resume::{self, ConfigChanged, Fingerprint};
 use crate::snapshot::Probes;
-use crate::store::{SplitData, Store};
+use crate::step::Stepper;
+use crate::steps::MIN_MICRO_BATCH;
+use lossbench_core::layout::Split;
+use lossbench_core::lock::{Lock, Mode};
+use lossbench_core::run_info::ConfigChange;
+use lossbench_core::store::Store;
 
 /// Where training stands: what a checkpoint records besides the tensors.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,205 +37,112 @@ pub struct Progress {
     pub best_f1: f64,
 }
 
+impl Progress {
+    const FRESH: Progress = Progress {
+        start_epoch: 1,
+        skip_steps: 0,
+        partial_loss_sum: 0.0,
+        best_epoch: 0,
+        best_f1: -1.0,
+    };
+
+    fn of(s: &checkpoint::State) -> Progress {
+        Progress {
+            start_epoch: s.epoch + 1,
+            skip_steps: s.steps_into_next,
+            partial_loss_sum: s.partial_loss_sum,
+            best_epoch: s.best_epoch,
+            best_f1: s.best_f1,
+        }
+    }
+}
+
 /// Everything a run needs, set up once from its config.
 pub struct Run {
     pub config: Config,
     pub dir: PathBuf,
-    pub device: Device,
-    pub train: Source,
-    pub val: Source,
-    pub test: Arc<SplitData>,
-    pub loading: Loading,
-    pub loss: Loss,
-    pub vs: VarStore,
-    pub model: Model,
-    pub adam: Adam,
     pub dist: Dist,
-    pub grads: GradientBuckets,
-    /// BatchNorm running statistics and counters: the variables without gradients, by name.
-    pub bn_state: Vec<Tensor>,
+    /// Open for the whole run: its shared lock keeps `convert --overwrite` away, and its
+    /// identity is checked after every epoch.
+    pub store: Store,
+    pub data: Splits,
+    pub loss: Loss,
+    pub net: Network,
+    pub stepper: Stepper,
     pub probes: Probes,
     pub progress: Progress,
-    /// Set (by a signal handler) to stop after the current step with a checkpoint.
-    pub stop: Arc<AtomicBool>,
-    /// Stop (as on a signal) once this process has taken this many optimizer steps: a
-    /// deterministic stand-in for a signal, for tests and checks.
-    pub stop_after_steps: Option<u64>,
-    /// Where the training and validation splits live, as recorded in `run.json`.
-    pub placements: Vec<DataPlacement>,
+    /// What produced this run's checkpoints: this configuration, ranks and store.
+    pub fingerprint: Fingerprint,
+    /// The keys this attempt changed against the checkpoint it resumed.
+    pub changes: Vec<ConfigChange>,
+    _lock: Option<Lock>,
 }
 
-/// The store's split `split`, checked against the store's own attributes.
-fn open_split(store: &Store, split: Split) -> Result<Arc<SplitData>> {
-    let data = store.split(split)?;
-    if data.len == 0 {
+/// Checks that need neither the store nor the run folder.
+fn check_shape(config: &Config, dist: &Dist, device: Device) -> Result<()> {
+    let micro = dist.world_size * config.train.accumulate;
+    if config.train.batch_size < MIN_MICRO_BATCH * micro {
         bail!(
-            "{}: the {split} split is empty; training needs patches in every split",
-            store.path.display()
+            "train.batch_size = {} is smaller than {MIN_MICRO_BATCH} × world size × \
+             train.accumulate = {}: every micro-batch needs {MIN_MICRO_BATCH} patches (BatchNorm)",
+            config.train.batch_size,
+            MIN_MICRO_BATCH * micro,
         );
     }
-    Ok(Arc::new(data))
-}
-
-/// Puts the training and validation splits where `data.resident` says (docs/training.md).
-fn place_splits(
-    config: &Config,
-    device: Device,
-    norm: &Normalizer,
-    splits: [Arc<SplitData>; 2],
-) -> Result<(Vec<Source>, Vec<DataPlacement>)> {
-    let budget = Budget {
-        host_available: crate::device::host_available(),
-        gpu: match device {
-            Device::Cuda(i) => crate::device::gpu_memory(i),
-            _ => None,
-        },
-    };
-    let lens: Vec<usize> = splits.iter().map(|s| s.len).collect();
-    let plan = resident::plan(config.data.resident, device, &lens, budget)?;
-    let mut sources = Vec::new();
-    let mut placements = Vec::new();
-    for (split, placement) in splits.into_iter().zip(plan) {
-        let name = split.split.to_string();
-        let (source, load_s) = match placement {
-            Placement::Stream => (Source::Stream(split), 0.0),
-            placement => {
-                let r = ResidentSplit::load(
-                    split,
-                    norm,
-                    placement,
-                    device,
-                    config.train.loader_threads,
-                )?;
-                let load_s = r.load_s;
-                (Source::Resident(std::rc::Rc::new(r)), load_s)
-            }
-        };
-        placements.push(DataPlacement {
-            split: name,
-            placement: format!("{placement:?}").to_lowercase(),
-            load_s,
-        });
-        sources.push(source);
+    if config.train.bf16 && device == Device::Cpu {
+        bail!("train.bf16 = true needs a CUDA device (autocast does nothing on the CPU)");
     }
-    Ok((sources, placements))
+    Ok(())
 }
 
 impl Run {
     /// Sets up a run as one rank of `dist`; with `resume`, continues from the newest valid
     /// checkpoint in its folder.
-    pub fn new(config: Config, resume: bool, dist: Dist) -> Result<Self> {
+    pub fn open(config: Config, resume: bool, dist: Dist) -> Result<Self> {
         let device = crate::device::resolve(config.run.device, dist.local_rank)?;
-        let micro = dist.world_size * config.train.accumulate;
-        if config.train.batch_size < crate::train::MIN_MICRO_BATCH * micro {
-            bail!(
-                "train.batch_size = {} is smaller than {} × world size × train.accumulate = {}: every micro-batch needs {} \
-                 patches (BatchNorm)",
-                config.train.batch_size,
-                crate::train::MIN_MICRO_BATCH,
-                crate::train::MIN_MICRO_BATCH * micro,
-                crate::train::MIN_MICRO_BATCH
-            );
-        }
-        if config.train.bf16 && device == Device::Cpu {
-            bail!("train.bf16 = true needs a CUDA device (autocast does nothing on the CPU)");
-        }
+        check_shape(&config, &dist, device)?;
         dist.set_compute_threads(config.run.threads);
-        let store = Store::open(&config.run.data)?;
-        let [train, val, test] = Split::ALL.map(|s| open_split(&store, s));
-        let (train, val, test) = (train?, val?, test?);
-        if train.len < crate::train::MIN_MICRO_BATCH {
-            bail!(
-                "{}: the training split has {} patch(es); BatchNorm needs at least {} per batch",
-                config.run.data.display(),
-                train.len,
-                crate::train::MIN_MICRO_BATCH
-            );
-        }
-        let norm = Arc::new(Normalizer::from_store(&store.attrs)?);
+        let dir = config.run.out.join(config.run_id());
+        let lock = crate::folder_lock::lock(&dir, Mode::Exclusive, "trainer train", &dist)?;
+        let store = Store::open(&config.run.data)
+            .with_context(|| format!("run.data = {}", config.run.data.display()))?;
+        let fingerprint = Fingerprint::of(&config, dist.world_size, &store.attrs.identity());
+        let resumed = Self::checkpoint_to_resume(&dir, resume)?;
+        let changes = match &resumed {
+            Some(c) => Self::check_resume(&dir, c, &config, dist.world_size, &fingerprint.store)?,
+            None => Vec::new(),
+        };
+        let data = Splits::open(&store, &config, device, &dist)?;
         let counts = &store.attrs.splits[&Split::Train];
         let loss = Loss::new(&config.loss, &counts.label_counts, counts.patches);
-        let probes = Probes::resolve(&config, [&train, &val, &test])?;
-        let dir = config.run.out.join(config.run_id());
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("creating run folder {}", dir.display()))?;
-
-        // Initialised on the CPU, so the weights are the seed's on any device.
-        let mut vs = VarStore::new(Device::Cpu);
-        let model = Model::new(
-            &vs.root(),
-            config.model.arch,
+        let tests = data.test.clone();
+        let probes = Probes::resolve(&config, [data.train.split(), data.val.split(), &tests])?;
+        let m = &config.model;
+        let net = Network::new(
+            m.arch,
             config.run.seed,
-            config.model.dropout,
+            m.dropout,
+            device,
+            config.train.bf16,
         );
-        vs.set_device(device);
-        let by_name = |trainable: bool| {
-            let mut v: Vec<(String, Tensor)> = vs
-                .variables()
-                .into_iter()
-                .filter(|(_, t)| t.requires_grad() == trainable)
-                .collect();
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            v
-        };
-        let decay = config.train.conv_weight_decay;
-        let params = by_name(true).into_iter().map(|(_, t)| {
-            let d = if Model::decays(&t) { decay } else { 0.0 };
-            (t, d)
-        });
-        let adam = Adam::new(params.collect(), config.train.lr);
-        let grads = GradientBuckets::new(adam.params());
-        let bn_state = by_name(false).into_iter().map(|(_, t)| t).collect();
-
-        let (mut sources, placements) = place_splits(&config, device, &norm, [train, val])?;
-        let val = sources.pop().expect("two sources");
-        let train = sources.pop().expect("two sources");
-        let loading = Loading {
-            norm,
-            ahead: config.train.prefetch_batches,
-            threads: config.train.loader_threads,
-        };
-        let progress = Progress {
-            start_epoch: 1,
-            skip_steps: 0,
-            partial_loss_sum: 0.0,
-            best_epoch: 0,
-            best_f1: -1.0,
-        };
+        let stepper = Stepper::new(&net, config.train.lr, config.train.conv_weight_decay);
         let mut run = Run {
             config,
             dir,
-            device,
-            train,
-            val,
-            test,
-            loading,
-            loss,
-            vs,
-            model,
-            adam,
             dist,
-            grads,
-            bn_state,
+            store,
+            data,
+            loss,
+            net,
+            stepper,
             probes,
-            progress,
-            stop: Arc::new(AtomicBool::new(false)),
-            stop_after_steps: None,
-            placements,
+            progress: Progress::FRESH,
+            fingerprint,
+            changes,
+            _lock: lock,
         };
-        if checkpoint::exists(&run.dir)? {
-            if !resume {
-                bail!(
-                    "run folder {} already has checkpoints; pass --resume auto to continue it, or choose another --run-id",
-                    run.dir.display()
-                );
-            }
-            match checkpoint::latest(&run.dir)? {
-                Some(c) => run.restore(c)?,
-                None => {
-                    tracing::warn!(run = %run.dir.display(), "no usable checkpoint: starting from scratch")
-                }
-            }
+        if let Some(c) = resumed {
+            run.restore(c)?;
         }
         if run.dist.is_root() {
             run.write_resolved_config()?;
@@ -243,39 +150,67 @@ impl Run {
         Ok(run)
     }
 
-    /// Every variable (weights and BatchNorm statistics), sorted by name.
-    pub fn named_variables(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+    /// The newest valid checkpoint when resuming; a run folder with checkpoints is refused
+    /// without `resume`.
+    fn checkpoint_to_resume(
+        dir: &std::path::Path,
+        resume: bool,
+    ) -> Result<Option<checkpoint::Loaded>> {
+        if !checkpoint::exists(dir)? {
+            return Ok(None);
+        }
+        if !resume {
+            bail!(
+                "run folder {} already has checkpoints; pass --resume auto to continue it, or \
+                 choose another --run-id",
+                dir.display()
+            );
+        }
+        let latest = checkpoint::latest(dir)?;
+        if latest.is_none() {
+            tracing::warn!(run = %dir.display(), "no usable checkpoint: starting from scratch");
+        }
+        Ok(latest)
     }
 
-    /// The model's current weights, on the CPU, by name.
-    pub fn weights(&self) -> Vec<(String, Tensor)> {
-        self.named_variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.detach().to_device(Device::Cpu)))
-            .collect()
-    }
-
-    pub fn restore_weights(&mut self, c: &checkpoint::Loaded) -> Result<()> {
-        checkpoint::copy_into(&self.named_variables(), &c.model, &c.dir)
+    /// The changes this configuration makes against the checkpoint's, if it may continue it.
+    fn check_resume(
+        dir: &std::path::Path,
+        c: &checkpoint::Loaded,
+        config: &Config,
+        world: usize,
+        store: &str,
+    ) -> Result<Vec<ConfigChange>> {
+        let path = dir.join("config.toml");
+        let old = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| toml::from_str(&t).ok());
+        let done = c.state.epoch;
+        resume::check(
+            c.state.fingerprint.as_ref(),
+            old.as_ref(),
+            config,
+            world,
+            store,
+            done,
+        )
+        .map_err(|reasons| {
+            ConfigChanged {
+                run: dir.display().to_string(),
+                checkpoint: c.dir.display().to_string(),
+                reasons,
+            }
+            .into()
+        })
     }
 
     fn restore(&mut self, c: checkpoint::Loaded) -> Result<()> {
-        self.restore_weights(&c)?;
-        self.adam
-            .load_state(&c.optimizer, c.state.optimizer_step)
+        self.net.restore(&c.model, &c.dir)?;
+        let adam = &mut self.stepper.adam;
+        adam.load_state(&c.optimizer, c.state.optimizer_step)
             .with_context(|| format!("{}", c.dir.display()))?;
-        let s = &c.state;
-        self.progress = Progress {
-            start_epoch: s.epoch + 1,
-            skip_steps: s.steps_into_next,
-            partial_loss_sum: s.partial_loss_sum,
-            best_epoch: s.best_epoch,
-            best_f1: s.best_f1,
-        };
-        tracing::info!(checkpoint = %c.dir.display(), epoch = s.epoch, "resuming");
+        self.progress = Progress::of(&c.state);
+        tracing::info!(checkpoint = %c.dir.display(), epoch = c.state.epoch, "resuming");
         Ok(())
     }
 
@@ -284,35 +219,10 @@ impl Run {
         let mut text = toml::to_string(&self.config).context("serialising the config")?;
         if let Some(w) = self.loss.positive_weights() {
             text.push_str(&format!(
-                "\n# W-CE positive weights from the training split, (N - n_c) / n_c, class order of the store:\n# {w:?}\n"
+                "\n# W-CE positive weights from the training split, (N - n_c) / n_c, class order \
+                 of the store:\n# {w:?}\n"
             ));
         }
-        crate::results::write_atomically(&self.dir.join("config.toml"), text.as_bytes())
-    }
-
-    /// Moves a batch tensor to the compute device: on CUDA through pinned memory with a
-    /// non-blocking copy, so the transfer overlaps the compute already queued.
-    pub fn to_device(&self, t: &Tensor) -> Tensor {
-        match self.device {
-            device if t.device() == device => t.shallow_clone(),
-            device => t
-                .pin_memory(device)
-                .to_device_(device, t.kind(), true, false),
-        }
-    }
-
-    /// The model's logits, under bf16 autocast when configured (CUDA only).
-    pub fn forward(&self, inputs: &[Tensor; 3], train: bool) -> Tensor {
-        let x = [
-            self.to_device(&inputs[0]),
-            self.to_device(&inputs[1]),
-            self.to_device(&inputs[2]),
-        ];
-        let run = || self.model.forward_t(&x, train);
-        if self.config.train.bf16 {
-            tch::autocast(true, run).to_kind(tch::Kind::Float)
-        } else {
-            run()
-        }
+        lossbench_core::files::write_atomically(&self.dir.join("config.toml"), text.as_bytes())
     }
 }

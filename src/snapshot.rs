@@ -3,16 +3,19 @@
 //! written to `lrp/epoch-NNNN.parquet`.
 
 use std::fs;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use tch::Device;
 
-use crate::config::Config;
+use crate::config::{Config, LrpSection};
+use crate::data::Normalizer;
+use crate::losses::Loss;
 use crate::lrp::{Explainer, Patches, explain_patches, pick_probes};
-use crate::run::Run;
-use crate::store::SplitData;
+use crate::network::Network;
+use lossbench_core::store::SplitData;
 
 /// The patches every snapshot explains: their split and indices in it.
 pub struct Probes {
@@ -26,9 +29,10 @@ impl Probes {
     pub fn resolve(config: &Config, [train, val, test]: [&Arc<SplitData>; 3]) -> Result<Probes> {
         let names = &config.lrp.patches;
         if names.is_empty() {
+            let indices = pick_probes(&val.labels, config.lrp.probes);
             return Ok(Probes {
                 split: val.clone(),
-                indices: pick_probes(&val.labels, config.lrp.probes),
+                indices,
             });
         }
         for split in [val, test, train] {
@@ -37,9 +41,10 @@ impl Probes {
                 .map(|n| split.names.iter().position(|m| m == n))
                 .collect();
             if found.iter().all(Option::is_some) {
+                let indices = found.into_iter().flatten().collect();
                 return Ok(Probes {
                     split: split.clone(),
-                    indices: found.into_iter().flatten().collect(),
+                    indices,
                 });
             }
         }
@@ -49,17 +54,24 @@ impl Probes {
         )
     }
 
-    /// Writes `lrp/epoch-NNNN.parquet` of the run's current weights.
-    pub fn snapshot(&self, run: &Run, epoch: u32) -> Result<()> {
+    /// Writes `<run>/lrp/epoch-NNNN.parquet` of the network's current weights.
+    pub fn snapshot(
+        &self,
+        net: &Network,
+        loss: &Loss,
+        norm: &Normalizer,
+        lrp: &LrpSection,
+        run: &Path,
+        epoch: u32,
+    ) -> Result<()> {
         if self.indices.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         let (split, indices) = (&self.split, &self.indices);
-        let batch = crate::data::read_batch(split, &run.loading.norm, indices)?;
+        let batch = crate::data::read_batch(split, norm, indices)?;
         let predicted = tch::no_grad(|| {
-            run.loss
-                .decide(&run.forward(&batch.inputs, false))
+            loss.decide(&net.forward(&batch.inputs, false))
                 .to_device(Device::Cpu)
                 .reshape([-1])
         });
@@ -69,9 +81,8 @@ impl Probes {
             .flat_map(|&i| split.labels_of(i).iter().copied())
             .collect();
         let names: Vec<String> = indices.iter().map(|&i| split.names[i].clone()).collect();
-        let lrp = &run.config.lrp;
         let explainer =
-            Explainer::new(&run.weights(), run.model.arch(), lrp.composite, lrp.epsilon)?;
+            Explainer::new(&net.weights(), net.model.arch(), lrp.composite, lrp.epsilon)?;
         let patches = Patches {
             inputs: &batch.inputs,
             names: &names,
@@ -79,15 +90,11 @@ impl Probes {
             predicted: &predicted,
         };
         let rows = explain_patches(&explainer, &patches, None, epoch, false)?;
-        let dir = run.dir.join("lrp");
+        let dir = run.join("lrp");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        crate::results::write_heatmaps(&dir.join(format!("epoch-{epoch:04}.parquet")), &rows)?;
-        tracing::info!(
-            epoch,
-            maps = rows.len(),
-            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-            "LRP snapshot written"
-        );
+        lossbench_core::heatmaps::write(&dir.join(format!("epoch-{epoch:04}.parquet")), &rows)?;
+        let seconds = format!("{:.1}", started.elapsed().as_secs_f64());
+        tracing::info!(epoch, maps = rows.len(), seconds, "LRP snapshot written");
         Ok(())
     }
 }

@@ -1,34 +1,30 @@
-//! The training loop: each epoch trains on the training split in a seeded order, evaluates the
-//! validation split, appends one record to `epochs.jsonl` (synced) and checkpoints.
+//! The training loop, top to bottom: for each epoch, the optimizer steps over the training split
+//! in its seeded order ([`crate::steps`], [`crate::step`]), the validation
+//! ([`crate::eval`]), one record appended to `epochs.jsonl` (synced), an LRP snapshot
+//! ([`crate::snapshot`]) and a checkpoint ([`crate::checkpoint`]).
 //!
 //! Randomness derives from (seed, epoch, step, micro-batch) only: the data order from
-//! (seed, epoch), dropout from all four, so results do not depend on where a run stopped.
-//!
-//! Data parallelism ([`crate::dist`]): a step of `batch_size` patches is cut into
-//! `world_size × accumulate` micro-batches; rank r trains micro-batches `r·k .. (r+1)·k`, and
-//! the gradients (each micro-batch's weighted by its share of the step) and the BatchNorm
-//! running statistics are summed over ranks. One process with `accumulate = k·W` does the
-//! same computation.
+//! (seed, epoch), dropout from all four, so results do not depend on where a run stopped. A
+//! stop request ([`crate::stop`]) checkpoints at the next step boundary; validation and the
+//! snapshot of an epoch interrupted after its last step are left to the resumed attempt, which
+//! records exactly what an undisturbed run records.
 
 use std::fs;
 use std::io::Write;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tch::Tensor;
 
 use crate::checkpoint;
-use crate::data::{Batches, epoch_order};
-use crate::eval::Evaluation;
-use crate::records::{self, EpochRecord, StepTimes};
+use crate::eval::{Evaluation, Evaluator};
+use crate::failure;
 use crate::run::Run;
+use crate::step::{At, Step};
+use crate::steps::EpochPlan;
+use crate::stop::Stop;
+use lossbench_core::records::{self, EpochRecord, StepTimes};
 
-/// Exit code of a trainer stopped by SIGTERM or SIGUSR1 after checkpointing: the job should be
-/// requeued and resumed (`--resume auto`). 75 is EX_TEMPFAIL, "try again later".
-pub const EXIT_REQUEUE: u8 = 75;
-
-/// How a call to [`Run::train`] ended.
+/// How a call to [`train`] ended.
 pub enum Ending {
     /// Every epoch is trained.
     Finished(Vec<EpochRecord>),
@@ -36,468 +32,352 @@ pub enum Ending {
     Stopped { epoch: u32, steps_into_epoch: u64 },
 }
 
-/// One optimizer step of an epoch: its micro-batches and this rank's share of them.
-pub(crate) struct Step<'a> {
-    pub epoch: u32,
-    pub index: usize,
-    pub micro: &'a [Vec<usize>],
-    pub mine: std::ops::Range<usize>,
-}
-
-/// An epoch's steps, each a list of micro-batches, and which of them this rank trains.
-pub(crate) struct EpochPlan {
-    pub steps: Vec<Vec<Vec<usize>>>,
-    rank: usize,
-    accumulate: usize,
-}
-
-impl EpochPlan {
-    /// This rank's micro-batches of a step, as indices among the step's.
-    pub fn mine(&self, micro: &[Vec<usize>]) -> std::ops::Range<usize> {
-        let k = self.accumulate;
-        (self.rank * k).min(micro.len())..((self.rank + 1) * k).min(micro.len())
-    }
-}
-
-/// What a step did.
-pub(crate) struct StepDone {
-    /// The step's loss summed over its patches (all ranks').
-    pub loss_sum: f64,
-    pub patches: usize,
-    /// Some rank asked to stop.
-    pub stop: bool,
-    pub allreduce: Duration,
+/// The training part of an epoch, over the steps this attempt trained.
+struct Trained {
+    /// Steps of the epoch done (all of them) and their summed loss (every patch's).
+    steps: u64,
+    loss_sum: f64,
+    images_per_s: f64,
+    times: StepTimes,
 }
 
 /// How one epoch's training ended.
 enum EpochEnd {
-    /// Mean loss, training images per second and where the time went, over the part of the
-    /// epoch this process trained.
-    Done {
-        loss: f64,
-        images_per_s: f64,
-        times: StepTimes,
-    },
-    Stopped {
-        steps: u64,
-        loss_sum: f64,
-    },
+    Done(Trained),
+    Stopped { steps: u64, loss_sum: f64 },
 }
 
-/// A well-mixed seed for torch's generator from several counters (splitmix64 steps).
-fn stream_seed(parts: &[u64]) -> i64 {
-    let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
-    for &p in parts {
-        h = h.wrapping_add(p).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        h ^= h >> 31;
-    }
-    (h >> 1) as i64
-}
-
-/// BatchNorm in training mode needs two patches in a batch: the variance of one value is
-/// undefined (libtorch would put NaN into the running variance, where PyTorch raises).
-pub const MIN_MICRO_BATCH: usize = 2;
-
-/// The ranges of an epoch's order that make its steps: `batch_size` patches each; a last step
-/// shorter than [`MIN_MICRO_BATCH`] joins the one before, so that no patch is left out.
-fn step_ranges(len: usize, batch_size: usize) -> Vec<std::ops::Range<usize>> {
-    let mut ranges: Vec<std::ops::Range<usize>> = (0..len)
-        .step_by(batch_size)
-        .map(|s| s..(s + batch_size).min(len))
-        .collect();
-    if ranges.len() > 1 && ranges.last().is_some_and(|r| r.len() < MIN_MICRO_BATCH) {
-        let last = ranges.pop().expect("two ranges");
-        ranges.last_mut().expect("one range").end = last.end;
-    }
-    ranges
-}
-
-/// Splits one step's patches, in order, into at most `k` micro-batches whose sizes differ by
-/// at most one, each of at least [`MIN_MICRO_BATCH`] patches (fewer micro-batches when the step
-/// is too short for `k`).
-fn micro_batches(step: &[usize], k: usize) -> Vec<Vec<usize>> {
-    let count = k.min(step.len() / MIN_MICRO_BATCH).max(1);
-    let (base, extra) = (step.len() / count, step.len() % count);
-    let mut rest = step;
-    (0..count)
-        .map(|i| {
-            let (head, tail) = rest.split_at(base + usize::from(i < extra));
-            rest = tail;
-            head.to_vec()
-        })
-        .collect()
-}
-
-impl Run {
-    /// Trains the remaining epochs, appending each record to `epochs.jsonl` and checkpointing
-    /// after it; stops early (with a checkpoint) when [`Run::stop`] is set.
-    pub fn train(&mut self) -> Result<Ending> {
-        let mut file = if self.dist.is_root() {
-            Some(self.open_records()?)
-        } else {
-            None
-        };
-        let mut records = Vec::new();
-        let mut steps_taken = 0;
-        for epoch in self.progress.start_epoch..=self.config.train.epochs {
-            let started = Instant::now();
-            let (train_loss, images_per_s, time) =
-                match self.train_epoch(epoch, &mut steps_taken)? {
-                    EpochEnd::Done {
-                        loss,
-                        images_per_s,
-                        times,
-                    } => (loss, images_per_s, times),
-                    EpochEnd::Stopped { steps, loss_sum } => {
-                        self.save_checkpoint(epoch - 1, steps, loss_sum)?;
-                        return Ok(Ending::Stopped {
-                            epoch,
-                            steps_into_epoch: steps,
-                        });
-                    }
-                };
-            let Evaluation {
-                loss: val_loss,
-                counts,
-                ..
-            } = self.evaluate(&self.val.clone(), false)?;
-            if !val_loss.is_finite() {
-                bail!(
-                    "epoch {epoch}: the validation loss is {val_loss} (weights or BatchNorm statistics are not finite); the epoch is not checkpointed"
-                );
-            }
-            let record = EpochRecord {
-                epoch,
-                train_loss,
-                val_loss,
-                lr: self.adam.lr,
-                wall_s: started.elapsed().as_secs_f64(),
-                images_per_s,
-                data_wait_fraction: time.data_wait_s
-                    / (time.compute_s + time.allreduce_s + time.data_wait_s),
-                time,
-                val: counts.metrics(),
-            };
-            if let Some(file) = &mut file {
-                let path = self.dir.join(records::EPOCHS_FILE);
-                writeln!(file, "{}", serde_json::to_string(&record)?)
-                    .and_then(|()| file.flush())
-                    .and_then(|()| file.sync_data())
-                    .with_context(|| format!("appending to {}", path.display()))?;
-            }
-            tracing::info!(
-                epoch,
-                train_loss = format!("{train_loss:.4}"),
-                val_loss = format!("{val_loss:.4}"),
-                val_f1_samples = format!("{:.4}", record.val.samples.f1),
-                images_per_s = format!("{:.0}", record.images_per_s),
-                "epoch done"
-            );
-            let every = self.config.lrp.every;
-            if self.dist.is_root() && every > 0 && epoch % every == 0 {
-                self.probes.snapshot(self, epoch)?;
-            }
-            if record.val.samples.f1 > self.progress.best_f1 {
-                self.progress.best_f1 = record.val.samples.f1;
-                self.progress.best_epoch = epoch;
-            }
-            self.save_checkpoint(epoch, 0, 0.0)?;
-            records.push(record);
-            if self.stop_requested(steps_taken) && epoch < self.config.train.epochs {
-                return Ok(Ending::Stopped {
-                    epoch: epoch + 1,
-                    steps_into_epoch: 0,
-                });
-            }
-        }
-        Ok(Ending::Finished(records))
-    }
-
-    fn stop_requested(&self, steps_taken: u64) -> bool {
-        self.stop.load(Ordering::SeqCst) || self.stop_after_steps.is_some_and(|n| steps_taken >= n)
-    }
-
-    /// The steps of `epoch`: its seeded order cut into steps of micro-batches.
-    pub(crate) fn plan_epoch(&self, epoch: u32) -> EpochPlan {
-        let t = &self.config.train;
-        let (k, rank, world) = (t.accumulate, self.dist.rank, self.dist.world_size);
-        let order = epoch_order(self.train.split().len, self.config.run.seed, epoch);
-        let steps = step_ranges(order.len(), t.batch_size)
-            .into_iter()
-            .map(|r| micro_batches(&order[r], world * k))
-            .collect();
-        EpochPlan {
-            steps,
-            rank,
-            accumulate: k,
-        }
-    }
-
-    /// Trains one epoch (from step `skip_steps` on, after a mid-epoch stop).
-    fn train_epoch(&mut self, epoch: u32, steps_taken: &mut u64) -> Result<EpochEnd> {
-        let plan = self.plan_epoch(epoch);
-        let (steps, mine) = (&plan.steps, |m: &[Vec<usize>]| plan.mine(m));
-        let skip = std::mem::take(&mut self.progress.skip_steps) as usize;
-        let mut loss_sum = std::mem::take(&mut self.progress.partial_loss_sum);
-        let flat: Vec<Vec<usize>> = steps[skip..]
-            .iter()
-            .flat_map(|m| m[mine(m)].iter().cloned())
-            .collect();
-        let trained: usize = steps[skip..].iter().flatten().map(Vec::len).sum();
-        let mut batches = self.train.batches(flat, &self.loading)?;
-        let progress = data_prep::progress::bar_if(
-            self.dist.is_root(),
-            (steps.len() - skip) as u64,
-            &format!("epoch {epoch} steps"),
-        );
+/// Trains the remaining epochs, appending each record to `epochs.jsonl` and checkpointing
+/// after it; stops early, with a checkpoint, when `stop` asks.
+pub fn train(run: &mut Run, stop: &Stop) -> Result<Ending> {
+    let mut file = if run.dist.is_root() {
+        Some(open_records(run)?)
+    } else {
+        None
+    };
+    let mut records = Vec::new();
+    let mut steps_taken = 0;
+    for epoch in run.progress.start_epoch..=run.config.train.epochs {
         let started = Instant::now();
-        let mut allreduce = Duration::ZERO;
-        for (s, micro) in steps.iter().enumerate().skip(skip) {
-            let stop_after = self.stop_requested(*steps_taken + 1);
-            let done = self.step(
-                Step {
+        let trained = train_epoch(run, epoch, stop, &mut steps_taken);
+        let trained = match blame_a_replaced_store(run, trained)? {
+            EpochEnd::Done(trained) => trained,
+            EpochEnd::Stopped { steps, loss_sum } => {
+                save_checkpoint(run, epoch - 1, steps, loss_sum)?;
+                return Ok(Ending::Stopped {
                     epoch,
-                    index: s,
-                    micro,
-                    mine: mine(micro),
-                },
-                &mut batches,
-                stop_after,
-            )?;
-            // The summed loss is every rank's: all of them stop here together.
-            if !done.loss_sum.is_finite() {
-                bail!(
-                    "epoch {epoch}, step {}: the training loss is {} (training diverged); nothing of this epoch is checkpointed, \
-                     a smaller train.lr may help",
-                    s + 1,
-                    done.loss_sum
-                );
-            }
-            allreduce += done.allreduce;
-            loss_sum += done.loss_sum;
-            *steps_taken += 1;
-            if self.adam.step == 1 {
-                // The benchmark times launch → this line (docs/benchmarks.md).
-                tracing::info!("first optimizer step done");
-            }
-            tracing::debug!(
-                epoch,
-                step = s + 1,
-                loss = done.loss_sum / done.patches as f64,
-                "step done"
-            );
-            progress.inc(1);
-            // Every rank sees the same flag: a signal delivered to one rank stops them all.
-            if done.stop && s + 1 < steps.len() {
-                return Ok(EpochEnd::Stopped {
-                    steps: s as u64 + 1,
-                    loss_sum,
+                    steps_into_epoch: steps,
                 });
             }
-        }
-        progress.finish_and_clear();
-        let seconds = started.elapsed().as_secs_f64();
-        let data_wait_s = batches.waited().as_secs_f64();
-        let allreduce_s = allreduce.as_secs_f64();
-        Ok(EpochEnd::Done {
-            loss: loss_sum / self.train.split().len as f64,
-            images_per_s: trained as f64 / seconds,
-            times: StepTimes {
-                compute_s: seconds - data_wait_s - allreduce_s,
-                allreduce_s,
-                data_wait_s,
-            },
-        })
-    }
-
-    /// One optimizer step: this rank's micro-batches forward and backward, the gradients and
-    /// BatchNorm statistics summed over ranks, the Adam update. `stop` is this rank's stop
-    /// request; the returned flag is every rank's, combined.
-    pub(crate) fn step(
-        &mut self,
-        step: Step,
-        batches: &mut Batches,
-        stop: bool,
-    ) -> Result<StepDone> {
-        let (world, k) = (self.dist.world_size, self.config.train.accumulate);
-        let seed = self.config.run.seed;
-        let step_len: usize = step.micro.iter().map(Vec::len).sum();
-        self.adam.zero_grad();
-        // BatchNorm statistics must come out as for one process whatever the micro-batching:
-        // each micro-batch updates them from the step's starting values, and the step keeps
-        // the updates' average weighted by micro-batch size (summed over ranks).
-        let bn_shared = world * k > 1;
-        let bn_start: Vec<Tensor> = if bn_shared {
-            self.bn_state.iter().map(Tensor::copy).collect()
-        } else {
-            Vec::new()
         };
-        let mut bn_sum: Vec<Tensor> = bn_start.iter().map(Tensor::zeros_like).collect();
-        // The step's summed loss stays on the device: one read per step, not per micro-batch.
-        let mut step_loss = Tensor::zeros([], (tch::Kind::Double, self.device));
-        for m in step.mine {
-            let batch = batches.next_batch().context("the loader ended early")??;
-            let share = batch.indices.len() as f64 / step_len as f64;
-            if bn_shared {
-                tch::no_grad(|| {
-                    self.bn_state.iter_mut().zip(&bn_start).for_each(|(b, s)| {
-                        b.copy_(s);
-                    })
-                });
-            }
-            tch::manual_seed(stream_seed(&[
-                seed,
-                step.epoch as u64,
-                step.index as u64,
-                m as u64,
-            ]));
-            let logits = self.forward(&batch.inputs, true);
-            let loss = self.loss.compute(&logits, &self.to_device(&batch.targets));
-            (&loss * share).backward();
-            step_loss += loss.detach().to_kind(tch::Kind::Double) * batch.indices.len() as f64;
-            if bn_shared {
-                tch::no_grad(|| {
-                    for (sum, b) in bn_sum.iter_mut().zip(&self.bn_state) {
-                        if b.is_floating_point() {
-                            *sum += b * share;
-                        }
-                    }
-                });
-            }
+        let Some(val) = blame_a_replaced_store(run, validate(run, epoch, stop, steps_taken))?
+        else {
+            save_checkpoint(run, epoch - 1, trained.steps, trained.loss_sum)?;
+            return Ok(Ending::Stopped {
+                epoch,
+                steps_into_epoch: trained.steps,
+            });
+        };
+        // Nothing of an epoch is recorded when the store changed under it.
+        run.store.check_unchanged()?;
+        let record = epoch_record(run, epoch, &trained, &val, started.elapsed());
+        if let Some(file) = &mut file {
+            append_record(run, file, &record)?;
         }
-        let sync = Instant::now();
-        let mut shared = [step_loss.double_value(&[]), f64::from(u8::from(stop))];
-        if world > 1 {
-            self.grads.sum(&self.dist, self.adam.params());
-            self.dist.sum_f64(&mut shared);
+        log_epoch(&record);
+        let every = run.config.lrp.every;
+        if run.dist.is_root() && every > 0 && epoch.is_multiple_of(every) {
+            let (r, lrp) = (&*run, &run.config.lrp);
+            r.probes
+                .snapshot(&r.net, &r.loss, &r.data.loading.norm, lrp, &r.dir, epoch)?;
         }
-        if bn_shared {
-            self.dist.sum_tensors(&mut bn_sum);
-            tch::no_grad(|| {
-                for (b, s) in self
-                    .bn_state
-                    .iter_mut()
-                    .zip(&bn_sum)
-                    .filter(|(b, _)| b.is_floating_point())
-                {
-                    b.copy_(s);
-                }
+        if record.val.samples.f1 > run.progress.best_f1 {
+            run.progress.best_f1 = record.val.samples.f1;
+            run.progress.best_epoch = epoch;
+        }
+        save_checkpoint(run, epoch, 0, 0.0)?;
+        records.push(record);
+        // The ranks agree here too: a signal that reached one rank after the epoch's last
+        // step must not let the others start the next epoch.
+        if run.dist.any(stop.requested(steps_taken)) && epoch < run.config.train.epochs {
+            return Ok(Ending::Stopped {
+                epoch: epoch + 1,
+                steps_into_epoch: 0,
             });
         }
-        let allreduce = if world > 1 {
-            sync.elapsed()
-        } else {
-            Duration::ZERO
-        };
-        self.adam.step();
-        Ok(StepDone {
-            loss_sum: shared[0],
-            patches: step_len,
-            stop: shared[1] > 0.0,
-            allreduce,
-        })
     }
+    Ok(Ending::Finished(records))
+}
 
-    /// Rank 0 writes the checkpoint; every rank waits for it, so any may read it next.
-    fn save_checkpoint(
-        &self,
-        epoch: u32,
-        steps_into_next: u64,
-        partial_loss_sum: f64,
-    ) -> Result<()> {
-        if !self.dist.is_root() {
-            self.dist.barrier();
-            return Ok(());
-        }
-        let p = &self.progress;
-        let state = checkpoint::State {
+/// A failure while the store was replaced under the run (reading patches of another split
+/// size, say) is reported as the replacement, its cause.
+fn blame_a_replaced_store<T>(run: &Run, result: Result<T>) -> Result<T> {
+    if result.is_err() {
+        run.store.check_unchanged()?;
+    }
+    result
+}
+
+/// Trains one epoch (from step `skip_steps` on, after a mid-epoch stop).
+fn train_epoch(run: &mut Run, epoch: u32, stop: &Stop, steps_taken: &mut u64) -> Result<EpochEnd> {
+    let t = &run.config.train;
+    let (rank, world) = (run.dist.rank, run.dist.world_size);
+    let len = run.data.train.split().len;
+    let plan = EpochPlan::new(
+        len,
+        run.config.run.seed,
+        epoch,
+        t.batch_size,
+        (rank, world),
+        t.accumulate,
+    );
+    let skip = std::mem::take(&mut run.progress.skip_steps) as usize;
+    let mut loss_sum = std::mem::take(&mut run.progress.partial_loss_sum);
+    let trained: usize = plan.steps[skip..].iter().flatten().map(Vec::len).sum();
+    let mut batches = run
+        .data
+        .train
+        .batches(plan.my_batches(skip), &run.data.loading)?;
+    let total = (plan.steps.len() - skip) as u64;
+    let progress = lossbench_core::progress::bar_if(
+        run.dist.is_root(),
+        total,
+        &format!("epoch {epoch} steps"),
+    );
+    let started = Instant::now();
+    let mut allreduce = Duration::ZERO;
+    for (s, micro) in plan.steps.iter().enumerate().skip(skip) {
+        let wants_stop = stop.requested(*steps_taken + 1);
+        let at = At {
+            seed: run.config.run.seed,
             epoch,
-            steps_into_next,
-            partial_loss_sum,
-            optimizer_step: self.adam.step,
-            best_epoch: p.best_epoch,
-            best_f1: p.best_f1,
-            crc32: [0, 0],
+            index: s,
         };
-        let saved = checkpoint::save(
-            &self.dir,
-            &self.named_variables(),
-            &self.adam.state(),
-            state,
-            self.config.checkpoint.keep_last,
-        );
-        self.dist.barrier();
-        saved
+        let step = Step {
+            at,
+            micro,
+            mine: plan.mine(micro),
+        };
+        let r = &mut *run;
+        let done = r
+            .stepper
+            .step(&r.net, &r.loss, &r.dist, step, &mut batches, wants_stop);
+        let done = done.map_err(|f| f.into_error(&step_context(run, epoch, s, micro)))?;
+        // The summed loss is every rank's: all of them stop here together.
+        if !done.loss_sum.is_finite() {
+            bail!(
+                "epoch {epoch}, step {}: the training loss is {} (training diverged); nothing of \
+                 this epoch is checkpointed, a smaller train.lr may help",
+                s + 1,
+                done.loss_sum
+            );
+        }
+        allreduce += done.allreduce;
+        loss_sum += done.loss_sum;
+        *steps_taken += 1;
+        if run.stepper.adam.step == 1 {
+            // The benchmark times launch → this line (docs/benchmarks.md).
+            tracing::info!("first optimizer step done");
+        }
+        let step_loss = done.loss_sum / done.patches as f64;
+        tracing::debug!(epoch, step = s + 1, loss = step_loss, "step done");
+        progress.inc(1);
+        // Every rank sees the same flag: a signal delivered to one rank stops them all, after
+        // the epoch's last step too (its validation is then the resumed attempt's).
+        if done.stop {
+            return Ok(EpochEnd::Stopped {
+                steps: s as u64 + 1,
+                loss_sum,
+            });
+        }
     }
+    progress.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let data_wait_s = batches.waited().as_secs_f64();
+    let allreduce_s = allreduce.as_secs_f64();
+    Ok(EpochEnd::Done(Trained {
+        steps: plan.steps.len() as u64,
+        loss_sum,
+        images_per_s: if seconds > 0.0 {
+            trained as f64 / seconds
+        } else {
+            0.0
+        },
+        times: StepTimes {
+            compute_s: (seconds - data_wait_s - allreduce_s).max(0.0),
+            allreduce_s,
+            data_wait_s,
+        },
+    }))
+}
 
-    /// Records of epochs before `start_epoch` survive a resume; later ones (an epoch recorded
-    /// but killed before its checkpoint) are dropped, since that epoch is trained again. A
-    /// records file that cannot be read stops the run: its history is never rewritten empty.
-    fn open_records(&self) -> Result<fs::File> {
-        let path = self.dir.join(records::EPOCHS_FILE);
-        let kept: String = records::read_epochs(&path)?
-            .records
-            .into_iter()
-            .filter(|(r, _)| r.epoch < self.progress.start_epoch)
-            .map(|(_, line)| format!("{line}\n"))
-            .collect();
-        crate::results::write_atomically(&path, kept.as_bytes())?;
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))
+/// What a step was doing, for the message of a libtorch error caught in it.
+fn step_context(run: &Run, epoch: u32, index: usize, micro: &[Vec<usize>]) -> failure::Context {
+    let t = &run.config.train;
+    let largest = micro.iter().map(Vec::len).max().unwrap_or(0);
+    failure::Context {
+        run: run.dir.display().to_string(),
+        doing: format!("in epoch {epoch}, step {}", index + 1),
+        batch: format!(
+            "batch {} in micro-batches of up to {largest} patches: {} rank(s) × train.accumulate = {}",
+            t.batch_size, run.dist.world_size, t.accumulate
+        ),
+        device: run.net.device,
+        advice: format!(
+            "Raise train.accumulate (to {} halves the micro-batches; a resume may change it only with \
+             the number of ranks, keeping their product), or with data.resident = \"device\" use \
+             \"host\" to free the GPU memory the data takes.",
+            t.accumulate * 2
+        ),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn micro_batches_cover_the_step_in_order_with_two_patches_at_least() {
-        let step: Vec<usize> = (0..10).collect();
-        assert_eq!(
-            micro_batches(&step, 3),
-            vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]
+/// The validation split evaluated with the current weights; `None` when a stop was requested
+/// during it.
+fn validate(run: &Run, epoch: u32, stop: &Stop, steps_taken: u64) -> Result<Option<Evaluation>> {
+    let evaluator = evaluator(run, format!("validating after epoch {epoch}"));
+    let Some(val) = evaluator.evaluate(&run.data.val, false, &|| stop.requested(steps_taken))?
+    else {
+        return Ok(None);
+    };
+    if !val.loss.is_finite() {
+        bail!(
+            "epoch {epoch}: the validation loss is {} (weights or BatchNorm statistics are not \
+             finite); the epoch is not checkpointed",
+            val.loss
         );
-        assert_eq!(
-            micro_batches(&step[..5], 4),
-            vec![vec![0, 1, 2], vec![3, 4]]
+    }
+    Ok(Some(val))
+}
+
+/// An evaluator of the run's network, forward passes of one micro-batch's size.
+pub fn evaluator(run: &Run, doing: String) -> Evaluator<'_> {
+    let t = &run.config.train;
+    let batch = (t.batch_size / (run.dist.world_size * t.accumulate)).max(1);
+    Evaluator {
+        net: &run.net,
+        loss: &run.loss,
+        dist: &run.dist,
+        loading: &run.data.loading,
+        batch,
+        context: failure::Context {
+            run: run.dir.display().to_string(),
+            doing,
+            batch: format!("forward passes of {batch} patches"),
+            device: run.net.device,
+            advice:
+                "Raise train.accumulate (with the number of ranks, keeping their product, on a \
+                     resume): evaluation batches are one micro-batch."
+                    .into(),
+        },
+    }
+}
+
+fn epoch_record(
+    run: &Run,
+    epoch: u32,
+    t: &Trained,
+    val: &Evaluation,
+    wall: Duration,
+) -> EpochRecord {
+    let time = t.times;
+    let busy = time.compute_s + time.allreduce_s + time.data_wait_s;
+    EpochRecord {
+        epoch,
+        train_loss: t.loss_sum / run.data.train.split().len as f64,
+        val_loss: val.loss,
+        lr: run.stepper.adam.lr,
+        wall_s: wall.as_secs_f64(),
+        images_per_s: t.images_per_s,
+        data_wait_fraction: if busy > 0.0 {
+            time.data_wait_s / busy
+        } else {
+            0.0
+        },
+        time,
+        val: val.counts.metrics(),
+    }
+}
+
+fn append_record(run: &Run, file: &mut fs::File, record: &EpochRecord) -> Result<()> {
+    let path = run.dir.join(records::EPOCHS_FILE);
+    writeln!(file, "{}", serde_json::to_string(record)?)
+        .and_then(|()| file.flush())
+        .and_then(|()| file.sync_data())
+        .with_context(|| format!("appending to {}", path.display()))
+}
+
+fn log_epoch(record: &EpochRecord) {
+    tracing::info!(
+        epoch = record.epoch,
+        train_loss = format!("{:.4}", record.train_loss),
+        val_loss = format!("{:.4}", record.val_loss),
+        val_f1_samples = format!("{:.4}", record.val.samples.f1),
+        images_per_s = format!("{:.0}", record.images_per_s),
+        "epoch done"
+    );
+}
+
+/// Rank 0 writes the checkpoint; every rank waits for it, so any may read it next.
+fn save_checkpoint(
+    run: &Run,
+    epoch: u32,
+    steps_into_next: u64,
+    partial_loss_sum: f64,
+) -> Result<()> {
+    if !run.dist.is_root() {
+        run.dist.barrier();
+        return Ok(());
+    }
+    let p = &run.progress;
+    let state = checkpoint::State {
+        epoch,
+        steps_into_next,
+        partial_loss_sum,
+        optimizer_step: run.stepper.adam.step,
+        best_epoch: p.best_epoch,
+        best_f1: p.best_f1,
+        crc32: [0, 0],
+        fingerprint: Some(run.fingerprint.clone()),
+    };
+    let (model, optimizer) = (run.net.named_variables(), run.stepper.adam.state());
+    let saved = checkpoint::save(
+        &run.dir,
+        &model,
+        &optimizer,
+        state,
+        run.config.checkpoint.keep_last,
+    );
+    run.dist.barrier();
+    saved
+}
+
+/// Records of epochs before `start_epoch` survive a resume; later ones (an epoch recorded but
+/// killed before its checkpoint) are dropped, since that epoch is trained again. Lines that do
+/// not parse are kept aside in `epochs.rejected.jsonl` with a warning naming them, never
+/// dropped silently; a records file that cannot be read stops the run.
+fn open_records(run: &Run) -> Result<fs::File> {
+    let path = run.dir.join(records::EPOCHS_FILE);
+    let read = records::read_epochs(&path)?;
+    if !read.skipped_lines.is_empty() {
+        let aside = run.dir.join(records::REJECTED_FILE);
+        records::keep_aside(&path, &read.skipped_lines, &aside)?;
+        tracing::warn!(
+            file = %path.display(),
+            lines = ?read.skipped_lines,
+            kept_in = %aside.display(),
+            "record lines that do not parse (torn by a crash, or edited) are kept aside"
         );
-        assert_eq!(micro_batches(&step[..3], 2), vec![vec![0, 1, 2]]);
-        assert_eq!(micro_batches(&step[..1], 2), vec![vec![0]]);
-        for len in 2..60 {
-            for k in 1..9 {
-                let m = micro_batches(
-                    &step.iter().copied().cycle().take(len).collect::<Vec<_>>(),
-                    k,
-                );
-                assert!(
-                    m.len() <= k && m.iter().all(|b| b.len() >= MIN_MICRO_BATCH),
-                    "{len} patches, k = {k}: {m:?}"
-                );
-                assert_eq!(m.iter().map(Vec::len).sum::<usize>(), len);
-            }
-        }
     }
-
-    #[test]
-    fn a_last_step_of_one_patch_joins_the_step_before() {
-        assert_eq!(step_ranges(17, 8), vec![0..8, 8..17]);
-        assert_eq!(step_ranges(18, 8), vec![0..8, 8..16, 16..18]);
-        assert_eq!(step_ranges(16, 8), vec![0..8, 8..16]);
-        assert_eq!(step_ranges(1, 8), vec![0..1]);
-    }
-
-    #[test]
-    fn stream_seeds_differ_per_counter() {
-        let a = stream_seed(&[1, 2, 3, 0]);
-        assert_eq!(a, stream_seed(&[1, 2, 3, 0]));
-        assert!(a >= 0);
-        for other in [[1, 2, 3, 1], [1, 2, 4, 0], [1, 3, 3, 0], [2, 2, 3, 0]] {
-            assert_ne!(a, stream_seed(&other));
-        }
-    }
+    let kept: String = read
+        .records
+        .into_iter()
+        .filter(|(r, _)| r.epoch < run.progress.start_epoch)
+        .map(|(_, line)| format!("{line}\n"))
+        .collect();
+    lossbench_core::files::write_atomically(&path, kept.as_bytes())?;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
 }

@@ -105,6 +105,11 @@ fn checkpoints() {
         best_epoch: 1,
         best_f1: 0.5,
         crc32: [0, 0],
+        fingerprint: Some(lossbench::resume::Fingerprint {
+            config: "0123456789abcdef".into(),
+            micro_batches: 1,
+            store: "s".into(),
+        }),
     };
     checkpoint::save(&run, &variables(0.5), &variables(0.25), state, 2).unwrap();
     let dir = run.join("checkpoints").join("epoch-0001");

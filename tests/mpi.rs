@@ -165,8 +165,16 @@ fn two_ranks_share_a_landscapes_points() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let run = out.join("ce-seed0");
-    let landscape =
-        |name: &str| landscape_args(&run, "2d", name, &["--points", "3", "--block", "2"]);
+    // One compute thread per process in both: libtorch's float reductions depend on the
+    // thread count, not on the ranks.
+    let landscape = |name: &str| {
+        landscape_args(
+            &run,
+            "2d",
+            name,
+            &["--points", "3", "--block", "2", "--threads", "1"],
+        )
+    };
     let one = Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(landscape("one"))
         .output()
@@ -225,4 +233,81 @@ fn values(path: &Path) -> Vec<u8> {
         out.extend_from_slice(data.buffers()[0].as_slice());
     }
     out
+}
+
+/// Two ranks on one node hold one host copy of resident data (shared memory): each rank's
+/// proportional share of each split's pages is half of it (measured from /proc/self/smaps when
+/// training ends), run.json says so, and the shared file's name is gone from /dev/shm. (That
+/// they train as one process accumulating their micro-batches is the equivalence test above,
+/// which shares its data the same way.)
+#[test]
+fn two_ranks_on_a_node_hold_one_copy_of_resident_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data_prep::synth::synthetic_store(tmp.path(), 200, 4).unwrap();
+    let out = tmp.path().join("runs");
+    let sets = [
+        "--epochs",
+        "1",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "data.resident=\"host\"",
+    ];
+    let two = Command::new("mpirun")
+        .args(["-np", "2", "--oversubscribe", env!("CARGO_BIN_EXE_trainer")])
+        .args(train_args("ce", &data, &out, &sets))
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&two.stderr);
+    assert!(two.status.success(), "{log}");
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("ce-seed0/run.json")).unwrap()).unwrap();
+    let placed = &info["attempts"][0]["data"];
+    for split in [0, 1] {
+        assert_eq!(placed[split]["placement"], "host", "{info}");
+        assert_eq!(placed[split]["shared"], true, "{info}");
+    }
+    let train_bytes = placed[0]["bytes"].as_u64().unwrap();
+    assert!(train_bytes > 8 << 20, "{train_bytes}");
+    // "train: <this rank's share> of <the split> KiB" from each rank.
+    let shares: Vec<(u64, u64)> = log
+        .lines()
+        .filter(|l| l.contains("memory"))
+        .filter_map(|l| {
+            let at = l.find("train: ")? + 7;
+            let mut words = l[at..].split_whitespace();
+            let share = words.next()?.parse().ok()?;
+            let whole = words.nth(1)?.parse().ok()?;
+            Some((share, whole))
+        })
+        .collect();
+    assert_eq!(shares.len(), 2, "{log}");
+    let sum: u64 = shares.iter().map(|s| s.0).sum();
+    let whole = shares[0].1;
+    assert!(
+        sum <= whole + whole / 20 && sum >= whole - whole / 20,
+        "{shares:?}: not one copy"
+    );
+    for (share, _) in &shares {
+        assert!(
+            *share <= whole / 2 + whole / 10,
+            "{shares:?}: a rank holds more than half"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with("lossbench-")
+                && name.contains(&info["attempts"][0]["store_id"].as_str().unwrap()[..16])
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the shared copy's name is left in /dev/shm"
+    );
 }

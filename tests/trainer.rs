@@ -216,7 +216,7 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
             data_placement[0]["split"].as_str(),
             data_placement[0]["placement"].as_str()
         ),
-        (Some("train"), Some("device"))
+        (Some("train"), Some("host"))
     );
     assert!(
         data_placement[1]["load_s"].as_f64().unwrap() > 0.0,
@@ -258,9 +258,9 @@ fn a_run_killed_midway_and_resumed_equals_an_uninterrupted_one() {
     assert_same_run(&out.join("whole"), &out.join("signalled"));
 
     // --stop-after-steps: two steps into epoch 2.
-    let train = lossbench::store::Store::open(&data)
+    let train = lossbench_core::store::Store::open(&data)
         .unwrap()
-        .split(lossbench::layout::Split::Train)
+        .split(lossbench_core::layout::Split::Train)
         .unwrap();
     let per_epoch = train.len.div_ceil(8);
     let mut stopped = args("stopped", "host");
@@ -288,9 +288,9 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
     use arrow_array::{Array, FixedSizeListArray, StringArray};
     let tmp = tempfile::tempdir().unwrap();
     let data = store(tmp.path());
-    let split = lossbench::store::Store::open(&data)
+    let split = lossbench_core::store::Store::open(&data)
         .unwrap()
-        .split(lossbench::layout::Split::Validation)
+        .split(lossbench_core::layout::Split::Validation)
         .unwrap();
     let probes = format!(
         "lrp.patches=[\"{}\", \"{}\"]",
@@ -347,9 +347,9 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
     assert_eq!(info["attempts"].as_array().unwrap().len(), 1);
 
     // explain: a test patch, two named classes, epoch 1's weights.
-    let test = lossbench::store::Store::open(&data)
+    let test = lossbench_core::store::Store::open(&data)
         .unwrap()
-        .split(lossbench::layout::Split::Test)
+        .split(lossbench_core::layout::Split::Test)
         .unwrap();
     let heatmaps = tmp.path().join("heatmaps");
     let o = trainer(&[
@@ -418,8 +418,8 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
 fn check_test_outputs(run: &Path, data: &Path) {
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("test_metrics.json")).unwrap()).unwrap();
-    let store = lossbench::store::Store::open(data).unwrap();
-    let test = store.split(lossbench::layout::Split::Test).unwrap();
+    let store = lossbench_core::store::Store::open(data).unwrap();
+    let test = store.split(lossbench_core::layout::Split::Test).unwrap();
     let common::Predictions {
         names,
         labels: truth,
@@ -429,7 +429,7 @@ fn check_test_outputs(run: &Path, data: &Path) {
     assert_eq!(scores.len(), truth.len());
     assert_eq!(names, test.names);
     assert_eq!(truth, test.labels);
-    let mut counts = lossbench::metrics::Counts::default();
+    let mut counts = lossbench_core::metrics::Counts::default();
     counts.add(&truth, &pred);
     let m = counts.metrics();
     assert_eq!(
@@ -481,9 +481,9 @@ fn a_resnet_run_stopped_and_resumed_equals_an_uninterrupted_one() {
         out.join("whole/lrp/epoch-0002.parquet").is_file(),
         "LRP snapshots of a ResNet"
     );
-    let train = lossbench::store::Store::open(&data)
+    let train = lossbench_core::store::Store::open(&data)
         .unwrap()
-        .split(lossbench::layout::Split::Train)
+        .split(lossbench_core::layout::Split::Train)
         .unwrap();
     let mut stopped = args("stopped", "off");
     stopped.extend([
@@ -511,7 +511,8 @@ fn a_resnet_run_stopped_and_resumed_equals_an_uninterrupted_one() {
         val_records(&out.join("whole")),
         val_records(&out.join("stopped"))
     );
-    // The K-Branch CNN resuming a ResNet's folder: refused before anything changes.
+    // The K-Branch CNN resuming a ResNet's folder: refused before anything changes, naming
+    // the network (and what else differs) as the reason.
     let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(train_args(
             "asl",
@@ -522,8 +523,193 @@ fn a_resnet_run_stopped_and_resumed_equals_an_uninterrupted_one() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(78), "{err}");
     assert!(
-        !o.status.success() && err.contains("written for another model"),
+        err.contains("model.arch: \"resnet50\" → \"kbranch\""),
         "{err}"
     );
+}
+
+/// A records file with a line that does not parse (torn by a crash mid-write, or edited): the
+/// resumed attempt keeps it aside in epochs.rejected.jsonl with a warning naming its line,
+/// instead of dropping it.
+#[test]
+fn record_lines_that_do_not_parse_are_kept_aside_not_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = store(tmp.path());
+    let out = tmp.path().join("runs");
+    let args = train_args(
+        "ce",
+        &data,
+        &out,
+        &["--epochs", "2", "--set", "train.batch_size=8"],
+    );
+    let stop = [&args[..], &["--stop-after-steps".into(), "6".into()]].concat();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(&stop)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let records = out.join("ce-seed0/epochs.jsonl");
+    let mut text = std::fs::read_to_string(&records).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    text.push_str("{\"epoch\": 2, \"train_lo");
+    std::fs::write(&records, &text).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(&args)
+        .args(["--resume", "auto"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.contains("kept aside") && log.contains("lines=[2]"),
+        "{log}"
+    );
+    let aside = std::fs::read_to_string(out.join("ce-seed0/epochs.rejected.jsonl")).unwrap();
+    let kept: serde_json::Value = serde_json::from_str(aside.trim()).unwrap();
+    assert_eq!(
+        kept,
+        serde_json::json!({"line": 2, "text": "{\"epoch\": 2, \"train_lo"})
+    );
+    assert_eq!(
+        std::fs::read_to_string(&records).unwrap().lines().count(),
+        2
+    );
+}
+
+/// A job that asked SLURM for GPUs but whose trainer sees none (a CPU build, a node without
+/// its GPUs): `run.device = "auto"` is an error naming the request, not days on the CPU.
+#[test]
+fn auto_device_in_a_job_that_asked_for_gpus_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = store(tmp.path());
+    let out = tmp.path().join("runs");
+    let mut args = train_args("ce", &data, &out, &["--epochs", "1"]);
+    args.retain(|a| a != "--device" && a != "cpu");
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(&args)
+        .env("SLURM_GPUS_ON_NODE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("run.device = \"auto\" in a job that asked for GPUs (SLURM_GPUS_ON_NODE=1)"),
+        "{err}"
+    );
+    assert!(
+        !out.join("ce-seed0/run.json").exists(),
+        "nothing ran on the CPU instead"
+    );
+}
+
+/// The peak virtual memory (VmPeak, KiB) of a whole run of `args`: the kernel's high-water
+/// mark, read until the process exits.
+fn peak_vm_kib(args: &[String]) -> u64 {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .env("MALLOC_ARENA_MAX", "1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (pid, mut peak) = (child.id(), 0);
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(line) = status.lines().find(|l| l.starts_with("VmPeak:"))
+        {
+            peak = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    peak
+}
+
+/// Out of memory in a step (here the host's, under a memory limit such as `ulimit -v` or a
+/// cluster's virtual-memory limit; on a GPU, CUDA's): the run stops with exit 71, the message
+/// names the run, epoch, step and batch and says what to change, run.json records `failed`
+/// with it, and the newest checkpoint is intact (the run resumes from it without the limit).
+#[test]
+fn out_of_memory_names_the_step_and_leaves_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = store(tmp.path());
+    let out = tmp.path().join("runs");
+    // ResNet-50, whose activations in a batch of 30 take gigabytes more than in a batch of 2.
+    let run = |batch: &str| {
+        let batch = format!("train.batch_size={batch}");
+        let sets = [
+            "--set",
+            &batch,
+            "--set",
+            "lrp.every=0",
+            "--set",
+            "model.arch=\"resnet50\"",
+        ];
+        train_args("ce", &data, &out, &[&["--epochs", "1"], &sets[..]].concat())
+    };
+    let small = peak_vm_kib(&run("2"));
+    std::fs::remove_dir_all(&out).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(run("30"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let checkpoint = out.join("ce-resnet50-seed0/checkpoints/epoch-0001/model.safetensors");
+    let saved = std::fs::read(&checkpoint).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: {}",
+            checkpoint.display(),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    let more = ["--resume", "auto", "--set", "train.epochs=2"];
+    // One malloc arena: virtual memory then follows what is allocated, not how many threads
+    // allocated it, and the limit falls between what set-up needs and what the step needs.
+    let o = Command::new("prlimit")
+        .env("MALLOC_ARENA_MAX", "1")
+        .arg(format!("--as={}", (small + 300 * 1024) * 1024))
+        .arg(env!("CARGO_BIN_EXE_trainer"))
+        .args(run("30"))
+        .args(more)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(71), "{err}");
+    assert!(err.contains("out of memory in epoch 2, step 1"), "{err}");
+    // 31 patches: a last step of one patch joins the one before.
+    assert!(
+        err.contains("batch 30 in micro-batches of up to 31 patches"),
+        "{err}"
+    );
+    assert!(
+        err.contains("can't allocate memory") && !err.contains("frame #"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Raise train.accumulate") && err.contains("newest checkpoint is intact"),
+        "{err}"
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("ce-resnet50-seed0/run.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["status"], "failed", "{info}");
+    assert!(
+        info["attempts"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("out of memory"),
+        "{info}"
+    );
+    assert_eq!(std::fs::read(&checkpoint).unwrap(), saved);
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(run("30"))
+        .args(more)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use collector::{merge, report};
-use data_prep::logging::{self, LogFormat};
+use lossbench_core::logging::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(version, about)]

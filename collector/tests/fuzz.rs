@@ -9,12 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
-use collector::metrics::Counts;
-use collector::records::{self, EpochRecord, StepTimes, TestOutcome};
-use collector::results::{self, HeatmapRow};
-use collector::run_info::{self, Identity, RunInfo, Status};
+use arrow_array::{ArrayRef, Float64Array, StringArray, UInt32Array, UInt64Array};
 use fuzzing::{Outcome, campaign, cases, outcome};
+use lossbench_core::heatmaps::{self, HeatmapRow};
+use lossbench_core::metrics::Counts;
+use lossbench_core::records::{self, EpochRecord, StepTimes, TestOutcome};
+use lossbench_core::run_info::{self, Identity, RunInfo, Start, Status};
+use lossbench_core::{predictions, schema, tables};
 
 #[global_allocator]
 static HEAP: fuzzing::PeakAlloc = fuzzing::PeakAlloc;
@@ -68,14 +69,21 @@ fn run_folder(root: &Path) -> PathBuf {
         seed: 1,
         code_revision: "abc".into(),
     };
-    let mut info = RunInfo::begin(&dir, identity, 1, "cpu".into(), Vec::new()).unwrap();
-    info.end(&dir, Status::Finished).unwrap();
+    let start = Start {
+        world_size: 1,
+        device: "cpu".into(),
+        data: Vec::new(),
+        store_id: "s".into(),
+        config_changes: Vec::new(),
+    };
+    let mut info = RunInfo::begin(&dir, identity, start).unwrap();
+    info.end(&dir, Status::Finished, None).unwrap();
     let names: Vec<String> = (0..6)
         .map(|i| format!("S2A_MSIL2A_20170613T101031_{i}_0"))
         .collect();
     let labels: Vec<u8> = (0..6 * 19).map(|i| u8::from(i % 5 == 0)).collect();
     let logits: Vec<f32> = (0..6 * 19).map(|i| (i as f32 - 50.0) / 10.0).collect();
-    results::write_predictions(
+    predictions::write(
         &dir.join("test_predictions.parquet"),
         &names,
         &labels,
@@ -96,7 +104,7 @@ fn run_folder(root: &Path) -> PathBuf {
             bands: None,
         })
         .collect();
-    results::write_heatmaps(&dir.join("lrp").join("epoch-0002.parquet"), &heatmaps).unwrap();
+    heatmaps::write(&dir.join("lrp").join("epoch-0002.parquet"), &heatmaps).unwrap();
     let blocks = dir.join("landscape").join("grid").join("blocks");
     std::fs::create_dir_all(&blocks).unwrap();
     let n = 9;
@@ -152,11 +160,9 @@ fn run_folder(root: &Path) -> PathBuf {
             )),
         ),
     ];
-    results::write_parquet(
-        &blocks.join("block-00000.parquet"),
-        &[RecordBatch::try_from_iter(columns).unwrap()],
-    )
-    .unwrap();
+    let schema = schema::of(schema::landscape_block());
+    let block = schema::batch(&schema, columns).unwrap();
+    tables::write_parquet(&blocks.join("block-00000.parquet"), &schema, &[block]).unwrap();
     dir
 }
 
@@ -227,7 +233,7 @@ fn parquet_inputs() {
         |i, bytes| {
             let path = &files[i % 3];
             std::fs::write(path, bytes).unwrap();
-            outcome(results::read_parquet(path, None))
+            outcome(tables::read_parquet(path, None))
         },
         |message| message.contains(dir.to_str().unwrap()),
     );

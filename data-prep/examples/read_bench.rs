@@ -10,8 +10,9 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use data_prep::layout::{BAND_GROUPS, Split};
-use data_prep::store::{Codec, Store};
+use data_prep::store::Codec;
+use lossbench_core::layout::{BAND_GROUPS, Split};
+use lossbench_core::store::Store;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();

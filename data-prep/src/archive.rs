@@ -11,8 +11,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use crate::labels::{self, LabelVector};
-use crate::layout::Split;
+use lossbench_core::labels::{self, LabelVector};
+use lossbench_core::layout::Split;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -239,7 +239,7 @@ pub struct V2Metadata {
 pub fn read_v2_metadata(meta_path: &Path, s2: &Path) -> Result<V2Metadata> {
     let file =
         fs::File::open(meta_path).with_context(|| format!("opening {}", meta_path.display()))?;
-    crate::untrusted::contain_panics(meta_path, || {
+    lossbench_core::untrusted::contain_panics(meta_path, || {
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .with_context(|| format!("{}: not a readable parquet file", meta_path.display()))?
             .build()

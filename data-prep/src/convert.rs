@@ -21,15 +21,15 @@ use rayon::prelude::*;
 
 use crate::archive::{self, ArchiveFormat, PatchRecord, Reject};
 use crate::geotiff;
-use crate::labels::{BEN19, LabelVector, NUM_CLASSES};
-use crate::layout::{
-    ALL_BANDS, Accounting, BAND_COUNT, BAND_GROUPS, FORMAT_VERSION, Source, Split, SplitInfo,
-    StoreAttributes, Tool, partial_path, sibling,
-};
 use crate::packed::{self, Event, PackedStream, Packing};
 use crate::plan::{self, Fate, ListFiles, Rules};
 use crate::stats::BandSums;
 use crate::store::{self, SplitWriter, StoreOptions};
+use lossbench_core::labels::{BEN19, LabelVector, NUM_CLASSES};
+use lossbench_core::layout::{
+    ALL_BANDS, Accounting, BAND_COUNT, BAND_GROUPS, FORMAT_VERSION, Source, Split, SplitInfo,
+    StoreAttributes, Tool, partial_path, sibling,
+};
 
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
@@ -43,6 +43,8 @@ pub struct ConvertOptions {
     pub split_seed: u64,
     pub skip_bad: bool,
     pub overwrite: bool,
+    /// With `overwrite`: replace the store even while processes read it.
+    pub force: bool,
     pub store: StoreOptions,
     /// Patches of a packed archive that may be incomplete at once.
     pub max_pending: usize,
@@ -76,10 +78,36 @@ pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
             lock_path.display()
         )
     })?;
-    let result = convert_locked(opts);
-    drop(lock);
-    let _ = fs::remove_file(&lock_path);
-    result
+    // Fail before hours of work rather than at the end; checked again when replacing.
+    drop(lock_readers_out(opts)?);
+    // The lock file stays: removing it would let a second writer lock a new file while the
+    // first still holds the old one.
+    convert_locked(opts)
+}
+
+/// With `--overwrite`, the exclusive lock on the existing store's `zarr.json`, which its readers
+/// hold shared (lossbench_core::lock): refused while any process reads the store, unless
+/// `--force`.
+fn lock_readers_out(opts: &ConvertOptions) -> Result<Option<lossbench_core::lock::Lock>> {
+    use lossbench_core::lock::{LockError, Mode, try_lock};
+    let root = opts.out.join("zarr.json");
+    if opts.force || !root.is_file() {
+        return Ok(None);
+    }
+    match try_lock(&root, Mode::Exclusive, "data-prep convert --overwrite") {
+        Ok(lock) => Ok(Some(lock)),
+        Err(LockError::Held { .. }) => bail!(
+            "{} is being read (by a trainer, a landscape, an explanation or a report): replacing it \
+             now would mix its old labels with the new pixels in their results; wait until they \
+             end, convert into another folder, or pass --force",
+            opts.out.display()
+        ),
+        Err(e @ LockError::Unsupported { .. }) => {
+            tracing::warn!("{e}: cannot tell whether processes read the store");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
@@ -109,7 +137,9 @@ fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
         let _ = fs::remove_dir_all(&partial);
     }
     let outcome = result?;
+    let readers_out = lock_readers_out(opts)?;
     finalize(&partial, &opts.out)?;
+    drop(readers_out);
     Ok(outcome)
 }
 
@@ -129,7 +159,7 @@ fn convert_folder(opts: &ConvertOptions, partial: &Path) -> Result<Outcome> {
         bail!(bad_input_message(&plan.rejects, false));
     }
     let total: usize = plan.splits.values().map(Vec::len).sum();
-    let progress = crate::progress::bar(total as u64, "patches");
+    let progress = lossbench_core::progress::bar(total as u64, "patches");
     let capacities = Split::ALL.map(|s| plan.splits[&s].len() as u64);
     let mut sinks = Sinks::create(
         partial,
@@ -515,6 +545,7 @@ impl Sinks {
             source,
             options: self.options,
             accounting,
+            store_id: Some(new_store_id()),
         };
         store::write_rejects(partial, &self.rejects)?;
         store::write_root(partial, &attrs)?;
@@ -599,7 +630,7 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
 
     let stream = PackedStream::open(path, packing)?;
     let (read, size) = (stream.read.clone(), stream.size);
-    let progress = crate::progress::bytes_bar(size);
+    let progress = lossbench_core::progress::bytes_bar(size);
     let (tx, rx) = sync_channel::<Event>(CHUNK);
     let max_pending = opts.max_pending;
     let reader = std::thread::Builder::new()
@@ -790,6 +821,11 @@ fn bad_input_message(rejects: &[Reject], stopped_at_first: bool) -> String {
 
 /// Replaces `out` by the finished `partial` with renames only, so a reader sees the old store
 /// or the new one, never a mix; the old one is removed afterwards.
+/// A random 128-bit id, as 32 hex digits.
+fn new_store_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 fn finalize(partial: &Path, out: &Path) -> Result<()> {
     fs::File::open(partial)
         .and_then(|f| f.sync_all())

@@ -7,11 +7,12 @@ use clap::{Args, Parser, Subcommand};
 use data_prep::archive::ArchiveFormat;
 use data_prep::archive::Reject;
 use data_prep::convert::{ConvertOptions, convert};
-use data_prep::logging::{self, LogFormat};
 use data_prep::plan::ListFiles;
-use data_prep::store::{Codec, Store, StoreOptions, read_rejects};
+use data_prep::store::{Codec, StoreOptions, read_rejects};
 use data_prep::summary;
 use data_prep::synth::{SynthOptions, synth};
+use lossbench_core::logging::{self, LogFormat};
+use lossbench_core::store::Store;
 
 /// BigEarthNet archive → sharded Zarr v3 store (see docs/store.md).
 #[derive(Parser)]
@@ -85,9 +86,13 @@ struct ConvertArgs {
     /// Write the good patches and a rejects report instead of stopping at bad input.
     #[arg(long)]
     skip_bad: bool,
-    /// Replace an existing store.
+    /// Replace an existing store (refused while processes read it, unless --force).
     #[arg(long)]
     overwrite: bool,
+    /// With --overwrite: replace the store even while trainers, landscapes or reports read it
+    /// (they then stop with an error instead of mixing the two stores' data).
+    #[arg(long, requires = "overwrite")]
+    force: bool,
     /// Chunk compression.
     #[arg(long, value_enum, default_value_t = Codec::Blosc)]
     codec: Codec,
@@ -115,6 +120,10 @@ struct SynthArgs {
     /// lists or metadata.parquet beside it, instead of a folder tree.
     #[arg(long, value_enum)]
     pack: Option<data_prep::synth::Pack>,
+    /// Replace an archive, lists or metadata.parquet already in --out under the names synth
+    /// writes (refused otherwise; nothing else there is touched).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -148,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
                 split_seed: a.split_seed,
                 skip_bad: a.skip_bad,
                 overwrite: a.overwrite,
+                force: a.force,
                 store: StoreOptions {
                     codec: a.codec,
                     level: a.level,
@@ -178,6 +188,7 @@ fn run(cli: Cli) -> Result<()> {
                 format: a.format,
                 out: a.out.clone(),
                 pack: a.pack,
+                overwrite: a.overwrite,
             })?;
             println!(
                 "wrote {} synthetic patches ({}) to {}: {} snowy, {} cloudy, {} without a 19-class label; \

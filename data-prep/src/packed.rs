@@ -14,7 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result, bail};
 
 use crate::archive::{ArchiveFormat, v1_metadata_file};
-use crate::layout::{ALL_BANDS, BAND_COUNT};
+use lossbench_core::layout::{ALL_BANDS, BAND_COUNT};
+
+/// The largest member a patch has: a band GeoTIFF is about 29 KB (120 x 120 x 2 bytes and
+/// headers) and the v1.0 label JSON a few KB; a header claiming more than this is damaged.
+const MAX_MEMBER_BYTES: u64 = 4 << 20;
 
 /// How an archive file is packed, from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +311,18 @@ pub fn read_patches(
                      members; this archive scatters the members of its patches, raise the limit (each incomplete patch holds \
                      up to about 173 KB)",
                         p.missing(format, oldest).len()
+                    ),
+                    tar_offset
+                ));
+            }
+            // The header's size is the archive's word: never allocate from it unchecked.
+            if entry.size() > MAX_MEMBER_BYTES {
+                bail!(stream_error(
+                    format!(
+                        "member {} claims {} bytes, more than any file of a BigEarthNet patch \
+                         ({MAX_MEMBER_BYTES} at most): a damaged header",
+                        member.display(),
+                        entry.size()
                     ),
                     tar_offset
                 ));

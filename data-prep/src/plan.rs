@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use crate::archive::{self, Archive, ArchiveFormat, PatchRecord, Reject};
-use crate::layout::{Accounting, Source, Split};
+use lossbench_core::layout::{Accounting, Source, Split};
 
 pub const SNOW_LIST: &str = "patches_with_seasonal_snow.csv";
 pub const CLOUD_LIST: &str = "patches_with_cloud_and_shadow.csv";

@@ -1,25 +1,22 @@
-//! The Zarr v3 store on disk: creating and filling the per-split arrays (data-prep) and opening
-//! them for reading (the trainer, tests, `data-prep info`). Array names, shapes and attributes
-//! come from [`crate::layout`].
+//! Writing the Zarr v3 store: creating and filling the per-split arrays, the root attributes
+//! and the rejects report. Array names, shapes and attributes come from
+//! [`lossbench_core::layout`]; the reader is [`lossbench_core::store`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use zarrs::array::codec::{
     BloscCodec, BloscCompressionLevel, BloscCompressor, BloscShuffleMode, ZstdCodec,
 };
 use zarrs::array::codec::{ShardingCodecOptions, SubchunkWriteOrder};
-use zarrs::array::{
-    Array, ArrayBuilder, ArrayShardedReadableExt, ArrayShardedReadableExtCache,
-    BytesToBytesCodecTraits, CodecOptions, CodecSpecificOptions, data_type,
-};
-use zarrs::filesystem::{FilesystemStore, FilesystemStoreOptions};
-use zarrs::group::{Group, GroupBuilder};
+use zarrs::array::{Array, ArrayBuilder, BytesToBytesCodecTraits, CodecSpecificOptions, data_type};
+use zarrs::filesystem::FilesystemStore;
+use zarrs::group::GroupBuilder;
 
-use crate::labels::NUM_CLASSES;
-use crate::layout::{
+use lossbench_core::labels::NUM_CLASSES;
+use lossbench_core::layout::{
     ATTRIBUTES_KEY, BAND_GROUPS, LABELS_ARRAY, NAMES_ARRAY, REJECTS_GROUP, Split, StoreAttributes,
     TABLE_CHUNK_ROWS,
 };
@@ -74,10 +71,6 @@ fn compression(
 }
 
 type Fs = FilesystemStore;
-
-/// Shard files a reader keeps open (well below the usual 1024-file limit with room to spare:
-/// three band arrays per split and about 2,300 shards per split at full scale).
-const READ_HANDLE_CACHE: usize = 512;
 
 fn open_storage(path: &Path) -> Result<Arc<Fs>> {
     Ok(Arc::new(FilesystemStore::new(path).with_context(|| {
@@ -283,151 +276,4 @@ pub fn write_root(store_path: &Path, attrs: &StoreAttributes) -> Result<()> {
     group
         .store_metadata()
         .with_context(|| format!("{}: writing the root attributes", store_path.display()))
-}
-
-/// A finished store, opened for reading.
-pub struct Store {
-    pub path: PathBuf,
-    pub attrs: StoreAttributes,
-    storage: Arc<Fs>,
-}
-
-impl Store {
-    pub fn open(path: &Path) -> Result<Self> {
-        if !path.join("zarr.json").is_file() {
-            let partial = crate::layout::partial_path(path);
-            if partial.exists() {
-                bail!(
-                    "{} is not a finished store: {} holds an interrupted or running data-prep; rerun data-prep",
-                    path.display(),
-                    partial.display()
-                );
-            }
-            bail!(
-                "{} is not a store made by data-prep (no zarr.json)",
-                path.display()
-            );
-        }
-        // Random reads hit the same shard files over and over: keep them open.
-        let mut fs_options = FilesystemStoreOptions::default();
-        fs_options.file_handle_cache_size(READ_HANDLE_CACHE);
-        let storage = Arc::new(
-            FilesystemStore::new_with_options(path, fs_options)
-                .with_context(|| format!("opening store folder {}", path.display()))?,
-        );
-        let group = Group::open(storage.clone(), "/")
-            .with_context(|| format!("opening {}", path.display()))?;
-        let value = group.attributes().get(ATTRIBUTES_KEY).with_context(|| {
-            format!(
-                "{}: no `{ATTRIBUTES_KEY}` attributes; not written by data-prep",
-                path.display()
-            )
-        })?;
-        let attrs: StoreAttributes = serde_json::from_value(value.clone()).with_context(|| {
-            format!(
-                "{}: unreadable `{ATTRIBUTES_KEY}` attributes",
-                path.display()
-            )
-        })?;
-        attrs.validate().map_err(|e| {
-            anyhow::anyhow!("{}: inconsistent store attributes: {e}", path.display())
-        })?;
-        Ok(Store {
-            path: path.to_path_buf(),
-            attrs,
-            storage,
-        })
-    }
-
-    pub fn split(&self, split: Split) -> Result<SplitData> {
-        let open = |name: &str| {
-            Array::open(self.storage.clone(), &format!("/{split}/{name}"))
-                .with_context(|| format!("{}: opening array {split}/{name}", self.path.display()))
-        };
-        let bands: Vec<Array<Fs>> = BAND_GROUPS
-            .iter()
-            .map(|g| open(g.array))
-            .collect::<Result<_>>()?;
-        let caches = bands
-            .iter()
-            .map(ArrayShardedReadableExtCache::new)
-            .collect();
-        let labels_array = open(LABELS_ARRAY)?;
-        let labels: Vec<u8> = labels_array
-            .retrieve_array_subset(&labels_array.subset_all())
-            .with_context(|| format!("{}: reading {split}/{LABELS_ARRAY}", self.path.display()))?;
-        let names_array = open(NAMES_ARRAY)?;
-        let names: Vec<String> = names_array
-            .retrieve_array_subset(&names_array.subset_all())
-            .with_context(|| format!("{}: reading {split}/{NAMES_ARRAY}", self.path.display()))?;
-        let len = names.len();
-        for (a, g) in bands.iter().zip(BAND_GROUPS) {
-            if a.shape()[0] as usize != len || labels.len() != len * NUM_CLASSES {
-                bail!(
-                    "{}: split {split}: {} has {} patches but names has {len}",
-                    self.path.display(),
-                    g.array,
-                    a.shape()[0]
-                );
-            }
-        }
-        let recorded = self.attrs.splits[&split].patches;
-        if recorded != len as u64 {
-            bail!(
-                "{}: split {split} holds {len} patches but its attributes say {recorded}",
-                self.path.display()
-            );
-        }
-        Ok(SplitData {
-            split,
-            len,
-            names,
-            labels,
-            bands,
-            caches,
-        })
-    }
-}
-
-/// One split of a store: names and labels in memory, pixels read on demand.
-pub struct SplitData {
-    pub split: Split,
-    pub len: usize,
-    pub names: Vec<String>,
-    /// `len` x 19, row-major.
-    pub labels: Vec<u8>,
-    bands: Vec<Array<Fs>>,
-    caches: Vec<ArrayShardedReadableExtCache>,
-}
-
-impl SplitData {
-    pub fn labels_of(&self, i: usize) -> &[u8] {
-        &self.labels[i * NUM_CLASSES..(i + 1) * NUM_CLASSES]
-    }
-
-    /// The stored (compressed) bytes of one inner chunk, for measuring raw decode speed.
-    pub fn encoded_patch(&self, group: usize, i: usize) -> Result<Vec<u8>> {
-        self.bands[group]
-            .retrieve_encoded_subchunk(&self.caches[group], &[i as u64, 0, 0, 0])?
-            .with_context(|| {
-                format!(
-                    "{}/{} patch {i} is not stored",
-                    self.split, BAND_GROUPS[group].array
-                )
-            })
-    }
-
-    /// Values of band group `group` (index into [`BAND_GROUPS`]) of patch `i`: one inner chunk,
-    /// one small read.
-    pub fn read_group(&self, group: usize, i: usize) -> Result<Vec<u16>> {
-        let options = CodecOptions::default().with_concurrent_target(1);
-        self.bands[group]
-            .retrieve_subchunk_opt(&self.caches[group], &[i as u64, 0, 0, 0], &options)
-            .with_context(|| {
-                format!(
-                    "reading {}/{} patch {i}",
-                    self.split, BAND_GROUPS[group].array
-                )
-            })
-    }
 }

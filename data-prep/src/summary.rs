@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::layout::{Split, StoreAttributes};
+use lossbench_core::layout::{Split, StoreAttributes};
 
 pub fn render(path: &std::path::Path, a: &StoreAttributes) -> String {
     let mut s = String::new();

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use arrow_array::builder::{ListBuilder, StringBuilder};
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
 use parquet::arrow::ArrowWriter;
@@ -22,11 +22,11 @@ use rayon::prelude::*;
 
 use crate::archive::{ArchiveFormat, V1_FOLDER, V2_FOLDER, V2_METADATA, v2_tile_of};
 use crate::geotiff::{self, Flavor, GeoRef};
-use crate::labels::{
+use crate::plan::{CLOUD_LIST, SNOW_LIST};
+use lossbench_core::labels::{
     BEN19, BEN19_OFFICIAL_COUNTS, BEN19_OFFICIAL_PATCHES, CORINE_43, CORINE_TO_BEN19, NUM_CLASSES,
 };
-use crate::layout::{ALL_BANDS, BAND_GROUPS, Split};
-use crate::plan::{CLOUD_LIST, SNOW_LIST};
+use lossbench_core::layout::{ALL_BANDS, BAND_GROUPS, Split};
 
 #[derive(Debug, Clone)]
 pub struct SynthOptions {
@@ -36,6 +36,9 @@ pub struct SynthOptions {
     pub out: PathBuf,
     /// Pack the patches into one file as the download comes, instead of a folder tree.
     pub pack: Option<Pack>,
+    /// Replace the archive, lists or metadata a folder already holds under the names synth
+    /// writes (never anything else).
+    pub overwrite: bool,
 }
 
 /// How `synth --pack` packs the patches.
@@ -674,7 +677,46 @@ fn patch_folder(format: ArchiveFormat, name: &str) -> PathBuf {
     }
 }
 
+/// What synth writes into its folder: the archive (a packed file, or the patch tree's top
+/// folder) and the split lists (v1.0) or `metadata.parquet` (v2.0).
+fn outputs(opts: &SynthOptions) -> Vec<PathBuf> {
+    let mut names: Vec<String> = match (opts.pack, opts.format) {
+        (Some(pack), ArchiveFormat::V1) => {
+            vec![format!("BigEarthNet-S2-v1.0.{}", pack.extension())]
+        }
+        (Some(pack), ArchiveFormat::V2) => vec![format!("{V2_FOLDER}.{}", pack.extension())],
+        (None, ArchiveFormat::V1) => vec![V1_FOLDER.into()],
+        (None, ArchiveFormat::V2) => vec![V2_FOLDER.into()],
+    };
+    match opts.format {
+        ArchiveFormat::V1 => names
+            .extend([SNOW_LIST, CLOUD_LIST, "train.csv", "val.csv", "test.csv"].map(String::from)),
+        ArchiveFormat::V2 => names.push(V2_METADATA.into()),
+    }
+    names.into_iter().map(|n| opts.out.join(n)).collect()
+}
+
+/// Refuses, without `overwrite`, a folder that already holds what synth would write there (a
+/// downloaded archive, its lists): a synthetic archive must never replace a real one.
+fn refuse_replacing(opts: &SynthOptions) -> Result<()> {
+    let present: Vec<String> = outputs(opts)
+        .into_iter()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !present.is_empty() && !opts.overwrite {
+        bail!(
+            "{} already holds what synth would write ({}); pass --overwrite to replace exactly \
+             those, or choose another --out",
+            opts.out.display(),
+            present.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub fn synth(opts: &SynthOptions) -> Result<SynthSummary> {
+    refuse_replacing(opts)?;
     let sampler = LabelSampler::calibrated();
     let looks = class_looks();
     fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
@@ -831,6 +873,7 @@ pub fn synthetic_store(dir: &Path, patches: usize, seed: u64) -> Result<PathBuf>
         format: ArchiveFormat::V1,
         out: archive.clone(),
         pack: None,
+        overwrite: false,
     })?;
     let out = dir.join("store.zarr");
     crate::convert::convert(&crate::convert::ConvertOptions {
@@ -842,6 +885,7 @@ pub fn synthetic_store(dir: &Path, patches: usize, seed: u64) -> Result<PathBuf>
         split_seed: 0,
         skip_bad: false,
         overwrite: false,
+        force: false,
         store: crate::store::StoreOptions {
             codec: crate::store::Codec::Blosc,
             level: crate::store::DEFAULT_LEVEL,

@@ -7,7 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use data_prep::geotiff::{self, Flavor, GeoRef};
-use data_prep::store::{Store, read_rejects};
+use data_prep::store::read_rejects;
+use lossbench_core::store::Store;
 
 struct Case {
     name: &'static str,
@@ -169,7 +170,7 @@ fn every_bad_input_is_named_and_accounted_for() {
             case.name
         );
         assert!(
-            !data_prep::layout::partial_path(&out).exists(),
+            !lossbench_core::layout::partial_path(&out).exists(),
             "{}: partial left behind",
             case.name
         );
@@ -195,7 +196,7 @@ fn every_bad_input_is_named_and_accounted_for() {
             case.name,
             rejects[0].reason
         );
-        for split in data_prep::layout::Split::ALL {
+        for split in lossbench_core::layout::Split::ALL {
             assert!(!store.split(split).unwrap().names.contains(&patch));
         }
 
@@ -215,7 +216,7 @@ fn every_bad_input_is_named_and_accounted_for() {
             case.name
         );
         assert!(
-            !out.exists() && !data_prep::layout::partial_path(&out).exists(),
+            !out.exists() && !lossbench_core::layout::partial_path(&out).exists(),
             "{} (packed): left behind",
             case.name
         );

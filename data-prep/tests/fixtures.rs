@@ -6,9 +6,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use data_prep::archive;
-use data_prep::layout::Split;
 use data_prep::plan::{ListFiles, make_plan};
-use data_prep::store::{Store, read_rejects};
+use data_prep::store::read_rejects;
+use lossbench_core::layout::Split;
+use lossbench_core::store::Store;
 
 fn classes(v: &[u8]) -> Vec<usize> {
     (0..v.len()).filter(|&c| v[c] == 1).collect()

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use data_prep::layout::partial_path;
-use data_prep::store::Store;
+use lossbench_core::layout::partial_path;
+use lossbench_core::store::Store;
 
 #[test]
 fn kill_9_midway_leaves_no_complete_looking_store() {

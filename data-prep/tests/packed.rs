@@ -10,8 +10,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use data_prep::layout::{Split, partial_path};
-use data_prep::store::{Store, read_rejects};
+use data_prep::store::read_rejects;
+use lossbench_core::layout::{Split, partial_path};
+use lossbench_core::store::Store;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
@@ -46,6 +47,8 @@ fn assert_same_store(a: &Path, b: &Path) {
     let (mut x, y) = (Store::open(a).unwrap().attrs, Store::open(b).unwrap().attrs);
     assert_ne!(x.source, y.source, "the source should name the input");
     x.source = y.source.clone();
+    assert_ne!(x.store_id, y.store_id, "every conversion gets its own id");
+    x.store_id = y.store_id.clone();
     assert_eq!(x, y);
 }
 

@@ -4,9 +4,9 @@ mod common;
 
 use std::path::Path;
 
-use data_prep::labels::{CORINE_TO_BEN19, NUM_CLASSES, ben19_index, corine_index};
-use data_prep::layout::{ALL_BANDS, BAND_GROUPS, Split};
-use data_prep::store::Store;
+use lossbench_core::labels::{CORINE_TO_BEN19, NUM_CLASSES, ben19_index, corine_index};
+use lossbench_core::layout::{ALL_BANDS, BAND_GROUPS, Split};
+use lossbench_core::store::Store;
 
 fn labels_from_json(path: &Path) -> Vec<u8> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();

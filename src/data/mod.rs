@@ -3,6 +3,8 @@
 //! or device memory ([`resident`]). Both give the same batches, bit for bit on the CPU.
 
 pub mod resident;
+pub mod shared;
+pub mod splits;
 pub mod stream;
 
 use std::rc::Rc;
@@ -10,14 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use tch::{Device, Tensor};
 
-use crate::layout::{BAND_GROUPS, StoreAttributes};
-use crate::store::SplitData;
+use lossbench_core::layout::{BAND_GROUPS, StoreAttributes};
+use lossbench_core::store::SplitData;
 pub use resident::ResidentSplit;
+pub use splits::Splits;
 pub use stream::{Prefetcher, read_batch};
 
 /// Per-band z-scoring with the store's training-split statistics, per band group.
@@ -92,15 +92,6 @@ pub struct Batch {
     pub targets: Tensor,
     /// Row i of the batch is patch `indices[i]` of the split.
     pub indices: Vec<usize>,
-}
-
-/// The order of a split's patches in `epoch`: a permutation that depends on (seed, epoch) only.
-pub fn epoch_order(len: usize, seed: u64, epoch: u32) -> Vec<usize> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(epoch as u64);
-    let mut order: Vec<usize> = (0..len).collect();
-    order.shuffle(&mut rng);
-    order
 }
 
 /// Where a split's batches come from.
@@ -183,21 +174,5 @@ impl Batches {
             Batches::Stream(p) => p.waited,
             Batches::Resident { waited, .. } => *waited,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn epoch_orders_are_seeded_permutations() {
-        let a = epoch_order(100, 7, 3);
-        assert_eq!(a, epoch_order(100, 7, 3));
-        assert_ne!(a, epoch_order(100, 7, 4));
-        assert_ne!(a, epoch_order(100, 8, 3));
-        let mut s = a.clone();
-        s.sort();
-        assert_eq!(s, (0..100).collect::<Vec<_>>());
     }
 }

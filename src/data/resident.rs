@@ -4,20 +4,19 @@
 //! and z-scored where the data lives, with the streaming loader's arithmetic, so they equal its
 //! batches (bit for bit on the CPU).
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
-use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use super::{Batch, Normalizer};
 use crate::config::Residency;
-use crate::labels::NUM_CLASSES;
-use crate::layout::{BAND_GROUPS, VALUES_PER_PATCH};
-use crate::store::SplitData;
+use lossbench_core::labels::NUM_CLASSES;
+use lossbench_core::layout::{BAND_GROUPS, VALUES_PER_PATCH};
+pub use lossbench_core::run_info::Placement;
+use lossbench_core::store::SplitData;
 
 /// Bytes one patch takes in memory: its band values (2 bytes each) and its f32 labels.
 pub const BYTES_PER_PATCH: u64 = (VALUES_PER_PATCH * 2 + NUM_CLASSES * 4) as u64;
@@ -30,27 +29,7 @@ const DEVICE_RESERVE_MIN: u64 = 16 << 30;
 /// Share of the available host memory `auto` lets resident splits take.
 const HOST_SHARE: f64 = 0.8;
 
-/// Where a split's data lives during training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Placement {
-    /// Read from the store every epoch.
-    Stream,
-    Host,
-    Device,
-}
-
-impl fmt::Display for Placement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Placement::Stream => "streamed from the store",
-            Placement::Host => "resident in host memory",
-            Placement::Device => "resident in device memory",
-        })
-    }
-}
-
-fn gib(bytes: u64) -> String {
+pub(super) fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
@@ -66,7 +45,7 @@ pub struct Budget {
 /// Decides where each split (patch counts `lens`, in order) lives. `auto` places each split, in
 /// order, on the device if it fits beside the reserve for the model, else in host memory if it
 /// fits, else streams it. `host` and `device` refuse, naming the sizes, what does not fit. On
-/// the CPU, device memory is host memory.
+/// the CPU, device memory is host memory: both place the splits in host memory.
 pub fn plan(
     choice: Residency,
     device: Device,
@@ -104,14 +83,7 @@ pub fn plan(
                     gib(avail)
                 );
             }
-            Ok(vec![
-                if on_cpu {
-                    Placement::Device
-                } else {
-                    Placement::Host
-                };
-                lens.len()
-            ])
+            Ok(vec![Placement::Host; lens.len()])
         }
         Residency::Host | Residency::Device => {
             let (free, _) = budget
@@ -144,11 +116,7 @@ pub fn plan(
                     }
                     _ if bytes <= host_left => {
                         host_left -= bytes;
-                        if on_cpu {
-                            Placement::Device
-                        } else {
-                            Placement::Host
-                        }
+                        Placement::Host
                     }
                     _ => Placement::Stream,
                 })
@@ -172,6 +140,53 @@ pub struct ResidentSplit {
     pub placement: Placement,
     pub load_s: f64,
     pub bytes: u64,
+    /// The node's shared copy the tensors above are views of, when the ranks of a node share
+    /// one (declared last: dropped after them).
+    pub shared: Option<super::shared::Mapping>,
+}
+
+/// Decodes band group `g` of patches `rows` of `split` on `pool`, a chunk of patches at a time,
+/// handing each chunk (its first position and values, the uint16 values' bits) to `sink`.
+pub(super) fn decode_group(
+    split: &SplitData,
+    rows: &[usize],
+    g: usize,
+    pool: &rayon::ThreadPool,
+    mut sink: impl FnMut(usize, &[i16]) -> Result<()>,
+) -> Result<()> {
+    let per = BAND_GROUPS[g].values_per_patch();
+    for start in (0..rows.len()).step_by(LOAD_CHUNK) {
+        let count = LOAD_CHUNK.min(rows.len() - start);
+        let mut values = vec![0i16; count * per];
+        pool.install(|| {
+            values
+                .par_chunks_mut(per)
+                .enumerate()
+                .try_for_each(|(k, out)| -> Result<()> {
+                    for (d, v) in out.iter_mut().zip(split.read_group(g, rows[start + k])?) {
+                        *d = v as i16; // the bits of the uint16 value
+                    }
+                    Ok(())
+                })
+        })?;
+        sink(start, &values)?;
+    }
+    Ok(())
+}
+
+/// The labels of patches `rows` as f32 0/1, row-major `[rows, 19]`.
+pub(super) fn labels_of(split: &SplitData, rows: &[usize]) -> Vec<f32> {
+    rows.iter()
+        .flat_map(|&r| split.labels_of(r).iter().map(|&l| f32::from(l)))
+        .collect()
+}
+
+/// The loader threads.
+pub(super) fn loader_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("starting the loader threads")
 }
 
 impl ResidentSplit {
@@ -205,12 +220,9 @@ impl ResidentSplit {
         };
         let pinned = home == Device::Cpu && compute != Device::Cpu;
         let n = rows.len();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .context("starting the loader threads")?;
-        let progress =
-            data_prep::progress::bar(n as u64, &format!("{} patches into memory", split.split));
+        let pool = loader_pool(threads)?;
+        let what = format!("{} patches into memory", split.split);
+        let progress = lossbench_core::progress::bar(n as u64 * BAND_GROUPS.len() as u64, &what);
         let mut groups = Vec::new();
         for (g, group) in BAND_GROUPS.iter().enumerate() {
             let (c, side) = (group.bands.len() as i64, group.side as i64);
@@ -218,45 +230,40 @@ impl ResidentSplit {
             if pinned {
                 whole = whole.pin_memory(compute);
             }
-            let per = group.values_per_patch();
-            for start in (0..n).step_by(LOAD_CHUNK) {
-                let count = LOAD_CHUNK.min(n - start);
-                let mut values = vec![0i16; count * per];
-                pool.install(|| {
-                    values
-                        .par_chunks_mut(per)
-                        .enumerate()
-                        .try_for_each(|(k, out)| -> Result<()> {
-                            for (d, v) in out.iter_mut().zip(split.read_group(g, rows[start + k])?)
-                            {
-                                *d = v as i16; // the bits of the uint16 value
-                            }
-                            Ok(())
-                        })
-                })?;
-                let chunk = Tensor::from_slice(&values).reshape([count as i64, c, side, side]);
+            decode_group(&split, rows, g, &pool, |start, values| {
+                let count = values.len() / group.values_per_patch();
+                let chunk = Tensor::from_slice(values).reshape([count as i64, c, side, side]);
                 whole.narrow(0, start as i64, count as i64).copy_(&chunk);
-                if g == 0 {
-                    progress.inc(count as u64);
-                }
-            }
+                progress.inc(count as u64);
+                Ok(())
+            })?;
             groups.push(whole);
         }
         progress.finish_and_clear();
-        let labels: Vec<f32> = rows
-            .iter()
-            .flat_map(|&r| split.labels_of(r).iter().map(|&l| f32::from(l)))
-            .collect();
-        let labels = Tensor::from_slice(&labels)
+        let labels = Tensor::from_slice(&labels_of(&split, rows))
             .reshape([n as i64, NUM_CLASSES as i64])
             .to_device(home);
+        let mut r = Self::assemble(split, groups, labels, norm, compute, placement);
+        r.load_s = started.elapsed().as_secs_f64();
+        tracing::info!(split = %r.split.split, patches = n, size = gib(r.bytes), seconds = format!("{:.1}", r.load_s), "{placement}");
+        Ok(r)
+    }
+
+    /// A resident split of decoded tensors (its load time and sharing set by the caller).
+    pub(super) fn assemble(
+        split: Arc<SplitData>,
+        groups: Vec<Tensor>,
+        labels: Tensor,
+        norm: &Normalizer,
+        compute: Device,
+        placement: Placement,
+    ) -> ResidentSplit {
         let stats = (0..BAND_GROUPS.len())
             .map(|g| norm.tensors(g, compute))
             .collect();
-        let load_s = started.elapsed().as_secs_f64();
-        let bytes = n as u64 * BYTES_PER_PATCH;
-        tracing::info!(split = %split.split, patches = n, size = gib(bytes), seconds = format!("{load_s:.1}"), "{placement}");
-        Ok(ResidentSplit {
+        let bytes = labels.size()[0] as u64 * BYTES_PER_PATCH;
+        let (load_s, shared) = (0.0, None);
+        ResidentSplit {
             split,
             groups,
             labels,
@@ -265,7 +272,8 @@ impl ResidentSplit {
             placement,
             load_s,
             bytes,
-        })
+            shared,
+        }
     }
 
     /// Rows `indices` (positions among the loaded rows) as a batch on the compute device:
@@ -308,9 +316,10 @@ impl ResidentSplit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Loading, Source, epoch_order};
-    use crate::layout::Split;
-    use crate::store::Store;
+    use crate::data::{Loading, Source};
+    use crate::steps::epoch_order;
+    use lossbench_core::layout::Split;
+    use lossbench_core::store::Store;
 
     /// The resident loader's batches are the streaming loader's, bit for bit on the CPU.
     #[test]

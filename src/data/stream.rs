@@ -11,9 +11,9 @@ use rayon::prelude::*;
 use tch::Tensor;
 
 use super::{Batch, Normalizer};
-use crate::labels::NUM_CLASSES;
-use crate::layout::BAND_GROUPS;
-use crate::store::SplitData;
+use lossbench_core::labels::NUM_CLASSES;
+use lossbench_core::layout::BAND_GROUPS;
+use lossbench_core::store::SplitData;
 
 /// Reads and z-scores patches `indices` of `split`, in parallel on the current rayon pool.
 pub fn read_batch(split: &SplitData, norm: &Normalizer, indices: &[usize]) -> Result<Batch> {
@@ -111,9 +111,9 @@ impl Drop for Prefetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::epoch_order;
-    use crate::layout::Split;
-    use crate::store::Store;
+    use crate::steps::epoch_order;
+    use lossbench_core::layout::Split;
+    use lossbench_core::store::Store;
 
     fn store(dir: &std::path::Path) -> Store {
         Store::open(&data_prep::synth::synthetic_store(dir, 40, 3).unwrap()).unwrap()

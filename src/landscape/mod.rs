@@ -29,13 +29,16 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint;
 use crate::config::{self, Config};
 use crate::data::resident::Placement;
-use crate::data::{Normalizer, ResidentSplit, epoch_order};
+use crate::data::{Normalizer, ResidentSplit};
 use crate::dist::Dist;
-use crate::layout::Split;
 use crate::losses::{Loss, LossSpec, STUDY_LOSSES, SingleLoss};
-use crate::metrics::Counts;
 use crate::model::{Arch, Model};
-use crate::store::Store;
+use crate::run_folder::RunFolder;
+use crate::steps::epoch_order;
+use lossbench_core::layout::Split;
+use lossbench_core::lock::Mode;
+use lossbench_core::metrics::Counts;
+use lossbench_core::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -98,32 +101,98 @@ pub struct Spec {
     pub data: PathBuf,
 }
 
-/// What `trainer landscape` was asked.
+/// What `trainer landscape` is asked: its command-line flags.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Request {
+    /// The run folder.
+    #[arg(long)]
     pub run: PathBuf,
-    /// `None`: the best epoch.
+    /// The checkpoint's epoch (default: the best epoch); for `interp`, the start.
+    #[arg(long)]
     pub epoch: Option<u32>,
+    #[arg(long, value_enum)]
     pub kind: LandscapeKind,
+    /// `interp`: the other end's run folder (default: this run) ...
+    #[arg(long)]
     pub to_run: Option<PathBuf>,
+    /// ... and epoch (default: that run's best).
+    #[arg(long)]
     pub to_epoch: Option<u32>,
+    /// FROM:TO of α (and β); `interp`: of t (default -1:1; `interp` -0.5:1.5).
+    #[arg(long, value_parser = parse_range, allow_hyphen_values = true)]
     pub range: Option<(f64, f64)>,
+    /// Points per axis (default 51; `interp` 41); a 2D grid has points².
+    #[arg(long)]
     pub points: Option<usize>,
+    /// Seeds the directions, the power iteration's start and the patch subsets.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// `None`: [`default_patches`] of the run's network.
+    /// Training patches the losses are evaluated on (a seeded subset; default 2048, 1024 for
+    /// vgg16: a default 2D landscape stays under 15 GPU-minutes, docs/landscape.md).
+    #[arg(long)]
     pub train_patches: Option<usize>,
+    /// Validation patches the F1 scores are evaluated on (a seeded subset; default as
+    /// --train-patches).
+    #[arg(long)]
     pub val_patches: Option<usize>,
+    /// Patches per forward pass.
+    #[arg(long, default_value_t = 256)]
     pub batch: usize,
+    /// Grid points per block (the unit of work, of distribution and of restart).
+    #[arg(long, default_value_t = 16)]
     pub block: usize,
+    /// Give biases and BatchNorm parameters a direction too (the parameters themselves).
+    #[arg(long)]
     pub include_bias_bn: bool,
+    /// BatchNorm with the checkpoint's running statistics (`eval`) or each batch's (`batch`).
+    #[arg(long, value_enum, default_value_t = BnMode::Eval)]
     pub bn: BnMode,
+    /// `sharpness`: power iterations at most.
+    #[arg(long, default_value_t = 50)]
     pub iterations: usize,
+    /// The landscape's folder name under <run>/landscape/ (default from kind, epoch and seed).
+    #[arg(long)]
     pub name: Option<String>,
+    /// The store (default: the run's run.data).
+    #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Overrides the run's run.device.
+    #[arg(long, value_enum)]
     pub device: Option<config::DeviceChoice>,
-    /// This SLURM array task and their count: blocks are shared out over tasks × ranks.
+    /// K/N: this process is task K of N (a SLURM array; slurm/landscape.sh sets it).
+    #[arg(long, value_parser = parse_task, default_value = "0/1")]
     pub task: (usize, usize),
-    /// CPU compute threads per rank (default: the run's `run.threads`).
+    /// CPU compute threads per rank (default: the run's run.threads; 0 = the node's cores
+    /// shared by its ranks).
+    #[arg(long)]
     pub threads: Option<usize>,
+}
+
+fn parse_range(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected FROM:TO, e.g. -1:1"))?;
+    let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
+    Ok((parse(a)?, parse(b)?))
+}
+
+fn parse_task(s: &str) -> Result<(usize, usize), String> {
+    let (k, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected K/N, e.g. 0/4"))?;
+    let (k, n) = (
+        k.parse::<usize>().map_err(|e| e.to_string())?,
+        n.parse::<usize>().map_err(|e| e.to_string())?,
+    );
+    if n == 0 || k >= n {
+        return Err(format!("{s:?}: K must be below N"));
+    }
+    Ok((k, n))
+}
+
+/// A path as it resolves now (itself when it does not exist).
+fn canonical(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Patches of each subset by default: a 2D landscape of 51 x 51 points then costs under 15
@@ -156,21 +225,8 @@ fn default_name(r: &Request, epoch: Option<u32>) -> String {
     }
 }
 
-/// A run's config and the epoch of its best (or a given) checkpoint.
-fn run_config(run: &Path) -> Result<Config> {
-    config::load(&run.join("config.toml"), Vec::new()).with_context(|| {
-        format!(
-            "{} is not a run folder (no readable config.toml)",
-            run.display()
-        )
-    })
-}
-
 fn best_epoch(run: &Path) -> Result<u32> {
-    Ok(checkpoint::latest(run)?
-        .with_context(|| format!("{}: no checkpoint", run.display()))?
-        .state
-        .best_epoch)
+    RunFolder::open(run)?.best_epoch()
 }
 
 /// The evaluation set-up: the network, the subsets in memory, the losses.
@@ -362,6 +418,10 @@ fn subset(len: usize, n: usize, seed: u64, salt: u32) -> Vec<usize> {
     rows
 }
 
+fn block_schema() -> arrow_schema::SchemaRef {
+    lossbench_core::schema::of(lossbench_core::schema::landscape_block())
+}
+
 /// What one call of [`run`] did.
 pub struct Outcome {
     pub folder: PathBuf,
@@ -372,14 +432,13 @@ pub struct Outcome {
 
 /// Computes this worker's missing blocks of the landscape `r` asks for.
 pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
-    let config = run_config(&r.run)?;
-    let store_path = r.data.clone().unwrap_or_else(|| config.run.data.clone());
-    let store = Store::open(&store_path).with_context(|| {
-        format!(
-            "opening the run's store (--data to point elsewhere): {}",
-            store_path.display()
-        )
-    })?;
+    let run_folder = RunFolder::open(&r.run)?;
+    // Beside other landscapes of the run, never beside a training attempt (which prunes the
+    // checkpoints read here).
+    let _lock = crate::folder_lock::lock(&r.run, Mode::Shared, "trainer landscape", dist)?;
+    let config = &run_folder.config;
+    let store = run_folder.store(r.data.as_deref())?;
+    let store_path = canonical(&store.path);
     let kind = r.kind;
     let epoch = match kind {
         LandscapeKind::Sharpness => None,
@@ -390,7 +449,7 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
     };
     let to = match kind {
         LandscapeKind::Interp => {
-            let to_run = r.to_run.clone().unwrap_or_else(|| r.run.clone());
+            let to_run = canonical(r.to_run.as_ref().unwrap_or(&r.run));
             let to_epoch = match (r.to_epoch, &r.to_run) {
                 (Some(e), _) => e,
                 (None, Some(other)) => best_epoch(other)?,
@@ -423,7 +482,8 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
     let val_len = store.attrs.splits[&Split::Validation].patches as usize;
     let spec = Spec {
         kind,
-        run: r.run.clone(),
+        // Canonical: `runs/x`, `./runs/x` and the absolute path ask for the same landscape.
+        run: canonical(&r.run),
         epoch,
         to: to.clone(),
         seed: r.seed,
@@ -490,8 +550,19 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if dist.is_root() && r.task.0 == 0 {
-                crate::results::write_atomically(&spec_path, &serde_json::to_vec_pretty(&spec)?)?;
+            // Whoever comes first creates it; a writer of another spec that lost the race
+            // finds it on its next start (the blocks it writes are checked against it).
+            let bytes = serde_json::to_vec_pretty(&spec)?;
+            if !lossbench_core::files::create_new_atomically(&spec_path, &bytes)? {
+                let existing: Spec = serde_json::from_slice(&fs::read(&spec_path)?)
+                    .with_context(|| format!("{}: unreadable", spec_path.display()))?;
+                if existing != spec {
+                    bail!(
+                        "{} holds another landscape ({}); choose another --name or remove it",
+                        dir.display(),
+                        spec_path.display()
+                    );
+                }
             }
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", spec_path.display())),
@@ -521,7 +592,7 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
 
     let device = crate::device::resolve(r.device.unwrap_or(config.run.device), dist.local_rank)?;
     dist.set_compute_threads(r.threads.unwrap_or(config.run.threads));
-    let eval = Evaluator::new(&config, &spec, device, &store, config.train.loader_threads)?;
+    let eval = Evaluator::new(config, &spec, device, &store, config.train.loader_threads)?;
     let base = checkpoint_values(&r.run, epoch, &eval)?;
     let landscape = Landscape {
         spec: &spec,
@@ -532,10 +603,10 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
         end: None,
     };
     let landscape = landscape.prepare(&dir, dist.is_root() && task == 0)?;
-    let progress = data_prep::progress::bar_if(dist.is_root(), todo.len() as u64, "blocks");
+    let progress = lossbench_core::progress::bar_if(dist.is_root(), todo.len() as u64, "blocks");
     for b in todo {
         let rows = landscape.block(blocks[b])?;
-        crate::results::write_parquet(&block_path(b), &[rows])?;
+        lossbench_core::tables::write_parquet(&block_path(b), &block_schema(), &[rows])?;
         progress.inc(1);
         tracing::info!(block = b, of = blocks.len(), "landscape block written");
     }
@@ -730,7 +801,7 @@ impl<'a> Landscape<'a> {
                 )),
             ),
         ];
-        Ok(RecordBatch::try_from_iter(columns)?)
+        lossbench_core::schema::batch(&block_schema(), columns)
     }
 
     /// The variables at a grid point.

@@ -91,7 +91,7 @@ impl Loss {
             {
                 Loss::Single {
                     spec,
-                    pos_weight: vec![1.0; data_prep::labels::NUM_CLASSES],
+                    pos_weight: vec![1.0; lossbench_core::labels::NUM_CLASSES],
                 }
             }
             other => other,

@@ -19,10 +19,10 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::labels::NUM_CLASSES;
-use crate::layout::{BAND_GROUPS, FULL_SIDE};
 use crate::model::{Arch, BN_EPS, STACKED_SIDE, stack_bands};
-use crate::results::HeatmapRow;
+use lossbench_core::heatmaps::HeatmapRow;
+use lossbench_core::labels::NUM_CLASSES;
+use lossbench_core::layout::{BAND_GROUPS, FULL_SIDE};
 
 /// zennit's stabiliser for every rule but ε: the denominator moves away from zero by this much.
 const STABILIZER: f64 = 1e-6;
@@ -535,7 +535,7 @@ pub fn explain_patches(
         .zip(maps)
         .map(|(&(row, c), h)| {
             let bands = if with_bands {
-                let mut all = Vec::with_capacity(crate::results::BAND_MAP_VALUES);
+                let mut all = Vec::with_capacity(lossbench_core::layout::VALUES_PER_PATCH);
                 for b in &h.bands {
                     all.extend(flat(b)?);
                 }

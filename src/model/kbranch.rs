@@ -9,8 +9,8 @@ use tch::Tensor;
 use tch::nn::{self, Module};
 
 use super::batch_norm_config;
-use crate::labels::NUM_CLASSES;
-use crate::layout::BAND_GROUPS;
+use lossbench_core::labels::NUM_CLASSES;
+use lossbench_core::layout::BAND_GROUPS;
 
 const CONV_DROPOUT: f64 = 0.25;
 const FC_DROPOUT: f64 = 0.5;

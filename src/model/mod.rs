@@ -17,7 +17,7 @@ pub use kbranch::KBranch;
 pub use resnet::ResNet50;
 pub use vgg::Vgg16;
 
-use crate::layout::BAND_GROUPS;
+use lossbench_core::layout::BAND_GROUPS;
 
 /// BatchNorm's ε (tch's and PyTorch's default).
 pub const BN_EPS: f64 = 1e-5;

@@ -8,7 +8,7 @@ use tch::Tensor;
 use tch::nn;
 
 use super::{batch_norm_config, kaiming_fan_out};
-use crate::labels::NUM_CLASSES;
+use lossbench_core::labels::NUM_CLASSES;
 
 /// Blocks per stage and the stages' widths (bottleneck outputs are 4x the width).
 pub const STAGES: [(usize, i64); 4] = [(3, 64), (4, 128), (6, 256), (3, 512)];

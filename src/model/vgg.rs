@@ -9,7 +9,7 @@ use tch::Tensor;
 use tch::nn;
 
 use super::{batch_norm_config, kaiming_fan_out};
-use crate::labels::NUM_CLASSES;
+use lossbench_core::labels::NUM_CLASSES;
 
 /// Output channels of each 3x3 conv; `None` is a 2x2 max-pool (torchvision's configuration "D").
 pub const FEATURES: [Option<i64>; 18] = [

@@ -1,11 +1,16 @@
 """Shared set-up for the interop tests: the data-prep binary and synthetic archives."""
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / "target" / "release"
+CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
+# mpirun as root, as CI runs.
+MPI_ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 
 
 def data_prep_bin() -> str:
@@ -38,3 +43,30 @@ def v2_archive(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("v2") / "archive"
     run("synth", "--patches", "50", "--seed", "43", "--format", "v2", "--out", str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A real single-node SLURM (scripts/slurm-cluster.sh), shared by the tests that submit jobs:
+    the environment that points sbatch, squeue and scontrol at it."""
+    # Under the repository, not pytest's private tmp: the munge user must reach its socket.
+    folder = ROOT / ".cache" / "slurm-test"
+    subprocess.run([str(CLUSTER), "start", str(folder)], check=True)
+    env = dict(os.environ, SLURM_CONF=str(folder / "slurm.conf"))
+    try:
+        yield env
+    finally:
+        subprocess.run(["scancel", "--user=root"], env=env)
+        subprocess.run([str(CLUSTER), "stop", str(folder)], check=True)
+
+
+def jobs_left(env) -> list[str]:
+    q = subprocess.run(["squeue", "-h", "-o", "%i %T"], env=env, capture_output=True, text=True, check=True)
+    return q.stdout.split("\n")[:-1]
+
+
+def wait_until(condition, what: str, timeout: float = 300):
+    start = time.time()
+    while not condition():
+        assert time.time() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.1)

@@ -13,25 +13,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, run
+from conftest import MPI_ENV, ROOT, jobs_left, run, wait_until
 
 TRAINER = ROOT / "target" / "release" / "trainer"
 SWEEP = ROOT / "slurm" / "sweep.sh"
-CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
 TRAIN_ARGS = "--set train.batch_size=16 --set train.loader_threads=1 --set lrp.probes=2"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    # Under the repository, not pytest's private tmp: the munge user must reach its socket.
-    folder = ROOT / ".cache" / "slurm-test"
-    subprocess.run([str(CLUSTER), "start", str(folder)], check=True)
-    env = dict(os.environ, SLURM_CONF=str(folder / "slurm.conf"))
-    try:
-        yield env
-    finally:
-        subprocess.run(["scancel", "--user=root"], env=env)
-        subprocess.run([str(CLUSTER), "stop", str(folder)], check=True)
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +42,6 @@ def sbatch_sweep(env, out: Path, data: Path, losses: str, seeds: str) -> str:
     return text
 
 
-def jobs_left(env) -> list[str]:
-    q = subprocess.run(["squeue", "-h", "-o", "%i %T"], env=env, capture_output=True, text=True, check=True)
-    return q.stdout.split("\n")[:-1]
-
-
-def wait_until(condition, what: str, timeout: float = 300):
-    start = time.time()
-    while not condition():
-        assert time.time() - start < timeout, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def log_events(log: Path, message: str) -> list[dict]:
     """The fields of the trainer's JSON log lines with this message."""
     if not log.exists():
@@ -89,7 +63,7 @@ def val_records(run_dir: Path) -> list:
 
 
 def train_uninterrupted(data: Path, out: Path, loss: str, seed: int) -> Path:
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env = MPI_ENV
     cmd = ["mpirun", "-np", "2", "--oversubscribe", str(TRAINER), "train", "--config", str(ROOT / "jobs" / f"{loss}.toml"),
            "--seed", str(seed), "--data", str(data), "--out", str(out), "--epochs", "2", *TRAIN_ARGS.split()]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -101,7 +75,7 @@ def test_sweep_trains_requeues_resumes_and_adds_runs(cluster, store, tmp_path):
     env = cluster
     out = tmp_path / "runs"
     plan = sbatch_sweep(env, out, store, "ce focal", "1 2")
-    assert "4 run(s) to train or resume, 0 finished" in plan, plan
+    assert "4 run(s) to train or resume, 0 finished, 0 being trained" in plan, plan
     array = re.search(r"submitted array job (\d+)", plan).group(1)
 
     # Task 1 (ce-seed2) is requeued by the administrator once it is into epoch 2; task 2
@@ -150,7 +124,8 @@ def test_sweep_trains_requeues_resumes_and_adds_runs(cluster, store, tmp_path):
     kept = out / "ce-seed1" / "test_metrics.json"
     before = kept.stat().st_mtime_ns
     plan = sbatch_sweep(env, out, store, "ce", "1 3")
-    assert "1 run(s) to train or resume, 1 finished run(s) kept" in plan, plan
+    assert "1 run(s) to train or resume, 1 finished, 0 being trained by running jobs" in plan, plan
+    assert "skipping ce-seed1: finished" in plan, plan
     wait_until(lambda: not jobs_left(env), "the second sweep", timeout=300)
     assert (out / "ce-seed3" / "test_metrics.json").exists()
     assert kept.stat().st_mtime_ns == before

@@ -14,10 +14,11 @@ use anyhow::{Context, Result, bail};
 use arrow_array::RecordBatch;
 use base64::Engine;
 
-use crate::labels::BEN19;
-use crate::results::{MAP_VALUES, read_parquet, read_table, table_files};
 use columns::Columns;
-use data_prep::layout::{BAND_GROUPS, FULL_SIDE, Split};
+use lossbench_core::labels::BEN19;
+use lossbench_core::layout::{BAND_GROUPS, FULL_SIDE, Split};
+use lossbench_core::schema::MAP_VALUES;
+use lossbench_core::tables::{read_parquet, read_table, table_files};
 
 /// The study's loss abbreviations and column order (docs/study.md, Table 6.1); its jobs carry
 /// the losses' names.
@@ -363,7 +364,7 @@ fn patch_image(stores: &[String], patch: &str) -> Result<Vec<u8>> {
     let (r, g, b) = (channel("B04")?, channel("B03")?, channel("B02")?);
     let mut tried = Vec::new();
     for path in stores.iter().filter(|s| !s.is_empty()) {
-        let store = match data_prep::store::Store::open(Path::new(path)) {
+        let store = match lossbench_core::store::Store::open(Path::new(path)) {
             Ok(s) => s,
             Err(e) => {
                 tried.push(format!("{e:#}"));
@@ -376,7 +377,7 @@ fn patch_image(stores: &[String], patch: &str) -> Result<Vec<u8>> {
                 let values = data.read_group(0, i)?;
                 let n = group.pixels_per_band();
                 let band = |k: usize| &values[k * n..(k + 1) * n];
-                return crate::render::true_colour_png(
+                return lossbench_core::images::true_colour_png(
                     band(r),
                     band(g),
                     band(b),
@@ -564,7 +565,7 @@ fn section_lrp(
         for l in &jobs {
             match maps.get(&(l.clone(), *e)) {
                 Some((map, logit)) => {
-                    let png = crate::render::heatmap_png(map, FULL_SIDE as u32, 1)?;
+                    let png = lossbench_core::images::heatmap_png(map, FULL_SIDE as u32, 1)?;
                     let pred = predicted.get(&(l.clone(), *e)).map_or(String::new(), |p| {
                         p.iter().map(|c| short(c)).collect::<Vec<_>>().join(", ")
                     });
@@ -733,7 +734,7 @@ fn section_landscape(html: &mut String, results: &Path, arch: &str) -> Result<()
             let cell = if n >= 2 && n * n == cells.len() {
                 let values: Vec<f64> = cells.iter().map(|c| c.2).collect();
                 png_img(
-                    &crate::render::contour_png(&values, n, lo, hi, 12, 180)?,
+                    &lossbench_core::images::contour_png(&values, n, lo, hi, 12, 180)?,
                     180,
                     &format!("{job}, 2D landscape"),
                 )
@@ -854,7 +855,7 @@ pub fn render(results: &Path, out: &Path, opts: &Options) -> Result<PathBuf> {
     html.push_str("</body></html>\n");
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let path = out.join("index.html");
-    crate::results::write_atomically(&path, html.as_bytes())?;
+    lossbench_core::files::write_atomically(&path, html.as_bytes())?;
     Ok(path)
 }
 

@@ -197,9 +197,28 @@ pub struct StoreAttributes {
     pub source: Source,
     pub options: serde_json::Value,
     pub accounting: Accounting,
+    /// A random id data-prep gives every store it writes: runs record it and refuse a store
+    /// whose id changed under them (a `convert --overwrite` in place). Absent in stores written
+    /// before ids existed, which are identified by their attributes instead ([`Self::identity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_id: Option<String>,
 }
 
 impl StoreAttributes {
+    /// What identifies the store's content: its id, or for a store written before ids, a
+    /// digest of its attributes (`attrs-` and 16 hex digits).
+    pub fn identity(&self) -> String {
+        if let Some(id) = &self.store_id {
+            return id.clone();
+        }
+        let text = serde_json::to_string(self).unwrap_or_default();
+        // FNV-1a, 64 bits: stable across builds and platforms.
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("attrs-{hash:016x}")
+    }
+
     /// Checks that a reader can rely on the attributes: this build's format, the 19 classes,
     /// every split with a label count per class and none above its patch count, statistics for
     /// every band when the training split has patches. Readers then index them without further checks.
@@ -304,6 +323,7 @@ mod tests {
             },
             options: serde_json::Value::Null,
             accounting: Accounting::default(),
+            store_id: None,
         };
         assert_eq!(ok.validate(), Ok(()));
         let mut a = ok.clone();

@@ -13,6 +13,10 @@ use crate::metrics::Metrics;
 
 /// The records file in a run folder.
 pub const EPOCHS_FILE: &str = "epochs.jsonl";
+/// Lines of `epochs.jsonl` that did not parse, kept aside (never dropped) by a resuming trainer:
+/// one JSON object per line, `{"line": <number in epochs.jsonl>, "text": <the line>}`.
+pub const REJECTED_FILE: &str = "epochs.rejected.jsonl";
+
 /// The test evaluation in a run folder.
 pub const TEST_FILE: &str = "test_metrics.json";
 
@@ -83,6 +87,27 @@ pub fn read_epochs(path: &Path) -> Result<Records> {
         }
     }
     Ok(out)
+}
+
+/// Appends lines `numbers` (1-based) of the file `path` to `aside` ([`REJECTED_FILE`]), synced.
+pub fn keep_aside(path: &Path, numbers: &[usize], aside: &Path) -> Result<()> {
+    use std::io::Write;
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut out = String::new();
+    for &n in numbers {
+        let line = lines.get(n - 1).map_or("", |l| l.trim_end_matches('\n'));
+        out.push_str(&serde_json::json!({ "line": n, "text": line }).to_string());
+        out.push('\n');
+    }
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(aside)
+        .with_context(|| format!("opening {}", aside.display()))?;
+    file.write_all(out.as_bytes())
+        .and_then(|()| file.sync_data())
+        .with_context(|| format!("appending to {}", aside.display()))
 }
 
 /// Reads `test_metrics.json`: `None` when the run has not been tested yet.

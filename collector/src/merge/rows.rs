@@ -1,0 +1,341 @@
+//! The rows of the collector's tables from the run folders ([`super::folder`]), built against
+//! the schemas of [`lossbench_core::schema`] so every file of a table has the same schema.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow_array::{
+    ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array,
+    UInt32Array, UInt64Array,
+};
+
+use super::folder::RunFolder;
+use lossbench_core::labels::BEN19;
+use lossbench_core::metrics::{Metrics, Prf};
+use lossbench_core::records::{EpochRecord, TestOutcome};
+use lossbench_core::schema::{self, Table};
+
+fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn floats(values: impl Iterator<Item = Option<f64>>) -> ArrayRef {
+    Arc::new(Float64Array::from_iter(values))
+}
+
+/// run_id, job, loss, arch, seed: the first columns of every table, repeated over `n` rows.
+pub fn run_columns<'a>(r: &RunFolder, n: usize) -> Vec<(&'a str, ArrayRef)> {
+    vec![
+        ("run_id", strings(std::iter::repeat_n(r.run_id.as_str(), n))),
+        ("job", strings(std::iter::repeat_n(r.job.as_str(), n))),
+        ("loss", strings(std::iter::repeat_n(r.loss.as_str(), n))),
+        ("arch", strings(std::iter::repeat_n(r.arch.as_str(), n))),
+        (
+            "seed",
+            Arc::new(UInt64Array::from_iter_values(std::iter::repeat_n(
+                r.seed, n,
+            ))),
+        ),
+    ]
+}
+
+/// Precision/recall/F1 of each averaging, Hamming loss, subset accuracy and patch count, from
+/// optional metrics (null where a row has none).
+fn metric_columns(metrics: &[Option<&Metrics>]) -> Vec<(&'static str, ArrayRef)> {
+    type Averaging = ([&'static str; 3], fn(&Metrics) -> Prf);
+    let averagings: [Averaging; 4] = [
+        (["micro_precision", "micro_recall", "micro_f1"], |m| m.micro),
+        (["macro_precision", "macro_recall", "macro_f1"], |m| {
+            m.macro_avg
+        }),
+        (
+            ["weighted_precision", "weighted_recall", "weighted_f1"],
+            |m| m.weighted,
+        ),
+        (["samples_precision", "samples_recall", "samples_f1"], |m| {
+            m.samples
+        }),
+    ];
+    let mut out: Vec<(&'static str, ArrayRef)> = Vec::new();
+    for (names, pick) in averagings {
+        out.push((
+            names[0],
+            floats(metrics.iter().map(|m| m.map(|m| pick(m).precision))),
+        ));
+        out.push((
+            names[1],
+            floats(metrics.iter().map(|m| m.map(|m| pick(m).recall))),
+        ));
+        out.push((
+            names[2],
+            floats(metrics.iter().map(|m| m.map(|m| pick(m).f1))),
+        ));
+    }
+    out.push((
+        "hamming_loss",
+        floats(metrics.iter().map(|m| m.map(|m| m.hamming_loss))),
+    ));
+    out.push((
+        "subset_accuracy",
+        floats(metrics.iter().map(|m| m.map(|m| m.subset_accuracy))),
+    ));
+    out.push((
+        "patches",
+        Arc::new(UInt64Array::from_iter(
+            metrics.iter().map(|m| m.map(|m| m.patches)),
+        )),
+    ));
+    out
+}
+
+fn batch(table: Table, columns: Vec<(&'static str, ArrayRef)>) -> Result<RecordBatch> {
+    schema::batch(&table.schema(), columns).with_context(|| format!("table {}", table.name()))
+}
+
+/// `epochs`: per epoch a `train` row (loss, speed, time breakdown) and a `validation` row
+/// (loss and metrics).
+pub fn epochs_table(r: &RunFolder) -> Result<RecordBatch> {
+    let rows: Vec<(&EpochRecord, bool)> = r
+        .records
+        .iter()
+        .flat_map(|e| [(e, true), (e, false)])
+        .collect();
+    let train_only =
+        |f: fn(&EpochRecord) -> f64| floats(rows.iter().map(move |(e, train)| train.then(|| f(e))));
+    let mut columns = run_columns(r, rows.len());
+    columns.push((
+        "epoch",
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|(e, _)| e.epoch),
+        )),
+    ));
+    columns.push((
+        "split",
+        strings(
+            rows.iter()
+                .map(|(_, train)| if *train { "train" } else { "validation" }),
+        ),
+    ));
+    columns.push((
+        "loss_value",
+        floats(
+            rows.iter()
+                .map(|(e, train)| Some(if *train { e.train_loss } else { e.val_loss })),
+        ),
+    ));
+    columns.extend(metric_columns(
+        &rows
+            .iter()
+            .map(|(e, train)| (!train).then_some(&e.val))
+            .collect::<Vec<_>>(),
+    ));
+    columns.push(("lr", train_only(|e| e.lr)));
+    columns.push(("images_per_s", train_only(|e| e.images_per_s)));
+    columns.push(("epoch_wall_s", train_only(|e| e.wall_s)));
+    columns.push(("compute_s", train_only(|e| e.time.compute_s)));
+    columns.push(("allreduce_s", train_only(|e| e.time.allreduce_s)));
+    columns.push(("data_wait_s", train_only(|e| e.time.data_wait_s)));
+    batch(Table::Epochs, columns)
+}
+
+/// `class_metrics`: per validation epoch, and for the test split at the best epoch, one row
+/// per class.
+pub fn class_metrics_table(r: &RunFolder) -> Result<RecordBatch> {
+    let mut sets: Vec<(u32, &str, &Metrics)> = r
+        .records
+        .iter()
+        .map(|e| (e.epoch, "validation", &e.val))
+        .collect();
+    if let Some(t) = &r.test {
+        sets.push((t.best_epoch, "test", &t.metrics));
+    }
+    let rows: Vec<(u32, &str, usize, &lossbench_core::metrics::ClassMetrics)> = sets
+        .iter()
+        .flat_map(|&(e, s, m)| {
+            m.per_class
+                .iter()
+                .enumerate()
+                .map(move |(c, cm)| (e, s, c, cm))
+        })
+        .collect();
+    let mut columns = run_columns(r, rows.len());
+    columns.push((
+        "epoch",
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.0))),
+    ));
+    columns.push(("split", strings(rows.iter().map(|r| r.1))));
+    columns.push(("class", strings(rows.iter().map(|r| BEN19[r.2]))));
+    columns.push((
+        "class_index",
+        Arc::new(UInt8Array::from_iter_values(rows.iter().map(|r| r.2 as u8))),
+    ));
+    columns.push((
+        "precision",
+        floats(rows.iter().map(|r| Some(r.3.precision))),
+    ));
+    columns.push(("recall", floats(rows.iter().map(|r| Some(r.3.recall)))));
+    columns.push(("f1", floats(rows.iter().map(|r| Some(r.3.f1)))));
+    columns.push((
+        "support",
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.3.support),
+        )),
+    ));
+    batch(Table::ClassMetrics, columns)
+}
+
+pub fn test_metrics_table(r: &RunFolder, t: &TestOutcome) -> Result<RecordBatch> {
+    let mut columns = run_columns(r, 1);
+    columns.push((
+        "best_epoch",
+        Arc::new(UInt32Array::from_iter_values([t.best_epoch])),
+    ));
+    columns.push(("loss_value", floats([Some(t.loss)].into_iter())));
+    columns.extend(metric_columns(&[Some(&t.metrics)]));
+    batch(Table::TestMetrics, columns)
+}
+
+pub fn runs_table(runs: &[RunFolder]) -> Result<RecordBatch> {
+    let status = |r: &RunFolder| match &r.info {
+        Some(i) => serde_json::to_value(i.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        None if r.test.is_some() => "finished".into(),
+        None => "unknown".into(),
+    };
+    let statuses: Vec<String> = runs.iter().map(status).collect();
+    let hosts: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            r.attempts()
+                .last()
+                .map(|a| a.host.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let revisions: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            r.info
+                .as_ref()
+                .map(|i| i.code_revision.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let wall = |r: &RunFolder| -> Option<f64> {
+        let a = r.attempts();
+        (!a.is_empty()).then(|| {
+            a.iter()
+                .filter_map(|a| {
+                    a.ended_unix_ms
+                        .map(|e| (e - a.started_unix_ms) as f64 / 1e3)
+                })
+                .sum()
+        })
+    };
+    let columns: Vec<(&'static str, ArrayRef)> = vec![
+        ("run_id", strings(runs.iter().map(|r| r.run_id.as_str()))),
+        ("job", strings(runs.iter().map(|r| r.job.as_str()))),
+        ("loss", strings(runs.iter().map(|r| r.loss.as_str()))),
+        ("arch", strings(runs.iter().map(|r| r.arch.as_str()))),
+        (
+            "seed",
+            Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.seed))),
+        ),
+        (
+            "loss_params",
+            strings(runs.iter().map(|r| r.loss_params.as_str())),
+        ),
+        (
+            "config_hash",
+            strings(runs.iter().map(|r| r.config_hash.as_str())),
+        ),
+        (
+            "code_revision",
+            strings(revisions.iter().map(String::as_str)),
+        ),
+        ("host", strings(hosts.iter().map(String::as_str))),
+        (
+            "world_size",
+            Arc::new(UInt32Array::from_iter(
+                runs.iter()
+                    .map(|r| r.attempts().last().map(|a| a.world_size as u32)),
+            )),
+        ),
+        (
+            "started",
+            Arc::new(
+                TimestampMillisecondArray::from_iter(
+                    runs.iter()
+                        .map(|r| r.attempts().first().map(|a| a.started_unix_ms)),
+                )
+                .with_timezone("UTC"),
+            ),
+        ),
+        (
+            "ended",
+            Arc::new(
+                TimestampMillisecondArray::from_iter(
+                    runs.iter()
+                        .map(|r| r.attempts().last().and_then(|a| a.ended_unix_ms)),
+                )
+                .with_timezone("UTC"),
+            ),
+        ),
+        ("status", strings(statuses.iter().map(String::as_str))),
+        (
+            "best_epoch",
+            Arc::new(UInt32Array::from_iter(runs.iter().map(|r| {
+                r.test.as_ref().map(|t| t.best_epoch).or(r.best_epoch())
+            }))),
+        ),
+        (
+            "epochs_done",
+            Arc::new(UInt32Array::from_iter_values(
+                runs.iter().map(|r| r.records.len() as u32),
+            )),
+        ),
+        (
+            "epochs_planned",
+            Arc::new(UInt64Array::from_iter_values(
+                runs.iter().map(|r| r.planned_epochs),
+            )),
+        ),
+        (
+            "attempts",
+            Arc::new(UInt32Array::from_iter_values(
+                runs.iter().map(|r| r.attempts().len() as u32),
+            )),
+        ),
+        ("wall_s", floats(runs.iter().map(wall))),
+        (
+            "folder",
+            strings(runs.iter().map(|r| r.dir.to_str().unwrap_or_default())),
+        ),
+        ("data", strings(runs.iter().map(|r| r.data.as_str()))),
+    ];
+    batch(Table::Runs, columns)
+}
+
+/// A Parquet file written by the trainer, with the run's columns put in front.
+pub fn with_run_columns(r: &RunFolder, source: &Path, table: Table) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for b in lossbench_core::tables::read_parquet(source, None)? {
+        let schema = b.schema();
+        let mut columns = run_columns(r, b.num_rows());
+        columns.extend(
+            schema
+                .fields()
+                .iter()
+                .zip(b.columns())
+                .map(|(f, c)| (f.name().as_str(), c.clone())),
+        );
+        out.push(
+            schema::batch(&table.schema(), columns)
+                .with_context(|| format!("{}: not a {} file", source.display(), table.name()))?,
+        );
+    }
+    Ok(out)
+}

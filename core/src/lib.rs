@@ -1,0 +1,31 @@
+//! lossbench-core: what every lossbench binary shares, and nothing else (docs/architecture.md).
+//!
+//! - the BigEarthNet class definitions ([`labels`]) and the store: its layout ([`layout`]),
+//!   written by data-prep and read here ([`store`]) by the trainer and the collector;
+//! - the run folder's formats: records ([`records`]), `run.json` ([`run_info`]), test
+//!   predictions ([`predictions`]) and LRP heatmaps ([`heatmaps`]), and the metrics they hold
+//!   ([`metrics`]);
+//! - the Parquet tables: one schema per table or file ([`schema`]), reading and writing them
+//!   ([`tables`]);
+//! - the machinery of the binaries: logging ([`logging`]), progress bars ([`progress`]), atomic
+//!   writes ([`files`]), the locks of run folders, results folders and stores ([`lock`]),
+//!   decoders of untrusted input kept from crashing ([`untrusted`]), the report's and
+//!   `trainer explain`'s PNG images ([`images`]).
+
+pub mod config_digest;
+pub mod files;
+pub mod heatmaps;
+pub mod images;
+pub mod labels;
+pub mod layout;
+pub mod lock;
+pub mod logging;
+pub mod metrics;
+pub mod predictions;
+pub mod progress;
+pub mod records;
+pub mod run_info;
+pub mod schema;
+pub mod store;
+pub mod tables;
+pub mod untrusted;

@@ -1,0 +1,201 @@
+//! Resuming never mixes configurations (docs/training.md, "Resuming with another
+//! configuration"). Every checkpoint records what produced it ([`Fingerprint`]): a digest of the
+//! resolved config without the keys that may change, the micro-batches per step (world size ×
+//! `train.accumulate`, which shape the step sequence) and the store's identity. A resume whose
+//! configuration differs elsewhere is refused before anything is written, listing the keys
+//! that differ (old → new, from the run folder's `config.toml`).
+//!
+//! What may change, and is recorded per attempt in `run.json`: the operational keys
+//! ([`lossbench_core::config_digest::OPERATIONAL`]: folders, device, threads, loaders, data
+//! residency, checkpoints kept, LRP snapshot frequency), `run.data` (a moved or copied store
+//! with the same identity), `train.epochs` (to extend a run, never below the epochs done) and
+//! `train.accumulate` with the world size as long as their product stays.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use lossbench_core::config_digest::{OPERATIONAL, digest, flatten};
+use lossbench_core::run_info::ConfigChange;
+
+/// The keys a resume may change besides the operational ones; each is checked on its own (the
+/// folder's name `run.run_id` is the run's by construction: it names the folder resumed).
+const CHECKED_APART: [&str; 4] = ["run.data", "run.run_id", "train.epochs", "train.accumulate"];
+
+/// What a checkpoint records of the configuration that produced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// 16 hex digits of SHA-256 over the resolved config without the keys that may change.
+    pub config: String,
+    /// Micro-batches per step: world size × `train.accumulate`.
+    pub micro_batches: usize,
+    /// The store's identity ([`lossbench_core::layout::StoreAttributes::identity`]).
+    pub store: String,
+}
+
+/// The config as a TOML table.
+pub fn table(config: &Config) -> toml::Table {
+    toml::Table::try_from(config).expect("a config serialises to a table")
+}
+
+impl Fingerprint {
+    pub fn of(config: &Config, world_size: usize, store: &str) -> Fingerprint {
+        let mut without: Vec<&str> = OPERATIONAL.to_vec();
+        without.extend(CHECKED_APART);
+        Fingerprint {
+            config: digest(&table(config), &without),
+            micro_batches: world_size * config.train.accumulate,
+            store: store.to_string(),
+        }
+    }
+}
+
+/// The keys that differ between two configs.
+pub fn changes(old: &toml::Table, new: &toml::Table) -> Vec<ConfigChange> {
+    let (a, b) = (flatten(old), flatten(new));
+    let get =
+        |v: &[(String, String)], k: &str| v.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+    let mut keys: Vec<&String> = a.iter().chain(&b).map(|(k, _)| k).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (old, new) = (get(&a, k), get(&b, k));
+            (old != new).then(|| ConfigChange {
+                key: k.clone(),
+                old,
+                new,
+            })
+        })
+        .collect()
+}
+
+/// A resume refused: the configuration differs from the one the checkpoint was made with.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{run}: the checkpoint {checkpoint} was made with another configuration; resuming would mix \
+     them, so nothing was changed:\n{}\nUse the run's own configuration (its config.toml), change \
+     only what may change (docs/training.md, \"Resuming with another configuration\"), or train \
+     a new run (--run-id or another --out).",
+    .reasons.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n")
+)]
+pub struct ConfigChanged {
+    pub run: String,
+    pub checkpoint: String,
+    pub reasons: Vec<String>,
+}
+
+/// Checks a resume of a checkpoint made with `recorded` (and `old`, the run's `config.toml`,
+/// when readable) by `new` on `world_size` ranks with the store `store`, `epochs_done` epochs
+/// done. Returns the changes it allows; refuses anything else, listing the reasons.
+pub fn check(
+    recorded: Option<&Fingerprint>,
+    old: Option<&toml::Table>,
+    new: &Config,
+    world_size: usize,
+    store: &str,
+    epochs_done: u32,
+) -> Result<Vec<ConfigChange>, Vec<String>> {
+    let now = Fingerprint::of(new, world_size, store);
+    let changes = old.map(|o| changes(o, &table(new))).unwrap_or_default();
+    let allowed = |c: &ConfigChange| {
+        OPERATIONAL.contains(&c.key.as_str()) || CHECKED_APART.contains(&c.key.as_str())
+    };
+    let mut reasons: Vec<String> = changes
+        .iter()
+        .filter(|c| !allowed(c))
+        .map(ConfigChange::to_string)
+        .collect();
+    match recorded {
+        Some(r) => {
+            if r.config != now.config && reasons.is_empty() {
+                reasons.push(format!(
+                    "the configuration digest {} differs from the checkpoint's {} (the run's config.toml does not show how)",
+                    now.config, r.config
+                ));
+            }
+            if r.micro_batches != now.micro_batches {
+                reasons.push(format!(
+                    "micro-batches per step (ranks × train.accumulate): {} → {} ({world_size} rank(s) × {}); keep the product",
+                    r.micro_batches, now.micro_batches, new.train.accumulate
+                ));
+            }
+            if r.store != now.store {
+                reasons.push(format!(
+                    "the store: {} → {} (run.data = {} is another store, or it was converted again)",
+                    r.store,
+                    now.store,
+                    new.run.data.display()
+                ));
+            }
+        }
+        None if old.is_none() => reasons.push(
+            "the checkpoint records no configuration and the run has no readable config.toml to compare with".into(),
+        ),
+        None => {}
+    }
+    if new.train.epochs < epochs_done {
+        reasons.push(format!(
+            "train.epochs = {} but {epochs_done} epochs are done; give {epochs_done} or more",
+            new.train.epochs
+        ));
+    }
+    if reasons.is_empty() {
+        Ok(changes)
+    } else {
+        Err(reasons)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &[(&str, toml::Value)]) -> Config {
+        let jobs = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("jobs")
+            .join("focal.toml");
+        let overrides = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        crate::config::load(&jobs, overrides).unwrap()
+    }
+
+    #[test]
+    fn operational_changes_pass_and_others_are_listed() {
+        let base = config(&[]);
+        let recorded = Fingerprint::of(&base, 1, "s1");
+        let old = table(&base);
+        let int = toml::Value::Integer;
+        let ok = config(&[("train.epochs", int(100)), ("run.threads", int(3))]);
+        let allowed = check(Some(&recorded), Some(&old), &ok, 1, "s1", 5).unwrap();
+        let keys: Vec<&str> = allowed.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["run.threads", "train.epochs"]);
+        let bad = config(&[
+            ("train.batch_size", int(2048)),
+            ("loss.gamma", toml::Value::Float(3.0)),
+        ]);
+        let reasons = check(Some(&recorded), Some(&old), &bad, 1, "s1", 5).unwrap_err();
+        assert_eq!(
+            reasons,
+            ["loss.gamma: 2.0 → 3.0", "train.batch_size: 1024 → 2048"]
+        );
+        // Two ranks with accumulate 1 replace one with accumulate 2; not one with accumulate 1.
+        let two = config(&[("train.accumulate", int(2))]);
+        let recorded2 = Fingerprint::of(&two, 1, "s1");
+        assert!(check(Some(&recorded2), Some(&table(&two)), &base, 2, "s1", 1).is_ok());
+        let r = check(Some(&recorded2), Some(&table(&two)), &base, 1, "s1", 1).unwrap_err();
+        assert!(
+            r[0].starts_with("micro-batches per step (ranks × train.accumulate): 2 → 1"),
+            "{r:?}"
+        );
+        let r = check(Some(&recorded), Some(&old), &base, 1, "s2", 1).unwrap_err();
+        assert!(r[0].starts_with("the store: s1 → s2"), "{r:?}");
+        let fewer = config(&[("train.epochs", int(3))]);
+        let r = check(Some(&recorded), Some(&old), &fewer, 1, "s1", 5).unwrap_err();
+        assert_eq!(
+            r,
+            ["train.epochs = 3 but 5 epochs are done; give 5 or more"]
+        );
+    }
+}
