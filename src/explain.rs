@@ -11,9 +11,11 @@ use crate::data::{Normalizer, read_batch};
 use crate::dist::Dist;
 use crate::lrp::{Composite, Explainer, Patches, explain_patches};
 use crate::run_folder::RunFolder;
+use lossbench_core::heatmaps::HeatmapRow;
 use lossbench_core::labels::{BEN19, ben19_index};
 use lossbench_core::layout::Split;
 use lossbench_core::lock::Mode;
+use lossbench_core::store::SplitData;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Request {
@@ -78,52 +80,79 @@ pub fn explain(req: &Request, dist: &Dist) -> Result<(usize, u32)> {
     };
     let weights = checkpoint::at_epoch(&req.run, epoch)?.model;
     let store = folder.store(req.data.as_deref())?;
-    let data = store.path.clone();
-    let classes: Option<Vec<usize>> = if req.classes.is_empty() {
-        None
-    } else {
-        Some(
-            req.classes
-                .iter()
-                .map(|n| {
-                    ben19_index(n).with_context(|| {
-                        format!(
-                            "--class {n:?}: not a BigEarthNet-19 class; one of: {}",
-                            BEN19.join("; ")
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?,
-        )
-    };
+    let classes = class_indices(&req.classes)?;
     let info = &store.attrs.splits[&Split::Train];
-    let loss = crate::losses::Loss::new(&config.loss, &info.label_counts, info.patches);
-    let explainer = Explainer::new(
-        &weights,
-        config.model.arch,
+    let lrp = (
         req.composite.unwrap_or(config.lrp.composite),
         config.lrp.epsilon,
-    )?;
-    let norm = Normalizer::from_store(&store.attrs)?;
+    );
+    let explaining = Explaining {
+        explainer: Explainer::new(&weights, config.model.arch, lrp.0, lrp.1)?,
+        loss: crate::losses::Loss::new(&config.loss, &info.label_counts, info.patches),
+        norm: Normalizer::from_store(&store.attrs)?,
+        classes,
+        epoch,
+    };
     let mut rows = Vec::new();
     let mut missing: Vec<&str> = req.patches.iter().map(String::as_str).collect();
-    for split in [Split::Train, Split::Validation, Split::Test] {
+    for split in Split::ALL {
         let data = store.split(split)?;
         let indices: Vec<usize> = req
             .patches
             .iter()
             .filter_map(|n| data.names.iter().position(|m| m == n))
             .collect();
-        if indices.is_empty() {
-            continue;
-        }
         missing.retain(|n| !indices.iter().any(|&i| data.names[i] == *n));
-        let batch = read_batch(&data, &norm, &indices)?;
-        let predicted =
-            Vec::<u8>::try_from(loss.decide(&explainer.logits(&batch.inputs)).reshape([-1]))?;
+        rows.extend(explaining.patches(&data, &indices)?);
+    }
+    if !missing.is_empty() {
+        bail!(
+            "no patch named {} in {}",
+            missing.join(", "),
+            store.path.display()
+        );
+    }
+    write(&req.out, &rows)?;
+    Ok((rows.len(), epoch))
+}
+
+/// `--class` names as class indices; `None` without any (each patch's true and predicted).
+fn class_indices(names: &[String]) -> Result<Option<Vec<usize>>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let index = |n: &String| {
+        ben19_index(n).with_context(|| {
+            format!(
+                "--class {n:?}: not a BigEarthNet-19 class; one of: {}",
+                BEN19.join("; ")
+            )
+        })
+    };
+    Ok(Some(names.iter().map(index).collect::<Result<_>>()?))
+}
+
+/// What explaining patches needs.
+struct Explaining {
+    explainer: Explainer,
+    loss: crate::losses::Loss,
+    norm: Normalizer,
+    classes: Option<Vec<usize>>,
+    epoch: u32,
+}
+
+impl Explaining {
+    /// The heatmaps of patches `indices` of one split.
+    fn patches(&self, data: &SplitData, indices: &[usize]) -> Result<Vec<HeatmapRow>> {
+        if indices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = read_batch(data, &self.norm, indices)?;
+        let logits = self.explainer.logits(&batch.inputs);
+        let predicted = Vec::<u8>::try_from(self.loss.decide(&logits).reshape([-1]))?;
         let truth: Vec<u8> = indices
             .iter()
-            .flat_map(|&i| data.labels_of(i).iter().copied())
+            .flat_map(|&i| data.labels_of(i).to_vec())
             .collect();
         let names: Vec<String> = indices.iter().map(|&i| data.names[i].clone()).collect();
         let patches = Patches {
@@ -132,26 +161,17 @@ pub fn explain(req: &Request, dist: &Dist) -> Result<(usize, u32)> {
             truth: &truth,
             predicted: &predicted,
         };
-        rows.extend(explain_patches(
-            &explainer,
+        explain_patches(
+            &self.explainer,
             &patches,
-            classes.as_deref(),
-            epoch,
+            self.classes.as_deref(),
+            self.epoch,
             true,
-        )?);
+        )
     }
-    if !missing.is_empty() {
-        bail!(
-            "no patch named {} in {}",
-            missing.join(", "),
-            data.display()
-        );
-    }
-    write(&req.out, &rows)?;
-    Ok((rows.len(), epoch))
 }
 
-fn write(out: &Path, rows: &[lossbench_core::heatmaps::HeatmapRow]) -> Result<()> {
+fn write(out: &Path, rows: &[HeatmapRow]) -> Result<()> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for r in rows {
         let dir = out.join(&r.patch);

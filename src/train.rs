@@ -120,17 +120,7 @@ fn blame_a_replaced_store<T>(run: &Run, result: Result<T>) -> Result<T> {
 
 /// Trains one epoch (from step `skip_steps` on, after a mid-epoch stop).
 fn train_epoch(run: &mut Run, epoch: u32, stop: &Stop, steps_taken: &mut u64) -> Result<EpochEnd> {
-    let t = &run.config.train;
-    let (rank, world) = (run.dist.rank, run.dist.world_size);
-    let len = run.data.train.split().len;
-    let plan = EpochPlan::new(
-        len,
-        run.config.run.seed,
-        epoch,
-        t.batch_size,
-        (rank, world),
-        t.accumulate,
-    );
+    let plan = epoch_plan(run, epoch);
     let skip = std::mem::take(&mut run.progress.skip_steps) as usize;
     let mut loss_sum = std::mem::take(&mut run.progress.partial_loss_sum);
     let trained: usize = plan.steps[skip..].iter().flatten().map(Vec::len).sum();
@@ -139,11 +129,8 @@ fn train_epoch(run: &mut Run, epoch: u32, stop: &Stop, steps_taken: &mut u64) ->
         .train
         .batches(plan.my_batches(skip), &run.data.loading)?;
     let total = (plan.steps.len() - skip) as u64;
-    let progress = lossbench_core::progress::bar_if(
-        run.dist.is_root(),
-        total,
-        &format!("epoch {epoch} steps"),
-    );
+    let what = format!("epoch {epoch} steps");
+    let progress = lossbench_core::progress::bar_if(run.dist.is_root(), total, &what);
     let started = Instant::now();
     let mut allreduce = Duration::ZERO;
     for (s, micro) in plan.steps.iter().enumerate().skip(skip) {
@@ -175,12 +162,7 @@ fn train_epoch(run: &mut Run, epoch: u32, stop: &Stop, steps_taken: &mut u64) ->
         allreduce += done.allreduce;
         loss_sum += done.loss_sum;
         *steps_taken += 1;
-        if run.stepper.adam.step == 1 {
-            // The benchmark times launch → this line (docs/benchmarks.md).
-            tracing::info!("first optimizer step done");
-        }
-        let step_loss = done.loss_sum / done.patches as f64;
-        tracing::debug!(epoch, step = s + 1, loss = step_loss, "step done");
+        log_step(run, epoch, s, &done);
         progress.inc(1);
         // Every rank sees the same flag: a signal delivered to one rank stops them all, after
         // the epoch's last step too (its validation is then the resumed attempt's).
@@ -193,8 +175,8 @@ fn train_epoch(run: &mut Run, epoch: u32, stop: &Stop, steps_taken: &mut u64) ->
     }
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let data_wait_s = batches.waited().as_secs_f64();
-    let allreduce_s = allreduce.as_secs_f64();
+    let (data_wait_s, allreduce_s) = (batches.waited().as_secs_f64(), allreduce.as_secs_f64());
+    let compute_s = (seconds - data_wait_s - allreduce_s).max(0.0);
     Ok(EpochEnd::Done(Trained {
         steps: plan.steps.len() as u64,
         loss_sum,
@@ -204,11 +186,35 @@ fn train_epoch(run: &mut Run, epoch: u32, stop: &Stop, steps_taken: &mut u64) ->
             0.0
         },
         times: StepTimes {
-            compute_s: (seconds - data_wait_s - allreduce_s).max(0.0),
+            compute_s,
             allreduce_s,
             data_wait_s,
         },
     }))
+}
+
+/// The steps of `epoch` and this rank's share of them.
+fn epoch_plan(run: &Run, epoch: u32) -> EpochPlan {
+    let t = &run.config.train;
+    let len = run.data.train.split().len;
+    let ranks = (run.dist.rank, run.dist.world_size);
+    EpochPlan::new(
+        len,
+        run.config.run.seed,
+        epoch,
+        t.batch_size,
+        ranks,
+        t.accumulate,
+    )
+}
+
+fn log_step(run: &Run, epoch: u32, index: usize, done: &crate::step::StepDone) {
+    if run.stepper.adam.step == 1 {
+        // The benchmark times launch → this line (docs/benchmarks.md).
+        tracing::info!("first optimizer step done");
+    }
+    let loss = done.loss_sum / done.patches as f64;
+    tracing::debug!(epoch, step = index + 1, loss, "step done");
 }
 
 /// What a step was doing, for the message of a libtorch error caught in it.

@@ -3,7 +3,8 @@
 
 use std::io::IsTerminal;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+pub use indicatif::ProgressBar;
+use indicatif::{ProgressDrawTarget, ProgressStyle};
 
 pub fn bar(total: u64, unit: &str) -> ProgressBar {
     bar_if(true, total, unit)

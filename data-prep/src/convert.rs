@@ -59,6 +59,9 @@ pub struct Outcome {
 }
 
 pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
+    if !opts.archive.exists() {
+        bail!("--archive {}: does not exist", opts.archive.display());
+    }
     if opts.out.exists() && !opts.overwrite {
         bail!(
             "{} already exists; pass --overwrite to replace it",
@@ -112,12 +115,14 @@ fn lock_readers_out(opts: &ConvertOptions) -> Result<Option<lossbench_core::lock
 
 fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
     let packing = if opts.archive.is_file() {
-        Some(Packing::of(&opts.archive).with_context(|| {
+        let packing = Packing::of(&opts.archive).with_context(|| {
             format!(
                 "{}: not an archive folder, and not a .tar.gz, .tgz, .tar.zst, .tzst or .tar file",
                 opts.archive.display()
             )
-        })?)
+        })?;
+        packing.verify(&opts.archive)?;
+        Some(packing)
     } else {
         None
     };
@@ -469,10 +474,11 @@ impl Sinks {
             let sink = self.splits.get_mut(&split).expect("listed");
             let held = sink.names.len() as u64 - sink.stored;
             if held > 0 {
+                let groups = std::mem::take(&mut sink.shard);
                 let last = ShardWrite {
                     split,
                     start: sink.stored,
-                    groups: std::mem::take(&mut sink.shard),
+                    groups,
                 };
                 sink.stored += held;
                 self.write(last)?;
@@ -486,30 +492,16 @@ impl Sinks {
         let mut split_infos = BTreeMap::new();
         let mut train_sums = [BandSums::default(); BAND_COUNT];
         for (split, sink) in self.splits {
-            let mut label_counts = vec![0u64; NUM_CLASSES];
-            for row in sink.labels.chunks(NUM_CLASSES) {
-                for (count, &l) in label_counts.iter_mut().zip(row) {
-                    *count += l as u64;
-                }
-            }
             tracing::info!(%split, written = sink.names.len(), "split written");
             self.accounting
                 .written
                 .insert(split, sink.names.len() as u64);
-            split_infos.insert(
-                split,
-                SplitInfo {
-                    patches: sink.names.len() as u64,
-                    label_counts,
-                },
-            );
+            split_infos.insert(split, sink.info());
             if split == Split::Train {
                 train_sums = sink.sums;
             }
-            writers
-                .remove(&split)
-                .expect("a writer per split")
-                .finish(&sink.labels, &sink.names)?;
+            let writer = writers.remove(&split).expect("a writer per split");
+            writer.finish(&sink.labels, &sink.names)?;
         }
         let accounting = self.accounting;
         if accounting.accounted() != accounting.input_patches {
@@ -524,29 +516,7 @@ impl Sinks {
             .zip(train_sums.iter())
             .filter_map(|(b, s)| s.stats().map(|st| (b.to_string(), st)))
             .collect();
-        let attrs = StoreAttributes {
-            format_version: FORMAT_VERSION,
-            tool: Tool {
-                name: "data-prep".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-            },
-            classes: BEN19.iter().map(|s| s.to_string()).collect(),
-            band_groups: BAND_GROUPS
-                .iter()
-                .map(|g| {
-                    (
-                        g.array.to_string(),
-                        g.bands.iter().map(|b| b.to_string()).collect(),
-                    )
-                })
-                .collect(),
-            splits: split_infos,
-            band_stats,
-            source,
-            options: self.options,
-            accounting,
-            store_id: Some(new_store_id()),
-        };
+        let attrs = attributes(split_infos, band_stats, source, self.options, accounting);
         store::write_rejects(partial, &self.rejects)?;
         store::write_root(partial, &attrs)?;
         Ok(Outcome {
@@ -556,15 +526,132 @@ impl Sinks {
     }
 }
 
+impl SplitSink {
+    /// The split's patch count and patches per class.
+    fn info(&self) -> SplitInfo {
+        let mut label_counts = vec![0u64; NUM_CLASSES];
+        for row in self.labels.chunks(NUM_CLASSES) {
+            for (count, &l) in label_counts.iter_mut().zip(row) {
+                *count += l as u64;
+            }
+        }
+        SplitInfo {
+            patches: self.names.len() as u64,
+            label_counts,
+        }
+    }
+}
+
+/// The store's attributes (docs/store.md), with a new store id.
+fn attributes(
+    splits: BTreeMap<Split, SplitInfo>,
+    band_stats: BTreeMap<String, lossbench_core::layout::BandStats>,
+    source: Source,
+    options: serde_json::Value,
+    accounting: Accounting,
+) -> StoreAttributes {
+    let band_groups = BAND_GROUPS
+        .iter()
+        .map(|g| {
+            (
+                g.array.to_string(),
+                g.bands.iter().map(|b| b.to_string()).collect(),
+            )
+        })
+        .collect();
+    StoreAttributes {
+        format_version: FORMAT_VERSION,
+        tool: Tool {
+            name: "data-prep".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        classes: BEN19.iter().map(|s| s.to_string()).collect(),
+        band_groups,
+        splits,
+        band_stats,
+        source,
+        options,
+        accounting,
+        store_id: Some(new_store_id()),
+    }
+}
+
 /// A packed archive, read once as a stream: each patch is decided and converted as its last
 /// member arrives.
 fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Result<Outcome> {
     let path = &opts.archive;
+    let (format, known, rules, metadata_rejects) = packed_metadata(opts)?;
+    if !opts.skip_bad && !metadata_rejects.is_empty() {
+        bail!(bad_input_message(&metadata_rejects, false));
+    }
+    let accounting = Accounting {
+        input_patches: metadata_rejects.len() as u64,
+        rejected: metadata_rejects.len() as u64,
+        ..Default::default()
+    };
+    let held: HashSet<String> = metadata_rejects.iter().map(|r| r.patch.clone()).collect();
+    // Arrays grow to whatever the stream holds; their final length is set at the end.
+    let capacities = [u64::from(u32::MAX); 3];
+    let sinks = Sinks::create(partial, capacities, opts, accounting, metadata_rejects)?;
+    let mut c = PackedConversion {
+        archive: path,
+        known,
+        rules,
+        sinks,
+        held,
+        chunk: Vec::with_capacity(CHUNK),
+    };
+    let stream = PackedStream::open(path, packing)?;
+    let (read, size) = (stream.read.clone(), stream.size);
+    let (reader, events) = spawn_reader(stream, format, opts.max_pending)?;
+    let mut progress = StreamProgress::new(size);
+    let consumed = (|| -> Result<()> {
+        for event in events.iter() {
+            c.event(event)?;
+            if c.chunk.len() == CHUNK {
+                let chunk = std::mem::replace(&mut c.chunk, Vec::with_capacity(CHUNK));
+                c.sinks.process(chunk)?;
+                progress.update(
+                    read.load(Ordering::Relaxed),
+                    c.sinks.accounting.input_patches,
+                );
+            }
+        }
+        c.sinks.process(std::mem::take(&mut c.chunk))
+    })();
+    drop(events);
+    let read_result = reader
+        .join()
+        .map_err(|_| anyhow!("the archive reader panicked"))?;
+    consumed?;
+    stream_outcome(read_result, opts.skip_bad)?;
+    progress.finish(
+        read.load(Ordering::Relaxed),
+        c.sinks.accounting.input_patches,
+    );
+    for r in c.absent() {
+        c.sinks.accounting.input_patches += 1;
+        c.sinks.reject(r)?;
+    }
+    c.sinks.finish(partial, c.rules.source)
+}
+
+/// What a packed archive's metadata says before its stream is read: the format, v2.0's patch
+/// records (from `metadata.parquet` beside it; v1.0's come inside the stream, one JSON per
+/// patch), the rules deciding each patch's fate, and the records that cannot be used.
+type PackedMetadata = (
+    ArchiveFormat,
+    Option<HashMap<String, PatchRecord>>,
+    Rules,
+    Vec<Reject>,
+);
+
+fn packed_metadata(opts: &ConvertOptions) -> Result<PackedMetadata> {
+    let path = &opts.archive;
     let beside = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+        .unwrap_or(Path::new("."));
     let metadata_path = opts
         .metadata
         .clone()
@@ -574,8 +661,7 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
     } else {
         ArchiveFormat::V1
     });
-    // v2.0's metadata comes beside the tar file; v1.0's inside it, one JSON per patch.
-    let (known, mut metadata_rejects, has_flags) = match format {
+    let (known, rejects, has_flags) = match format {
         ArchiveFormat::V2 => {
             let meta = metadata_path.with_context(|| {
                 format!(
@@ -584,55 +670,35 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
                 )
             })?;
             let m = archive::read_v2_metadata(&meta, Path::new(archive::V2_FOLDER))?;
-            (
-                Some(
-                    m.patches
-                        .into_iter()
-                        .map(|p| (p.name.clone(), p))
-                        .collect::<HashMap<_, _>>(),
-                ),
-                m.rejects,
-                m.has_exclusion_flags,
-            )
+            let known = m.patches.into_iter().map(|p| (p.name.clone(), p)).collect();
+            (Some(known), m.rejects, m.has_exclusion_flags)
         }
         ArchiveFormat::V1 => (None, Vec::new(), false),
     };
     let has_splits = known
         .as_ref()
-        .is_some_and(|k| k.values().any(|p| p.split.is_some()));
+        .is_some_and(|k: &HashMap<String, PatchRecord>| k.values().any(|p| p.split.is_some()));
+    let beside = [beside.to_path_buf()];
+    let lists = &opts.lists;
     let rules = Rules::new(
         format,
-        &[beside],
+        &beside,
         path,
-        &opts.lists,
+        lists,
         has_flags,
         has_splits,
         opts.split_seed,
     )?;
-    if !opts.skip_bad && !metadata_rejects.is_empty() {
-        bail!(bad_input_message(&metadata_rejects, false));
-    }
-    let accounting = Accounting {
-        input_patches: metadata_rejects.len() as u64,
-        rejected: metadata_rejects.len() as u64,
-        ..Default::default()
-    };
-    let mut held: HashSet<String> = metadata_rejects.iter().map(|r| r.patch.clone()).collect();
-    // Arrays grow to whatever the stream holds; their final length is set at the end.
-    let capacities = [u64::from(u32::MAX); 3];
-    let mut sinks = Sinks::create(
-        partial,
-        capacities,
-        opts,
-        accounting,
-        std::mem::take(&mut metadata_rejects),
-    )?;
+    Ok((format, known, rules, rejects))
+}
 
-    let stream = PackedStream::open(path, packing)?;
-    let (read, size) = (stream.read.clone(), stream.size);
-    let progress = lossbench_core::progress::bytes_bar(size);
+/// Reads the stream on its own thread, passing its events on.
+fn spawn_reader(
+    stream: PackedStream,
+    format: ArchiveFormat,
+    max_pending: usize,
+) -> Result<(JoinHandle<Result<()>>, std::sync::mpsc::Receiver<Event>)> {
     let (tx, rx) = sync_channel::<Event>(CHUNK);
-    let max_pending = opts.max_pending;
     let reader = std::thread::Builder::new()
         .name("archive-reader".into())
         .spawn(move || {
@@ -641,128 +707,158 @@ fn convert_packed(opts: &ConvertOptions, packing: Packing, partial: &Path) -> Re
             })
         })
         .context("starting the archive reader")?;
-    let started = Instant::now();
-    let mut last_log = Instant::now();
-    let mut chunk = Vec::with_capacity(CHUNK);
-    let mut seen = 0u64;
-    let consumed = (|| -> Result<()> {
-        for event in rx.iter() {
-            seen += 1;
-            sinks.accounting.input_patches += 1;
-            let (patch, bytes, metadata) = match event {
-                Event::Bad { patch, reason } => {
-                    held.insert(patch.clone());
-                    sinks.reject(Reject {
-                        patch,
-                        file: path.clone(),
-                        reason,
-                    })?;
-                    continue;
-                }
-                Event::Complete(p) => (p.name, p.bands, p.metadata),
-            };
-            held.insert(patch.clone());
-            let record = match &known {
-                Some(known) => match known.get(&patch) {
-                    Some(r) => Ok(r.clone()),
-                    None => Err(format!(
-                        "in the archive but not in its {}",
-                        archive::V2_METADATA
-                    )),
-                },
-                None => archive::v1_labels(&metadata).map(|labels| PatchRecord {
-                    name: patch.clone(),
-                    dir: PathBuf::new(),
-                    labels,
-                    snow: false,
-                    cloud: false,
-                    split: None,
-                }),
-            };
-            let record = match record {
-                Ok(r) => r,
-                Err(reason) => {
-                    let file = PathBuf::from(format!(
-                        "{}:{}",
-                        path.display(),
-                        archive::v1_metadata_file(&patch)
-                    ));
-                    sinks.reject(Reject {
-                        patch,
-                        file,
-                        reason,
-                    })?;
-                    continue;
-                }
-            };
-            let fate = rules.fate(&record);
-            plan::count(&mut sinks.accounting, fate);
-            if let Fate::Write(split) = fate {
-                chunk.push(Work {
-                    split,
-                    name: patch,
-                    labels: record.labels,
-                    input: Input::Packed {
-                        bands: bytes,
-                        archive: path.clone(),
-                    },
+    Ok((reader, rx))
+}
+
+/// A damaged stream: fatal damage, or any without `--skip-bad`, stops the conversion; with it
+/// the patches read so far are kept.
+fn stream_outcome(read: Result<()>, skip_bad: bool) -> Result<()> {
+    let Err(e) = read else { return Ok(()) };
+    if e.downcast_ref::<packed::StreamError>()
+        .is_some_and(|s| s.fatal)
+    {
+        return Err(e.context("no store was written (--skip-bad cannot set this aside)"));
+    }
+    if !skip_bad {
+        return Err(e.context("the archive is damaged; no store was written"));
+    }
+    tracing::error!(
+        "{e:#}; with --skip-bad the patches read so far are kept, those after this point are \
+         not in the store"
+    );
+    Ok(())
+}
+
+/// Progress through a stream, on the bar and every 30 s in the log.
+struct StreamProgress {
+    bar: lossbench_core::progress::ProgressBar,
+    size: u64,
+    started: Instant,
+    last_log: Instant,
+}
+
+impl StreamProgress {
+    fn new(size: u64) -> StreamProgress {
+        let bar = lossbench_core::progress::bytes_bar(size);
+        StreamProgress {
+            bar,
+            size,
+            started: Instant::now(),
+            last_log: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, read: u64, seen: u64) {
+        self.bar.set_position(read);
+        let rate = seen as f64 / self.started.elapsed().as_secs_f64();
+        self.bar.set_message(format!("{seen} patches, {rate:.0}/s"));
+        if self.last_log.elapsed() > Duration::from_secs(30) {
+            log_stream_progress(read, self.size, seen, self.started);
+            self.last_log = Instant::now();
+        }
+    }
+
+    fn finish(self, read: u64, seen: u64) {
+        self.bar.finish_and_clear();
+        log_stream_progress(read, self.size, seen, self.started);
+    }
+}
+
+/// A packed archive's patches as they complete in the stream.
+struct PackedConversion<'a> {
+    archive: &'a PathBuf,
+    /// v2.0's records by patch name.
+    known: Option<HashMap<String, PatchRecord>>,
+    rules: Rules,
+    sinks: Sinks,
+    /// Patches seen (in the stream or as bad metadata).
+    held: HashSet<String>,
+    /// Patches to decode next.
+    chunk: Vec<Work>,
+}
+
+impl PackedConversion<'_> {
+    /// One event of the stream: a bad patch is rejected, a complete one decided and queued.
+    fn event(&mut self, event: Event) -> Result<()> {
+        self.sinks.accounting.input_patches += 1;
+        let (patch, bands, metadata) = match event {
+            Event::Bad { patch, reason } => {
+                self.held.insert(patch.clone());
+                return self.sinks.reject(Reject {
+                    patch,
+                    file: self.archive.clone(),
+                    reason,
                 });
             }
-            if chunk.len() == CHUNK {
-                sinks.process(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))?;
-                progress.set_position(read.load(Ordering::Relaxed));
-                progress.set_message(format!(
-                    "{seen} patches, {:.0}/s",
-                    seen as f64 / started.elapsed().as_secs_f64()
-                ));
-                if last_log.elapsed() > Duration::from_secs(30) {
-                    log_stream_progress(read.load(Ordering::Relaxed), size, seen, started);
-                    last_log = Instant::now();
-                }
+            Event::Complete(p) => (p.name, p.bands, p.metadata),
+        };
+        self.held.insert(patch.clone());
+        let record = match self.record(&patch, &metadata) {
+            Ok(r) => r,
+            Err(reason) => {
+                let member = archive::v1_metadata_file(&patch);
+                let file = PathBuf::from(format!("{}:{member}", self.archive.display()));
+                return self.sinks.reject(Reject {
+                    patch,
+                    file,
+                    reason,
+                });
             }
+        };
+        let fate = self.rules.fate(&record);
+        plan::count(&mut self.sinks.accounting, fate);
+        if let Fate::Write(split) = fate {
+            let input = Input::Packed {
+                bands,
+                archive: self.archive.clone(),
+            };
+            self.chunk.push(Work {
+                split,
+                name: patch,
+                labels: record.labels,
+                input,
+            });
         }
-        sinks.process(std::mem::take(&mut chunk))
-    })();
-    drop(rx);
-    let read_result = reader
-        .join()
-        .map_err(|_| anyhow!("the archive reader panicked"))?;
-    consumed?;
-    if let Err(e) = read_result {
-        if e.downcast_ref::<packed::StreamError>()
-            .is_some_and(|s| s.fatal)
-        {
-            return Err(e.context("no store was written (--skip-bad cannot set this aside)"));
+        Ok(())
+    }
+
+    /// A patch's record: v2.0's from the metadata, v1.0's from its JSON member.
+    fn record(&self, patch: &str, metadata: &[u8]) -> Result<PatchRecord, String> {
+        match &self.known {
+            Some(known) => known
+                .get(patch)
+                .cloned()
+                .ok_or_else(|| format!("in the archive but not in its {}", archive::V2_METADATA)),
+            None => archive::v1_labels(metadata).map(|labels| PatchRecord {
+                name: patch.to_string(),
+                dir: PathBuf::new(),
+                labels,
+                snow: false,
+                cloud: false,
+                split: None,
+            }),
         }
-        if !opts.skip_bad {
-            return Err(e.context("the archive is damaged; no store was written"));
+    }
+
+    /// Patches the lists or the metadata name that the stream did not hold.
+    fn absent(&self) -> Vec<Reject> {
+        let held = |name: &str| self.held.contains(name);
+        let mut absent = self.rules.listed_but_absent(held);
+        if let Some(known) = &self.known {
+            let mut unseen: Vec<Reject> = known
+                .keys()
+                .filter(|n| !held(n))
+                .map(|n| Reject {
+                    patch: n.clone(),
+                    file: self.archive.clone(),
+                    reason: format!("in {} but not in the archive", archive::V2_METADATA),
+                })
+                .collect();
+            unseen.sort_by(|a, b| a.patch.cmp(&b.patch));
+            absent.extend(unseen);
         }
-        tracing::error!(
-            "{e:#}; with --skip-bad the patches read so far are kept, those after this point are not in the store"
-        );
+        absent
     }
-    progress.finish_and_clear();
-    log_stream_progress(read.load(Ordering::Relaxed), size, seen, started);
-    // Patches the lists or the metadata name that the stream did not hold.
-    let mut absent = rules.listed_but_absent(|name| held.contains(name));
-    if let Some(known) = &known {
-        let mut unseen: Vec<Reject> = known
-            .keys()
-            .filter(|n| !held.contains(*n))
-            .map(|n| Reject {
-                patch: n.clone(),
-                file: path.clone(),
-                reason: format!("in {} but not in the archive", archive::V2_METADATA),
-            })
-            .collect();
-        unseen.sort_by(|a, b| a.patch.cmp(&b.patch));
-        absent.extend(unseen);
-    }
-    for r in absent {
-        sinks.accounting.input_patches += 1;
-        sinks.reject(r)?;
-    }
-    sinks.finish(partial, rules.source)
 }
 
 fn log_stream_progress(read: u64, size: u64, patches: u64, started: Instant) {

@@ -159,6 +159,27 @@ impl<'a> TiffBytes<'a> {
         })
     }
 
+    /// An array of SHORT or LONG values of an IFD entry (type, count, value field position),
+    /// inline when it fits in 4 bytes.
+    fn values(&self, (typ, n, field): (u16, usize, usize)) -> Option<Vec<usize>> {
+        let size = match typ {
+            SHORT => 2,
+            LONG => 4,
+            _ => return None,
+        };
+        let start = if n * size <= 4 {
+            field
+        } else {
+            self.u32_at(field)? as usize
+        };
+        (0..n)
+            .map(|k| match size {
+                2 => self.u16_at(start + 2 * k).map(usize::from),
+                _ => self.u32_at(start + 4 * k).map(|v| v as usize),
+            })
+            .collect()
+    }
+
     fn u32_at(&self, o: usize) -> Option<u32> {
         let b: [u8; 4] = self.bytes.get(o..o.checked_add(4)?)?.try_into().ok()?;
         Some(if self.big_endian {
@@ -245,29 +266,7 @@ fn decode_plain_strips(bytes: &[u8], side: usize) -> Option<Vec<u16>> {
     {
         return None;
     }
-    // An array of SHORT or LONG values, inline when it fits in 4 bytes.
-    let values = |(typ, n, field): (u16, usize, usize)| -> Option<Vec<usize>> {
-        let size = match typ {
-            SHORT => 2,
-            LONG => 4,
-            _ => return None,
-        };
-        let start = if n * size <= 4 {
-            field
-        } else {
-            u32_at(field)? as usize
-        };
-        (0..n)
-            .map(|k| {
-                if size == 2 {
-                    u16_at(start + 2 * k).map(usize::from)
-                } else {
-                    u32_at(start + 4 * k).map(|v| v as usize)
-                }
-            })
-            .collect()
-    };
-    let (offsets, byte_counts) = (values(offsets?)?, values(byte_counts?)?);
+    let (offsets, byte_counts) = (tiff.values(offsets?)?, tiff.values(byte_counts?)?);
     if offsets.len() != byte_counts.len() || byte_counts.iter().sum::<usize>() != side * side * 2 {
         return None;
     }
@@ -337,85 +336,61 @@ pub fn rows_per_strip(side: usize) -> usize {
     if side == 120 { 34 } else { side }
 }
 
-/// Encodes a band as the real archive lays it out: little-endian, one IFD at offset 8, the
-/// tags' out-of-line values in tag order right after the IFD, then the uncompressed strips.
-pub fn encode_band(pixels: &[u16], side: usize, geo: &GeoRef, flavor: Flavor) -> Vec<u8> {
-    assert_eq!(
-        pixels.len(),
-        side * side,
-        "pixel count does not match the side"
-    );
-    let rps = rows_per_strip(side);
-    let strips: Vec<(usize, usize)> = (0..side)
-        .step_by(rps)
-        .map(|row| (row, rps.min(side - row)))
-        .collect();
-    let strip_bytes: Vec<u32> = strips
-        .iter()
-        .map(|&(_, rows)| (rows * side * 2) as u32)
-        .collect();
-
-    let citation = format!("{}|WGS 84|", geo.crs_name());
-    let mut ascii_params = citation.clone().into_bytes();
-    ascii_params.push(0);
+/// The GeoKey directory of a band (GeoTIFF 1.0): its header and seven keys, in key order.
+fn geokeys(geo: &GeoRef) -> [[u16; 4]; 8] {
     let proj_len = geo.crs_name().len() as u16 + 1;
-    let geokeys: [u16; 32] = [
-        1,
-        1,
-        0,
-        7, // directory version, revision, minor revision, number of keys
-        1024,
-        0,
-        1,
-        1, // GTModelType: projected
-        1025,
-        0,
-        1,
-        1, // GTRasterType: PixelIsArea
-        1026,
-        34737,
-        proj_len,
-        0, // GTCitation
-        2049,
-        34737,
-        7,
-        proj_len, // GeogCitation "WGS 84|"
-        2054,
-        0,
-        1,
-        9102, // GeogAngularUnits: degree
-        3072,
-        0,
-        1,
-        geo.epsg(), // ProjectedCSType
-        3076,
-        0,
-        1,
-        9001, // ProjLinearUnits: metre
-    ];
+    [
+        [1, 1, 0, 7],    // directory version, revision, minor revision, number of keys
+        [1024, 0, 1, 1], // GTModelType: projected
+        [1025, 0, 1, 1], // GTRasterType: PixelIsArea
+        [1026, 34737, proj_len, 0], // GTCitation
+        [2049, 34737, 7, proj_len], // GeogCitation "WGS 84|"
+        [2054, 0, 1, 9102], // GeogAngularUnits: degree
+        [3072, 0, 1, geo.epsg()], // ProjectedCSType
+        [3076, 0, 1, 9001], // ProjLinearUnits: metre
+    ]
+}
 
-    // (tag, type, count, value bytes); values of more than 4 bytes go out of line.
-    let n_strips = strips.len() as u32;
-    let le16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let le32 = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let le64 = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let side16 = side as u16;
-    let mut tags: Vec<(u16, u16, u32, Vec<u8>)> = vec![
+/// One IFD entry: tag, type, count and value bytes (values of more than 4 bytes go out of
+/// line).
+type Tag = (u16, u16, u32, Vec<u8>);
+
+fn le16(v: &[u16]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn le32(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn le64(v: &[f64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The IFD entries of a band, in tag order; the strip offsets (tag 273, the sixth) are zeros,
+/// set once the layout is known.
+fn band_tags(side: usize, geo: &GeoRef, flavor: Flavor, strip_bytes: &[u32]) -> Vec<Tag> {
+    let mut ascii_params = format!("{}|WGS 84|", geo.crs_name()).into_bytes();
+    ascii_params.push(0);
+    let geokeys: Vec<u16> = geokeys(geo).concat();
+    let (side16, strips) = (side as u16, strip_bytes.len() as u32);
+    let byte_counts = match flavor {
+        Flavor::V1 => (279, LONG, strips, le32(strip_bytes)),
+        Flavor::V2 => {
+            let short: Vec<u16> = strip_bytes.iter().map(|&b| b as u16).collect();
+            (279, SHORT, strips, le16(&short))
+        }
+    };
+    let mut tags: Vec<Tag> = vec![
         (256, SHORT, 1, le16(&[side16])),
         (257, SHORT, 1, le16(&[side16])),
         (258, SHORT, 1, le16(&[16])),
         (259, SHORT, 1, le16(&[1])),
         (262, SHORT, 1, le16(&[1])),
-        (273, LONG, n_strips, vec![0; 4 * strips.len()]), // patched below
+        (273, LONG, strips, vec![0; 4 * strip_bytes.len()]),
         (277, SHORT, 1, le16(&[1])),
-        (278, SHORT, 1, le16(&[rps as u16])),
-        match flavor {
-            Flavor::V1 => (279, LONG, n_strips, le32(&strip_bytes)),
-            Flavor::V2 => {
-                let short: Vec<u16> = strip_bytes.iter().map(|&b| b as u16).collect();
-                (279, SHORT, n_strips, le16(&short))
-            }
-        },
+        (278, SHORT, 1, le16(&[rows_per_strip(side) as u16])),
+        byte_counts,
         (284, SHORT, 1, le16(&[1])),
         (339, SHORT, 1, le16(&[1])),
         (33550, DOUBLE, 3, le64(&[geo.gsd_m, geo.gsd_m, 0.0])),
@@ -425,13 +400,29 @@ pub fn encode_band(pixels: &[u16], side: usize, geo: &GeoRef, flavor: Flavor) ->
             6,
             le64(&[0.0, 0.0, 0.0, geo.ulx, geo.uly, 0.0]),
         ),
-        (34735, SHORT, 32, le16(&geokeys)),
+        (34735, SHORT, geokeys.len() as u32, le16(&geokeys)),
         (34737, ASCII, ascii_params.len() as u32, ascii_params),
     ];
     if flavor == Flavor::V2 {
         tags.push((42113, ASCII, 2, b"0\0".to_vec()));
     }
+    tags
+}
 
+/// Encodes a band as the real archive lays it out: little-endian, one IFD at offset 8, the
+/// tags' out-of-line values in tag order right after the IFD, then the uncompressed strips.
+pub fn encode_band(pixels: &[u16], side: usize, geo: &GeoRef, flavor: Flavor) -> Vec<u8> {
+    assert_eq!(
+        pixels.len(),
+        side * side,
+        "pixel count does not match the side"
+    );
+    let rps = rows_per_strip(side);
+    let strip_bytes: Vec<u32> = (0..side)
+        .step_by(rps)
+        .map(|row| (rps.min(side - row) * side * 2) as u32)
+        .collect();
+    let mut tags = band_tags(side, geo, flavor, &strip_bytes);
     let ifd_len = 2 + 12 * tags.len() + 4;
     let out_of_line: usize = tags
         .iter()
@@ -448,7 +439,6 @@ pub fn encode_band(pixels: &[u16], side: usize, geo: &GeoRef, flavor: Flavor) ->
         })
         .collect();
     tags[5].3 = le32(&offsets);
-
     let mut out = Vec::with_capacity(data_start + side * side * 2);
     out.extend_from_slice(b"II");
     out.extend_from_slice(&42u16.to_le_bytes());
@@ -476,9 +466,7 @@ pub fn encode_band(pixels: &[u16], side: usize, geo: &GeoRef, flavor: Flavor) ->
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&values);
     debug_assert_eq!(out.len(), data_start);
-    for &p in pixels {
-        out.extend_from_slice(&p.to_le_bytes());
-    }
+    out.extend(pixels.iter().flat_map(|p| p.to_le_bytes()));
     out
 }
 

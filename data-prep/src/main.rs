@@ -126,6 +126,84 @@ struct SynthArgs {
     overwrite: bool,
 }
 
+impl ConvertArgs {
+    /// The conversion these flags ask for.
+    fn options(self) -> Result<ConvertOptions> {
+        if self.shard_patches == 0 {
+            bail!("--shard-patches must be at least 1");
+        }
+        if self.max_pending_patches == 0 {
+            bail!("--max-pending-patches must be at least 1");
+        }
+        let splits = match (self.train_list, self.val_list, self.test_list) {
+            (Some(t), Some(v), Some(s)) => Some([t, v, s]),
+            _ => None,
+        };
+        Ok(ConvertOptions {
+            archive: self.archive,
+            out: self.out,
+            format: self.format,
+            lists: ListFiles {
+                snow: self.snow_list,
+                cloud: self.cloud_list,
+                splits,
+            },
+            metadata: self.metadata,
+            split_seed: self.split_seed,
+            skip_bad: self.skip_bad,
+            overwrite: self.overwrite,
+            force: self.force,
+            store: StoreOptions {
+                codec: self.codec,
+                level: self.level,
+                shard_patches: self.shard_patches,
+            },
+            max_pending: self.max_pending_patches,
+        })
+    }
+}
+
+fn convert_command(a: ConvertArgs) -> Result<()> {
+    let opts = a.options()?;
+    let started = std::time::Instant::now();
+    let outcome = convert(&opts)?;
+    let secs = started.elapsed().as_secs_f64();
+    print!("{}", summary::render(&opts.out, &outcome.attrs));
+    let written: u64 = outcome.attrs.accounting.written.values().sum();
+    let rate = written as f64 / secs;
+    println!("\nconverted {written} patches in {secs:.1} s ({rate:.0} patches/s)");
+    if !outcome.rejects.is_empty() {
+        println!(
+            "\nrejected patches (also in the store's `rejects` group; `data-prep info --rejects`):"
+        );
+        print_rejects(&outcome.rejects, 50);
+    }
+    Ok(())
+}
+
+fn synth_command(a: SynthArgs) -> Result<()> {
+    let (format, out) = (a.format, a.out.clone());
+    let s = synth(&SynthOptions {
+        patches: a.patches,
+        seed: a.seed,
+        format,
+        out,
+        pack: a.pack,
+        overwrite: a.overwrite,
+    })?;
+    let [train, val, test] = s.per_split;
+    println!(
+        "wrote {} synthetic patches ({format}) to {}: {} snowy, {} cloudy, {} without a 19-class \
+         label; train/validation/test {train}/{val}/{test}",
+        s.patches,
+        s.path.display(),
+        s.snow,
+        s.cloud,
+        s.no_label,
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
@@ -134,76 +212,8 @@ fn run(cli: Cli) -> Result<()> {
             .context("starting the thread pool")?;
     }
     match cli.command {
-        Command::Convert(a) => {
-            if a.shard_patches == 0 {
-                bail!("--shard-patches must be at least 1");
-            }
-            if a.max_pending_patches == 0 {
-                bail!("--max-pending-patches must be at least 1");
-            }
-            let opts = ConvertOptions {
-                archive: a.archive,
-                out: a.out.clone(),
-                format: a.format,
-                lists: ListFiles {
-                    snow: a.snow_list,
-                    cloud: a.cloud_list,
-                    splits: match (a.train_list, a.val_list, a.test_list) {
-                        (Some(t), Some(v), Some(s)) => Some([t, v, s]),
-                        _ => None,
-                    },
-                },
-                metadata: a.metadata,
-                split_seed: a.split_seed,
-                skip_bad: a.skip_bad,
-                overwrite: a.overwrite,
-                force: a.force,
-                store: StoreOptions {
-                    codec: a.codec,
-                    level: a.level,
-                    shard_patches: a.shard_patches,
-                },
-                max_pending: a.max_pending_patches,
-            };
-            let started = std::time::Instant::now();
-            let outcome = convert(&opts)?;
-            let secs = started.elapsed().as_secs_f64();
-            print!("{}", summary::render(&a.out, &outcome.attrs));
-            let written: u64 = outcome.attrs.accounting.written.values().sum();
-            println!(
-                "\nconverted {written} patches in {secs:.1} s ({:.0} patches/s)",
-                written as f64 / secs
-            );
-            if !outcome.rejects.is_empty() {
-                println!(
-                    "\nrejected patches (also in the store's `rejects` group; `data-prep info --rejects`):"
-                );
-                print_rejects(&outcome.rejects, 50);
-            }
-        }
-        Command::Synth(a) => {
-            let s = synth(&SynthOptions {
-                patches: a.patches,
-                seed: a.seed,
-                format: a.format,
-                out: a.out.clone(),
-                pack: a.pack,
-                overwrite: a.overwrite,
-            })?;
-            println!(
-                "wrote {} synthetic patches ({}) to {}: {} snowy, {} cloudy, {} without a 19-class label; \
-                 train/validation/test {}/{}/{}",
-                s.patches,
-                a.format,
-                s.path.display(),
-                s.snow,
-                s.cloud,
-                s.no_label,
-                s.per_split[0],
-                s.per_split[1],
-                s.per_split[2]
-            );
-        }
+        Command::Convert(a) => convert_command(a)?,
+        Command::Synth(a) => synth_command(a)?,
         Command::Info { store, rejects } => {
             let s = Store::open(&store)?;
             print!("{}", summary::render(&store, &s.attrs));

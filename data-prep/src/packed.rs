@@ -29,6 +29,30 @@ pub enum Packing {
 }
 
 impl Packing {
+    /// Checks that the file starts as its name says (gzip's `1f 8b`, zstd's `28 b5 2f fd`, a
+    /// tar header's `ustar`), before anything else is read or reported about it.
+    pub fn verify(self, path: &Path) -> Result<()> {
+        let mut head = [0u8; 263];
+        let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let n = file
+            .read(&mut head)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let head = &head[..n];
+        let (ok, what) = match self {
+            Packing::TarGz => (head.starts_with(&[0x1f, 0x8b]), "gzip file"),
+            Packing::TarZst => (head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]), "zstd file"),
+            Packing::Tar => (head.get(257..262) == Some(b"ustar".as_slice()), "tar file"),
+        };
+        if !ok {
+            bail!(
+                "{}: not a {what}, though its name says so (its first bytes are {:02x?})",
+                path.display(),
+                &head[..head.len().min(4)]
+            );
+        }
+        Ok(())
+    }
+
     pub fn of(path: &Path) -> Option<Packing> {
         let name = path.file_name()?.to_string_lossy().to_lowercase();
         if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
@@ -193,6 +217,247 @@ fn classify(format: ArchiveFormat, patch: &str, file: &str) -> Member {
     }
 }
 
+impl Pending {
+    /// What the stream passes on for a patch whose members all arrived.
+    fn finish(self, patch: String) -> Event {
+        match self.problem {
+            Some(reason) => Event::Bad { patch, reason },
+            None => Event::Complete(PackedPatch {
+                name: patch,
+                bands: self
+                    .bands
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect(),
+                metadata: self.metadata.unwrap_or_default(),
+                offset: self.offset,
+            }),
+        }
+    }
+}
+
+/// Members grouped per patch folder as they stream by.
+struct Grouper<'a> {
+    path: &'a Path,
+    /// Compressed bytes read so far (for messages).
+    read: &'a AtomicU64,
+    format: ArchiveFormat,
+    max_pending: usize,
+    pending: HashMap<String, Pending>,
+    done: HashSet<String>,
+    /// The last completed patch, passed on when the next member is not one of its folder.
+    ready: Option<(String, Pending)>,
+    /// Where the member being read starts, and where the next header should.
+    tar_offset: u64,
+    next_header: u64,
+}
+
+impl Grouper<'_> {
+    fn error(&self, what: String, tar_offset: u64) -> StreamError {
+        StreamError {
+            path: self.path.to_path_buf(),
+            what,
+            tar_offset,
+            compressed_offset: self.read.load(Ordering::Relaxed),
+            fatal: false,
+        }
+    }
+
+    /// The patch folder and file name of a member. A patch folder holds files named after it;
+    /// a file in a folder known as a patch's (from an earlier member) that is not one of its
+    /// files is out of place in that patch; a member in no patch folder ends the read.
+    fn place(&self, member: &Path) -> Result<(String, String)> {
+        let parts: Vec<String> = member
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        match parts.as_slice() {
+            [.., dir, file]
+                if file.starts_with(&format!("{dir}_"))
+                    || self.pending.contains_key(dir)
+                    || self.ready.as_ref().is_some_and(|(r, _)| r == dir) =>
+            {
+                Ok((dir.clone(), file.clone()))
+            }
+            _ => {
+                let what = format!(
+                    "member {} is outside any patch folder: not a {} archive",
+                    member.display(),
+                    self.format
+                );
+                Err(StreamError {
+                    fatal: true,
+                    ..self.error(what, self.tar_offset)
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Refuses a member of a patch already complete, or one that would hold more patches
+    /// incomplete at once than allowed.
+    fn admit(&self, patch: &str, member: &Path) -> Result<()> {
+        if self.done.contains(patch) {
+            let what = format!(
+                "member {} belongs to patch {patch}, which was already complete",
+                member.display()
+            );
+            bail!(self.error(what, self.tar_offset));
+        }
+        if !self.pending.contains_key(patch) && self.pending.len() >= self.max_pending {
+            let (oldest, p) = self
+                .pending
+                .iter()
+                .min_by_key(|(_, p)| p.offset)
+                .expect("pending is full");
+            let what = format!(
+                "{} patches are incomplete at once (--max-pending-patches): patch {oldest} still \
+                 lacks {} of its members; this archive scatters the members of its patches, \
+                 raise the limit (each incomplete patch holds up to about 173 KB)",
+                self.max_pending,
+                p.missing(self.format, oldest).len()
+            );
+            bail!(self.error(what, self.tar_offset));
+        }
+        Ok(())
+    }
+
+    /// A member's bytes, all of them; the header's size is the archive's word, never allocated
+    /// from unchecked.
+    fn contents(&self, entry: &mut impl Read, size: u64, member: &Path) -> Result<Vec<u8>> {
+        if size > MAX_MEMBER_BYTES {
+            let what = format!(
+                "member {} claims {size} bytes, more than any file of a BigEarthNet patch \
+                 ({MAX_MEMBER_BYTES} at most): a damaged header",
+                member.display()
+            );
+            bail!(self.error(what, self.tar_offset));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        entry.read_to_end(&mut bytes).map_err(|e| {
+            self.error(
+                format!("member {} is cut short ({e})", member.display()),
+                self.tar_offset,
+            )
+        })?;
+        if bytes.len() as u64 != size {
+            let what = format!(
+                "member {} ends after {} of its {size} bytes",
+                member.display(),
+                bytes.len()
+            );
+            bail!(self.error(what, self.tar_offset));
+        }
+        Ok(bytes)
+    }
+
+    /// Files a member's bytes into its patch; a patch whose members all arrived becomes ready.
+    fn file(&mut self, patch: String, file: &str, member: &Path, is_file: bool, bytes: Vec<u8>) {
+        let (format, at) = (self.format, self.tar_offset);
+        let p = self
+            .pending
+            .entry(patch.clone())
+            .or_insert_with(|| Pending::new(at));
+        let slot = match (is_file, classify(format, &patch, file)) {
+            (true, Member::Band(i)) => &mut p.bands[i],
+            (true, Member::Metadata) => &mut p.metadata,
+            (_, Member::Unexpected) | (false, _) => {
+                p.problem.get_or_insert_with(|| {
+                    format!("unexpected member {} at byte {at}", member.display())
+                });
+                return;
+            }
+        };
+        if slot.replace(bytes).is_some() {
+            p.problem
+                .get_or_insert_with(|| format!("member {} appears twice", member.display()));
+        }
+        if p.missing(format, &patch).is_empty() {
+            let p = self.pending.remove(&patch).expect("just seen");
+            self.done.insert(patch.clone());
+            self.ready = Some((patch, p));
+        }
+    }
+
+    /// One member of the stream.
+    fn member<R: Read>(
+        &mut self,
+        mut entry: tar::Entry<R>,
+        emit: &mut impl FnMut(Event) -> Result<()>,
+    ) -> Result<()> {
+        self.tar_offset = entry.raw_header_position();
+        self.next_header = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+        let member = entry
+            .path()
+            .map_err(|e| self.error(format!("unreadable member name ({e})"), self.tar_offset))?
+            .into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            return Ok(());
+        }
+        let (patch, file) = self.place(&member)?;
+        if let Some((name, p)) = &mut self.ready {
+            if *name == patch {
+                let at = self.tar_offset;
+                p.problem.get_or_insert_with(|| {
+                    format!("unexpected member {} at byte {at}", member.display())
+                });
+                return Ok(());
+            }
+            let (name, p) = self.ready.take().expect("checked");
+            emit(p.finish(name))?;
+        }
+        self.admit(&patch, &member)?;
+        let size = entry.size();
+        let bytes = self.contents(&mut entry, size, &member)?;
+        self.file(patch, &file, &member, kind.is_file(), bytes);
+        Ok(())
+    }
+
+    /// After the stream: the patches a broken stream cut off (then its error), else the last
+    /// ready patch and those incomplete at its end.
+    fn end(self, outcome: Result<()>, emit: &mut impl FnMut(Event) -> Result<()>) -> Result<()> {
+        if let Err(e) = outcome {
+            if e.downcast_ref::<StreamError>().is_some() {
+                let reason = format!("cut off by the damaged stream: {e}");
+                let cut = self
+                    .ready
+                    .map(|(n, _)| n)
+                    .into_iter()
+                    .chain(self.pending.into_keys());
+                for patch in cut {
+                    if emit(Event::Bad {
+                        patch,
+                        reason: reason.clone(),
+                    })
+                    .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+            return Err(e);
+        }
+        if let Some((name, p)) = self.ready {
+            emit(p.finish(name))?;
+        }
+        let mut left: Vec<(String, Pending)> = self.pending.into_iter().collect();
+        left.sort_by(|a, b| a.0.cmp(&b.0));
+        for (patch, p) in left {
+            let missing = p.missing(self.format, &patch).join(", ");
+            let reason = format!("members missing at the end of the stream: {missing}");
+            let reason = p
+                .problem
+                .map_or(reason.clone(), |pr| format!("{pr}; {reason}"));
+            emit(Event::Bad { reason, patch })?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads every member, grouping them per patch folder, and passes each patch to `emit` in
 /// the order its last member arrives (once the next member shows that no extra file of its
 /// folder follows). Patches incomplete at the end are passed as bad. At most `max_pending`
@@ -207,169 +472,25 @@ pub fn read_patches(
         path, reader, read, ..
     } = stream;
     let mut archive = tar::Archive::new(reader);
-    let mut pending: HashMap<String, Pending> = HashMap::new();
-    let mut done: HashSet<String> = HashSet::new();
-    // The last completed patch, passed on when the next member is not one of its folder.
-    let mut ready: Option<(String, Pending)> = None;
-    let finish = |patch: String, p: Pending| match p.problem {
-        Some(reason) => Event::Bad { patch, reason },
-        None => Event::Complete(PackedPatch {
-            name: patch,
-            bands: p.bands.into_iter().map(Option::unwrap_or_default).collect(),
-            metadata: p.metadata.unwrap_or_default(),
-            offset: p.offset,
-        }),
+    let mut g = Grouper {
+        path: &path,
+        read: &read,
+        format,
+        max_pending,
+        pending: HashMap::new(),
+        done: HashSet::new(),
+        ready: None,
+        tar_offset: 0,
+        next_header: 0,
     };
-    // Where the member being read starts, and where the next header should.
-    let (mut tar_offset, mut next_header) = (0u64, 0u64);
-    let stream_error = |what: String, tar_offset: u64| StreamError {
-        path: path.clone(),
-        what,
-        tar_offset,
-        compressed_offset: read.load(Ordering::Relaxed),
-        fatal: false,
-    };
-    let entries = archive
-        .entries()
-        .map_err(|e| stream_error(format!("not a tar stream: {e}"), 0))?;
     let outcome = (|| -> Result<()> {
+        let entries = archive
+            .entries()
+            .map_err(|e| g.error(format!("not a tar stream: {e}"), 0))?;
         for entry in entries {
-            let mut entry = entry
-                .map_err(|e| stream_error(format!("unreadable tar header ({e})"), next_header))?;
-            tar_offset = entry.raw_header_position();
-            next_header = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
-            let member = entry
-                .path()
-                .map_err(|e| stream_error(format!("unreadable member name ({e})"), tar_offset))?
-                .into_owned();
-            let kind = entry.header().entry_type();
-            if kind.is_dir() {
-                continue;
-            }
-            let parts: Vec<String> = member
-                .components()
-                .filter_map(|c| {
-                    if let Component::Normal(s) = c {
-                        Some(s.to_string_lossy().into_owned())
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            // A patch folder holds files named after it; a file in a folder known as a patch's
-            // (from an earlier member) that is not one of its files is out of place in that patch.
-            let in_patch = match parts.as_slice() {
-                [.., dir, file]
-                    if file.starts_with(&format!("{dir}_"))
-                        || pending.contains_key(dir)
-                        || ready.as_ref().is_some_and(|(r, _)| r == dir) =>
-                {
-                    Some((dir.clone(), file.clone()))
-                }
-                _ => None,
-            };
-            let Some((patch, file)) = in_patch else {
-                let what = format!(
-                    "member {} is outside any patch folder: not a {format} archive",
-                    member.display()
-                );
-                bail!(StreamError {
-                    fatal: true,
-                    ..stream_error(what, tar_offset)
-                });
-            };
-            if let Some((name, p)) = &mut ready {
-                if *name == patch {
-                    p.problem.get_or_insert_with(|| {
-                        format!(
-                            "unexpected member {} at byte {tar_offset}",
-                            member.display()
-                        )
-                    });
-                    continue;
-                }
-                let (name, p) = ready.take().expect("checked");
-                emit(finish(name, p))?;
-            }
-            if done.contains(&patch) {
-                bail!(stream_error(
-                    format!(
-                        "member {} belongs to patch {patch}, which was already complete",
-                        member.display()
-                    ),
-                    tar_offset
-                ));
-            }
-            if !pending.contains_key(&patch) && pending.len() >= max_pending {
-                let (oldest, p) = pending
-                    .iter()
-                    .min_by_key(|(_, p)| p.offset)
-                    .expect("pending is full");
-                bail!(stream_error(
-                    format!(
-                        "{max_pending} patches are incomplete at once (--max-pending-patches): patch {oldest} still lacks {} of its \
-                     members; this archive scatters the members of its patches, raise the limit (each incomplete patch holds \
-                     up to about 173 KB)",
-                        p.missing(format, oldest).len()
-                    ),
-                    tar_offset
-                ));
-            }
-            // The header's size is the archive's word: never allocate from it unchecked.
-            if entry.size() > MAX_MEMBER_BYTES {
-                bail!(stream_error(
-                    format!(
-                        "member {} claims {} bytes, more than any file of a BigEarthNet patch \
-                         ({MAX_MEMBER_BYTES} at most): a damaged header",
-                        member.display(),
-                        entry.size()
-                    ),
-                    tar_offset
-                ));
-            }
-            let mut bytes = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut bytes).map_err(|e| {
-                stream_error(
-                    format!("member {} is cut short ({e})", member.display()),
-                    tar_offset,
-                )
-            })?;
-            if bytes.len() as u64 != entry.size() {
-                bail!(stream_error(
-                    format!(
-                        "member {} ends after {} of its {} bytes",
-                        member.display(),
-                        bytes.len(),
-                        entry.size()
-                    ),
-                    tar_offset
-                ));
-            }
-            let p = pending
-                .entry(patch.clone())
-                .or_insert_with(|| Pending::new(tar_offset));
-            let slot = match (kind.is_file(), classify(format, &patch, &file)) {
-                (true, Member::Band(i)) => &mut p.bands[i],
-                (true, Member::Metadata) => &mut p.metadata,
-                (_, Member::Unexpected) | (false, _) => {
-                    p.problem.get_or_insert_with(|| {
-                        format!(
-                            "unexpected member {} at byte {tar_offset}",
-                            member.display()
-                        )
-                    });
-                    continue;
-                }
-            };
-            if slot.replace(bytes).is_some() {
-                p.problem
-                    .get_or_insert_with(|| format!("member {} appears twice", member.display()));
-            }
-            if p.missing(format, &patch).is_empty() {
-                let p = pending.remove(&patch).expect("just seen");
-                done.insert(patch.clone());
-                ready = Some((patch, p));
-            }
+            let entry = entry
+                .map_err(|e| g.error(format!("unreadable tar header ({e})"), g.next_header))?;
+            g.member(entry, &mut emit)?;
         }
         Ok(())
     })();
@@ -379,50 +500,15 @@ pub fn read_patches(
         io::copy(&mut archive.into_inner(), &mut io::sink())
             .map(drop)
             .map_err(|e| {
+                let what = format!("the compressed stream is damaged ({e})");
                 StreamError {
                     fatal: true,
-                    ..stream_error(
-                        format!("the compressed stream is damaged ({e})"),
-                        next_header,
-                    )
+                    ..g.error(what, g.next_header)
                 }
                 .into()
             })
     });
-    if let Err(e) = outcome {
-        // A broken stream: the patches it cut off are reported, then the error.
-        if e.downcast_ref::<StreamError>().is_some() {
-            let cut = |patch: String| Event::Bad {
-                patch,
-                reason: format!("cut off by the damaged stream: {e}"),
-            };
-            for name in ready.map(|(n, _)| n).into_iter().chain(pending.into_keys()) {
-                if emit(cut(name)).is_err() {
-                    break;
-                }
-            }
-        }
-        return Err(e);
-    }
-    if let Some((name, p)) = ready {
-        emit(finish(name, p))?;
-    }
-    let mut left: Vec<(String, Pending)> = pending.into_iter().collect();
-    left.sort_by(|a, b| a.0.cmp(&b.0));
-    for (patch, p) in left {
-        let missing = p.missing(format, &patch);
-        let reason = format!(
-            "members missing at the end of the stream: {}",
-            missing.join(", ")
-        );
-        emit(Event::Bad {
-            reason: p
-                .problem
-                .map_or(reason.clone(), |pr| format!("{pr}; {reason}")),
-            patch,
-        })?;
-    }
-    Ok(())
+    g.end(outcome, &mut emit)
 }
 
 #[cfg(test)]

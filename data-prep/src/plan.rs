@@ -103,6 +103,24 @@ pub fn random_split(name: &str, seed: u64) -> Split {
     }
 }
 
+/// Every name of the three split lists, with its split and list; a name in two lists is
+/// refused.
+fn read_split_lists(paths: &[PathBuf; 3]) -> Result<HashMap<String, (Split, PathBuf)>> {
+    let mut listed: HashMap<String, (Split, PathBuf)> = HashMap::new();
+    for (split, path) in Split::ALL.into_iter().zip(paths.iter()) {
+        for name in archive::read_name_list(path)? {
+            if let Some((other, other_path)) = listed.insert(name.clone(), (split, path.clone())) {
+                bail!(
+                    "patch {name} is listed in both {} ({other}) and {} ({split})",
+                    other_path.display(),
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(listed)
+}
+
 impl Rules {
     /// Reads the lists (given, or found in `dirs`); `has_flags` says whether the metadata
     /// carries snow / cloud flags (v2.0 does), `has_splits` whether it carries the split.
@@ -146,22 +164,10 @@ impl Rules {
                 "no cloud list ({CLOUD_LIST}) found or given: no patch is excluded for cloud or shadow"
             );
         }
-        let mut listed: HashMap<String, (Split, PathBuf)> = HashMap::new();
-        if let Some(paths) = &split_paths {
-            for (split, path) in Split::ALL.into_iter().zip(paths.iter()) {
-                for name in archive::read_name_list(path)? {
-                    if let Some((other, other_path)) =
-                        listed.insert(name.clone(), (split, path.clone()))
-                    {
-                        bail!(
-                            "patch {name} is listed in both {} ({other}) and {} ({split})",
-                            other_path.display(),
-                            path.display()
-                        );
-                    }
-                }
-            }
-        }
+        let listed = match &split_paths {
+            Some(paths) => read_split_lists(paths)?,
+            None => HashMap::new(),
+        };
         let (split_rule, splits) = match (&split_paths, has_splits) {
             (Some(p), _) => (
                 SplitRule::Lists,

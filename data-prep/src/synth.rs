@@ -681,10 +681,7 @@ fn patch_folder(format: ArchiveFormat, name: &str) -> PathBuf {
 /// folder) and the split lists (v1.0) or `metadata.parquet` (v2.0).
 fn outputs(opts: &SynthOptions) -> Vec<PathBuf> {
     let mut names: Vec<String> = match (opts.pack, opts.format) {
-        (Some(pack), ArchiveFormat::V1) => {
-            vec![format!("BigEarthNet-S2-v1.0.{}", pack.extension())]
-        }
-        (Some(pack), ArchiveFormat::V2) => vec![format!("{V2_FOLDER}.{}", pack.extension())],
+        (Some(pack), format) => vec![packed_name(format, pack)],
         (None, ArchiveFormat::V1) => vec![V1_FOLDER.into()],
         (None, ArchiveFormat::V2) => vec![V2_FOLDER.into()],
     };
@@ -779,26 +776,20 @@ pub fn synth(opts: &SynthOptions) -> Result<SynthSummary> {
     Ok(summary)
 }
 
-/// Writes every patch into one tar (compressed as `pack` says) in name order, as the download
-/// holds them: a folder entry per folder, then the patch's files. Patches are painted in
-/// parallel a batch at a time and appended in order.
-fn pack_patches(
-    opts: &SynthOptions,
-    pack: Pack,
-    specs: &[PatchSpec],
-    names: &[String],
-    looks: &[ClassLook],
-) -> Result<PathBuf> {
-    let stem = match opts.format {
+/// The packed archive's file name, as the download names it.
+fn packed_name(format: ArchiveFormat, pack: Pack) -> String {
+    let stem = match format {
         ArchiveFormat::V1 => "BigEarthNet-S2-v1.0",
         ArchiveFormat::V2 => V2_FOLDER,
     };
-    let path = opts.out.join(format!("{stem}.{}", pack.extension()));
-    let file = std::io::BufWriter::with_capacity(
-        1 << 20,
-        fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
-    );
-    let sink: Box<dyn Write> = match pack {
+    format!("{stem}.{}", pack.extension())
+}
+
+/// A file at `path` compressing what is written as `pack` says.
+fn packed_sink(path: &Path, pack: Pack) -> Result<Box<dyn Write>> {
+    let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file = std::io::BufWriter::with_capacity(1 << 20, file);
+    Ok(match pack {
         Pack::TarGz => Box::new(flate2::write::GzEncoder::new(
             file,
             flate2::Compression::default(),
@@ -809,8 +800,21 @@ fn pack_patches(
                 .auto_finish(),
         ),
         Pack::Tar => Box::new(file),
-    };
-    let mut tar = tar::Builder::new(sink);
+    })
+}
+
+/// Writes every patch into one tar (compressed as `pack` says) in name order, as the download
+/// holds them: a folder entry per folder, then the patch's files. Patches are painted in
+/// parallel a batch at a time and appended in order.
+fn pack_patches(
+    opts: &SynthOptions,
+    pack: Pack,
+    specs: &[PatchSpec],
+    names: &[String],
+    looks: &[ClassLook],
+) -> Result<PathBuf> {
+    let path = opts.out.join(packed_name(opts.format, pack));
+    let mut tar = tar::Builder::new(packed_sink(&path, pack)?);
     let mut order: Vec<usize> = (0..names.len()).collect();
     order.sort_by_key(|&i| patch_folder(opts.format, &names[i]));
     let mut folders_written: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();

@@ -271,3 +271,77 @@ fn an_existing_store_is_kept_unless_overwrite_is_given() {
     common::convert(&archive, &out, &["--overwrite"]);
     Store::open(&out).unwrap();
 }
+
+/// The usual mistakes with `--archive`, as a user makes them: a path that does not exist is
+/// named as given; a file that only looks like an archive by its name is refused as such
+/// before anything else is said about it (no warnings about lists it would have needed); no
+/// output is created either way.
+#[test]
+fn a_missing_or_false_archive_is_named_before_anything_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("store.zarr");
+    let err = common::run_err(&[
+        "convert",
+        "--archive",
+        "nope.tar.gz",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("--archive nope.tar.gz: does not exist"),
+        "{err}"
+    );
+    let fake = tmp.path().join("BigEarthNet-S2-v1.0.tar.gz");
+    std::fs::write(&fake, b"<html>Service unavailable</html>").unwrap();
+    let err = common::run_err(&[
+        "convert",
+        "--archive",
+        fake.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("not a gzip file, though its name says so"),
+        "{err}"
+    );
+    assert!(!err.contains("snow list") && !err.contains("WARN"), "{err}");
+    assert!(!out.exists() && !tmp.path().join("store.zarr.partial").exists());
+}
+
+/// A tar header that claims a member of 8 GB (a damaged or hostile archive): refused naming
+/// the member and the offset, before any allocation of that size.
+#[test]
+fn a_member_claiming_a_huge_size_is_named_not_allocated() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = common::synth(tmp.path(), 3, 12, "v1");
+    let packed = tmp.path().join("BigEarthNet-S2-v1.0.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&packed).unwrap());
+    let mut header = tar::Header::new_gnu();
+    let name =
+        "BigEarthNet-v1.0/S2A_MSIL2A_20170613T101031_0_0/S2A_MSIL2A_20170613T101031_0_0_B01.tif";
+    header.set_path(name).unwrap();
+    header.set_size(8 << 30);
+    header.set_cksum();
+    builder.append(&header, std::io::repeat(0).take(0)).unwrap();
+    drop(builder);
+    for list in ["train.csv", "val.csv", "test.csv"] {
+        std::fs::copy(archive.join(list), tmp.path().join(list)).unwrap();
+    }
+    let out = tmp.path().join("store.zarr");
+    let err = common::run_err(&[
+        "convert",
+        "--archive",
+        packed.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(&format!("member {name} claims 8589934592 bytes")),
+        "{err}"
+    );
+    assert!(
+        err.contains("a damaged header") && err.contains("at byte 0"),
+        "{err}"
+    );
+}

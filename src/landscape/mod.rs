@@ -268,7 +268,11 @@ impl Evaluator {
                 Arc::new(store.split(split)?),
                 rows,
                 &norm,
-                Placement::Device,
+                if device == Device::Cpu {
+                    Placement::Host
+                } else {
+                    Placement::Device
+                },
                 device,
                 threads,
             )
@@ -537,6 +541,10 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
     let spec_path = dir.join("spec.json");
     fs::create_dir_all(&blocks_dir)
         .with_context(|| format!("creating {}", blocks_dir.display()))?;
+    // Temporary files of workers killed mid-write.
+    for folder in [&dir, &blocks_dir] {
+        lossbench_core::files::remove_stale_temporaries(folder);
+    }
     match fs::read(&spec_path) {
         Ok(bytes) => {
             let existing: Spec = serde_json::from_slice(&bytes)
@@ -668,11 +676,12 @@ impl<'a> Landscape<'a> {
                                 .map(move |(n, t)| (format!("d{}/{n}", k + 1), t.shallow_clone()))
                         })
                         .collect();
-                    let tmp = dir.join("directions.safetensors.tmp");
+                    // A temporary name of this writer's own: other tasks may save the same
+                    // directions at the same moment.
+                    let tmp = lossbench_core::files::temp_path(&path);
                     Tensor::write_safetensors(&named, &tmp)
                         .with_context(|| format!("writing {}", tmp.display()))?;
-                    fs::rename(&tmp, &path)
-                        .with_context(|| format!("renaming {}", tmp.display()))?;
+                    lossbench_core::files::commit(&tmp, &path)?;
                 }
                 // Per variable in the evaluator's order: the direction, or zero for buffers.
                 let per_var = |d: &directions::Direction| -> Vec<Tensor> {

@@ -61,7 +61,9 @@ def digest(path: Path) -> str:
 
 
 def folder_bytes(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file's digest, but the run folder's lock (it names whoever held it last)."""
+    return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
 
 
 def outcome_of(run_dir: Path) -> dict:

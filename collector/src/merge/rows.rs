@@ -196,125 +196,88 @@ pub fn test_metrics_table(r: &RunFolder, t: &TestOutcome) -> Result<RecordBatch>
     batch(Table::TestMetrics, columns)
 }
 
-pub fn runs_table(runs: &[RunFolder]) -> Result<RecordBatch> {
-    let status = |r: &RunFolder| match &r.info {
-        Some(i) => serde_json::to_value(i.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
-        None if r.test.is_some() => "finished".into(),
-        None => "unknown".into(),
-    };
-    let statuses: Vec<String> = runs.iter().map(status).collect();
-    let hosts: Vec<String> = runs
-        .iter()
-        .map(|r| {
-            r.attempts()
-                .last()
-                .map(|a| a.host.clone())
-                .unwrap_or_default()
-        })
-        .collect();
-    let revisions: Vec<String> = runs
-        .iter()
-        .map(|r| {
-            r.info
+/// What the `runs` table says of one run besides its folder's own fields.
+struct Summary<'a> {
+    r: &'a RunFolder,
+    status: &'static str,
+    host: String,
+    revision: String,
+    world_size: Option<u32>,
+    /// First attempt's start, latest attempt's end (Unix milliseconds).
+    started: Option<i64>,
+    ended: Option<i64>,
+    best_epoch: Option<u32>,
+    /// Summed wall time of the ended attempts.
+    wall_s: Option<f64>,
+}
+
+impl<'a> Summary<'a> {
+    fn of(r: &'a RunFolder) -> Summary<'a> {
+        let attempts = r.attempts();
+        let status = match &r.info {
+            Some(i) => i.status.name(),
+            None if r.test.is_some() => "finished",
+            None => "unknown",
+        };
+        let ended = attempts
+            .iter()
+            .filter_map(|a| Some((a.ended_unix_ms? - a.started_unix_ms) as f64));
+        Summary {
+            r,
+            status,
+            host: attempts.last().map(|a| a.host.clone()).unwrap_or_default(),
+            revision: r
+                .info
                 .as_ref()
                 .map(|i| i.code_revision.clone())
-                .unwrap_or_default()
-        })
-        .collect();
-    let wall = |r: &RunFolder| -> Option<f64> {
-        let a = r.attempts();
-        (!a.is_empty()).then(|| {
-            a.iter()
-                .filter_map(|a| {
-                    a.ended_unix_ms
-                        .map(|e| (e - a.started_unix_ms) as f64 / 1e3)
-                })
-                .sum()
-        })
+                .unwrap_or_default(),
+            world_size: attempts.last().map(|a| a.world_size as u32),
+            started: attempts.first().map(|a| a.started_unix_ms),
+            ended: attempts.last().and_then(|a| a.ended_unix_ms),
+            best_epoch: r.test.as_ref().map(|t| t.best_epoch).or(r.best_epoch()),
+            wall_s: (!attempts.is_empty()).then(|| ended.sum::<f64>() / 1e3),
+        }
+    }
+}
+
+pub fn runs_table(runs: &[RunFolder]) -> Result<RecordBatch> {
+    let rows: Vec<Summary> = runs.iter().map(Summary::of).collect();
+    let text = |f: for<'s> fn(&'s Summary<'s>) -> &'s str| strings(rows.iter().map(f));
+    let u32s = |f: fn(&Summary) -> Option<u32>| -> ArrayRef {
+        Arc::new(UInt32Array::from_iter(rows.iter().map(f)))
+    };
+    let time = |f: fn(&Summary) -> Option<i64>| -> ArrayRef {
+        Arc::new(TimestampMillisecondArray::from_iter(rows.iter().map(f)).with_timezone("UTC"))
     };
     let columns: Vec<(&'static str, ArrayRef)> = vec![
-        ("run_id", strings(runs.iter().map(|r| r.run_id.as_str()))),
-        ("job", strings(runs.iter().map(|r| r.job.as_str()))),
-        ("loss", strings(runs.iter().map(|r| r.loss.as_str()))),
-        ("arch", strings(runs.iter().map(|r| r.arch.as_str()))),
+        ("run_id", text(|s| &s.r.run_id)),
+        ("job", text(|s| &s.r.job)),
+        ("loss", text(|s| &s.r.loss)),
+        ("arch", text(|s| &s.r.arch)),
         (
             "seed",
             Arc::new(UInt64Array::from_iter_values(runs.iter().map(|r| r.seed))),
         ),
-        (
-            "loss_params",
-            strings(runs.iter().map(|r| r.loss_params.as_str())),
-        ),
-        (
-            "config_hash",
-            strings(runs.iter().map(|r| r.config_hash.as_str())),
-        ),
-        (
-            "code_revision",
-            strings(revisions.iter().map(String::as_str)),
-        ),
-        ("host", strings(hosts.iter().map(String::as_str))),
-        (
-            "world_size",
-            Arc::new(UInt32Array::from_iter(
-                runs.iter()
-                    .map(|r| r.attempts().last().map(|a| a.world_size as u32)),
-            )),
-        ),
-        (
-            "started",
-            Arc::new(
-                TimestampMillisecondArray::from_iter(
-                    runs.iter()
-                        .map(|r| r.attempts().first().map(|a| a.started_unix_ms)),
-                )
-                .with_timezone("UTC"),
-            ),
-        ),
-        (
-            "ended",
-            Arc::new(
-                TimestampMillisecondArray::from_iter(
-                    runs.iter()
-                        .map(|r| r.attempts().last().and_then(|a| a.ended_unix_ms)),
-                )
-                .with_timezone("UTC"),
-            ),
-        ),
-        ("status", strings(statuses.iter().map(String::as_str))),
-        (
-            "best_epoch",
-            Arc::new(UInt32Array::from_iter(runs.iter().map(|r| {
-                r.test.as_ref().map(|t| t.best_epoch).or(r.best_epoch())
-            }))),
-        ),
-        (
-            "epochs_done",
-            Arc::new(UInt32Array::from_iter_values(
-                runs.iter().map(|r| r.records.len() as u32),
-            )),
-        ),
+        ("loss_params", text(|s| &s.r.loss_params)),
+        ("config_hash", text(|s| &s.r.config_hash)),
+        ("code_revision", text(|s| &s.revision)),
+        ("host", text(|s| &s.host)),
+        ("world_size", u32s(|s| s.world_size)),
+        ("started", time(|s| s.started)),
+        ("ended", time(|s| s.ended)),
+        ("status", text(|s| s.status)),
+        ("best_epoch", u32s(|s| s.best_epoch)),
+        ("epochs_done", u32s(|s| Some(s.r.records.len() as u32))),
         (
             "epochs_planned",
             Arc::new(UInt64Array::from_iter_values(
                 runs.iter().map(|r| r.planned_epochs),
             )),
         ),
-        (
-            "attempts",
-            Arc::new(UInt32Array::from_iter_values(
-                runs.iter().map(|r| r.attempts().len() as u32),
-            )),
-        ),
-        ("wall_s", floats(runs.iter().map(wall))),
-        (
-            "folder",
-            strings(runs.iter().map(|r| r.dir.to_str().unwrap_or_default())),
-        ),
-        ("data", strings(runs.iter().map(|r| r.data.as_str()))),
+        ("attempts", u32s(|s| Some(s.r.attempts().len() as u32))),
+        ("wall_s", floats(rows.iter().map(|s| s.wall_s))),
+        ("folder", text(|s| s.r.dir.to_str().unwrap_or_default())),
+        ("data", text(|s| &s.r.data)),
     ];
     batch(Table::Runs, columns)
 }
