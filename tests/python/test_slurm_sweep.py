@@ -117,7 +117,8 @@ def test_sweep_trains_requeues_resumes_and_adds_runs(cluster, store, tmp_path):
     text = collect_logs[0].read_text()
     assert "every training task has ended" in text and "merged 4 run(s)" in text, text
     # The collector ran behind the array: tables and report are there.
-    assert len(list((tmp_path / "results" / "test_metrics").glob("*.parquet"))) == 4
+    # One file per run, and the table's schema file (_schema.parquet, no rows).
+    assert len(list((tmp_path / "results" / "test_metrics").glob("[!_]*.parquet"))) == 4
     assert (tmp_path / "report" / "index.html").is_file()
 
     # A rerun with a new seed trains only the new run; finished ones are not touched.
