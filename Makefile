@@ -47,7 +47,7 @@ test-rust:
 # The tests against Python PyTorch (zennit, torchvision, timm, the GPU bundle) run in
 # .cache/venv-torch; the others in .cache/venv.
 TORCH_TESTS := tests/python/test_lrp_zennit.py tests/python/test_gpu_bundle.py tests/python/test_models_torchvision.py \
-  tests/python/test_losses_timm.py tests/python/test_landscape_torch.py
+  tests/python/test_losses_timm.py tests/python/test_landscape_torch.py tests/python/test_optim_torch.py tests/python/test_torchmetrics.py
 test-python:
 	$(VENV)/bin/pytest -q tests/python $(addprefix --ignore=,$(TORCH_TESTS))
 	.cache/venv-torch/bin/pytest -q $(TORCH_TESTS)

@@ -8,7 +8,7 @@
 //! by its (torchvision) name; LOGITS gets `logits` `[N, 19]`.
 
 use anyhow::{Context, Result};
-use lossbench::model::{Arch, Model};
+use lossbench::model::{Arch, Model, Regularization};
 use tch::{Device, Tensor, nn};
 
 fn main() -> Result<()> {
@@ -20,7 +20,7 @@ fn main() -> Result<()> {
         .try_into()
         .with_context(|| format!("unknown architecture {arch:?}"))?;
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Model::new(&vs.root(), arch, seed.parse()?, true);
+    let model = Model::new(&vs.root(), arch, seed.parse()?, Regularization::OWN);
     tch::no_grad(|| {
         for (name, mut t) in vs.variables() {
             if name.ends_with("running_mean") {

@@ -32,9 +32,12 @@ pub struct State {
     #[serde(default)]
     pub partial_loss_sum: f64,
     pub optimizer_step: i64,
-    /// Best epoch so far by validation F1 (sample average), and that F1.
+    /// Best epoch so far by the selection metric, and its value.
     pub best_epoch: u32,
-    pub best_f1: f64,
+    /// The best epoch's validation metric (the run's `selection.metric`, signed so that higher
+    /// is better; checkpoints written before selection metrics hold the F1 sample average).
+    #[serde(alias = "best_f1")]
+    pub best_score: f64,
     /// CRC-32 of `model.safetensors` and `optimizer.safetensors`.
     pub crc32: [u32; 2],
     /// The configuration that produced it (absent in checkpoints written before fingerprints).
@@ -328,7 +331,7 @@ mod tests {
             partial_loss_sum: 0.0,
             optimizer_step: epoch as i64 * 10,
             best_epoch,
-            best_f1: 0.5,
+            best_score: 0.5,
             crc32: [0, 0],
             fingerprint: None,
         }

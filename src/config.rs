@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::losses::LossSpec;
 use crate::model::Arch;
+use crate::recipe::{Augment, Dropout, OptimizerKind, Schedule, Selection};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +22,9 @@ pub struct Config {
     pub loss: LossSpec,
     pub checkpoint: CheckpointSection,
     pub lrp: LrpSection,
+    /// The best epoch and early stopping (docs/training.md, "Training recipes").
+    #[serde(default)]
+    pub selection: Selection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,14 +71,30 @@ pub struct TrainSection {
     pub prefetch_batches: usize,
     /// bf16 autocast of the forward pass (CUDA only; an error on the CPU).
     pub bf16: bool,
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// AdamW's decoupled weight decay (every weight).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Targets y·(1 − ε) + ε/2 for the losses built on binary cross-entropy.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    #[serde(default)]
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub augment: Augment,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     pub arch: Arch,
-    /// Whether dropout is on in training (off for device-equivalence checks).
-    pub dropout: bool,
+    /// `true` (the network's own rates), `false` (none: device-equivalence checks) or a rate.
+    pub dropout: Dropout,
+    /// ResNet-50's stochastic depth: the last block's residual branch is dropped with this
+    /// probability, earlier blocks' with linearly less.
+    #[serde(default)]
+    pub drop_path: f64,
 }
 
 /// Where the training and validation splits live while training (docs/training.md, "Resident
@@ -399,7 +419,49 @@ impl Config {
     /// Value checks beyond types: `Err((key, why))`.
     fn check(&self) -> Result<(), (String, String)> {
         self.check_sections().map_err(|(k, m)| (k.to_string(), m))?;
+        self.check_recipe().map_err(|(k, m)| (k.to_string(), m))?;
+        let schedule = self.train.schedule.check();
+        schedule.map_err(|(k, m)| (format!("train.schedule.{k}"), m))?;
         self.loss.check().map_err(|(k, m)| (format!("loss.{k}"), m))
+    }
+
+    /// The recipe's values, and the combinations that do not exist.
+    fn check_recipe(&self) -> Result<(), (&'static str, String)> {
+        let (t, m) = (&self.train, &self.model);
+        let unit = |key, v: f64, top: f64| {
+            if (0.0..top).contains(&v) {
+                Ok(())
+            } else {
+                Err((key, format!("must be at least 0 and below {top}, got {v}")))
+            }
+        };
+        unit("train.weight_decay", t.weight_decay, f64::INFINITY)?;
+        unit("train.label_smoothing", t.label_smoothing, 0.5)?;
+        unit("model.drop_path", m.drop_path, 1.0)?;
+        if let Dropout::Rate(r) = m.dropout {
+            unit("model.dropout", r, 1.0)?;
+        }
+        if t.weight_decay > 0.0 && t.optimizer == OptimizerKind::Adam {
+            let why = "is AdamW's decoupled decay: set train.optimizer = \"adamw\", or use \
+                       train.conv_weight_decay with Adam";
+            return Err(("train.weight_decay", why.into()));
+        }
+        if m.drop_path > 0.0 && m.arch != Arch::ResNet50 {
+            let why = format!(
+                "drops residual branches, which only resnet50 has (not {})",
+                m.arch.name()
+            );
+            return Err(("model.drop_path", why));
+        }
+        if t.label_smoothing > 0.0 && !self.loss.smoothable() {
+            let why = format!(
+                "is defined for the losses on binary cross-entropy ({}), not {}",
+                crate::losses::SMOOTHABLE.join(", "),
+                self.loss.name()
+            );
+            return Err(("train.label_smoothing", why));
+        }
+        Ok(())
     }
 
     fn check_sections(&self) -> Result<(), (&'static str, String)> {
@@ -469,6 +531,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recipe::{Decay, SelectMetric};
 
     fn jobs() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs")
@@ -484,6 +547,27 @@ mod tests {
                 continue;
             }
             let c = load(&path, vec![]).unwrap();
+            if name == "reben" {
+                let t = &c.train;
+                assert_eq!(
+                    (t.batch_size, t.lr, t.epochs, t.weight_decay),
+                    (512, 1e-3, 100, 0.01)
+                );
+                assert_eq!(
+                    (t.optimizer, t.schedule.decay, t.schedule.warmup_steps),
+                    (OptimizerKind::Adamw, Decay::Cosine, 1000)
+                );
+                assert_eq!(
+                    (c.model.arch, c.model.dropout, c.model.drop_path),
+                    (Arch::ResNet50, Dropout::Rate(0.15), 0.15)
+                );
+                assert_eq!(
+                    (c.selection.metric, c.selection.patience),
+                    (SelectMetric::MapMacro, 5)
+                );
+                assert!(t.augment.flips && !t.augment.rotations);
+                continue;
+            }
             assert_eq!(
                 (c.train.batch_size, c.train.lr, c.train.epochs),
                 (1024, 1e-4, 80)
@@ -501,6 +585,19 @@ mod tests {
                 names.iter().any(|(n, l)| n == loss && *l == loss),
                 "{names:?}"
             );
+        }
+    }
+
+    /// The keys added after run folders were first written digest as absent at their
+    /// defaults (lossbench_core::config_digest): those must be this config's defaults, and the
+    /// study's jobs must leave them there.
+    #[test]
+    fn added_keys_default_as_the_digest_assumes() {
+        let c = load(&jobs().join("ce.toml"), vec![]).unwrap();
+        let flat = lossbench_core::config_digest::flatten(&crate::resume::table(&c));
+        for (key, default) in lossbench_core::config_digest::ADDED_WITH_DEFAULTS {
+            let value = flat.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+            assert_eq!(value, Some(default), "{key}");
         }
     }
 

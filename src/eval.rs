@@ -15,14 +15,23 @@ use crate::losses::Loss;
 use crate::network::Network;
 use lossbench_core::labels::NUM_CLASSES;
 use lossbench_core::metrics::Counts;
+use lossbench_core::ranking::Ranking;
 
 /// A split's evaluation.
 pub struct Evaluation {
     pub loss: f64,
     pub counts: Counts,
-    /// With `keep`: every patch's logits and decisions, row-major `[N, 19]`, in split order.
+    /// Every patch's logits, row-major `[N, 19]`, in split order (for the ranking metrics).
     pub logits: Vec<f32>,
+    /// With `keep`: every patch's decisions, likewise.
     pub decisions: Vec<u8>,
+}
+
+impl Evaluation {
+    /// The ranking metrics of the logits against the split's labels.
+    pub fn ranking(&self, split: &lossbench_core::store::SplitData) -> Ranking {
+        lossbench_core::ranking::ranking(&self.logits, &split.labels)
+    }
 }
 
 /// What evaluating needs: the network, its loss, the ranks, the loader.
@@ -38,8 +47,8 @@ pub struct Evaluator<'a> {
 }
 
 impl Evaluator<'_> {
-    /// Mean loss and metric counts over a split, in eval mode; with `keep`, also every patch's
-    /// logits and decisions. `stop` is polled after each batch: `None` when a rank asked to
+    /// Mean loss, metric counts and every patch's logits over a split, in eval mode; with
+    /// `keep`, also every patch's decisions. `stop` is polled after each batch: `None` when a rank asked to
     /// stop before the end.
     pub fn evaluate(
         &self,
@@ -62,12 +71,12 @@ impl Evaluator<'_> {
         let (mut loss_sum, mut counts) = (0.0, Counts::default());
         // Kept rows are placed at their patch's position; ranks fill disjoint rows of zeros, so
         // summing over ranks gathers them exactly.
-        let mut logits_all = vec![0f32; if keep { split.len * NUM_CLASSES } else { 0 }];
-        let mut decisions_all = logits_all.clone();
+        let mut logits_all = vec![0f32; split.len * NUM_CLASSES];
+        let mut decisions_all = vec![0f32; if keep { split.len * NUM_CLASSES } else { 0 }];
         for _ in 0..rounds {
             let done = match batches.next_batch() {
                 Some(batch) => batch.and_then(|batch| {
-                    let (loss, logits, decided) = failure::catch(|| self.forward(&batch, keep))
+                    let (loss, logits, decided) = failure::catch(|| self.forward(&batch))
                         .map_err(|c| self.context.error(c))?;
                     loss_sum += loss * batch.indices.len() as f64;
                     let pred = Vec::<u8>::try_from(decided).context("reading decisions")?;
@@ -77,10 +86,10 @@ impl Evaluator<'_> {
                         .flat_map(|&i| split.labels_of(i).iter().copied())
                         .collect();
                     counts.add(&truth, &pred);
-                    if let Some(logits) = logits {
-                        let first = batch.indices[0] * NUM_CLASSES;
-                        let rows = first..first + batch.indices.len() * NUM_CLASSES;
-                        logits.copy_data(&mut logits_all[rows.clone()], rows.len());
+                    let first = batch.indices[0] * NUM_CLASSES;
+                    let rows = first..first + batch.indices.len() * NUM_CLASSES;
+                    logits.copy_data(&mut logits_all[rows.clone()], rows.len());
+                    if keep {
                         for (d, &p) in decisions_all[rows].iter_mut().zip(&pred) {
                             *d = f32::from(p);
                         }
@@ -118,12 +127,8 @@ impl Evaluator<'_> {
         }))
     }
 
-    /// A batch's loss, its logits on the CPU (when kept) and its decisions.
-    fn forward(
-        &self,
-        batch: &crate::data::Batch,
-        keep: bool,
-    ) -> (f64, Option<tch::Tensor>, tch::Tensor) {
+    /// A batch's loss, its logits on the CPU and its decisions.
+    fn forward(&self, batch: &crate::data::Batch) -> (f64, tch::Tensor, tch::Tensor) {
         tch::no_grad(|| {
             let logits = self.net.forward(&batch.inputs, false);
             let targets = self.net.to_device(&batch.targets);
@@ -133,13 +138,10 @@ impl Evaluator<'_> {
                 .decide(&logits)
                 .to_device(Device::Cpu)
                 .reshape([-1]);
-            // Only kept logits are copied to the host.
-            let logits = keep.then(|| {
-                logits
-                    .to_device(Device::Cpu)
-                    .to_kind(tch::Kind::Float)
-                    .reshape([-1])
-            });
+            let logits = logits
+                .to_device(Device::Cpu)
+                .to_kind(tch::Kind::Float)
+                .reshape([-1]);
             (loss, logits, decided)
         })
     }

@@ -176,7 +176,7 @@ fn write(out: &Path, rows: &[HeatmapRow]) -> Result<()> {
     for r in rows {
         let dir = out.join(&r.patch);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let png = lossbench_core::images::heatmap_png(&r.map, 120, 2)?;
+        let png = lossbench_core::images::heatmap_with_bar_png(&r.map, 120, 2)?;
         let path = dir.join(format!("{}.png", file_stem(BEN19[r.class_index as usize])));
         fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
     }

@@ -1,6 +1,7 @@
 //! The test split, evaluated once at the end of a run with the best validation epoch's weights
 //! (streamed: it is read once): `test_metrics.json` and `test_predictions.parquet` in the run
-//! folder.
+//! folder. Beside the loss's own decision rule, the test is also decided by per-class
+//! thresholds tuned on the validation split with the same weights (lossbench_core::thresholds).
 
 use anyhow::Result;
 
@@ -8,7 +9,7 @@ use crate::checkpoint;
 use crate::data::Source;
 use crate::run::Run;
 use crate::stop::Stop;
-use lossbench_core::records::{self, TestOutcome};
+use lossbench_core::records::{self, TestOutcome, Tuned};
 
 /// Evaluates the test split; `None` when a stop was requested during it (the resumed attempt
 /// tests again).
@@ -24,10 +25,15 @@ pub fn test(run: &mut Run, stop: &Stop) -> Result<Option<TestOutcome>> {
     };
     // Test labels and pixels must come from the store the run trained on.
     run.store.check_unchanged()?;
+    let Some(tuned) = tuned(run, &e.logits, &split.labels, stop)? else {
+        return Ok(None);
+    };
     let outcome = TestOutcome {
         best_epoch: run.progress.best_epoch,
         loss: e.loss,
         metrics: e.counts.metrics(),
+        ranking: Some(e.ranking(&split)),
+        tuned: Some(tuned),
     };
     if !run.dist.is_root() {
         return Ok(Some(outcome));
@@ -43,4 +49,23 @@ pub fn test(run: &mut Run, stop: &Stop) -> Result<Option<TestOutcome>> {
     let json = serde_json::to_vec_pretty(&outcome)?;
     lossbench_core::files::write_atomically(&run.dir.join(records::TEST_FILE), &json)?;
     Ok(Some(outcome))
+}
+
+/// The test scores decided by per-class thresholds tuned on the validation split (evaluated
+/// again with the tested weights); `None` when a stop was requested meanwhile.
+fn tuned(run: &Run, test: &[f32], truth: &[u8], stop: &Stop) -> Result<Option<Tuned>> {
+    let evaluator = crate::train::evaluator(run, "tuning thresholds on validation".into());
+    let Some(val) = evaluator.evaluate(&run.data.val, false, &|| stop.requested(0))? else {
+        return Ok(None);
+    };
+    let thresholds = lossbench_core::thresholds::tune(&val.logits, &run.data.val.split().labels);
+    let metrics = lossbench_core::thresholds::metrics(test, truth, &thresholds);
+    let thresholds = thresholds
+        .into_iter()
+        .map(|t| t.is_finite().then_some(t))
+        .collect();
+    Ok(Some(Tuned {
+        thresholds,
+        metrics,
+    }))
 }

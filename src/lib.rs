@@ -3,6 +3,7 @@
 //! formats it writes are defined in `lossbench-core`, which data-prep (the store's writer) and
 //! the collector (the run folders' reader) use too (docs/architecture.md).
 
+pub mod augment;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod lrp;
 pub mod model;
 pub mod network;
 pub mod optim;
+pub mod recipe;
 pub mod resume;
 pub mod run;
 pub mod run_folder;

@@ -6,7 +6,7 @@ use anyhow::Result;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use crate::model::{Arch, Model};
+use crate::model::{Arch, Model, Regularization};
 
 pub struct Network {
     pub vs: VarStore,
@@ -19,9 +19,9 @@ pub struct Network {
 impl Network {
     /// A network of `arch` initialised from `seed` (on the CPU, so the weights are the seed's
     /// on any device), then moved to `device`.
-    pub fn new(arch: Arch, seed: u64, dropout: bool, device: Device, bf16: bool) -> Network {
+    pub fn new(arch: Arch, seed: u64, reg: Regularization, device: Device, bf16: bool) -> Network {
         let mut vs = VarStore::new(Device::Cpu);
-        let model = Model::new(&vs.root(), arch, seed, dropout);
+        let model = Model::new(&vs.root(), arch, seed, reg);
         vs.set_device(device);
         Network {
             vs,

@@ -1,6 +1,9 @@
-//! Adam, written out so that its whole state (moments, step count) is ours to checkpoint and
-//! identical on every rank: p ← p − lr · m̂ / (√v̂ + ε), with m̂, v̂ the bias-corrected moments
-//! of the gradient g + λ p, where λ is the parameter's L2 weight decay (conv weights only).
+//! Adam and AdamW, written out so that their whole state (moments, step count) is ours to
+//! checkpoint and identical on every rank: p ← p − lr · m̂ / (√v̂ + ε), with m̂, v̂ the
+//! bias-corrected moments of the gradient g + λ p, where λ is the parameter's L2 weight decay
+//! (Adam: the conv weights'); AdamW first shrinks every parameter, p ← p · (1 − lr · wd), and
+//! adds nothing to the gradient (decoupled weight decay, as `torch.optim.AdamW`). The learning
+//! rate is set before each step by the schedule (crate::recipe).
 
 use tch::{Kind, Tensor};
 
@@ -17,6 +20,8 @@ pub struct Adam {
     decay: Vec<Option<Tensor>>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// AdamW's decoupled weight decay of every parameter (0 for Adam).
+    decoupled: f64,
 }
 
 impl Adam {
@@ -42,7 +47,15 @@ impl Adam {
             decay,
             m,
             v,
+            decoupled: 0.0,
         }
+    }
+
+    /// AdamW: `weight_decay` shrinks every parameter by lr·weight_decay per step, apart from
+    /// its gradient.
+    pub fn decoupled(mut self, weight_decay: f64) -> Self {
+        self.decoupled = weight_decay;
+        self
     }
 
     /// The parameters, in the order given to [`Adam::new`].
@@ -67,6 +80,9 @@ impl Adam {
                 let mut g = p.grad();
                 if !g.defined() {
                     continue;
+                }
+                if self.decoupled > 0.0 {
+                    let _ = p.g_mul_scalar_(1.0 - self.lr * self.decoupled);
                 }
                 if let Some(decay) = &self.decay[i] {
                     // g + λp in one pass, without a temporary.

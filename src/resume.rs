@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::recipe::Decay;
 use lossbench_core::config_digest::{OPERATIONAL, digest, flatten};
 use lossbench_core::run_info::ConfigChange;
 
@@ -39,10 +40,8 @@ pub fn table(config: &Config) -> toml::Table {
 
 impl Fingerprint {
     pub fn of(config: &Config, world_size: usize, store: &str) -> Fingerprint {
-        let mut without: Vec<&str> = OPERATIONAL.to_vec();
-        without.extend(CHECKED_APART);
         Fingerprint {
-            config: digest(&table(config), &without),
+            config: digest(&table(config), &digest_exclusions()),
             micro_batches: world_size * config.train.accumulate,
             store: store.to_string(),
         }
@@ -84,19 +83,57 @@ pub struct ConfigChanged {
     pub reasons: Vec<String>,
 }
 
+/// A run folder's `config.toml`: as written, and read back as a config by this version (keys
+/// added since it was written take their defaults, which keep the old behaviour).
+pub struct OldConfig {
+    pub written: toml::Table,
+    pub normalised: toml::Table,
+}
+
+impl OldConfig {
+    /// `None` when `text` is not TOML.
+    pub fn parse(text: &str) -> Option<OldConfig> {
+        let written: toml::Table = toml::from_str(text).ok()?;
+        let normalised = toml::from_str::<Config>(text)
+            .map(|c| table(&c))
+            .unwrap_or_else(|_| written.clone());
+        Some(OldConfig {
+            written,
+            normalised,
+        })
+    }
+
+    /// Whether this is the configuration a checkpoint with digest `recorded` was made with
+    /// (written by this version or by one before keys were added).
+    fn made(&self, recorded: &str) -> bool {
+        let without = digest_exclusions();
+        [&self.written, &self.normalised]
+            .iter()
+            .any(|t| digest(t, &without) == recorded)
+    }
+}
+
+fn digest_exclusions() -> Vec<&'static str> {
+    let mut without: Vec<&str> = OPERATIONAL.to_vec();
+    without.extend(CHECKED_APART);
+    without
+}
+
 /// Checks a resume of a checkpoint made with `recorded` (and `old`, the run's `config.toml`,
 /// when readable) by `new` on `world_size` ranks with the store `store`, `epochs_done` epochs
 /// done. Returns the changes it allows; refuses anything else, listing the reasons.
 pub fn check(
     recorded: Option<&Fingerprint>,
-    old: Option<&toml::Table>,
+    old: Option<&OldConfig>,
     new: &Config,
     world_size: usize,
     store: &str,
     epochs_done: u32,
 ) -> Result<Vec<ConfigChange>, Vec<String>> {
     let now = Fingerprint::of(new, world_size, store);
-    let changes = old.map(|o| changes(o, &table(new))).unwrap_or_default();
+    let changes = old
+        .map(|o| changes(&o.normalised, &table(new)))
+        .unwrap_or_default();
     let allowed = |c: &ConfigChange| {
         OPERATIONAL.contains(&c.key.as_str()) || CHECKED_APART.contains(&c.key.as_str())
     };
@@ -105,9 +142,19 @@ pub fn check(
         .filter(|c| !allowed(c))
         .map(ConfigChange::to_string)
         .collect();
+    let epochs_changed = changes.iter().find(|c| c.key == "train.epochs");
+    if let Some(c) = epochs_changed
+        && new.train.schedule.decay == Decay::Cosine
+    {
+        reasons.push(format!(
+            "{c}: the cosine schedule's horizon is the last epoch, so the learning rates of \
+             the epochs done would change; train a new run for a longer schedule"
+        ));
+    }
     match recorded {
         Some(r) => {
-            if r.config != now.config && reasons.is_empty() {
+            let explained = old.is_some_and(|o| o.made(&r.config));
+            if r.config != now.config && reasons.is_empty() && !explained {
                 reasons.push(format!(
                     "the configuration digest {} differs from the checkpoint's {} (the run's config.toml does not show how)",
                     now.config, r.config
@@ -161,11 +208,15 @@ mod tests {
         crate::config::load(&jobs, overrides).unwrap()
     }
 
+    fn old_of(c: &Config) -> OldConfig {
+        OldConfig::parse(&toml::to_string(c).unwrap()).unwrap()
+    }
+
     #[test]
     fn operational_changes_pass_and_others_are_listed() {
         let base = config(&[]);
         let recorded = Fingerprint::of(&base, 1, "s1");
-        let old = table(&base);
+        let old = old_of(&base);
         let int = toml::Value::Integer;
         let ok = config(&[("train.epochs", int(100)), ("run.threads", int(3))]);
         let allowed = check(Some(&recorded), Some(&old), &ok, 1, "s1", 5).unwrap();
@@ -183,8 +234,8 @@ mod tests {
         // Two ranks with accumulate 1 replace one with accumulate 2; not one with accumulate 1.
         let two = config(&[("train.accumulate", int(2))]);
         let recorded2 = Fingerprint::of(&two, 1, "s1");
-        assert!(check(Some(&recorded2), Some(&table(&two)), &base, 2, "s1", 1).is_ok());
-        let r = check(Some(&recorded2), Some(&table(&two)), &base, 1, "s1", 1).unwrap_err();
+        assert!(check(Some(&recorded2), Some(&old_of(&two)), &base, 2, "s1", 1).is_ok());
+        let r = check(Some(&recorded2), Some(&old_of(&two)), &base, 1, "s1", 1).unwrap_err();
         assert!(
             r[0].starts_with("micro-batches per step (ranks × train.accumulate): 2 → 1"),
             "{r:?}"
@@ -196,6 +247,58 @@ mod tests {
         assert_eq!(
             r,
             ["train.epochs = 3 but 5 epochs are done; give 5 or more"]
+        );
+    }
+
+    /// A run folder written before the recipe's keys existed: its config.toml and checkpoint
+    /// digest lack them, and the same job resumes it (the keys' defaults are the old recipe).
+    #[test]
+    fn a_config_written_before_new_keys_resumes() {
+        let base = config(&[]);
+        let mut written = table(&base);
+        let train = written["train"].as_table_mut().unwrap();
+        for key in [
+            "optimizer",
+            "weight_decay",
+            "label_smoothing",
+            "schedule",
+            "augment",
+        ] {
+            train.remove(key).unwrap();
+        }
+        written.remove("selection").unwrap();
+        written["model"]
+            .as_table_mut()
+            .unwrap()
+            .remove("drop_path")
+            .unwrap();
+        let recorded = Fingerprint {
+            config: digest(&written, &digest_exclusions()),
+            micro_batches: 1,
+            store: "s1".into(),
+        };
+        // Added keys at their defaults digest as if absent (lossbench_core::config_digest).
+        assert_eq!(recorded, Fingerprint::of(&base, 1, "s1"));
+        let old = OldConfig::parse(&toml::to_string(&written).unwrap()).unwrap();
+        assert_eq!(
+            check(Some(&recorded), Some(&old), &base, 1, "s1", 2),
+            Ok(vec![])
+        );
+        let other = config(&[("train.optimizer", toml::Value::String("adamw".into()))]);
+        let r = check(Some(&recorded), Some(&old), &other, 1, "s1", 2).unwrap_err();
+        assert_eq!(r, ["train.optimizer: \"adam\" → \"adamw\""]);
+    }
+
+    #[test]
+    fn a_cosine_schedule_keeps_its_epochs() {
+        let cosine = ("train.schedule.decay", toml::Value::String("cosine".into()));
+        let base = config(std::slice::from_ref(&cosine));
+        let recorded = Fingerprint::of(&base, 1, "s1");
+        let longer = config(&[cosine, ("train.epochs", toml::Value::Integer(120))]);
+        let r = check(Some(&recorded), Some(&old_of(&base)), &longer, 1, "s1", 3).unwrap_err();
+        assert!(
+            r[0].starts_with("train.epochs: 80 → 120: the cosine schedule"),
+            "{r:?}"
         );
     }
 }

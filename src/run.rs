@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::data::Splits;
 use crate::dist::Dist;
 use crate::losses::Loss;
+use crate::model::Regularization;
 use crate::network::Network;
 use crate::resume::{self, ConfigChanged, Fingerprint};
 use crate::snapshot::Probes;
@@ -32,9 +33,10 @@ pub struct Progress {
     /// Steps of `start_epoch` already trained before a stop, and their summed loss.
     pub skip_steps: u64,
     pub partial_loss_sum: f64,
-    /// Best epoch so far by validation F1 (sample average), and that F1.
+    /// Best epoch so far by the selection metric (`selection.metric`, signed so that higher is
+    /// better), and its value.
     pub best_epoch: u32,
-    pub best_f1: f64,
+    pub best_score: f64,
 }
 
 impl Progress {
@@ -43,7 +45,7 @@ impl Progress {
         skip_steps: 0,
         partial_loss_sum: 0.0,
         best_epoch: 0,
-        best_f1: -1.0,
+        best_score: f64::NEG_INFINITY,
     };
 
     fn of(s: &checkpoint::State) -> Progress {
@@ -52,7 +54,7 @@ impl Progress {
             skip_steps: s.steps_into_next,
             partial_loss_sum: s.partial_loss_sum,
             best_epoch: s.best_epoch,
-            best_f1: s.best_f1,
+            best_score: s.best_score,
         }
     }
 }
@@ -118,14 +120,14 @@ impl Run {
         let tests = data.test.clone();
         let probes = Probes::resolve(&config, [data.train.split(), data.val.split(), &tests])?;
         let m = &config.model;
-        let net = Network::new(
-            m.arch,
-            config.run.seed,
-            m.dropout,
-            device,
-            config.train.bf16,
-        );
-        let stepper = Stepper::new(&net, config.train.lr, config.train.conv_weight_decay);
+        let reg = Regularization {
+            dropout: m.dropout,
+            drop_path: m.drop_path,
+        };
+        let net = Network::new(m.arch, config.run.seed, reg, device, config.train.bf16);
+        let t = &config.train;
+        let steps_per_epoch = crate::steps::steps_per_epoch(data.train.split().len, t.batch_size);
+        let stepper = Stepper::new(&net, t, steps_per_epoch);
         let mut run = Run {
             config,
             dir,
@@ -184,7 +186,7 @@ impl Run {
         let path = dir.join("config.toml");
         let old = std::fs::read_to_string(&path)
             .ok()
-            .and_then(|t| toml::from_str(&t).ok());
+            .and_then(|t| resume::OldConfig::parse(&t));
         let done = c.state.epoch;
         resume::check(
             c.state.fingerprint.as_ref(),

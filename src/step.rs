@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use tch::Tensor;
 
+use crate::config::TrainSection;
 use crate::data::Batches;
 use crate::dist::{Dist, GradientBuckets};
 use crate::failure::{self, Caught};
 use crate::losses::Loss;
 use crate::network::Network;
 use crate::optim::Adam;
+use crate::recipe::{Augment, OptimizerKind, Schedule};
 use crate::steps::stream_seed;
 
 /// Where a step is: for seeding dropout and for messages.
@@ -59,27 +61,42 @@ pub enum StepFailure {
 }
 
 /// The optimizer and what a step needs besides the network: gradient buffers shared with the
-/// other ranks, and the BatchNorm statistics to combine.
+/// other ranks, the BatchNorm statistics to combine, and the recipe's per-step parts (the
+/// learning-rate schedule, augmentation, label smoothing).
 pub struct Stepper {
     pub adam: Adam,
     grads: GradientBuckets,
     /// BatchNorm running statistics and counters: the variables without gradients, by name.
     bn_state: Vec<Tensor>,
+    schedule: Schedule,
+    /// The schedule's peak learning rate, and what its horizon needs.
+    peak_lr: f64,
+    steps_per_epoch: u64,
+    epochs: u32,
+    augment: Augment,
+    label_smoothing: f64,
 }
 
 impl Stepper {
-    /// Adam over the network's trainable variables (sorted by name), conv weights decayed by
-    /// `conv_weight_decay`.
-    pub fn new(net: &Network, lr: f64, conv_weight_decay: f64) -> Stepper {
+    /// The optimizer of `train.optimizer` over the network's trainable variables (sorted by
+    /// name): Adam with the conv weights' L2 decay, or AdamW with every weight's decoupled decay.
+    pub fn new(net: &Network, train: &TrainSection, steps_per_epoch: u64) -> Stepper {
+        let l2 = match train.optimizer {
+            OptimizerKind::Adam => train.conv_weight_decay,
+            OptimizerKind::Adamw => 0.0,
+        };
         let params = net.variables_by_name(true).into_iter().map(|(_, t)| {
             let decay = if crate::model::Model::decays(&t) {
-                conv_weight_decay
+                l2
             } else {
                 0.0
             };
             (t, decay)
         });
-        let adam = Adam::new(params.collect(), lr);
+        let mut adam = Adam::new(params.collect(), train.lr);
+        if train.optimizer == OptimizerKind::Adamw {
+            adam = adam.decoupled(train.weight_decay);
+        }
         let grads = GradientBuckets::new(adam.params());
         let bn_state = net
             .variables_by_name(false)
@@ -90,7 +107,20 @@ impl Stepper {
             adam,
             grads,
             bn_state,
+            schedule: train.schedule.clone(),
+            peak_lr: train.lr,
+            steps_per_epoch,
+            epochs: train.epochs,
+            augment: train.augment,
+            label_smoothing: train.label_smoothing,
         }
+    }
+
+    /// The learning rate of the next optimizer step.
+    pub fn next_lr(&self) -> f64 {
+        let taken = self.adam.step as u64;
+        self.schedule
+            .lr(self.peak_lr, taken, self.steps_per_epoch, self.epochs)
     }
 
     /// Runs one step; `stop` is this rank's stop request, the returned flag every rank's.
@@ -149,6 +179,7 @@ impl Stepper {
         } else {
             Duration::ZERO
         };
+        self.adam.lr = self.next_lr();
         self.adam.step();
         Ok(StepDone {
             loss_sum: shared[0],
@@ -177,14 +208,14 @@ impl Stepper {
         let mut bn_sum: Vec<Tensor> = bn_start.iter().map(Tensor::zeros_like).collect();
         // The step's summed loss stays on the device: one read per step, not per micro-batch.
         let mut step_loss = Tensor::zeros([], (tch::Kind::Double, net.device));
+        let At { seed, epoch, index } = step.at;
         for m in step.mine.clone() {
-            let batch = batches
+            let mut batch = batches
                 .next_batch()
                 .context("the loader ended early")
                 .and_then(|b| b)
                 .map_err(StepFailure::Data)?;
             let share = batch.indices.len() as f64 / step_len as f64;
-            let At { seed, epoch, index } = step.at;
             let patches = batch.indices.len() as f64;
             failure::catch(|| {
                 if bn_shared {
@@ -194,9 +225,17 @@ impl Stepper {
                         }
                     });
                 }
+                crate::augment::apply(&mut batch.inputs, &batch.indices, self.augment, seed, epoch);
                 tch::manual_seed(stream_seed(&[seed, epoch as u64, index as u64, m as u64]));
                 let logits = net.forward(&batch.inputs, true);
-                let value = loss.compute(&logits, &net.to_device(&batch.targets));
+                let eps = self.label_smoothing;
+                let targets = net.to_device(&batch.targets);
+                let targets = if eps > 0.0 {
+                    targets * (1.0 - eps) + eps / 2.0
+                } else {
+                    targets
+                };
+                let value = loss.compute(&logits, &targets);
                 (&value * share).backward();
                 step_loss += value.detach().to_kind(tch::Kind::Double) * patches;
                 if bn_shared {

@@ -68,6 +68,11 @@ impl EpochPlan {
     }
 }
 
+/// Optimizer steps per epoch of a training split of `len` patches.
+pub fn steps_per_epoch(len: usize, batch_size: usize) -> u64 {
+    step_ranges(len, batch_size).len() as u64
+}
+
 /// The ranges of an epoch's order that make its steps: `batch_size` patches each; a last step
 /// shorter than [`MIN_MICRO_BATCH`] joins the one before, so that no patch is left out.
 fn step_ranges(len: usize, batch_size: usize) -> Vec<Range<usize>> {

@@ -26,8 +26,11 @@ use lossbench_core::records::{self, EpochRecord, StepTimes};
 
 /// How a call to [`train`] ended.
 pub enum Ending {
-    /// Every epoch is trained.
-    Finished(Vec<EpochRecord>),
+    /// Every epoch is trained, or early stopping ended training (why, then).
+    Finished {
+        records: Vec<EpochRecord>,
+        early_stop: Option<String>,
+    },
     /// A stop was requested; training state is checkpointed.
     Stopped { epoch: u32, steps_into_epoch: u64 },
 }
@@ -48,7 +51,8 @@ enum EpochEnd {
 }
 
 /// Trains the remaining epochs, appending each record to `epochs.jsonl` and checkpointing
-/// after it; stops early, with a checkpoint, when `stop` asks.
+/// after it; stops early, with a checkpoint, when `stop` asks, and ends training when the
+/// selection metric has not improved for `selection.patience` epochs.
 pub fn train(run: &mut Run, stop: &Stop) -> Result<Ending> {
     let mut file = if run.dist.is_root() {
         Some(open_records(run)?)
@@ -56,6 +60,17 @@ pub fn train(run: &mut Run, stop: &Stop) -> Result<Ending> {
         None
     };
     let mut records = Vec::new();
+    // A run that stopped early and was interrupted while testing resumes to its test.
+    let last = run.progress.start_epoch - 1;
+    if run.progress.skip_steps == 0
+        && last > 0
+        && let Some(why) = early_stop(run, last)
+    {
+        return Ok(Ending::Finished {
+            records,
+            early_stop: Some(why),
+        });
+    }
     let mut steps_taken = 0;
     for epoch in run.progress.start_epoch..=run.config.train.epochs {
         let started = Instant::now();
@@ -70,33 +85,24 @@ pub fn train(run: &mut Run, stop: &Stop) -> Result<Ending> {
                 });
             }
         };
-        let Some(val) = blame_a_replaced_store(run, validate(run, epoch, stop, steps_taken))?
-        else {
+        let validated = blame_a_replaced_store(run, validate(run, epoch, stop, steps_taken))?;
+        let Some(val) = validated else {
             save_checkpoint(run, epoch - 1, trained.steps, trained.loss_sum)?;
             return Ok(Ending::Stopped {
                 epoch,
                 steps_into_epoch: trained.steps,
             });
         };
-        // Nothing of an epoch is recorded when the store changed under it.
-        run.store.check_unchanged()?;
         let record = epoch_record(run, epoch, &trained, &val, started.elapsed());
-        if let Some(file) = &mut file {
-            append_record(run, file, &record)?;
-        }
-        log_epoch(&record);
-        let every = run.config.lrp.every;
-        if run.dist.is_root() && every > 0 && epoch.is_multiple_of(every) {
-            let (r, lrp) = (&*run, &run.config.lrp);
-            r.probes
-                .snapshot(&r.net, &r.loss, &r.data.loading.norm, lrp, &r.dir, epoch)?;
-        }
-        if record.val.samples.f1 > run.progress.best_f1 {
-            run.progress.best_f1 = record.val.samples.f1;
-            run.progress.best_epoch = epoch;
-        }
-        save_checkpoint(run, epoch, 0, 0.0)?;
+        finish_epoch(run, file.as_mut(), &record)?;
         records.push(record);
+        if let Some(why) = early_stop(run, epoch) {
+            tracing::info!("{why}");
+            return Ok(Ending::Finished {
+                records,
+                early_stop: Some(why),
+            });
+        }
         // The ranks agree here too: a signal that reached one rank after the epoch's last
         // step must not let the others start the next epoch.
         if run.dist.any(stop.requested(steps_taken)) && epoch < run.config.train.epochs {
@@ -106,7 +112,48 @@ pub fn train(run: &mut Run, stop: &Stop) -> Result<Ending> {
             });
         }
     }
-    Ok(Ending::Finished(records))
+    Ok(Ending::Finished {
+        records,
+        early_stop: None,
+    })
+}
+
+/// After validation: the record appended, the LRP snapshot, the best epoch, the checkpoint.
+fn finish_epoch(run: &mut Run, file: Option<&mut fs::File>, record: &EpochRecord) -> Result<()> {
+    // Nothing of an epoch is recorded when the store changed under it.
+    run.store.check_unchanged()?;
+    if let Some(file) = file {
+        append_record(run, file, record)?;
+    }
+    log_epoch(record);
+    let (epoch, every) = (record.epoch, run.config.lrp.every);
+    if run.dist.is_root() && every > 0 && epoch.is_multiple_of(every) {
+        let (r, lrp) = (&*run, &run.config.lrp);
+        r.probes
+            .snapshot(&r.net, &r.loss, &r.data.loading.norm, lrp, &r.dir, epoch)?;
+    }
+    let score = run.config.selection.metric.score(record);
+    if score > run.progress.best_score {
+        run.progress.best_score = score;
+        run.progress.best_epoch = epoch;
+    }
+    save_checkpoint(run, epoch, 0, 0.0)
+}
+
+/// Why training ends after `epoch`: the selection metric has not improved for
+/// `selection.patience` epochs (the best epoch's checkpoint is kept and tested).
+fn early_stop(run: &Run, epoch: u32) -> Option<String> {
+    let s = run.config.selection;
+    let since = epoch - run.progress.best_epoch;
+    (s.patience > 0 && since >= s.patience && epoch < run.config.train.epochs).then(|| {
+        format!(
+            "early stopping after epoch {epoch}: validation {} has not improved for {since} \
+             epoch(s) since epoch {} (selection.patience = {})",
+            s.metric.name(),
+            run.progress.best_epoch,
+            s.patience
+        )
+    })
 }
 
 /// A failure while the store was replaced under the run (reading patches of another split
@@ -302,6 +349,7 @@ fn epoch_record(
         },
         time,
         val: val.counts.metrics(),
+        val_ranking: Some(val.ranking(run.data.val.split())),
     }
 }
 
@@ -342,7 +390,7 @@ fn save_checkpoint(
         partial_loss_sum,
         optimizer_step: run.stepper.adam.step,
         best_epoch: p.best_epoch,
-        best_f1: p.best_f1,
+        best_score: p.best_score,
         crc32: [0, 0],
         fingerprint: Some(run.fingerprint.clone()),
     };

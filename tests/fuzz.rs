@@ -103,7 +103,7 @@ fn checkpoints() {
         partial_loss_sum: 0.0,
         optimizer_step: 10,
         best_epoch: 1,
-        best_f1: 0.5,
+        best_score: 0.5,
         crc32: [0, 0],
         fingerprint: Some(lossbench::resume::Fingerprint {
             config: "0123456789abcdef".into(),

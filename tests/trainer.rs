@@ -446,6 +446,9 @@ fn check_test_outputs(run: &Path, data: &Path) {
 /// Another architecture (ResNet-50, small): stopped mid-epoch and resumed, with two
 /// micro-batches per step and its data streamed, it ends bit-identical to an uninterrupted run
 /// from memory. A checkpoint of one architecture is refused by another, naming a tensor.
+/// The reBEN recipe on ResNet-50 (AdamW, warm-up then cosine, flips, dropout and drop-path,
+/// selection by macro mAP): stopped mid-epoch and resumed, it ends bit-identical to an
+/// uninterrupted run.
 #[test]
 fn a_resnet_run_stopped_and_resumed_equals_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
@@ -455,18 +458,20 @@ fn a_resnet_run_stopped_and_resumed_equals_an_uninterrupted_one() {
         let resident = format!("data.resident=\"{resident}\"");
         let sets = [
             "--set",
-            "model.arch=\"resnet50\"",
-            "--set",
             "train.batch_size=8",
             "--set",
             "train.accumulate=2",
+            "--set",
+            "train.schedule.warmup_steps=3",
+            "--set",
+            "train.augment.rotations=true",
             "--set",
             "lrp.probes=1",
             "--set",
             &resident,
         ];
         train_args(
-            "asl",
+            "reben",
             &data,
             &out,
             &[&["--epochs", "2", "--run-id", run_id], &sets[..]].concat(),
@@ -679,7 +684,7 @@ fn out_of_memory_names_the_step_and_leaves_the_checkpoint() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(71), "{err}");
+    assert_eq!(o.status.code(), Some(71), "{:?}: {err}", o.status);
     assert!(err.contains("out of memory in epoch 2, step 1"), "{err}");
     // 31 patches: a last step of one patch joins the one before.
     assert!(
@@ -712,4 +717,72 @@ fn out_of_memory_names_the_step_and_leaves_the_checkpoint() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Early stopping on validation macro mAP with patience 1: training ends at the first epoch
+/// that does not beat the best, the best epoch's checkpoint is kept and tested, run.json says
+/// why the run ended early, and resuming the finished run trains nothing more.
+#[test]
+fn early_stopping_tests_the_best_epoch_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = store(tmp.path());
+    let out = tmp.path().join("runs");
+    let sets = [
+        "--epochs",
+        "6",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "selection.metric=\"map_macro\"",
+        "--set",
+        "selection.patience=1",
+        "--set",
+        "checkpoint.keep_last=1",
+    ];
+    let args = train_args("ce", &data, &out, &sets);
+    let o = trainer(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = out.join("ce-seed0");
+    let maps: Vec<f64> = std::fs::read_to_string(dir.join("epochs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r["val_ranking"]["map_macro"].as_f64().unwrap()
+        })
+        .collect();
+    let stopped = maps.len() as u32;
+    assert!(stopped < 6, "no early stop: {maps:?}");
+    let best = 1 + (0..maps.len()).fold(0, |b, i| if maps[i] > maps[b] { i } else { b }) as u32;
+    assert_eq!(stopped, best + 1, "{maps:?}");
+    let test: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("test_metrics.json")).unwrap()).unwrap();
+    assert_eq!(test["best_epoch"], best);
+    let kept = checkpoints(&dir);
+    assert!(kept.contains(&format!("epoch-{best:04}")), "{kept:?}");
+    let reason = |dir: &Path| {
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
+        let last = info["attempts"].as_array().unwrap().last().unwrap().clone();
+        (
+            last["outcome"].clone(),
+            last["reason"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let (status, why) = reason(&dir);
+    assert_eq!(status, "finished");
+    assert!(
+        why.contains(&format!("early stopping after epoch {stopped}"))
+            && why.contains(&format!("since epoch {best}")),
+        "{why}"
+    );
+    // Resumed, the run goes straight to its test: no epoch is trained.
+    let again = trainer(&[&args[..], &["--resume".into(), "auto".into()]].concat());
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(val_records(&dir).len(), maps.len());
+    assert_eq!(reason(&dir).1, why);
 }

@@ -2,5 +2,9 @@
 //! and the HTML report rendered from those tables. No libtorch: merging and reporting run on
 //! login nodes and laptops.
 
+pub mod columns;
+pub mod compare;
 pub mod merge;
 pub mod report;
+pub mod results;
+pub mod stats;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use collector::{merge, report};
+use collector::{compare, merge, report};
 use lossbench_core::logging::{self, LogFormat};
 
 #[derive(Parser)]
@@ -50,6 +50,31 @@ enum Command {
         /// Epochs (rows) of the LRP grid at most, spread over the run.
         #[arg(long, default_value_t = 6)]
         lrp_epochs: usize,
+        /// Bootstrap resamples of the comparison matrix.
+        #[arg(long, default_value_t = 1000)]
+        resamples: usize,
+    },
+    /// Is job A better than job B beyond the noise? Test metrics over seeds and the paired
+    /// bootstrap of their differences over the test patches (docs/results.md).
+    Compare {
+        /// Job A: a job name (`run.job`), or JOB@HASH for one of its configurations.
+        #[arg(long)]
+        a: String,
+        /// Job B.
+        #[arg(long)]
+        b: String,
+        /// The results folder written by `collector merge`.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// Bootstrap resamples.
+        #[arg(long, default_value_t = collector::compare::DEFAULT_RESAMPLES)]
+        resamples: usize,
+        /// Seed of the resampling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -73,15 +98,32 @@ fn run(cli: Cli) -> Result<()> {
             lrp_patch,
             lrp_class,
             lrp_epochs,
+            resamples,
         } => {
             let options = report::Options {
                 f1_threshold,
                 lrp_patch,
                 lrp_class,
                 lrp_epochs,
+                resamples,
             };
             let path = report::render(&results, &out, &options)?;
             println!("report: {}", path.display());
+        }
+        Command::Compare {
+            a,
+            b,
+            results,
+            resamples,
+            seed,
+            json,
+        } => {
+            let c = compare::compare(&results, &a, &b, resamples, seed)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", c.text());
+            }
         }
     }
     Ok(())

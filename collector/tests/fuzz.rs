@@ -13,6 +13,7 @@ use arrow_array::{ArrayRef, Float64Array, StringArray, UInt32Array, UInt64Array}
 use fuzzing::{Outcome, campaign, cases, outcome};
 use lossbench_core::heatmaps::{self, HeatmapRow};
 use lossbench_core::metrics::Counts;
+use lossbench_core::ranking::ranking;
 use lossbench_core::records::{self, EpochRecord, StepTimes, TestOutcome};
 use lossbench_core::run_info::{self, Identity, RunInfo, Start, Status};
 use lossbench_core::{predictions, schema, tables};
@@ -28,10 +29,12 @@ fn run_folder(root: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("lrp")).unwrap();
     std::fs::write(dir.join("config.toml"), CONFIG).unwrap();
     let mut counts = Counts::default();
+    let truth = [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     counts.add(
-        &[1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        &truth,
         &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1],
     );
+    let scores: Vec<f32> = (0..19).map(|c| c as f32 / 19.0).collect();
     let lines: Vec<String> = (1..=2)
         .map(|epoch| {
             let r = EpochRecord {
@@ -48,6 +51,7 @@ fn run_folder(root: &Path) -> PathBuf {
                     data_wait_s: 0.02,
                 },
                 val: counts.metrics(),
+                val_ranking: Some(ranking(&scores, &truth)),
             };
             serde_json::to_string(&r).unwrap() + "\n"
         })
@@ -57,6 +61,8 @@ fn run_folder(root: &Path) -> PathBuf {
         best_epoch: 2,
         loss: 0.55,
         metrics: counts.metrics(),
+        ranking: Some(ranking(&scores, &truth)),
+        tuned: None,
     };
     std::fs::write(
         dir.join(records::TEST_FILE),

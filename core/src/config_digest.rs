@@ -18,6 +18,27 @@ pub const OPERATIONAL: [&str; 8] = [
     "lrp.every",
 ];
 
+/// Keys added after run folders were first written, with their defaults (as TOML): at its
+/// default such a key digests as if absent, so a run written before it existed and one written
+/// since with the same settings share their digests (the trainer tests that these are its
+/// defaults).
+pub const ADDED_WITH_DEFAULTS: [(&str, &str); 14] = [
+    ("model.drop_path", "0.0"),
+    ("selection.metric", "\"f1_samples\""),
+    ("selection.patience", "0"),
+    ("train.augment.flips", "false"),
+    ("train.augment.rotations", "false"),
+    ("train.label_smoothing", "0.0"),
+    ("train.optimizer", "\"adam\""),
+    ("train.schedule.decay", "\"constant\""),
+    ("train.schedule.gamma", "0.1"),
+    ("train.schedule.min_lr", "0.0"),
+    ("train.schedule.step_epochs", "30"),
+    ("train.schedule.warmup_start", "0.001"),
+    ("train.schedule.warmup_steps", "0"),
+    ("train.weight_decay", "0.0"),
+];
+
 /// What the collector's `config_hash` leaves out: the operational keys and what names one seed
 /// of a setup (so the seeds of a setup share it).
 pub fn setup_digest(table: &toml::Table) -> String {
@@ -48,11 +69,12 @@ pub fn flatten(table: &toml::Table) -> Vec<(String, String)> {
 }
 
 /// 16 hex digits of SHA-256 over the config's keys and values, without the keys `without`
-/// (dotted, e.g. `run.seed`).
+/// (dotted, e.g. `run.seed`) and the added keys at their defaults.
 pub fn digest(table: &toml::Table, without: &[&str]) -> String {
     let mut hasher = Sha256::new();
     for (key, value) in flatten(table) {
-        if !without.contains(&key.as_str()) {
+        let at_default = ADDED_WITH_DEFAULTS.contains(&(key.as_str(), value.as_str()));
+        if !without.contains(&key.as_str()) && !at_default {
             hasher.update(format!("{key}={value}\n").as_bytes());
         }
     }
@@ -84,5 +106,15 @@ mod tests {
             flatten(&a)[0],
             ("loss.name".to_string(), "\"ce\"".to_string())
         );
+        // An added key at its default digests as if absent; at another value it counts.
+        let with = |v: &str| {
+            toml::from_str::<toml::Table>(&format!(
+                "[loss]\nname = \"ce\"\n[train]\noptimizer = \"{v}\""
+            ))
+            .unwrap()
+        };
+        let none: toml::Table = toml::from_str("[loss]\nname = \"ce\"").unwrap();
+        assert_eq!(digest(&with("adam"), &[]), digest(&none, &[]));
+        assert_ne!(digest(&with("adamw"), &[]), digest(&none, &[]));
     }
 }

@@ -4,7 +4,7 @@
 //!   written by data-prep and read here ([`store`]) by the trainer and the collector;
 //! - the run folder's formats: records ([`records`]), `run.json` ([`run_info`]), test
 //!   predictions ([`predictions`]) and LRP heatmaps ([`heatmaps`]), and the metrics they hold
-//!   ([`metrics`]);
+//!   ([`metrics`] of decisions, [`ranking`] of scores, [`thresholds`] tuned on validation);
 //! - the Parquet tables: one schema per table or file ([`schema`]), reading and writing them
 //!   ([`tables`]);
 //! - the machinery of the binaries: logging ([`logging`]), progress bars ([`progress`]), atomic
@@ -23,9 +23,11 @@ pub mod logging;
 pub mod metrics;
 pub mod predictions;
 pub mod progress;
+pub mod ranking;
 pub mod records;
 pub mod run_info;
 pub mod schema;
 pub mod store;
 pub mod tables;
+pub mod thresholds;
 pub mod untrusted;

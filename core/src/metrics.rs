@@ -87,27 +87,33 @@ impl Counts {
         assert_eq!(truth.len(), pred.len());
         assert_eq!(truth.len() % NUM_CLASSES, 0);
         for (t_row, p_row) in truth.chunks(NUM_CLASSES).zip(pred.chunks(NUM_CLASSES)) {
-            let (mut tp, mut fp, mut fn_) = (0, 0, 0);
-            for c in 0..NUM_CLASSES {
-                match (t_row[c] != 0, p_row[c] != 0) {
-                    (true, true) => {
-                        tp += 1;
-                        self.true_pos[c] += 1;
-                    }
-                    (false, true) => {
-                        fp += 1;
-                        self.false_pos[c] += 1;
-                    }
-                    (true, false) => {
-                        fn_ += 1;
-                        self.false_neg[c] += 1;
-                    }
-                    (false, false) => {}
-                }
-            }
-            self.per_patch[(tp * SIDE + fp) * SIDE + fn_] += 1;
-            self.patches += 1;
+            self.add_patch(t_row, p_row, 1);
         }
+    }
+
+    /// Adds one patch's 19 true and predicted labels `times` times (a bootstrap resample
+    /// draws a patch several times).
+    pub fn add_patch(&mut self, truth: &[u8], pred: &[u8], times: u64) {
+        let (mut tp, mut fp, mut fn_) = (0, 0, 0);
+        for c in 0..NUM_CLASSES {
+            match (truth[c] != 0, pred[c] != 0) {
+                (true, true) => {
+                    tp += 1;
+                    self.true_pos[c] += times;
+                }
+                (false, true) => {
+                    fp += 1;
+                    self.false_pos[c] += times;
+                }
+                (true, false) => {
+                    fn_ += 1;
+                    self.false_neg[c] += times;
+                }
+                (false, false) => {}
+            }
+        }
+        self.per_patch[(tp * SIDE + fp) * SIDE + fn_] += times;
+        self.patches += times;
     }
 
     pub fn merge(&mut self, other: &Counts) {

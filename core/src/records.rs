@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Metrics;
+use crate::ranking::Ranking;
 
 /// The records file in a run folder.
 pub const EPOCHS_FILE: &str = "epochs.jsonl";
@@ -48,14 +49,35 @@ pub struct EpochRecord {
     #[serde(default)]
     pub time: StepTimes,
     pub val: Metrics,
+    /// The validation scores' ranking metrics (absent in records written before them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_ranking: Option<Ranking>,
 }
 
 /// `test_metrics.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestOutcome {
-    /// The epoch whose weights were tested (best validation F1, sample average).
+    /// The epoch whose weights were tested: the best by the run's selection metric
+    /// (`selection.metric`, validation F1 sample average by default).
     pub best_epoch: u32,
     pub loss: f64,
+    /// With the loss's own decision rule.
+    pub metrics: Metrics,
+    /// The test scores' ranking metrics (absent in runs tested before them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranking: Option<Ranking>,
+    /// With per-class thresholds tuned on the validation split instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<Tuned>,
+}
+
+/// The second decision rule of a test: per-class thresholds tuned on the validation split
+/// (crate::thresholds) and the test metrics they give.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tuned {
+    /// One per class, in class order (`null` for a class never predicted: no validation
+    /// positive).
+    pub thresholds: Vec<Option<f32>>,
     pub metrics: Metrics,
 }
 
@@ -136,6 +158,7 @@ pub(crate) fn record(epoch: u32, f1: f64) -> EpochRecord {
         data_wait_fraction: 0.0,
         time: StepTimes::default(),
         val,
+        val_ranking: None,
     }
 }
 

@@ -108,8 +108,20 @@ pub fn metric_columns() -> Vec<Field> {
     fields.push(f64_null("hamming_loss"));
     fields.push(f64_null("subset_accuracy"));
     fields.push(field("patches", DataType::UInt64, true));
+    fields.extend(RANKING_COLUMNS.map(f64_null));
     fields
 }
+
+/// The ranking metrics' columns ([`crate::ranking`]), null where a row has none.
+pub const RANKING_COLUMNS: [&str; 7] = [
+    "map_macro",
+    "map_micro",
+    "auc_macro",
+    "one_error",
+    "coverage",
+    "ranking_loss",
+    "lrap",
+];
 
 /// The collector's tables, in the order `collector merge` writes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,10 +133,11 @@ pub enum Table {
     Predictions,
     Lrp,
     Landscape,
+    TestSummary,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Runs,
         Table::Epochs,
         Table::ClassMetrics,
@@ -132,6 +145,7 @@ impl Table {
         Table::Predictions,
         Table::Lrp,
         Table::Landscape,
+        Table::TestSummary,
     ];
 
     /// The table's folder name under a results folder.
@@ -144,13 +158,15 @@ impl Table {
             Table::Predictions => "predictions",
             Table::Lrp => "lrp",
             Table::Landscape => "landscape",
+            Table::TestSummary => "test_summary",
         }
     }
 
     /// The table's schema.
     pub fn schema(self) -> SchemaRef {
         let mut fields = match self {
-            Table::Runs => Vec::new(),
+            // One row per run, or per setup (runs of one config but their seeds).
+            Table::Runs | Table::TestSummary => Vec::new(),
             _ => run_columns(),
         };
         fields.extend(match self {
@@ -161,6 +177,7 @@ impl Table {
             Table::Predictions => predictions(),
             Table::Lrp => lrp_snapshot(),
             Table::Landscape => landscape_block(),
+            Table::TestSummary => test_summary(),
         });
         Arc::new(Schema::new(fields))
     }
@@ -186,6 +203,17 @@ fn runs() -> Vec<Field> {
         utf8("folder"),
         utf8("data"),
     ]);
+    fields
+}
+
+fn test_summary() -> Vec<Field> {
+    let mut fields: Vec<Field> = ["job", "loss", "arch", "config_hash", "metric"]
+        .map(utf8)
+        .into();
+    fields.push(field("runs", DataType::UInt32, false));
+    fields.push(field("mean", DataType::Float64, false));
+    fields.push(field("std", DataType::Float64, false));
+    fields.extend(["ci95_low", "ci95_high"].map(f64_null));
     fields
 }
 
@@ -219,6 +247,8 @@ fn class_metrics() -> Vec<Field> {
         f64_null("recall"),
         f64_null("f1"),
         field("support", DataType::UInt64, false),
+        f64_null("ap"),
+        f64_null("auc"),
     ]
 }
 
@@ -228,8 +258,12 @@ fn test_metrics() -> Vec<Field> {
         f64_null("loss_value"),
     ];
     fields.extend(metric_columns());
+    fields.extend(TUNED_COLUMNS.map(f64_null));
     fields
 }
+
+/// The test metrics with per-class thresholds tuned on validation ([`crate::thresholds`]).
+pub const TUNED_COLUMNS: [&str; 3] = ["tuned_micro_f1", "tuned_macro_f1", "tuned_samples_f1"];
 
 /// A record batch of `schema` from named columns, which must be the schema's fields in order
 /// with their types; an error names the column that differs.
@@ -288,8 +322,8 @@ mod tests {
     }
 
     #[test]
-    fn every_table_starts_with_the_run_columns_but_runs_itself() {
-        for t in Table::ALL {
+    fn every_table_of_runs_starts_with_the_run_columns() {
+        for t in Table::ALL.into_iter().filter(|t| *t != Table::TestSummary) {
             let names: Vec<String> = t
                 .schema()
                 .fields()

@@ -16,6 +16,7 @@ use lossbench::run::Run;
 use lossbench::stop::{EXIT_REQUEUE, Stop};
 use lossbench::train::Ending;
 use lossbench_core::logging::{self, LogFormat};
+use lossbench_core::ranking::Ranking;
 use lossbench_core::records::{EpochRecord, TestOutcome};
 use lossbench_core::run_info::{Identity, RunInfo, Start, Status};
 
@@ -225,19 +226,28 @@ fn train(a: TrainArgs, dist: Dist, stop: Stop) -> Result<ExitCode> {
         .unwrap_or_else(|caught| Err(anyhow::anyhow!("internal error: {}", caught.message())));
     if let Some(info) = &mut info {
         let (status, reason) = match &outcome {
-            Ok(code) if *code == ExitCode::from(EXIT_REQUEUE) => {
-                (Status::Stopped, Some(stop.reason()))
-            }
-            Ok(_) => (Status::Finished, None),
+            Ok(Outcome::Stopped) => (Status::Stopped, Some(stop.reason())),
+            Ok(Outcome::Finished { early_stop }) => (Status::Finished, early_stop.clone()),
             Err(e) => (Status::Failed, Some(format!("{e:#}"))),
         };
         info.end(&run.dir, status, reason)?;
     }
-    outcome
+    Ok(match outcome? {
+        Outcome::Stopped => ExitCode::from(EXIT_REQUEUE),
+        Outcome::Finished { .. } => ExitCode::SUCCESS,
+    })
+}
+
+/// How an attempt ended, short of failing.
+enum Outcome {
+    /// Trained and tested; why training stopped before its last epoch, if it did.
+    Finished { early_stop: Option<String> },
+    /// A stop was requested: checkpointed, to be resumed.
+    Stopped,
 }
 
 /// Trains the remaining epochs, then tests; prints a summary on rank 0.
-fn train_and_test(run: &mut Run, stop: &Stop) -> Result<ExitCode> {
+fn train_and_test(run: &mut Run, stop: &Stop) -> Result<Outcome> {
     let root = run.dist.is_root();
     tracing::info!(
         run = %run.dir.display(), loss = %run.loss, arch = run.net.model.arch().name(),
@@ -246,8 +256,11 @@ fn train_and_test(run: &mut Run, stop: &Stop) -> Result<ExitCode> {
     );
     let ending = lossbench::train::train(run, stop)?;
     run.data.log_memory(run.dist.rank);
-    let records = match ending {
-        Ending::Finished(records) => records,
+    let (records, early_stop) = match ending {
+        Ending::Finished {
+            records,
+            early_stop,
+        } => (records, early_stop),
         Ending::Stopped {
             epoch,
             steps_into_epoch,
@@ -260,7 +273,7 @@ fn train_and_test(run: &mut Run, stop: &Stop) -> Result<ExitCode> {
                     run.dir.display()
                 );
             }
-            return Ok(ExitCode::from(EXIT_REQUEUE));
+            return Ok(Outcome::Stopped);
         }
     };
     let Some(test) = lossbench::final_test::test(run, stop)? else {
@@ -270,36 +283,55 @@ fn train_and_test(run: &mut Run, stop: &Stop) -> Result<ExitCode> {
                 stop.reason()
             );
         }
-        return Ok(ExitCode::from(EXIT_REQUEUE));
+        return Ok(Outcome::Stopped);
     };
     if root {
-        print_summary(run, &records, &test);
+        print_summary(run, &records, &test, early_stop.as_deref());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Finished { early_stop })
 }
 
-fn print_summary(run: &Run, records: &[EpochRecord], test: &TestOutcome) {
+fn print_summary(run: &Run, records: &[EpochRecord], test: &TestOutcome, early_stop: Option<&str>) {
     println!(
-        "{:>5} {:>11} {:>9} {:>13} {:>10} {:>8}",
-        "epoch", "train loss", "val loss", "val F1 sample", "F1 micro", "img/s"
+        "{:>5} {:>11} {:>9} {:>13} {:>10} {:>10} {:>8}",
+        "epoch", "train loss", "val loss", "val F1 sample", "F1 micro", "mAP macro", "img/s"
     );
+    let map = |r: Option<&Ranking>| r.and_then(|r| r.map_macro).unwrap_or(f64::NAN);
     for r in records {
         println!(
-            "{:>5} {:>11.4} {:>9.4} {:>13.4} {:>10.4} {:>8.0}",
-            r.epoch, r.train_loss, r.val_loss, r.val.samples.f1, r.val.micro.f1, r.images_per_s
+            "{:>5} {:>11.4} {:>9.4} {:>13.4} {:>10.4} {:>10.4} {:>8.0}",
+            r.epoch,
+            r.train_loss,
+            r.val_loss,
+            r.val.samples.f1,
+            r.val.micro.f1,
+            map(r.val_ranking.as_ref()),
+            r.images_per_s
         );
+    }
+    if let Some(why) = early_stop {
+        println!("{why}");
     }
     let m = &test.metrics;
     println!(
-        "test (weights of epoch {}): F1 micro {:.4}, macro {:.4}, sample {:.4}; precision sample \
-         {:.4}, recall sample {:.4}",
+        "test (weights of epoch {}): mAP macro {:.4}; F1 micro {:.4}, macro {:.4}, sample {:.4}; \
+         precision sample {:.4}, recall sample {:.4}",
         test.best_epoch,
+        map(test.ranking.as_ref()),
         m.micro.f1,
         m.macro_avg.f1,
         m.samples.f1,
         m.samples.precision,
         m.samples.recall
     );
+    if let Some(t) = &test.tuned {
+        let m = &t.metrics;
+        println!(
+            "  with per-class thresholds tuned on validation: F1 micro {:.4}, macro {:.4}, \
+             sample {:.4}",
+            m.micro.f1, m.macro_avg.f1, m.samples.f1
+        );
+    }
     println!("results in {}", run.dir.display());
 }
 

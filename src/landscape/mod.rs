@@ -32,7 +32,7 @@ use crate::data::resident::Placement;
 use crate::data::{Normalizer, ResidentSplit};
 use crate::dist::Dist;
 use crate::losses::{Loss, LossSpec, STUDY_LOSSES, SingleLoss};
-use crate::model::{Arch, Model};
+use crate::model::{Arch, Model, Regularization};
 use crate::run_folder::RunFolder;
 use crate::steps::epoch_order;
 use lossbench_core::layout::Split;
@@ -283,7 +283,12 @@ impl Evaluator {
         );
         // Dropout off; BatchNorm per the spec.
         let mut vs = VarStore::new(Device::Cpu);
-        let model = Model::new(&vs.root(), config.model.arch, config.run.seed, false);
+        let model = Model::new(
+            &vs.root(),
+            config.model.arch,
+            config.run.seed,
+            Regularization::OFF,
+        );
         vs.set_device(device);
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));

@@ -34,6 +34,10 @@ pub const STUDY_LOSSES: [&str; 7] = [
     "ranking",
 ];
 
+/// The losses built on binary cross-entropy, whose targets label smoothing may soften
+/// (`train.label_smoothing`).
+pub const SMOOTHABLE: [&str; 5] = ["ce", "wce", "focal", "weighted_focal", "poly1"];
+
 /// A loss ready to compute: its spec with what the data determines (W-CE's weights).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Loss {

@@ -181,6 +181,15 @@ impl SingleLoss {
 }
 
 impl LossSpec {
+    /// Whether label smoothing is defined for it: every part is a loss on binary cross-entropy.
+    pub fn smoothable(&self) -> bool {
+        let ok = |l: &SingleLoss| super::SMOOTHABLE.contains(&l.name());
+        match self {
+            LossSpec::Single(l) => ok(l),
+            LossSpec::Mix(m) => m.mix.iter().all(|p| ok(&p.loss)),
+        }
+    }
+
     /// `ce`, ..., or `mix`: the `loss` column of the result tables.
     pub fn name(&self) -> &'static str {
         match self {

@@ -577,7 +577,7 @@ mod tests {
     /// pure scale), so that no relevance leaks into biases.
     fn unbiased(arch: Arch, seed: u64) -> Vec<(String, Tensor)> {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let _ = crate::model::Model::new(&vs.root(), arch, seed, true);
+        let _ = crate::model::Model::new(&vs.root(), arch, seed, crate::model::Regularization::OWN);
         tch::no_grad(|| {
             for (name, mut t) in vs.variables() {
                 if name.ends_with(".bias") {
@@ -650,7 +650,8 @@ mod tests {
         let _rng = crate::torch_rng();
         for arch in [Arch::KBranch, Arch::ResNet50, Arch::Vgg16] {
             let vs = nn::VarStore::new(tch::Device::Cpu);
-            let m = crate::model::Model::new(&vs.root(), arch, 8, true);
+            let m =
+                crate::model::Model::new(&vs.root(), arch, 8, crate::model::Regularization::OWN);
             let x = inputs(2);
             // Non-trivial BatchNorm statistics, so folding is exercised.
             tch::no_grad(|| {

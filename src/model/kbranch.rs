@@ -12,8 +12,8 @@ use super::batch_norm_config;
 use lossbench_core::labels::NUM_CLASSES;
 use lossbench_core::layout::BAND_GROUPS;
 
-const CONV_DROPOUT: f64 = 0.25;
-const FC_DROPOUT: f64 = 0.5;
+pub const CONV_DROPOUT: f64 = 0.25;
+pub const DENSE_DROPOUT: f64 = 0.5;
 /// Width of each branch's dense block and of the fusion block.
 pub const HIDDEN: i64 = 128;
 
@@ -132,9 +132,9 @@ struct Branch {
     dense: DenseBlock,
 }
 
-/// Dropout at probability `p` when training with dropout on.
-fn dropout(x: Tensor, p: f64, on: bool) -> Tensor {
-    if on { x.dropout(p, true) } else { x }
+/// Dropout at probability `p` (none at 0).
+fn dropout(x: Tensor, p: f64) -> Tensor {
+    if p > 0.0 { x.dropout(p, true) } else { x }
 }
 
 impl Branch {
@@ -158,20 +158,17 @@ impl Branch {
         }
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool, drop: bool) -> Tensor {
+    /// `(conv, dense)`: the dropout rates after the conv blocks and after the dense block.
+    fn forward_t(&self, x: &Tensor, train: bool, (conv, dense): (f64, f64)) -> Tensor {
         let mut x = x.shallow_clone();
         for (block, pool) in &self.convs {
             x = block.forward_t(&x, train);
             if *pool {
                 x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
             }
-            x = dropout(x, CONV_DROPOUT, drop);
+            x = dropout(x, conv);
         }
-        dropout(
-            self.dense.forward_t(&x.flatten(1, -1), train),
-            FC_DROPOUT,
-            drop,
-        )
+        dropout(self.dense.forward_t(&x.flatten(1, -1), train), dense)
     }
 }
 
@@ -202,23 +199,23 @@ impl KBranch {
         }
     }
 
-    /// Logits `[B, 19]`. Batch statistics are on when `train`, dropout when `train && dropout`.
+    /// Logits `[B, 19]`. Batch statistics are on when `train`; `rates` are the dropout rates
+    /// after the conv blocks and after the dense layers (0 for none).
     pub fn forward_t(
         &self,
         [x10, x20, x60]: &[Tensor; 3],
         train: bool,
-        dropout_on: bool,
+        rates: (f64, f64),
     ) -> Tensor {
-        let drop = train && dropout_on;
         let fused = Tensor::cat(
             &[
-                self.b10m.forward_t(x10, train, drop),
-                self.b20m.forward_t(x20, train, drop),
-                self.b60m.forward_t(x60, train, drop),
+                self.b10m.forward_t(x10, train, rates),
+                self.b20m.forward_t(x20, train, rates),
+                self.b60m.forward_t(x60, train, rates),
             ],
             1,
         );
-        dropout(self.fusion.forward_t(&fused, train), FC_DROPOUT, drop).apply(&self.head)
+        dropout(self.fusion.forward_t(&fused, train), rates.1).apply(&self.head)
     }
 }
 
@@ -227,7 +224,7 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
-    use crate::model::{Arch, Model};
+    use crate::model::{Arch, Model, Regularization};
 
     fn inputs(batch: i64) -> [Tensor; 3] {
         tch::manual_seed(99);
@@ -243,7 +240,7 @@ mod tests {
     fn shapes_and_size() {
         let _rng = crate::torch_rng();
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Model::new(&vs.root(), Arch::KBranch, 5, true);
+        let model = Model::new(&vs.root(), Arch::KBranch, 5, Regularization::OWN);
         let out = model.forward_t(&inputs(3), false);
         assert_eq!(out.size(), vec![3, 19]);
         let params: i64 = vs
@@ -268,7 +265,7 @@ mod tests {
     fn eval_is_deterministic_and_train_mode_draws_dropout_from_the_seed() {
         let _rng = crate::torch_rng();
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Model::new(&vs.root(), Arch::KBranch, 1, true);
+        let model = Model::new(&vs.root(), Arch::KBranch, 1, Regularization::OWN);
         let x = inputs(4);
         let e1 = model.forward_t(&x, false);
         let e2 = model.forward_t(&x, false);
@@ -281,7 +278,7 @@ mod tests {
         assert!(!train(7).equal(&train(8)));
         // Without dropout, training mode depends on the batch statistics alone.
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Model::new(&vs.root(), Arch::KBranch, 1, false);
+        let model = Model::new(&vs.root(), Arch::KBranch, 1, Regularization::OFF);
         let train = |seed| {
             tch::manual_seed(seed);
             tch::no_grad(|| model.forward_t(&x, true))

@@ -17,6 +17,7 @@ pub use kbranch::KBranch;
 pub use resnet::ResNet50;
 pub use vgg::Vgg16;
 
+use crate::recipe::Dropout;
 use lossbench_core::layout::BAND_GROUPS;
 
 /// BatchNorm's ε (tch's and PyTorch's default).
@@ -47,12 +48,43 @@ impl Arch {
     }
 }
 
-/// A network of any architecture.
+/// A network of any architecture, with the rates of its regularisation in training.
 #[derive(Debug)]
 pub enum Model {
-    KBranch { net: Box<KBranch>, dropout: bool },
-    ResNet50(Box<ResNet50>),
-    Vgg16 { net: Box<Vgg16>, dropout: bool },
+    /// Dropout after the conv blocks and after the dense layers.
+    KBranch {
+        net: Box<KBranch>,
+        conv_dropout: f64,
+        dense_dropout: f64,
+    },
+    /// Dropout before the classifier; drop-path of the last residual branch.
+    ResNet50 {
+        net: Box<ResNet50>,
+        dropout: f64,
+        drop_path: f64,
+    },
+    /// Dropout in the classifier.
+    Vgg16 { net: Box<Vgg16>, dropout: f64 },
+}
+
+/// `model.dropout` and `model.drop_path` (crate::recipe::Dropout).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Regularization {
+    pub dropout: Dropout,
+    pub drop_path: f64,
+}
+
+impl Regularization {
+    /// No dropout, no drop-path: evaluation, LRP and landscapes use the network as a function.
+    pub const OFF: Regularization = Regularization {
+        dropout: Dropout::Switch(false),
+        drop_path: 0.0,
+    };
+    /// The network's own dropout (the study's).
+    pub const OWN: Regularization = Regularization {
+        dropout: Dropout::Switch(true),
+        drop_path: 0.0,
+    };
 }
 
 /// BatchNorm as PyTorch initialises it (scale 1, shift 0), not tch's random scale.
@@ -83,17 +115,22 @@ pub fn stack_bands([x10, x20, x60]: &[Tensor; 3]) -> Tensor {
 impl Model {
     /// Creates the variables under `p` (a CPU var store; move it to the device afterwards),
     /// initialised from `seed`.
-    pub fn new(p: &nn::Path, arch: Arch, seed: u64, dropout: bool) -> Model {
+    pub fn new(p: &nn::Path, arch: Arch, seed: u64, reg: Regularization) -> Model {
         tch::manual_seed(seed as i64);
         match arch {
             Arch::KBranch => Model::KBranch {
                 net: Box::new(KBranch::new(p)),
-                dropout,
+                conv_dropout: reg.dropout.rate(kbranch::CONV_DROPOUT),
+                dense_dropout: reg.dropout.rate(kbranch::DENSE_DROPOUT),
             },
-            Arch::ResNet50 => Model::ResNet50(Box::new(ResNet50::new(p, STACKED_CHANNELS))),
+            Arch::ResNet50 => Model::ResNet50 {
+                net: Box::new(ResNet50::new(p, STACKED_CHANNELS)),
+                dropout: reg.dropout.rate(0.0),
+                drop_path: reg.drop_path,
+            },
             Arch::Vgg16 => Model::Vgg16 {
                 net: Box::new(Vgg16::new(p, STACKED_CHANNELS)),
-                dropout,
+                dropout: reg.dropout.rate(vgg::DROPOUT),
             },
         }
     }
@@ -101,19 +138,28 @@ impl Model {
     pub fn arch(&self) -> Arch {
         match self {
             Model::KBranch { .. } => Arch::KBranch,
-            Model::ResNet50(_) => Arch::ResNet50,
+            Model::ResNet50 { .. } => Arch::ResNet50,
             Model::Vgg16 { .. } => Arch::Vgg16,
         }
     }
 
-    /// Logits `[B, 19]` of z-scored band groups; batch statistics (and dropout, where the
-    /// network has it and it is on) when `train`.
+    /// Logits `[B, 19]` of z-scored band groups; batch statistics, dropout and drop-path when
+    /// `train`.
     pub fn forward_t(&self, inputs: &[Tensor; 3], train: bool) -> Tensor {
+        let on = |rate: f64| if train { rate } else { 0.0 };
         match self {
-            Model::KBranch { net, dropout } => net.forward_t(inputs, train, *dropout),
-            Model::ResNet50(net) => net.forward_t(&stack_bands(inputs), train),
+            Model::KBranch {
+                net,
+                conv_dropout,
+                dense_dropout,
+            } => net.forward_t(inputs, train, (on(*conv_dropout), on(*dense_dropout))),
+            Model::ResNet50 {
+                net,
+                dropout,
+                drop_path,
+            } => net.forward_t(&stack_bands(inputs), train, on(*dropout), on(*drop_path)),
             Model::Vgg16 { net, dropout } => {
-                net.forward_t(&stack_bands(inputs), train, train && *dropout)
+                net.forward_t(&stack_bands(inputs), train, on(*dropout))
             }
         }
     }
@@ -140,7 +186,7 @@ mod tests {
             (Arch::Vgg16, 134_000_000, 134_400_000, "features.0.weight"),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
-            let model = Model::new(&vs.root(), arch, 1, true);
+            let model = Model::new(&vs.root(), arch, 1, Regularization::OWN);
             let params: i64 = vs
                 .trainable_variables()
                 .iter()

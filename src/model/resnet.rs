@@ -62,10 +62,19 @@ impl Bottleneck {
     /// ReLUs and the residual addition work in place on BatchNorm outputs, as torchvision's
     /// (`ReLU(inplace=True)`, `out += identity`): BatchNorm's backward needs its input, not its
     /// output, and a deep network saves one allocation per activation.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    ///
+    /// With `drop_path` > 0 (training), each patch's residual branch is dropped with that
+    /// probability and kept ones scaled by 1 / (1 − p) (stochastic depth, as timm's DropPath).
+    fn forward_t(&self, x: &Tensor, train: bool, drop_path: f64) -> Tensor {
         let y = x.apply(&self.conv1).apply_t(&self.bn1, train).relu_();
         let y = y.apply(&self.conv2).apply_t(&self.bn2, train).relu_();
         let mut y = y.apply(&self.conv3).apply_t(&self.bn3, train);
+        if drop_path > 0.0 {
+            let keep = 1.0 - drop_path;
+            let shape = [y.size()[0], 1, 1, 1];
+            let mask = Tensor::empty(shape, (y.kind(), y.device())).bernoulli_float_(keep);
+            y = y * mask / keep;
+        }
         match &self.downsample {
             Some((c, bn)) => y += x.apply(c).apply_t(bn, train),
             None => y += x,
@@ -110,16 +119,20 @@ impl ResNet50 {
         }
     }
 
-    /// Logits from the stacked `[B, 12, 120, 120]` input.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    /// Logits from the stacked `[B, 12, 120, 120]` input; `dropout` before the classifier,
+    /// `drop_path` the last block's drop-path rate (earlier blocks' rise linearly from 0 to it).
+    pub fn forward_t(&self, x: &Tensor, train: bool, dropout: f64, drop_path: f64) -> Tensor {
         let mut x = x
             .apply(&self.conv1)
             .apply_t(&self.bn1, train)
             .relu_()
             .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        for block in self.stages.iter().flatten() {
-            x = block.forward_t(&x, train);
+        let blocks: Vec<&Bottleneck> = self.stages.iter().flatten().collect();
+        let last = (blocks.len() - 1).max(1) as f64;
+        for (i, block) in blocks.into_iter().enumerate() {
+            x = block.forward_t(&x, train, drop_path * i as f64 / last);
         }
-        x.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+        let x = x.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        x.dropout(dropout, dropout > 0.0).apply(&self.fc)
     }
 }

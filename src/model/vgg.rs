@@ -34,7 +34,7 @@ pub const FEATURES: [Option<i64>; 18] = [
 ];
 pub const POOLED_SIDE: i64 = 7;
 pub const HIDDEN: i64 = 4096;
-const DROPOUT: f64 = 0.5;
+pub const DROPOUT: f64 = 0.5;
 
 /// One entry of `features`: conv + BatchNorm (+ ReLU), or a max-pool.
 #[derive(Debug)]
@@ -101,8 +101,8 @@ impl Vgg16 {
         }
     }
 
-    /// Logits from the stacked `[B, 12, 120, 120]` input; dropout in the classifier when `drop`.
-    pub fn forward_t(&self, x: &Tensor, train: bool, drop: bool) -> Tensor {
+    /// Logits from the stacked `[B, 12, 120, 120]` input; dropout at `rate` in the classifier.
+    pub fn forward_t(&self, x: &Tensor, train: bool, rate: f64) -> Tensor {
         let mut x = x.shallow_clone();
         for f in &self.features {
             x = match f {
@@ -114,8 +114,8 @@ impl Vgg16 {
             .adaptive_avg_pool2d([POOLED_SIDE, POOLED_SIDE])
             .flatten(1, -1);
         let [fc1, fc2, fc3] = &self.classifier;
-        let x = x.apply(fc1).relu_().dropout(DROPOUT, drop);
-        let x = x.apply(fc2).relu_().dropout(DROPOUT, drop);
+        let x = x.apply(fc1).relu_().dropout(rate, rate > 0.0);
+        let x = x.apply(fc2).relu_().dropout(rate, rate > 0.0);
         x.apply(fc3)
     }
 }

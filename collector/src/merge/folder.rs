@@ -138,6 +138,7 @@ mod tests {
             data_wait_fraction: 0.0,
             time: Default::default(),
             val,
+            val_ranking: None,
         }
     }
 

@@ -18,6 +18,7 @@
 mod discover;
 mod folder;
 mod rows;
+mod summary;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -244,6 +245,9 @@ pub fn merge(roots: &[PathBuf], out: &Path) -> Result<Summary> {
     let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
     w.file(Table::Runs, "runs", &inputs, || {
         Ok(vec![rows::runs_table(&runs)?])
+    })?;
+    w.file(Table::TestSummary, "test_summary", &inputs, || {
+        Ok(vec![summary::test_summary_table(&runs)?])
     })?;
     w.summary.runs = runs.len();
     lossbench_core::files::write_atomically(

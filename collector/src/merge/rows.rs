@@ -12,9 +12,10 @@ use arrow_array::{
 
 use super::folder::RunFolder;
 use lossbench_core::labels::BEN19;
-use lossbench_core::metrics::{Metrics, Prf};
+use lossbench_core::metrics::{ClassMetrics, Metrics, Prf};
+use lossbench_core::ranking::{ClassRanking, Ranking};
 use lossbench_core::records::{EpochRecord, TestOutcome};
-use lossbench_core::schema::{self, Table};
+use lossbench_core::schema::{self, RANKING_COLUMNS, TUNED_COLUMNS, Table};
 
 fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
@@ -40,9 +41,11 @@ pub fn run_columns<'a>(r: &RunFolder, n: usize) -> Vec<(&'a str, ArrayRef)> {
     ]
 }
 
-/// Precision/recall/F1 of each averaging, Hamming loss, subset accuracy and patch count, from
-/// optional metrics (null where a row has none).
-fn metric_columns(metrics: &[Option<&Metrics>]) -> Vec<(&'static str, ArrayRef)> {
+/// Precision/recall/F1 of each averaging, Hamming loss, subset accuracy, patch count and the
+/// ranking metrics, from optional metrics (null where a row has none).
+fn metric_columns(
+    metrics: &[Option<(&Metrics, Option<&Ranking>)>],
+) -> Vec<(&'static str, ArrayRef)> {
     type Averaging = ([&'static str; 3], fn(&Metrics) -> Prf);
     let averagings: [Averaging; 4] = [
         (["micro_precision", "micro_recall", "micro_f1"], |m| m.micro),
@@ -57,35 +60,35 @@ fn metric_columns(metrics: &[Option<&Metrics>]) -> Vec<(&'static str, ArrayRef)>
             m.samples
         }),
     ];
+    let of = |f: &dyn Fn(&Metrics) -> f64| floats(metrics.iter().map(|m| m.map(|(m, _)| f(m))));
     let mut out: Vec<(&'static str, ArrayRef)> = Vec::new();
     for (names, pick) in averagings {
-        out.push((
-            names[0],
-            floats(metrics.iter().map(|m| m.map(|m| pick(m).precision))),
-        ));
-        out.push((
-            names[1],
-            floats(metrics.iter().map(|m| m.map(|m| pick(m).recall))),
-        ));
-        out.push((
-            names[2],
-            floats(metrics.iter().map(|m| m.map(|m| pick(m).f1))),
-        ));
+        out.push((names[0], of(&|m| pick(m).precision)));
+        out.push((names[1], of(&|m| pick(m).recall)));
+        out.push((names[2], of(&|m| pick(m).f1)));
     }
-    out.push((
-        "hamming_loss",
-        floats(metrics.iter().map(|m| m.map(|m| m.hamming_loss))),
-    ));
-    out.push((
-        "subset_accuracy",
-        floats(metrics.iter().map(|m| m.map(|m| m.subset_accuracy))),
-    ));
-    out.push((
-        "patches",
-        Arc::new(UInt64Array::from_iter(
-            metrics.iter().map(|m| m.map(|m| m.patches)),
-        )),
-    ));
+    out.push(("hamming_loss", of(&|m| m.hamming_loss)));
+    out.push(("subset_accuracy", of(&|m| m.subset_accuracy)));
+    let patches = metrics.iter().map(|m| m.map(|(m, _)| m.patches));
+    out.push(("patches", Arc::new(UInt64Array::from_iter(patches))));
+    let ranked = |f: fn(&Ranking) -> Option<f64>| {
+        floats(metrics.iter().map(|m| m.and_then(|(_, r)| r.and_then(f))))
+    };
+    let measures: [fn(&Ranking) -> Option<f64>; 7] = [
+        |r| r.map_macro,
+        |r| r.map_micro,
+        |r| r.auc_macro,
+        |r| Some(r.one_error),
+        |r| Some(r.coverage),
+        |r| Some(r.ranking_loss),
+        |r| Some(r.lrap),
+    ];
+    out.extend(
+        RANKING_COLUMNS
+            .into_iter()
+            .zip(measures)
+            .map(|(n, f)| (n, ranked(f))),
+    );
     out
 }
 
@@ -124,12 +127,11 @@ pub fn epochs_table(r: &RunFolder) -> Result<RecordBatch> {
                 .map(|(e, train)| Some(if *train { e.train_loss } else { e.val_loss })),
         ),
     ));
-    columns.extend(metric_columns(
-        &rows
-            .iter()
-            .map(|(e, train)| (!train).then_some(&e.val))
-            .collect::<Vec<_>>(),
-    ));
+    let validation: Vec<_> = rows
+        .iter()
+        .map(|(e, train)| (!train).then_some((&e.val, e.val_ranking.as_ref())))
+        .collect();
+    columns.extend(metric_columns(&validation));
     columns.push(("lr", train_only(|e| e.lr)));
     columns.push(("images_per_s", train_only(|e| e.images_per_s)));
     columns.push(("epoch_wall_s", train_only(|e| e.wall_s)));
@@ -142,21 +144,23 @@ pub fn epochs_table(r: &RunFolder) -> Result<RecordBatch> {
 /// `class_metrics`: per validation epoch, and for the test split at the best epoch, one row
 /// per class.
 pub fn class_metrics_table(r: &RunFolder) -> Result<RecordBatch> {
-    let mut sets: Vec<(u32, &str, &Metrics)> = r
+    let mut sets: Vec<(u32, &str, &Metrics, Option<&Ranking>)> = r
         .records
         .iter()
-        .map(|e| (e.epoch, "validation", &e.val))
+        .map(|e| (e.epoch, "validation", &e.val, e.val_ranking.as_ref()))
         .collect();
     if let Some(t) = &r.test {
-        sets.push((t.best_epoch, "test", &t.metrics));
+        sets.push((t.best_epoch, "test", &t.metrics, t.ranking.as_ref()));
     }
-    let rows: Vec<(u32, &str, usize, &lossbench_core::metrics::ClassMetrics)> = sets
+    type Row<'a> = (u32, &'a str, usize, &'a ClassMetrics, Option<ClassRanking>);
+    let rows: Vec<Row> = sets
         .iter()
-        .flat_map(|&(e, s, m)| {
+        .flat_map(|&(e, s, m, ranking)| {
+            let ranked = move |c: usize| ranking.map(|r| r.per_class[c]);
             m.per_class
                 .iter()
                 .enumerate()
-                .map(move |(c, cm)| (e, s, c, cm))
+                .map(move |(c, cm)| (e, s, c, cm, ranked(c)))
         })
         .collect();
     let mut columns = run_columns(r, rows.len());
@@ -182,6 +186,8 @@ pub fn class_metrics_table(r: &RunFolder) -> Result<RecordBatch> {
             rows.iter().map(|r| r.3.support),
         )),
     ));
+    columns.push(("ap", floats(rows.iter().map(|r| r.4.and_then(|c| c.ap)))));
+    columns.push(("auc", floats(rows.iter().map(|r| r.4.and_then(|c| c.auc)))));
     batch(Table::ClassMetrics, columns)
 }
 
@@ -192,7 +198,12 @@ pub fn test_metrics_table(r: &RunFolder, t: &TestOutcome) -> Result<RecordBatch>
         Arc::new(UInt32Array::from_iter_values([t.best_epoch])),
     ));
     columns.push(("loss_value", floats([Some(t.loss)].into_iter())));
-    columns.extend(metric_columns(&[Some(&t.metrics)]));
+    columns.extend(metric_columns(&[Some((&t.metrics, t.ranking.as_ref()))]));
+    let tuned = t.tuned.as_ref().map(|t| &t.metrics);
+    let picks: [fn(&Metrics) -> f64; 3] = [|m| m.micro.f1, |m| m.macro_avg.f1, |m| m.samples.f1];
+    for (name, pick) in TUNED_COLUMNS.into_iter().zip(picks) {
+        columns.push((name, floats([tuned.map(pick)].into_iter())));
+    }
     batch(Table::TestMetrics, columns)
 }
 

@@ -86,6 +86,12 @@ impl<'a> Columns<'a> {
         Ok(self.primitive::<UInt32Type>(name, "uint32")?.value(i))
     }
 
+    /// A uint32 that may be null.
+    pub fn opt_u32(&self, name: &str, i: usize) -> Result<Option<u32>> {
+        let a = self.primitive::<UInt32Type>(name, "uint32")?;
+        Ok(a.is_valid(i).then(|| a.value(i)))
+    }
+
     pub fn u64(&self, name: &str, i: usize) -> Result<u64> {
         Ok(self.primitive::<UInt64Type>(name, "uint64")?.value(i))
     }
@@ -99,22 +105,37 @@ impl<'a> Columns<'a> {
 
     /// A fixed-size list of float32 of `len` values.
     pub fn f32_list(&self, name: &str, i: usize, len: usize) -> Result<Vec<f32>> {
+        self.list::<Float32Type>(name, i, len, "float32")
+    }
+
+    /// A fixed-size list of uint8 of `len` values.
+    pub fn u8_list(&self, name: &str, i: usize, len: usize) -> Result<Vec<u8>> {
+        self.list::<UInt8Type>(name, i, len, "uint8")
+    }
+
+    fn list<T: ArrowPrimitiveType>(
+        &self,
+        name: &str,
+        i: usize,
+        len: usize,
+        want: &str,
+    ) -> Result<Vec<T::Native>> {
         let a = self.get(name)?;
-        let list = a
-            .as_fixed_size_list_opt()
-            .ok_or_else(|| self.wrong(name, a.data_type(), "a fixed-size list of float32"))?;
+        let list = a.as_fixed_size_list_opt().ok_or_else(|| {
+            self.wrong(name, a.data_type(), &format!("a fixed-size list of {want}"))
+        })?;
         let values = list.value(i);
-        let floats = values
-            .as_primitive_opt::<Float32Type>()
-            .ok_or_else(|| self.wrong(name, a.data_type(), "a list of float32"))?;
-        if floats.len() != len {
+        let typed = values
+            .as_primitive_opt::<T>()
+            .ok_or_else(|| self.wrong(name, a.data_type(), &format!("a list of {want}")))?;
+        if typed.len() != len {
             bail!(
                 "table {}: column {name} row {i} holds {} values, expected {len}",
                 self.table,
-                floats.len()
+                typed.len()
             );
         }
-        Ok(floats.values().to_vec())
+        Ok(typed.values().to_vec())
     }
 
     /// The architecture of row `i` (tables merged before architectures were recorded: the
