@@ -124,6 +124,7 @@ bench: deps deps-torch build
 	scripts/bench-data-prep.sh
 	$(PY) scripts/bench/bench_trainer.py
 	$(PY) scripts/bench/bench_mpi.py
+	$(PY) scripts/bench/bench_metrics.py
 
 # The bad-input campaigns of the tests (fuzzing/, */tests/fuzz.rs) at FUZZ_CASES inputs each
 # instead of the tests' 10,000; the table goes to work/fuzz/report.md (docs/benchmarks.md).

@@ -413,3 +413,31 @@ def test_compare_refuses_what_it_cannot_compare(runs, tmp_path):
     assert "at least 100" in refused("--a", "ce", "--b", "sparsemax", "--resamples", "10")
     assert "holds no merged tables" in subprocess.run([BIN / "collector", "compare", "--results", tmp_path / "none", "--a", "ce",
                                                        "--b", "sparsemax"], capture_output=True, text=True).stderr
+
+
+def test_a_run_folder_of_an_earlier_version_merges_reports_and_compares(runs, tmp_path):
+    """tests/data/old-run: a run folder written before ranking metrics, tuned thresholds and store
+    ids. Merged beside new runs its new columns are null, the report shows it (its mAP as missing),
+    and it compares with a new run of the same synthetic store (the same test patches)."""
+    old = tmp_path / "old"
+    shutil.copytree(ROOT / "tests" / "data" / "old-run" / "focal-seed1", old / "focal-seed1")
+    out = tmp_path / "results"
+    text = tool(BIN / "collector", "merge", "--runs", runs, old, "--out", out)
+    assert "merged 5 run(s)" in text, text
+    row = duckdb.sql(f"SELECT map_macro, tuned_micro_f1, micro_f1, best_epoch FROM read_parquet('{out}/test_metrics/focal-seed1.parquet')").fetchall()
+    outcome = json.loads((old / "focal-seed1" / "test_metrics.json").read_text())
+    assert row == [(None, None, outcome["metrics"]["micro"]["f1"], outcome["best_epoch"])], row
+    aps = duckdb.sql(f"SELECT count(*), count(ap) FROM read_parquet('{out}/class_metrics/focal-seed1.parquet')").fetchall()
+    assert aps == [(19 * 3, 0)], aps
+    maps = duckdb.sql(f"SELECT count(*), count(map_macro) FROM read_parquet('{out}/epochs/focal-seed1.parquet') WHERE split = 'validation'").fetchall()
+    assert maps == [(2, 0)], maps
+    info = duckdb.sql(f"SELECT status, world_size, code_revision FROM read_parquet('{out}/runs/*.parquet') WHERE run_id = 'focal-seed1'").fetchall()
+    assert info == [("finished", 1, "c58b3c75da81")], info
+    summary = duckdb.sql(f"SELECT metric, runs FROM read_parquet('{out}/test_summary/*.parquet') WHERE job = 'focal' ORDER BY metric").fetchall()
+    assert ("micro_f1", 1) in summary and not any(m == "map_macro" for m, _ in summary), summary
+    page = tmp_path / "report" / "index.html"
+    tool(BIN / "collector", "report", "--results", out, "--out", page.parent, "--resamples", "200")
+    html = page.read_text()
+    assert "FL (focal)" in html and "focal: gamma=2" in html
+    compared = json.loads(tool(BIN / "collector", "compare", "--results", out, "--a", "focal", "--b", "ce", "--resamples", "200", "--json"))
+    assert [seed for seed, _ in compared["per_seed"]] == [1] and compared["unpaired"] == [2]
