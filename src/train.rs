@@ -338,7 +338,11 @@ fn epoch_record(
     let started = Instant::now();
     let ranking = val.ranking(run.data.val.split());
     // Their cost per epoch is a benchmark's (docs/benchmarks.md, "Ranking metrics").
-    tracing::debug!(epoch, seconds = started.elapsed().as_secs_f64(), "ranking metrics computed");
+    tracing::debug!(
+        epoch,
+        seconds = started.elapsed().as_secs_f64(),
+        "ranking metrics computed"
+    );
     EpochRecord {
         epoch,
         train_loss: t.loss_sum / run.data.train.split().len as f64,
