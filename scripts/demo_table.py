@@ -1,5 +1,6 @@
-"""Prints the demo's table: validation F1 (sample average) per loss and epoch, the test F1 of
-each run, and the best constant predictor's validation F1 for comparison.
+"""Prints the demo's table: validation F1 (sample average) per loss and epoch, the test F1 and
+macro mAP of each run, whether it learns, and the best constant predictor's validation F1 for
+comparison.
 
     python scripts/demo_table.py STORE RUNS_DIR
 """
@@ -33,6 +34,19 @@ def best_constant_f1(store: Path) -> tuple[float, int]:
     return best
 
 
+def verdict(f1s: list[float], baseline: float) -> str:
+    """Whether a run learns: its validation F1 ends above where it started and clearly above the
+    best constant predictor's. A run whose F1 falls every epoch, ends where it began, or ends
+    near the constant predictor does not."""
+    if len(f1s) > 1 and all(b < a for a, b in zip(f1s, f1s[1:])):
+        return "no: falls every epoch"
+    if len(f1s) > 1 and f1s[-1] <= f1s[0]:
+        return "no: ends where it began"
+    if f1s[-1] <= baseline + 0.05:
+        return "no: near the constant predictor"
+    return "yes"
+
+
 def main():
     store, runs = Path(sys.argv[1]), Path(sys.argv[2])
     baseline, k = best_constant_f1(store)
@@ -41,13 +55,14 @@ def main():
         run = runs / f"{loss}-seed0"
         records = [json.loads(l) for l in (run / "epochs.jsonl").read_text().splitlines()]
         test = json.loads((run / "test_metrics.json").read_text())
-        rows.append((loss, [r["val"]["samples"]["f1"] for r in records], test["metrics"]["samples"]["f1"]))
+        rows.append((loss, [r["val"]["samples"]["f1"] for r in records], test["metrics"]["samples"]["f1"],
+                     test["ranking"]["map_macro"]))
     epochs = max(len(r[1]) for r in rows)
-    print("validation F1 (sample average) per epoch, and test F1 with the best epoch's weights")
-    print(f"{'loss':<10}" + "".join(f"{'epoch ' + str(e + 1):>10}" for e in range(epochs)) + f"{'test':>10}  learns?")
-    for loss, f1s, test in rows:
-        verdict = "yes" if f1s[-1] > baseline + 0.05 else "NO"
-        print(f"{loss:<10}" + "".join(f"{f:>10.4f}" for f in f1s) + f"{test:>10.4f}  {verdict}")
+    print("validation F1 (sample average) per epoch; test F1 and macro mAP with the best epoch's weights")
+    print(f"{'loss':<10}" + "".join(f"{'epoch ' + str(e + 1):>10}" for e in range(epochs))
+          + f"{'test F1':>10}{'test mAP':>10}  learns?")
+    for loss, f1s, test, test_map in rows:
+        print(f"{loss:<10}" + "".join(f"{f:>10.4f}" for f in f1s) + f"{test:>10.4f}{test_map:>10.4f}  {verdict(f1s, baseline)}")
     print(f"best constant predictor (the {k} most frequent classes for every patch): {baseline:.4f}")
 
 

@@ -25,6 +25,9 @@ pub struct Config {
     /// The best epoch and early stopping (docs/training.md, "Training recipes").
     #[serde(default)]
     pub selection: Selection,
+    /// Where the path keys were set (`run.data` → `jobs/base.toml:7`), for messages.
+    #[serde(skip)]
+    pub sources: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,18 +147,43 @@ pub struct LrpSection {
 /// Where a key's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    File { path: PathBuf, line: usize },
-    CommandLine,
+    File {
+        path: PathBuf,
+        line: usize,
+    },
+    /// A flag of the command line (`--data`).
+    Flag(&'static str),
+    /// A `--set KEY=VALUE` of the command line, as typed.
+    Set(String),
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
-            Origin::CommandLine => f.write_str("the command line"),
+            Origin::Flag(flag) => write!(f, "the command line ({flag})"),
+            Origin::Set(item) => write!(f, "the command line (--set {item})"),
         }
     }
 }
+
+impl Origin {
+    /// The folder a relative path written here is relative to: a config file's own folder,
+    /// the working directory for the command line.
+    fn base(&self) -> PathBuf {
+        match self {
+            Origin::File { path, .. } => {
+                let file = lossbench_core::paths::absolute(path);
+                file.parent()
+                    .map_or_else(|| PathBuf::from("/"), Path::to_path_buf)
+            }
+            Origin::Flag(_) | Origin::Set(_) => lossbench_core::paths::absolute(Path::new(".")),
+        }
+    }
+}
+
+/// The keys holding paths: resolved against their origin's base (docs/training.md, "Paths").
+const PATH_KEYS: [(&str, &str); 2] = [("run", "data"), ("run", "out")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -291,31 +319,51 @@ fn read_layers(
     Ok(table)
 }
 
-/// Command-line overrides, as dotted keys (`run.seed`, `train.epochs`, ...) and values.
-pub type Overrides = Vec<(String, toml::Value)>;
+/// Command-line overrides: dotted keys (`run.seed`, `train.epochs`, ...), values and where
+/// each was given.
+pub type Overrides = Vec<(String, toml::Value, Origin)>;
 
-/// Parses `--set KEY=VALUE`, the value as a TOML value (a bare word is taken as a string).
-pub fn parse_override(item: &str) -> Result<(String, toml::Value), ConfigError> {
+/// Parses `--set KEY=VALUE`, the value as a TOML value (a bare word is taken as a string; a
+/// number TOML cannot hold is an error, not a string).
+pub fn parse_override(item: &str) -> Result<(String, toml::Value, Origin), ConfigError> {
+    let origin = Origin::Set(item.to_string());
     let (key, value) = item.split_once('=').ok_or_else(|| ConfigError::Key {
         key: item.to_string(),
-        origin: Origin::CommandLine,
+        origin: origin.clone(),
         message: "expected --set KEY=VALUE".into(),
     })?;
     let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
         .ok()
         .and_then(|mut t| t.remove("v"));
+    let digits = value.trim().trim_start_matches(['+', '-']);
+    if parsed.is_none()
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+    {
+        return Err(ConfigError::Key {
+            key: key.trim().to_string(),
+            origin,
+            message: format!("{value} is out of range: integers lie within ±{}", i64::MAX),
+        });
+    }
     Ok((
         key.trim().to_string(),
         parsed.unwrap_or_else(|| toml::Value::String(value.to_string())),
+        origin,
     ))
 }
 
 /// Sets the dotted `key` in `table`, creating the tables on its way; a value that is not a
 /// table on the way is an error naming it.
-fn set_override(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), ConfigError> {
+fn set_override(
+    table: &mut toml::Table,
+    key: &str,
+    value: toml::Value,
+    origin: &Origin,
+) -> Result<(), ConfigError> {
     let bad = |message: String| ConfigError::Key {
         key: key.to_string(),
-        origin: Origin::CommandLine,
+        origin: origin.clone(),
         message,
     };
     let parts: Vec<&str> = key.split('.').collect();
@@ -343,14 +391,43 @@ fn set_override(table: &mut toml::Table, key: &str, value: toml::Value) -> Resul
     Ok(())
 }
 
+/// Makes the path keys absolute against their origin's base.
+fn resolve_paths(table: &mut toml::Table, origins: &Origins) {
+    for (section, key) in PATH_KEYS {
+        let dotted = format!("{section}.{key}");
+        let Some(toml::Value::String(value)) = table.get(section).and_then(|s| s.get(key)) else {
+            continue;
+        };
+        let Some(origin) = origins.get(&dotted) else {
+            continue;
+        };
+        let resolved = lossbench_core::paths::absolute_from(&origin.base(), Path::new(value));
+        if let Some(toml::Value::Table(t)) = table.get_mut(section) {
+            t.insert(
+                key.into(),
+                toml::Value::String(resolved.display().to_string()),
+            );
+        }
+    }
+}
+
 /// Reads a job config, applies overrides and checks every value.
 pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
     let mut origins = Origins::new();
     let mut table = read_layers(path, 0, &mut origins)?;
-    for (key, value) in overrides {
-        set_override(&mut table, &key, value)?;
-        origins.insert(key.clone(), Origin::CommandLine);
+    for (key, value, origin) in overrides {
+        set_override(&mut table, &key, value, &origin)?;
+        // The tables an override creates are the command line's too (an unknown one is blamed
+        // on it, not on the file).
+        let parts: Vec<&str> = key.split('.').collect();
+        for end in 1..parts.len() {
+            origins
+                .entry(parts[..end].join("."))
+                .or_insert_with(|| origin.clone());
+        }
+        origins.insert(key.clone(), origin);
     }
+    resolve_paths(&mut table, &origins);
     if table.get("run").is_none_or(|r| r.get("job").is_none()) {
         let stem = path
             .file_stem()
@@ -378,7 +455,7 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
             }
         }
     };
-    let config: Config =
+    let mut config: Config =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             // Keep the first line: the path is reported separately.
@@ -394,6 +471,12 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
                 .strip_prefix("unknown field `")
                 .and_then(|m| m.split('`').next())
                 .map(str::to_string);
+            // An unknown loss is the `name` key's fault, not its table's.
+            let key = if key == "loss" && message.starts_with("unknown variant") {
+                "loss.name".to_string()
+            } else {
+                key
+            };
             let key = match unknown {
                 Some(field) if key == "." => field,
                 Some(field) if !key.ends_with(&format!(".{field}")) && key != field => {
@@ -412,10 +495,23 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
         key,
         message,
     })?;
+    for (section, key) in PATH_KEYS {
+        let dotted = format!("{section}.{key}");
+        config
+            .sources
+            .insert(dotted.clone(), origin_of(&dotted).to_string());
+    }
     Ok(config)
 }
 
 impl Config {
+    /// Where `key` was set, for messages ("jobs/base.toml:7", "the command line (--data)").
+    pub fn source(&self, key: &str) -> &str {
+        self.sources
+            .get(key)
+            .map_or("a config file", String::as_str)
+    }
+
     /// Value checks beyond types: `Err((key, why))`.
     fn check(&self) -> Result<(), (String, String)> {
         self.check_sections().map_err(|(k, m)| (k.to_string(), m))?;
@@ -601,6 +697,10 @@ mod tests {
         }
     }
 
+    fn set(item: &str) -> (String, toml::Value, Origin) {
+        parse_override(item).unwrap()
+    }
+
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
@@ -658,16 +758,23 @@ mod tests {
         );
 
         let (_d, p) = job_with("");
-        let e = load(
-            &p,
-            vec![("train.accumulate".into(), toml::Value::Integer(3))],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = load(&p, vec![set("train.accumulate=3")])
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("command line") && e.contains("train.accumulate"),
+            e.contains("the command line (--set train.accumulate=3): `train.accumulate`"),
             "{e}"
         );
+        // A key the config does not have, set on the command line: blamed on it, not the file.
+        let e = load(&p, vec![set("foo.bar=1")]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("the command line (--set foo.bar=1): `foo`: unknown field `foo`"),
+            "{e}"
+        );
+        let e = parse_override("train.batch_size=99999999999999999999")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("out of range"), "{e}");
 
         let (d, _) = job_with("");
         let p = write(
@@ -677,7 +784,7 @@ mod tests {
         );
         let e = load(&p, vec![]).unwrap_err().to_string();
         assert!(
-            e.contains("bad.toml:2") && e.contains("unknown variant `mse`"),
+            e.contains("bad.toml:3: `loss.name`: unknown variant `mse`, expected one of `ce`"),
             "{e}"
         );
 
@@ -689,26 +796,15 @@ mod tests {
     #[test]
     fn overrides_win_and_name_the_run() {
         let (_d, p) = job_with("");
-        let c = load(
-            &p,
-            vec![
-                ("run.seed".into(), toml::Value::Integer(4)),
-                ("train.epochs".into(), toml::Value::Integer(2)),
-            ],
-        )
-        .unwrap();
+        let c = load(&p, vec![set("run.seed=4"), set("train.epochs=2")]).unwrap();
         assert_eq!(
             (c.run.seed, c.train.epochs, c.run.job.as_str()),
             (4, 2, "job")
         );
         assert_eq!(c.run_id(), "job-seed4");
-        let c = load(
-            &p,
-            vec![("model.arch".into(), toml::Value::String("resnet50".into()))],
-        )
-        .unwrap();
+        let c = load(&p, vec![set("model.arch=\"resnet50\"")]).unwrap();
         assert_eq!(c.run_id(), "job-resnet50-seed0");
-        let c = load(&p, vec![("loss.gamma".into(), toml::Value::Float(3.0))]).unwrap();
+        let c = load(&p, vec![set("loss.gamma=3.0")]).unwrap();
         assert_eq!(
             c.loss,
             LossSpec::Single(crate::losses::SingleLoss::Focal {
@@ -722,26 +818,18 @@ mod tests {
     #[test]
     fn overrides_through_values_are_refused() {
         let (_d, p) = job_with("");
-        let int = |v| toml::Value::Integer(v);
         for (overrides, key, says) in [
             (
-                vec![("train.lr.x".to_string(), int(1))],
+                vec![set("train.lr.x=1")],
                 "train.lr.x",
                 "`train.lr` is not a table (its value is of type float)",
             ),
             (
-                vec![
-                    ("run".to_string(), int(1)),
-                    ("run.seed".to_string(), int(2)),
-                ],
+                vec![set("run=1"), set("run.seed=2")],
                 "run.seed",
                 "`run` is not a table (its value is of type integer)",
             ),
-            (
-                vec![("train..lr".to_string(), int(1))],
-                "train..lr",
-                "not a dotted key",
-            ),
+            (vec![set("train..lr=1")], "train..lr", "not a dotted key"),
         ] {
             let e = load(&p, overrides).unwrap_err().to_string();
             assert!(

@@ -203,7 +203,13 @@ mod tests {
             .join("focal.toml");
         let overrides = extra
             .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.clone(),
+                    crate::config::Origin::Flag("--set"),
+                )
+            })
             .collect();
         crate::config::load(&jobs, overrides).unwrap()
     }

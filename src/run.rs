@@ -80,6 +80,22 @@ pub struct Run {
     _lock: Option<Lock>,
 }
 
+/// A step is at most the training split: a larger `train.batch_size` is a mistake (the
+/// study's 1024 on a small store), said before anything is written.
+fn check_batch(config: &Config, store: &Store) -> Result<()> {
+    let patches = store.attrs.splits[&Split::Train].patches;
+    let batch = config.train.batch_size;
+    if batch as u64 > patches {
+        bail!(
+            "train.batch_size = {batch} is larger than the training split of {} ({patches} \
+             patches): an epoch would be one partial step. Use at most {patches} (--set \
+             train.batch_size=N)",
+            config.run.data.display()
+        );
+    }
+    Ok(())
+}
+
 /// Checks that need neither the store nor the run folder.
 fn check_shape(config: &Config, dist: &Dist, device: Device) -> Result<()> {
     let micro = dist.world_size * config.train.accumulate;
@@ -104,10 +120,17 @@ impl Run {
         let device = crate::device::resolve(config.run.device, dist.local_rank)?;
         check_shape(&config, &dist, device)?;
         dist.set_compute_threads(config.run.threads);
+        // The store first: a wrong path leaves no run folder behind.
+        let store = Store::open(&config.run.data).with_context(|| {
+            format!(
+                "run.data = {} (from {})",
+                config.run.data.display(),
+                config.source("run.data")
+            )
+        })?;
+        check_batch(&config, &store)?;
         let dir = config.run.out.join(config.run_id());
         let lock = crate::folder_lock::lock(&dir, Mode::Exclusive, "trainer train", &dist)?;
-        let store = Store::open(&config.run.data)
-            .with_context(|| format!("run.data = {}", config.run.data.display()))?;
         let fingerprint = Fingerprint::of(&config, dist.world_size, &store.attrs.identity());
         let resumed = Self::checkpoint_to_resume(&dir, resume)?;
         let changes = match &resumed {

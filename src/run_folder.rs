@@ -20,12 +20,28 @@ impl RunFolder {
         if !dir.is_dir() {
             bail!("run folder {} does not exist", dir.display());
         }
-        let config = config::load(&dir.join("config.toml"), Vec::new()).with_context(|| {
+        let path = dir.join("config.toml");
+        let mut config = config::load(&path, Vec::new()).with_context(|| {
             format!(
                 "{} is not a run folder (no readable config.toml)",
                 dir.display()
             )
         })?;
+        // Folders of earlier versions record the store's path as typed (lossbench_core::paths).
+        let table: toml::Table = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| toml::from_str(&t).ok())
+            .unwrap_or_default();
+        if let Some(store) = lossbench_core::paths::recorded(dir, &table, "data") {
+            if store.how != "recorded absolute" {
+                tracing::info!(run = %dir.display(), store = %store.path.display(), "{}", store.how);
+            }
+            config.run.data = store.path;
+            config.sources.insert(
+                "run.data".into(),
+                format!("{} ({})", path.display(), store.how),
+            );
+        }
         Ok(RunFolder {
             dir: dir.to_path_buf(),
             config,
@@ -58,12 +74,17 @@ impl RunFolder {
     /// trained on.
     pub fn store(&self, data: Option<&Path>) -> Result<Store> {
         let (path, origin) = match data {
-            Some(p) => (p.to_path_buf(), "--data"),
-            None => (self.config.run.data.clone(), "the run's run.data"),
+            Some(p) => (lossbench_core::paths::absolute(p), "--data".to_string()),
+            None => (
+                self.config.run.data.clone(),
+                format!(
+                    "the run's run.data, from {}; --data points elsewhere",
+                    self.config.source("run.data")
+                ),
+            ),
         };
-        let store = Store::open(&path).with_context(|| {
-            format!("opening the run's store ({origin}; --data points elsewhere)")
-        })?;
+        let store =
+            Store::open(&path).with_context(|| format!("opening the run's store ({origin})"))?;
         if let Some(recorded) = self.recorded_store()?
             && recorded != store.attrs.identity()
         {

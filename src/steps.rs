@@ -108,10 +108,7 @@ fn micro_batches(step: &[usize], k: usize) -> Vec<Vec<usize>> {
 pub fn stream_seed(parts: &[u64]) -> i64 {
     let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
     for &p in parts {
-        h = h.wrapping_add(p).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        h ^= h >> 31;
+        h = lossbench_core::splitmix::mix(h.wrapping_add(p));
     }
     (h >> 1) as i64
 }

@@ -59,7 +59,7 @@ fn bad_configs_are_refused_naming_the_key() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("the command line: `train.lrr`: unknown field `lrr`"),
+        err.contains("the command line (--set train.lrr=3): `train.lrr`: unknown field `lrr`"),
         "{err}"
     );
     let o = trainer(&[
@@ -94,6 +94,118 @@ fn bad_configs_are_refused_naming_the_key() {
         err.contains("cannot read config no/such.toml: No such file"),
         "{err}"
     );
+}
+
+/// The usual mistakes, made as a user makes them, each refused before anything is written with
+/// an error naming the cause and where it came from; and paths that work from any folder.
+#[test]
+fn mistakes_name_their_cause_and_paths_work_from_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = store(tmp.path());
+    let out = tmp.path().join("runs");
+    let refused = |args: &[String], says: &str| {
+        let o = trainer(args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(
+            !o.status.success() && err.contains(says),
+            "{says:?} not in: {err}"
+        );
+    };
+    let args = |extra: &[&str]| train_args("ce", &data, &out, extra);
+    // A key that does not exist, set on the command line: blamed on the command line.
+    refused(
+        &args(&["--set", "foo.bar=1"]),
+        "the command line (--set foo.bar=1): `foo`: unknown field `foo`",
+    );
+    // A number beyond what TOML holds: a range error, not "invalid type: string".
+    refused(
+        &args(&["--set", "train.batch_size=99999999999999999999"]),
+        "is out of range",
+    );
+    // The study's batch of 1024 on a small store.
+    refused(
+        &args(&["--set", "train.batch_size=1024"]),
+        "train.batch_size = 1024 is larger than the training split",
+    );
+    // A store that is not there: the path and the flag it came from.
+    let missing = tmp.path().join("nope.zarr");
+    let mut wrong = args(&[]);
+    let at = wrong.iter().position(|a| a == "--data").unwrap();
+    wrong[at + 1] = missing.display().to_string();
+    refused(
+        &wrong,
+        &format!(
+            "run.data = {} (from the command line (--data)): {} does not exist",
+            missing.display(),
+            missing.display()
+        ),
+    );
+    // A misspelt loss: its own line, and the names there are.
+    let dir = tmp.path().join("jobs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(job("base"), dir.join("base.toml")).unwrap();
+    std::fs::write(
+        dir.join("typo.toml"),
+        "base = \"base.toml\"\n\n[loss]\nname = \"focall\"\n",
+    )
+    .unwrap();
+    let typo = dir.join("typo.toml").display().to_string();
+    refused(
+        &["train".into(), "--config".into(), typo.clone()],
+        &format!("{typo}:4: `loss.name`: unknown variant `focall`, expected one of `ce`"),
+    );
+    assert!(!out.exists(), "a refused run left {} behind", out.display());
+    // Paths in a config file are relative to it: a job beside its store, run from elsewhere.
+    std::fs::write(dir.join("here.toml"), "base = \"base.toml\"\n[run]\ndata = \"../store.zarr\"\nout = \"../here-runs\"\n[loss]\nname = \"ce\"\n").unwrap();
+    std::fs::rename(&data, tmp.path().join("store.zarr")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .current_dir(std::env::temp_dir())
+        .args([
+            "train",
+            "--config",
+            &dir.join("here.toml").display().to_string(),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--set",
+            "train.batch_size=16",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = tmp.path().join("here-runs/here-seed0");
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let store = tmp.path().join("store.zarr");
+    assert!(
+        config.contains(&format!("data = \"{}\"", store.display())),
+        "recorded absolute: {config}"
+    );
+    // explain from yet another folder finds the store through the recorded path.
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .current_dir("/")
+        .args([
+            "explain",
+            "--run",
+            &run.display().to_string(),
+            "--out",
+            &tmp.path().join("maps").display().to_string(),
+            "--patch",
+        ])
+        .arg(first_test_patch(&store))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && said.contains("of epoch 1"),
+        "{said}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn first_test_patch(store: &Path) -> String {
+    let s = lossbench_core::store::Store::open(store).unwrap();
+    s.split(lossbench_core::layout::Split::Test).unwrap().names[0].clone()
 }
 
 /// Starts a trainer that logs every step (JSON at debug level) and returns once it reports

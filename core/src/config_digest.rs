@@ -39,12 +39,15 @@ pub const ADDED_WITH_DEFAULTS: [(&str, &str); 14] = [
     ("train.weight_decay", "0.0"),
 ];
 
-/// What the collector's `config_hash` leaves out: the operational keys and what names one seed
-/// of a setup (so the seeds of a setup share it).
-pub fn setup_digest(table: &toml::Table) -> String {
+/// The collector's `config_hash`: the config without the operational keys and what names one
+/// seed of a setup (so the seeds of a setup share it), and with the store's identity `store`
+/// instead of the path `run.data` (one store under two paths is one setup).
+pub fn setup_digest(table: &toml::Table, store: &str) -> String {
     let mut without: Vec<&str> = OPERATIONAL.to_vec();
-    without.extend(["run.seed", "run.run_id"]);
-    digest(table, &without)
+    without.extend(["run.seed", "run.run_id", "run.data"]);
+    let mut with_store = table.clone();
+    with_store.insert("store".into(), toml::Value::String(store.to_string()));
+    digest(&with_store, &without)
 }
 
 /// The dotted keys of a config table and their values, as TOML text, in key order.

@@ -118,25 +118,42 @@ struct BenchArgs {
 
 impl JobArgs {
     fn overrides(&self) -> Result<config::Overrides> {
+        use config::Origin::Flag;
         let path = |p: &PathBuf| toml::Value::String(p.display().to_string());
         let mut o: config::Overrides = Vec::new();
         if let Some(v) = self.seed {
-            o.push(("run.seed".into(), toml::Value::Integer(v as i64)));
+            o.push((
+                "run.seed".into(),
+                toml::Value::Integer(v as i64),
+                Flag("--seed"),
+            ));
         }
         if let Some(v) = &self.data {
-            o.push(("run.data".into(), path(v)));
+            o.push(("run.data".into(), path(v), Flag("--data")));
         }
         if let Some(v) = &self.out {
-            o.push(("run.out".into(), path(v)));
+            o.push(("run.out".into(), path(v), Flag("--out")));
         }
         if let Some(v) = self.epochs {
-            o.push(("train.epochs".into(), toml::Value::Integer(v as i64)));
+            o.push((
+                "train.epochs".into(),
+                toml::Value::Integer(v as i64),
+                Flag("--epochs"),
+            ));
         }
         if let Some(v) = self.device {
-            o.push(("run.device".into(), toml::Value::try_from(v)?));
+            o.push((
+                "run.device".into(),
+                toml::Value::try_from(v)?,
+                Flag("--device"),
+            ));
         }
         if let Some(v) = &self.run_id {
-            o.push(("run.run_id".into(), toml::Value::String(v.clone())));
+            o.push((
+                "run.run_id".into(),
+                toml::Value::String(v.clone()),
+                Flag("--run-id"),
+            ));
         }
         for item in &self.set {
             o.push(config::parse_override(item)?);

@@ -174,9 +174,16 @@ def test_the_docs_queries_run(runs, tmp_path):
     table_6_1 = con.sql(queries[0].replace("results/", f"{out}/")).fetchall()
     assert {r[0] for r in table_6_1} == {"ce", "sparsemax"}
     snippets = re.findall(r"```python\n(.*?)```", doc, re.S)
-    assert snippets
+    assert len(snippets) >= 2
     for code in snippets:
         exec(code.replace('"results/', f'"{out}/'), {})
+    # The DuckDB command lines of this page and the README, with the CLI make installs.
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for text in (doc, readme) for line in text.splitlines() if line.startswith(".cache/venv/bin/duckdb ")]
+    assert len(commands) >= 2
+    for command in commands:
+        p = subprocess.run(command.replace("results/", f"{out}/"), shell=True, cwd=ROOT, capture_output=True, text=True)
+        assert p.returncode == 0 and "ce" in p.stdout and "sparsemax" in p.stdout, (command, p.stdout, p.stderr)
 
 
 PROBE_HEAD = """<script>window.__errors = []; window.addEventListener('error', e => __errors.push('error: ' + e.message));

@@ -58,7 +58,10 @@ pub fn read_run(dir: &Path, skipped: &mut usize) -> Result<RunFolder> {
         .filter(|j| !j.is_empty())
         .unwrap_or_else(|| loss.clone());
     let arch = text_of("model", "arch").unwrap_or_else(|| "kbranch".to_string());
-    let data = text_of("run", "data").unwrap_or_default();
+    // Absolute, also for folders of earlier versions that recorded it as typed.
+    let data = lossbench_core::paths::recorded(dir, &config, "data")
+        .map(|r| r.path.display().to_string())
+        .unwrap_or_default();
     let seed = get("run", "seed")
         .and_then(|v| v.as_integer())
         .with_context(|| format!("{}: no integer run.seed", config_path.display()))?
@@ -75,6 +78,11 @@ pub fn read_run(dir: &Path, skipped: &mut usize) -> Result<RunFolder> {
         tracing::warn!("{e:#}; the run's status and attempts are unknown");
         None
     });
+    // The store's identity where an attempt recorded it, else its path.
+    let store = info
+        .as_ref()
+        .and_then(|i| i.attempts.iter().rev().find_map(|a| a.store_id.clone()))
+        .unwrap_or_else(|| data.clone());
     let epochs_path = dir.join(records::EPOCHS_FILE);
     let read = records::read_epochs(&epochs_path)?;
     for line in &read.skipped_lines {
@@ -93,7 +101,7 @@ pub fn read_run(dir: &Path, skipped: &mut usize) -> Result<RunFolder> {
         data,
         seed,
         planned_epochs,
-        config_hash: lossbench_core::config_digest::setup_digest(&config),
+        config_hash: lossbench_core::config_digest::setup_digest(&config, &store),
         info,
         records,
         test,
@@ -152,10 +160,20 @@ mod tests {
         .unwrap();
         let c: toml::Table =
             toml::from_str("[run]\nseed = 1\nout = \"a\"\n[loss]\nname = \"focal\"").unwrap();
-        let hash = lossbench_core::config_digest::setup_digest;
+        let hash = |t: &toml::Table| lossbench_core::config_digest::setup_digest(t, "store-1");
         assert_eq!(hash(&a), hash(&b));
         assert_ne!(hash(&a), hash(&c));
         assert_eq!(hash(&a).len(), 16);
+        // One store under two paths is one setup; another store is another.
+        let moved: toml::Table = toml::from_str(
+            "[run]\nseed = 1\nout = \"a\"\ndata = \"/x/s.zarr\"\n[loss]\nname = \"ce\"",
+        )
+        .unwrap();
+        assert_eq!(hash(&a), hash(&moved));
+        assert_ne!(
+            hash(&a),
+            lossbench_core::config_digest::setup_digest(&a, "store-2")
+        );
     }
 
     #[test]

@@ -231,12 +231,7 @@ impl Grid {
     }
 
     /// Reads the maps of the shown cells from the files that hold them only.
-    fn read_maps(
-        &mut self,
-        files: &[PathBuf],
-        all: &[Located],
-        setups: &Setups,
-    ) -> Result<()> {
+    fn read_maps(&mut self, files: &[PathBuf], all: &[Located], setups: &Setups) -> Result<()> {
         let needed: BTreeSet<usize> = all
             .iter()
             .filter(|(k, _)| self.wants(k))
@@ -381,6 +376,11 @@ fn header(page: &mut Page, stores: &[String], patch: &str, class: &str, truth: &
     ));
 }
 
+/// A class's name up to its first comma: the grid's cells are narrow.
+fn short(class: &str) -> String {
+    escape(class.split(',').next().unwrap_or(class))
+}
+
 /// The predicted classes marked right (✓) or wrong (✗), then the true ones missed.
 fn prediction_labels(predicted: Option<&BTreeSet<String>>, truth: &BTreeSet<String>) -> String {
     let predicted: BTreeSet<String> = predicted.cloned().unwrap_or_default();
@@ -388,16 +388,16 @@ fn prediction_labels(predicted: Option<&BTreeSet<String>>, truth: &BTreeSet<Stri
         .iter()
         .map(|c| {
             if truth.contains(c) {
-                format!("<span class=right>✓ {}</span>", escape(c))
+                format!("<span class=right>✓ {}</span>", short(c))
             } else {
-                format!("<span class=wrong>✗ {}</span>", escape(c))
+                format!("<span class=wrong>✗ {}</span>", short(c))
             }
         })
         .collect();
     let missed: Vec<String> = truth
         .iter()
         .filter(|c| !predicted.contains(*c))
-        .map(|c| escape(c))
+        .map(|c| short(c))
         .collect();
     if parts.is_empty() {
         parts.push("predicts nothing".into());
@@ -429,7 +429,7 @@ mod tests {
             "{html}"
         );
         assert!(
-            html.contains("<span class=wrong>✗ Beaches, dunes, sands</span>"),
+            html.contains("<span class=wrong>✗ Beaches</span>"),
             "{html}"
         );
         assert!(html.contains("missed: Arable land"), "{html}");
