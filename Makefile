@@ -34,9 +34,12 @@ build:
 # cargo test builds the binaries the Python tests run (target/release/data-prep).
 test: deps deps-torch lint test-rust gpu-bundle test-python
 
-# Formatting, clippy, and the collector built where there is no libtorch (login nodes,
-# laptops): with LIBTORCH pointing nowhere, the build works only if nothing links libtorch.
+# The house's rules (scripts/house.py, docs/architecture.md: no import cycles, no imports between
+# the binaries' crates, functions under 80 lines), formatting, clippy, and the collector built
+# where there is no libtorch (login nodes, laptops): with LIBTORCH pointing nowhere, the build
+# works only if nothing links libtorch.
 lint:
+	python3 scripts/house.py --check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --workspace $(FEATURES) --all-targets -- -D warnings
 	LIBTORCH=/nonexistent $(CARGO) build --release --locked -p collector
@@ -47,7 +50,7 @@ test-rust:
 # The tests against Python PyTorch (zennit, torchvision, timm, the GPU bundle) run in
 # .cache/venv-torch; the others in .cache/venv.
 TORCH_TESTS := tests/python/test_lrp_zennit.py tests/python/test_gpu_bundle.py tests/python/test_models_torchvision.py \
-  tests/python/test_losses_timm.py tests/python/test_landscape_torch.py tests/python/test_optim_torch.py tests/python/test_torchmetrics.py
+  tests/python/test_losses_timm.py tests/python/test_landscape_torch.py tests/python/test_optim_torch.py tests/python/test_torchmetrics.py tests/python/test_spectrum_pyhessian.py
 test-python:
 	$(VENV)/bin/pytest -q tests/python $(addprefix --ignore=,$(TORCH_TESTS))
 	.cache/venv-torch/bin/pytest -q $(TORCH_TESTS)
@@ -75,8 +78,11 @@ demo: deps build
 	@rm -rf $(WORK)/demo && mkdir -p $(WORK)/demo
 	$(DATA_PREP) synth --patches $(DEMO_PATCHES) --seed 1 --format v1 --pack tar.gz --out $(WORK)/demo/archive
 	$(DATA_PREP) convert --archive $(WORK)/demo/archive/BigEarthNet-S2-v1.0.tar.gz --out $(WORK)/demo/store.zarr
-	@for loss in $(LOSSES); do \
-	  echo "== training $$loss"; \
+	@n=$(words $(LOSSES)); k=0; start=$$(date +%s); for loss in $(LOSSES); do \
+	  k=$$((k + 1)); left=""; \
+	  if [ $$k -gt 1 ]; then s=$$(( ($$(date +%s) - start) * (n - k + 1) / (k - 1) )); \
+	    left=" (about $$((s / 60)) min $$((s % 60)) s left for the $$((n - k + 1)) runs to go)"; fi; \
+	  echo "== ($$k/$$n) training $$loss$$left"; \
 	  target/release/trainer train --config jobs/$$loss.toml --data $(WORK)/demo/store.zarr --out $(WORK)/demo/runs \
 	    --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN_FLAGS) || exit 1; \
 	done
@@ -125,6 +131,7 @@ bench: deps deps-torch build
 	$(PY) scripts/bench/bench_trainer.py
 	$(PY) scripts/bench/bench_mpi.py
 	$(PY) scripts/bench/bench_metrics.py
+	$(PY) scripts/bench/bench_spectrum.py
 
 # The bad-input campaigns of the tests (fuzzing/, */tests/fuzz.rs) at FUZZ_CASES inputs each
 # instead of the tests' 10,000; the table goes to work/fuzz/report.md (docs/benchmarks.md).

@@ -8,9 +8,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.cache/venv-torch"
 req="$root/scripts/requirements-torch.txt"
-# zennit's, timm's and torchmetrics' own requirements would pull the newest torch: they go in
+# zennit's, timm's, torchmetrics' and PyHessian's own requirements would pull the newest torch: they go in
 # without them.
-no_deps=(zennit==0.5.1 timm==1.0.31 torchmetrics==1.9.0 lightning-utilities==0.15.3)
+no_deps=(zennit==0.5.1 timm==1.0.31 torchmetrics==1.9.0 lightning-utilities==0.15.3 pyhessian==0.1)
 want=$(cat "$req" "$0" | sha256sum | cut -d' ' -f1)
 if [[ -f "$venv/.complete" && "$(cat "$venv/.complete")" == "$want" ]]; then
   exit 0

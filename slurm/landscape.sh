@@ -11,7 +11,7 @@
 # limit, partition: slurm/common.sh, as slurm/sweep.sh does), then the collector behind the array.
 #
 # Environment (defaults in brackets):
-#   RUN [required: the run folder]  KIND [2d: 1d 2d interp sharpness]  TASKS [4]
+#   RUN [required: the run folder]  KIND [2d: 1d 2d interp sharpness spectrum]  TASKS [4]
 #   LANDSCAPE_ARGS [more trainer landscape flags, e.g. "--epoch 80 --points 51 --seed 1"]
 #   RESULTS, REPORT [next to the run folders: <runs>/../results, <runs>/../report]
 #   TRAINER, COLLECTOR [target/release/{trainer,collector}]  SRUN_MPI [site default]

@@ -437,53 +437,10 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
             run.insert("job".into(), toml::Value::String(stem));
         }
     }
-    let origin_of = |key: &str| -> Origin {
-        // The key itself, else the nearest enclosing table that was written down.
-        let mut k = key.to_string();
-        loop {
-            if let Some(o) = origins.get(&k) {
-                return o.clone();
-            }
-            match k.rfind('.') {
-                Some(i) => k.truncate(i),
-                None => {
-                    return Origin::File {
-                        path: path.to_path_buf(),
-                        line: 1,
-                    };
-                }
-            }
-        }
-    };
+    let origin_of = |key: &str| origin_of(&origins, path, key);
     let mut config: Config =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let key = e.path().to_string();
-            // Keep the first line: the path is reported separately.
-            let message = e
-                .inner()
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            // An unknown key is reported at the table holding it: name the key itself.
-            let unknown = message
-                .strip_prefix("unknown field `")
-                .and_then(|m| m.split('`').next())
-                .map(str::to_string);
-            // An unknown loss is the `name` key's fault, not its table's.
-            let key = if key == "loss" && message.starts_with("unknown variant") {
-                "loss.name".to_string()
-            } else {
-                key
-            };
-            let key = match unknown {
-                Some(field) if key == "." => field,
-                Some(field) if !key.ends_with(&format!(".{field}")) && key != field => {
-                    format!("{key}.{field}")
-                }
-                _ => key,
-            };
+            let (key, message) = blamed_key(&e);
             ConfigError::Key {
                 origin: origin_of(&key),
                 key,
@@ -502,6 +459,58 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
             .insert(dotted.clone(), origin_of(&dotted).to_string());
     }
     Ok(config)
+}
+
+/// Where `key` was set: the key itself, else the nearest enclosing table that was written down,
+/// else the config file.
+fn origin_of(origins: &Origins, path: &Path, key: &str) -> Origin {
+    let mut k = key.to_string();
+    loop {
+        if let Some(o) = origins.get(&k) {
+            return o.clone();
+        }
+        match k.rfind('.') {
+            Some(i) => k.truncate(i),
+            None => {
+                return Origin::File {
+                    path: path.to_path_buf(),
+                    line: 1,
+                };
+            }
+        }
+    }
+}
+
+/// The key a deserialisation error is about, and its message's first line (the path is
+/// reported separately).
+fn blamed_key(e: &serde_path_to_error::Error<toml::de::Error>) -> (String, String) {
+    let key = e.path().to_string();
+    let message = e
+        .inner()
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    // An unknown key is reported at the table holding it: name the key itself.
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split('`').next())
+        .map(str::to_string);
+    // An unknown loss is the `name` key's fault, not its table's.
+    let key = if key == "loss" && message.starts_with("unknown variant") {
+        "loss.name".to_string()
+    } else {
+        key
+    };
+    let key = match unknown {
+        Some(field) if key == "." => field,
+        Some(field) if !key.ends_with(&format!(".{field}")) && key != field => {
+            format!("{key}.{field}")
+        }
+        _ => key,
+    };
+    (key, message)
 }
 
 impl Config {

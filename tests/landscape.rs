@@ -12,7 +12,7 @@ use std::process::Command;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, UInt32Type};
 use arrow_array::{Array, RecordBatch};
-use common::{landscape_args, store, train_args};
+use common::{landscape_args, spectrum_args, store, train_args};
 
 /// A two-epoch CE run on a tiny store, keeping every checkpoint.
 fn tiny_run(dir: &Path) -> PathBuf {
@@ -51,7 +51,28 @@ fn landscape(run: &Path, kind: &str, name: &str, extra: &[&str]) -> std::process
 type Table = BTreeMap<(u32, String), (Option<f64>, Option<f64>, f64)>;
 
 fn read(dir: &Path) -> Table {
-    let mut out = Table::new();
+    rows(dir)
+        .into_iter()
+        .map(|r| ((r.point, r.quantity), (r.alpha, r.beta, r.value)))
+        .collect()
+}
+
+/// A row of a landscape's blocks, with the block's file stem.
+#[derive(Debug, Clone, PartialEq)]
+struct Rec {
+    block: String,
+    checkpoint: Option<u32>,
+    point: u32,
+    unit: Option<String>,
+    quantity: String,
+    alpha: Option<f64>,
+    beta: Option<f64>,
+    value: f64,
+}
+
+/// Every row of a landscape's blocks, in file order.
+fn rows(dir: &Path) -> Vec<Rec> {
+    let mut out = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("blocks"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -62,28 +83,30 @@ fn read(dir: &Path) -> Table {
             std::fs::File::open(&f).unwrap(),
         )
         .unwrap();
+        let block = f.file_stem().unwrap().to_string_lossy().to_string();
         for b in reader.build().unwrap() {
             let b: RecordBatch = b.unwrap();
             let col = |n: &str| b.column_by_name(n).unwrap().clone();
-            let (point, quantity) = (col("point"), col("quantity"));
+            let (point, quantity, unit) = (col("point"), col("quantity"), col("unit"));
+            let checkpoint = col("checkpoint");
             let (alpha, beta, value) = (col("alpha"), col("beta"), col("value"));
             let f64_at = |a: &dyn Array, i: usize| {
                 let p = a.as_primitive::<Float64Type>();
                 p.is_valid(i).then(|| p.value(i))
             };
             for i in 0..b.num_rows() {
-                let key = (
-                    point.as_primitive::<UInt32Type>().value(i),
-                    quantity.as_string::<i32>().value(i).to_string(),
-                );
-                out.insert(
-                    key,
-                    (
-                        f64_at(&alpha, i),
-                        f64_at(&beta, i),
-                        f64_at(&value, i).unwrap(),
-                    ),
-                );
+                let checkpoint = checkpoint.as_primitive::<UInt32Type>();
+                let unit = unit.as_string::<i32>();
+                out.push(Rec {
+                    block: block.clone(),
+                    checkpoint: checkpoint.is_valid(i).then(|| checkpoint.value(i)),
+                    point: point.as_primitive::<UInt32Type>().value(i),
+                    unit: unit.is_valid(i).then(|| unit.value(i).to_string()),
+                    quantity: quantity.as_string::<i32>().value(i).to_string(),
+                    alpha: f64_at(&alpha, i),
+                    beta: f64_at(&beta, i),
+                    value: f64_at(&value, i).unwrap(),
+                });
             }
         }
     }
@@ -250,4 +273,129 @@ fn a_landscape_killed_midway_or_computed_in_shares_equals_one_computed_in_one_go
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     assert_eq!(read(&run.join("landscape/shared")), whole);
+}
+
+/// `--kind spectrum` at one epoch: its quantities agree with each other; killed in the middle
+/// of a Lanczos run and rerun, or computed as two array tasks, it gives the table of one
+/// uninterrupted run.
+#[test]
+fn a_spectrum_killed_in_a_lanczos_run_or_shared_equals_one_computed_in_one_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path());
+    // A tolerance no estimate meets: the trace uses all 10 probes.
+    let args = [
+        "--epoch",
+        "2",
+        "--trace-tolerance",
+        "1e-9",
+        "--density-points",
+        "400",
+    ];
+    let spectrum = |name: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(spectrum_args(&run, name, &[&args[..], extra].concat()))
+            .output()
+            .unwrap()
+    };
+    let o = spectrum("whole", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = rows(&run.join("landscape/whole"));
+    let of = |q: &str| -> Vec<f64> {
+        whole
+            .iter()
+            .filter(|r| r.quantity == q && r.unit.is_none())
+            .map(|r| r.value)
+            .collect()
+    };
+    let top = of("eigenvalue");
+    assert_eq!(top.len(), 2);
+    assert!(
+        top[0] > 0.0 && top.windows(2).all(|w| w[0] >= w[1]),
+        "{top:?}"
+    );
+    let probes = of("hutchinson");
+    assert_eq!(probes.len(), 10);
+    let mean = probes.iter().sum::<f64>() / 10.0;
+    assert!((of("trace")[0] - mean).abs() <= 1e-9 * mean.abs());
+    // Each probe's per-unit values are the diagonal blocks' shares of its total.
+    for j in 0..10 {
+        let units: f64 = whole
+            .iter()
+            .filter(|r| r.quantity == "hutchinson" && r.point == j && r.unit.is_some())
+            .map(|r| r.value)
+            .sum();
+        assert!(
+            (units - probes[j as usize]).abs() <= 1e-4 * probes[j as usize].abs().max(1.0),
+            "probe {j}: units {units} vs total {}",
+            probes[j as usize]
+        );
+    }
+    let layer_units: Vec<&str> = whole
+        .iter()
+        .filter(|r| r.quantity == "layer_eigenvalue")
+        .map(|r| r.unit.as_deref().unwrap())
+        .collect();
+    assert!(
+        layer_units.len() > 2 && layer_units.contains(&"head"),
+        "{layer_units:?}"
+    );
+    let traced = whole.iter().filter(|r| r.quantity == "layer_trace").count();
+    assert_eq!(traced, layer_units.len(), "a trace per unit");
+    // The density is a probability density: it integrates to 1 over its grid.
+    let density: Vec<(f64, f64)> = whole
+        .iter()
+        .filter(|r| r.quantity == "density")
+        .map(|r| (r.alpha.unwrap(), r.value))
+        .collect();
+    assert_eq!(density.len(), 400);
+    let area: f64 = density
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0)
+        .sum();
+    assert!((area - 1.0).abs() < 1e-3, "the density's area {area}");
+    let negative = of("negative_mass")[0];
+    assert!((0.0..=1.0).contains(&negative));
+
+    // Killed once the top eigenvalues' Lanczos run has saved a step; the rerun resumes it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(spectrum_args(&run, "killed", &args))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let saved = run.join("landscape/killed/state/e0002-top/coefficients.json");
+    let started = std::time::Instant::now();
+    while !saved.exists() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no Lanczos step was saved"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the spectrum ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !run.join("landscape/killed/blocks/e0002-top.parquet")
+            .exists()
+    );
+    let o = spectrum("killed", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(said.contains("resuming a Lanczos run"), "{said}");
+    assert_eq!(rows(&run.join("landscape/killed")), whole);
+    assert!(
+        !run.join("landscape/killed/state/e0002-top").exists(),
+        "a finished item's state is removed"
+    );
+
+    // Two array tasks: the second finds the epoch complete and writes its summary.
+    for task in ["0/2", "1/2"] {
+        let o = spectrum("shared", &["--task", task]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(rows(&run.join("landscape/shared")), whole);
 }

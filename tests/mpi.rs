@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{landscape_args, store, tensors, train_args};
+use common::{landscape_args, spectrum_args, store, tensors, train_args};
 
 fn records(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("epochs.jsonl"))
@@ -145,7 +145,8 @@ fn equivalence(arch: &str, loss: &str) {
     }
 }
 
-/// A landscape's grid points shared over two MPI ranks: the table of one process.
+/// A landscape's grid points, and a spectrum's items, shared over two MPI ranks: the table of
+/// one process.
 #[test]
 fn two_ranks_share_a_landscapes_points() {
     let tmp = tempfile::tempdir().unwrap();
@@ -167,7 +168,7 @@ fn two_ranks_share_a_landscapes_points() {
     let run = out.join("ce-seed0");
     // One compute thread per process in both: libtorch's float reductions depend on the
     // thread count, not on the ranks.
-    let landscape = |name: &str| {
+    let grid = |name: &str| {
         landscape_args(
             &run,
             "2d",
@@ -175,27 +176,32 @@ fn two_ranks_share_a_landscapes_points() {
             &["--points", "3", "--block", "2", "--threads", "1"],
         )
     };
-    let one = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(landscape("one"))
-        .output()
-        .unwrap();
-    assert!(
-        one.status.success(),
-        "{}",
-        String::from_utf8_lossy(&one.stderr)
-    );
-    let two = Command::new("mpirun")
-        .args(["-np", "2", "--oversubscribe", env!("CARGO_BIN_EXE_trainer")])
-        .args(landscape("two"))
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        two.status.success(),
-        "{}",
-        String::from_utf8_lossy(&two.stderr)
-    );
+    // The spectrum's items (Lanczos runs, probes, units) are its unit of work.
+    let spectrum = |name: &str| spectrum_args(&run, name, &["--threads", "1"]);
+    type Args<'a> = &'a dyn Fn(&str) -> Vec<String>;
+    for (kind, args) in [("2d", &grid as Args), ("spectrum", &spectrum)] {
+        let one = Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(args(&format!("{kind}-one")))
+            .output()
+            .unwrap();
+        assert!(
+            one.status.success(),
+            "{}",
+            String::from_utf8_lossy(&one.stderr)
+        );
+        let two = Command::new("mpirun")
+            .args(["-np", "2", "--oversubscribe", env!("CARGO_BIN_EXE_trainer")])
+            .args(args(&format!("{kind}-two")))
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .output()
+            .unwrap();
+        assert!(
+            two.status.success(),
+            "{}",
+            String::from_utf8_lossy(&two.stderr)
+        );
+    }
     // Blocks 0, 2, 4 by rank 0, 1, 3 by rank 1: the same files, the same values.
     let blocks = |name: &str| -> Vec<(String, Vec<u8>)> {
         let dir = run.join("landscape").join(name).join("blocks");
@@ -214,8 +220,14 @@ fn two_ranks_share_a_landscapes_points() {
             })
             .collect()
     };
-    assert_eq!(blocks("one"), blocks("two"));
-    assert_eq!(blocks("one").len(), 5);
+    assert_eq!(blocks("2d-one"), blocks("2d-two"));
+    assert_eq!(blocks("2d-one").len(), 5);
+    assert_eq!(blocks("spectrum-one"), blocks("spectrum-two"));
+    assert!(
+        blocks("spectrum-one")
+            .iter()
+            .any(|(f, _)| f == "e0001-summary.parquet")
+    );
 }
 
 /// A block's values column, as bytes: equal tables are bitwise equal.

@@ -153,6 +153,7 @@ fn run_folder(root: &Path) -> PathBuf {
                 (0..n).map(|i| (i % 3) as f64 - 1.0),
             )),
         ),
+        ("unit", Arc::new(StringArray::from(vec![None::<&str>; n]))),
         (
             "quantity",
             Arc::new(StringArray::from_iter_values(std::iter::repeat_n(

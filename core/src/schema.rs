@@ -81,6 +81,8 @@ pub fn landscape_block() -> Vec<Field> {
         field("point", DataType::UInt32, false),
         f64_null("alpha"),
         f64_null("beta"),
+        // The layer or block of a per-layer spectrum value (null elsewhere).
+        field("unit", DataType::Utf8, true),
         utf8("quantity"),
         f64_null("value"),
     ]

@@ -692,12 +692,15 @@ fn packed_metadata(opts: &ConvertOptions) -> Result<PackedMetadata> {
     Ok((format, known, rules, rejects))
 }
 
+/// The thread reading a packed archive, and how its reading ended.
+type Reader = JoinHandle<Result<(), packed::ReadError>>;
+
 /// Reads the stream on its own thread, passing its events on.
 fn spawn_reader(
     stream: PackedStream,
     format: ArchiveFormat,
     max_pending: usize,
-) -> Result<(JoinHandle<Result<()>>, std::sync::mpsc::Receiver<Event>)> {
+) -> Result<(Reader, std::sync::mpsc::Receiver<Event>)> {
     let (tx, rx) = sync_channel::<Event>(CHUNK);
     let reader = std::thread::Builder::new()
         .name("archive-reader".into())
@@ -712,13 +715,16 @@ fn spawn_reader(
 
 /// A damaged stream: fatal damage, or any without `--skip-bad`, stops the conversion; with it
 /// the patches read so far are kept.
-fn stream_outcome(read: Result<()>, skip_bad: bool) -> Result<()> {
-    let Err(e) = read else { return Ok(()) };
-    if e.downcast_ref::<packed::StreamError>()
-        .is_some_and(|s| s.fatal)
-    {
-        return Err(e.context("no store was written (--skip-bad cannot set this aside)"));
-    }
+fn stream_outcome(read: Result<(), packed::ReadError>, skip_bad: bool) -> Result<()> {
+    let e = match read {
+        Ok(()) => return Ok(()),
+        Err(packed::ReadError::Stream(s)) if s.fatal => {
+            return Err(anyhow::Error::new(s)
+                .context("no store was written (--skip-bad cannot set this aside)"));
+        }
+        Err(packed::ReadError::Stream(s)) => anyhow::Error::new(s),
+        Err(packed::ReadError::Other(e)) => e,
+    };
     if !skip_bad {
         return Err(e.context("the archive is damaged; no store was written"));
     }

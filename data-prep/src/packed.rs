@@ -163,6 +163,28 @@ pub struct StreamError {
     pub fatal: bool,
 }
 
+/// Why [`read_patches`] stopped: the stream failed (the caller decides, by `fatal` and its
+/// options, whether the patches read so far are kept), or anything else, such as the consumer's
+/// own error from `emit`.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for ReadError {
+    /// The stream's own failures travel through the reading as `anyhow` errors; they are told
+    /// apart here, where they are made.
+    fn from(e: anyhow::Error) -> ReadError {
+        match e.downcast::<StreamError>() {
+            Ok(stream) => ReadError::Stream(stream),
+            Err(other) => ReadError::Other(other),
+        }
+    }
+}
+
 /// Members still missing from a patch, and why it is already known to be bad.
 struct Pending {
     bands: Vec<Option<Vec<u8>>>,
@@ -467,7 +489,7 @@ pub fn read_patches(
     format: ArchiveFormat,
     max_pending: usize,
     mut emit: impl FnMut(Event) -> Result<()>,
-) -> Result<()> {
+) -> Result<(), ReadError> {
     let PackedStream {
         path, reader, read, ..
     } = stream;
@@ -508,7 +530,7 @@ pub fn read_patches(
                 .into()
             })
     });
-    g.end(outcome, &mut emit)
+    g.end(outcome, &mut emit).map_err(ReadError::from)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub struct Eigen {
 
 /// Hv, summed over the batches of the loss: `batch_loss(b)` is batch b's share of the loss
 /// (scalar, with its graph), for b in 0..batches.
-fn hessian_vector(
+pub fn hessian_vector(
     params: &[Tensor],
     batches: usize,
     batch_loss: &dyn Fn(usize) -> Tensor,

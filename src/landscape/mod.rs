@@ -4,40 +4,42 @@
 //!   directions ([`directions`]);
 //! - `interp`: (1 − t)·θ₀ + t·θ₁ between two checkpoints (Goodfellow et al., ICLR 2015);
 //! - `sharpness`: the dominant Hessian eigenvalue of the training loss at each checkpoint the
-//!   run kept ([`hessian`]).
+//!   run kept ([`hessian`]);
+//! - `spectrum`: the Hessian's top eigenvalues, trace, eigenvalue density and per-layer values
+//!   at each checkpoint ([`spectral`], [`spectrum`]).
 //!
-//! Each grid point is evaluated on a fixed, seeded subset of training patches (the run's loss
-//! and every loss of the study, on the same logits) and of validation patches (F1 sample, micro,
-//! macro, with the run's decision rule), dropout off, BatchNorm in eval mode (or with each
-//! batch's statistics). Points are grouped in blocks; each block is written atomically to
-//! `<run>/landscape/<name>/blocks/`, blocks are shared out over MPI ranks and SLURM array tasks,
-//! and a rerun computes only the missing ones. The directions are saved beside them.
+//! Each is evaluated on a fixed, seeded subset of training patches (the run's loss and every
+//! loss of the study, on the same logits) and of validation patches (F1 sample, micro, macro,
+//! with the run's decision rule), dropout off, BatchNorm in eval mode (or with each batch's
+//! statistics) ([`evaluator`]). The work comes in blocks (grid points; for `spectrum`, probes
+//! and layers); each block is written atomically to `<run>/landscape/<name>/blocks/`, blocks are
+//! shared out over MPI ranks and SLURM array tasks, and a rerun computes only the missing ones.
+//! Nothing is written before the landscape is known to be computable (its checkpoints exist).
 
 pub mod directions;
+mod evaluator;
+mod grid;
 pub mod hessian;
+mod rows;
+pub mod spectral;
+pub mod spectrum;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use serde::{Deserialize, Serialize};
-use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint;
 use crate::config::{self, Config};
-use crate::data::resident::Placement;
-use crate::data::{Normalizer, ResidentSplit};
 use crate::dist::Dist;
-use crate::losses::{Loss, LossSpec, STUDY_LOSSES, SingleLoss};
-use crate::model::{Arch, Model, Regularization};
+use crate::model::Arch;
 use crate::run_folder::RunFolder;
 use crate::steps::epoch_order;
+use evaluator::Evaluator;
+use grid::Landscape;
 use lossbench_core::layout::Split;
 use lossbench_core::lock::Mode;
-use lossbench_core::metrics::Counts;
 use lossbench_core::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -51,15 +53,18 @@ pub enum LandscapeKind {
     TwoD,
     Interp,
     Sharpness,
+    /// The Hessian's top eigenvalues, trace, eigenvalue density and per-layer values.
+    Spectrum,
 }
 
 impl LandscapeKind {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             LandscapeKind::OneD => "1d",
             LandscapeKind::TwoD => "2d",
             LandscapeKind::Interp => "interp",
             LandscapeKind::Sharpness => "sharpness",
+            LandscapeKind::Spectrum => "spectrum",
         }
     }
 }
@@ -99,6 +104,9 @@ pub struct Spec {
     pub iterations: usize,
     pub tolerance: f64,
     pub data: PathBuf,
+    /// `spectrum`: what it computes (absent in the specs of the other kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spectrum: Option<spectral::SpectrumSpec>,
 }
 
 /// What `trainer landscape` is asked: its command-line flags.
@@ -107,7 +115,8 @@ pub struct Request {
     /// The run folder.
     #[arg(long)]
     pub run: PathBuf,
-    /// The checkpoint's epoch (default: the best epoch); for `interp`, the start.
+    /// The checkpoint's epoch (default: the best epoch; `sharpness` and `spectrum`: every
+    /// checkpoint the run kept); for `interp`, the start.
     #[arg(long)]
     pub epoch: Option<u32>,
     #[arg(long, value_enum)]
@@ -150,6 +159,8 @@ pub struct Request {
     /// `sharpness`: power iterations at most.
     #[arg(long, default_value_t = 50)]
     pub iterations: usize,
+    #[command(flatten)]
+    pub spectrum: spectral::SpectrumArgs,
     /// The landscape's folder name under <run>/landscape/ (default from kind, epoch and seed).
     #[arg(long)]
     pub name: Option<String>,
@@ -221,200 +232,13 @@ fn default_name(r: &Request, epoch: Option<u32>) -> String {
             format!("interp{e}-to-{other}-epoch{te:04}")
         }
         (LandscapeKind::Sharpness, _, _) => format!("sharpness-seed{}", r.seed),
+        (LandscapeKind::Spectrum, _, _) => format!("spectrum{e}-seed{}", r.seed),
         (kind, _, _) => format!("{}{e}-seed{}", kind.name(), r.seed),
     }
 }
 
 fn best_epoch(run: &Path) -> Result<u32> {
     RunFolder::open(run)?.best_epoch()
-}
-
-/// The evaluation set-up: the network, the subsets in memory, the losses.
-struct Evaluator {
-    device: Device,
-    vs: VarStore,
-    model: Model,
-    /// Every variable, by name (sorted): the model's, to overwrite at each point.
-    vars: Vec<(String, Tensor)>,
-    train: ResidentSplit,
-    val: ResidentSplit,
-    own: Loss,
-    study: Vec<(&'static str, Loss)>,
-    batch: usize,
-    bn: BnMode,
-}
-
-impl Evaluator {
-    fn new(
-        config: &Config,
-        spec: &Spec,
-        device: Device,
-        store: &Store,
-        threads: usize,
-    ) -> Result<Evaluator> {
-        let norm = Normalizer::from_store(&store.attrs)?;
-        let counts = &store.attrs.splits[&Split::Train];
-        let own = Loss::new(&config.loss, &counts.label_counts, counts.patches);
-        let study = STUDY_LOSSES
-            .iter()
-            .map(|&n| {
-                let spec =
-                    LossSpec::Single(SingleLoss::with_defaults(n).map_err(anyhow::Error::msg)?);
-                Ok((n, Loss::new(&spec, &counts.label_counts, counts.patches)))
-            })
-            .collect::<Result<_>>()?;
-        let load = |split: Split, rows: &[usize]| -> Result<ResidentSplit> {
-            ResidentSplit::load_rows(
-                Arc::new(store.split(split)?),
-                rows,
-                &norm,
-                if device == Device::Cpu {
-                    Placement::Host
-                } else {
-                    Placement::Device
-                },
-                device,
-                threads,
-            )
-        };
-        let (train, val) = (
-            load(Split::Train, &spec.train_rows)?,
-            load(Split::Validation, &spec.val_rows)?,
-        );
-        // Dropout off; BatchNorm per the spec.
-        let mut vs = VarStore::new(Device::Cpu);
-        let model = Model::new(
-            &vs.root(),
-            config.model.arch,
-            config.run.seed,
-            Regularization::OFF,
-        );
-        vs.set_device(device);
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Evaluator {
-            device,
-            vs,
-            model,
-            vars,
-            train,
-            val,
-            own,
-            study,
-            batch: spec.batch,
-            bn: spec.bn,
-        })
-    }
-
-    /// Sets every variable from `values` (by name, the same order as `vars`).
-    fn set(&self, values: &[Tensor]) {
-        tch::no_grad(|| {
-            for ((_, var), v) in self.vars.iter().zip(values) {
-                let mut var = var.shallow_clone();
-                var.copy_(v);
-            }
-        });
-    }
-
-    fn logits(&self, data: &ResidentSplit, rows: usize, grad: bool) -> Vec<(Tensor, Tensor)> {
-        let positions: Vec<usize> = (0..rows).collect();
-        positions
-            .chunks(self.batch)
-            .map(|idx| {
-                let b = data.batch(idx);
-                let run = || self.model.forward_t(&b.inputs, self.bn == BnMode::Batch);
-                let logits = if grad { run() } else { tch::no_grad(run) };
-                (logits, b.targets)
-            })
-            .collect()
-    }
-
-    /// The quantities at the current weights: losses on the training subset, F1 on the
-    /// validation subset.
-    fn quantities(&self, train_rows: usize, val_rows: usize) -> Result<Vec<(String, f64)>> {
-        let (logits, targets): (Vec<Tensor>, Vec<Tensor>) = self
-            .logits(&self.train, train_rows, false)
-            .into_iter()
-            .unzip();
-        let (z, y) = (Tensor::cat(&logits, 0), Tensor::cat(&targets, 0));
-        let mut out = vec![(
-            "loss".to_string(),
-            self.own.compute(&z, &y).double_value(&[]),
-        )];
-        for (name, loss) in &self.study {
-            out.push((
-                format!("loss:{name}"),
-                loss.compute(&z, &y).double_value(&[]),
-            ));
-        }
-        let mut counts = Counts::default();
-        for (z, y) in self.logits(&self.val, val_rows, false) {
-            let pred =
-                Vec::<u8>::try_from(self.own.decide(&z).to_device(Device::Cpu).reshape([-1]))?;
-            let truth =
-                Vec::<u8>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Uint8).reshape([-1]))?;
-            counts.add(&truth, &pred);
-        }
-        let m = counts.metrics();
-        out.extend([
-            ("f1_samples".into(), m.samples.f1),
-            ("f1_micro".into(), m.micro.f1),
-            ("f1_macro".into(), m.macro_avg.f1),
-        ]);
-        Ok(out)
-    }
-}
-
-/// One point of the grid: its index and coordinates.
-#[derive(Debug, Clone, Copy)]
-struct Point {
-    index: usize,
-    alpha: Option<f64>,
-    beta: Option<f64>,
-    /// `sharpness`: the checkpoint's epoch.
-    epoch: Option<u32>,
-}
-
-fn linspace((from, to): (f64, f64), n: usize) -> Vec<f64> {
-    if n == 1 {
-        return vec![from];
-    }
-    (0..n)
-        .map(|i| from + (to - from) * i as f64 / (n - 1) as f64)
-        .collect()
-}
-
-fn grid(spec: &Spec) -> Vec<Point> {
-    let axis = linspace(spec.range, spec.points);
-    let point = |index, alpha, beta, epoch| Point {
-        index,
-        alpha,
-        beta,
-        epoch,
-    };
-    match spec.kind {
-        LandscapeKind::OneD | LandscapeKind::Interp => axis
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| point(i, Some(a), None, None))
-            .collect(),
-        LandscapeKind::TwoD => (0..spec.points * spec.points)
-            .map(|k| {
-                point(
-                    k,
-                    Some(axis[k / spec.points]),
-                    Some(axis[k % spec.points]),
-                    None,
-                )
-            })
-            .collect(),
-        LandscapeKind::Sharpness => spec
-            .epochs
-            .iter()
-            .enumerate()
-            .map(|(i, &e)| point(i, None, None, Some(e)))
-            .collect(),
-    }
 }
 
 /// The seeded subset: the first `n` rows of a permutation of the split (in row order).
@@ -427,10 +251,6 @@ fn subset(len: usize, n: usize, seed: u64, salt: u32) -> Vec<usize> {
     rows
 }
 
-fn block_schema() -> arrow_schema::SchemaRef {
-    lossbench_core::schema::of(lossbench_core::schema::landscape_block())
-}
-
 /// What one call of [`run`] did.
 pub struct Outcome {
     pub folder: PathBuf,
@@ -439,80 +259,79 @@ pub struct Outcome {
     pub already_done: usize,
 }
 
-/// Computes this worker's missing blocks of the landscape `r` asks for.
-pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
-    let run_folder = RunFolder::open(&r.run)?;
-    // Beside other landscapes of the run, never beside a training attempt (which prunes the
-    // checkpoints read here).
-    let _lock = crate::folder_lock::lock(&r.run, Mode::Shared, "trainer landscape", dist)?;
-    let config = &run_folder.config;
-    let store = run_folder.store(r.data.as_deref())?;
-    let store_path = canonical(&store.path);
-    let kind = r.kind;
-    let epoch = match kind {
-        LandscapeKind::Sharpness => None,
-        _ => Some(match r.epoch {
-            Some(e) => e,
-            None => best_epoch(&r.run)?,
-        }),
+/// The checkpoint epoch of a landscape (none for `sharpness` and `spectrum` over every kept
+/// checkpoint).
+fn centre_epoch(r: &Request) -> Result<Option<u32>> {
+    Ok(match (r.kind, r.epoch) {
+        (LandscapeKind::Sharpness, _) | (LandscapeKind::Spectrum, None) => None,
+        (_, Some(e)) => Some(e),
+        (_, None) => Some(best_epoch(&r.run)?),
+    })
+}
+
+/// `interp`'s other end, checked to exist.
+fn other_end(r: &Request) -> Result<Option<(PathBuf, u32)>> {
+    if r.kind != LandscapeKind::Interp {
+        return Ok(None);
+    }
+    let to_run = canonical(r.to_run.as_ref().unwrap_or(&r.run));
+    let to_epoch = match (r.to_epoch, &r.to_run) {
+        (Some(e), _) => e,
+        (None, Some(other)) => best_epoch(other)?,
+        (None, None) => bail!(
+            "--kind interp: give the other end, --to-epoch (this run) or --to-run (another run's best epoch)"
+        ),
     };
-    let to = match kind {
-        LandscapeKind::Interp => {
-            let to_run = canonical(r.to_run.as_ref().unwrap_or(&r.run));
-            let to_epoch = match (r.to_epoch, &r.to_run) {
-                (Some(e), _) => e,
-                (None, Some(other)) => best_epoch(other)?,
-                (None, None) => bail!(
-                    "--kind interp: give the other end, --to-epoch (this run) or --to-run (another run's best epoch)"
-                ),
-            };
-            Some((to_run, to_epoch))
-        }
-        _ => None,
-    };
-    let epochs = match kind {
-        LandscapeKind::Sharpness => checkpoint::epochs(&r.run)?,
-        _ => Vec::new(),
-    };
-    if kind == LandscapeKind::Sharpness && epochs.is_empty() {
+    checkpoint::at_epoch(&to_run, to_epoch)?;
+    Ok(Some((to_run, to_epoch)))
+}
+
+/// The checkpoints a landscape reads, each checked to exist (an epoch that does not is an
+/// error listing those that do, before anything is written).
+fn checkpoint_epochs(r: &Request, epoch: Option<u32>) -> Result<Vec<u32>> {
+    if let Some(e) = epoch {
+        checkpoint::at_epoch(&r.run, e)?;
+    }
+    let every_kept = matches!(r.kind, LandscapeKind::Sharpness)
+        || (r.kind == LandscapeKind::Spectrum && epoch.is_none());
+    if !every_kept {
+        return Ok(Vec::new());
+    }
+    let epochs = checkpoint::epochs(&r.run)?;
+    if epochs.is_empty() {
         bail!("{}: no epoch checkpoint to measure", r.run.display());
     }
-    let default_range = if kind == LandscapeKind::Interp {
-        (-0.5, 1.5)
-    } else {
-        (-1.0, 1.0)
-    };
-    let default_points = if kind == LandscapeKind::Interp {
-        41
-    } else {
-        51
-    };
+    Ok(epochs)
+}
+
+/// The landscape `r` asks for, checked.
+fn plan(r: &Request, config: &Config, store: &Store) -> Result<Spec> {
+    let kind = r.kind;
+    let epoch = centre_epoch(r)?;
+    let to = other_end(r)?;
+    let mut epochs = checkpoint_epochs(r, epoch)?;
+    if kind == LandscapeKind::Spectrum && epochs.is_empty() {
+        epochs = epoch.into_iter().collect();
+    }
+    let interp = kind == LandscapeKind::Interp;
     let train_len = store.attrs.splits[&Split::Train].patches as usize;
     let val_len = store.attrs.splits[&Split::Validation].patches as usize;
+    let patches = default_patches(config.model.arch);
     let spec = Spec {
         kind,
         // Canonical: `runs/x`, `./runs/x` and the absolute path ask for the same landscape.
         run: canonical(&r.run),
         epoch,
-        to: to.clone(),
+        to,
         seed: r.seed,
-        range: r.range.unwrap_or(default_range),
-        points: r.points.unwrap_or(default_points),
+        range: r
+            .range
+            .unwrap_or(if interp { (-0.5, 1.5) } else { (-1.0, 1.0) }),
+        points: r.points.unwrap_or(if interp { 41 } else { 51 }),
         include_bias_bn: r.include_bias_bn,
         bn: r.bn,
-        train_rows: subset(
-            train_len,
-            r.train_patches
-                .unwrap_or(default_patches(config.model.arch)),
-            r.seed,
-            0,
-        ),
-        val_rows: subset(
-            val_len,
-            r.val_patches.unwrap_or(default_patches(config.model.arch)),
-            r.seed,
-            1,
-        ),
+        train_rows: subset(train_len, r.train_patches.unwrap_or(patches), r.seed, 0),
+        val_rows: subset(val_len, r.val_patches.unwrap_or(patches), r.seed, 1),
         batch: r.batch,
         block: if kind == LandscapeKind::Sharpness {
             1
@@ -522,7 +341,10 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
         epochs,
         iterations: r.iterations,
         tolerance: 1e-3,
-        data: store_path,
+        data: canonical(&store.path),
+        spectrum: (kind == LandscapeKind::Spectrum)
+            .then(|| r.spectrum.spec())
+            .transpose()?,
     };
     if spec.points == 0
         || spec.block == 0
@@ -539,62 +361,127 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
             spec.range.1
         );
     }
-    let name = r.name.clone().unwrap_or_else(|| default_name(r, epoch));
-    let dir = folder(&r.run, &name);
-    let blocks_dir = dir.join("blocks");
-    // The spec is written once (rank 0, task 0 first); a rerun must ask for the same landscape.
-    let spec_path = dir.join("spec.json");
-    fs::create_dir_all(&blocks_dir)
-        .with_context(|| format!("creating {}", blocks_dir.display()))?;
-    // Temporary files of workers killed mid-write.
-    for folder in [&dir, &blocks_dir] {
+    Ok(spec)
+}
+
+/// Refuses a folder holding another landscape.
+fn check_existing(dir: &Path, spec: &Spec) -> Result<()> {
+    let path = dir.join("spec.json");
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let existing: Spec = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: unreadable", path.display()))?;
+    if existing != *spec {
+        bail!(
+            "{} holds another landscape ({}); choose another --name or remove it",
+            dir.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates the landscape's folder with its spec (whoever comes first; the others check theirs
+/// against it) and removes temporary files of workers killed mid-write.
+fn create(dir: &Path, spec: &Spec) -> Result<()> {
+    let blocks = dir.join("blocks");
+    fs::create_dir_all(&blocks).with_context(|| format!("creating {}", blocks.display()))?;
+    for folder in [dir, &blocks] {
         lossbench_core::files::remove_stale_temporaries(folder);
     }
-    match fs::read(&spec_path) {
-        Ok(bytes) => {
-            let existing: Spec = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{}: unreadable", spec_path.display()))?;
-            if existing != spec {
-                bail!(
-                    "{} holds another landscape ({}); choose another --name or remove it",
-                    dir.display(),
-                    spec_path.display()
-                );
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Whoever comes first creates it; a writer of another spec that lost the race
-            // finds it on its next start (the blocks it writes are checked against it).
-            let bytes = serde_json::to_vec_pretty(&spec)?;
-            if !lossbench_core::files::create_new_atomically(&spec_path, &bytes)? {
-                let existing: Spec = serde_json::from_slice(&fs::read(&spec_path)?)
-                    .with_context(|| format!("{}: unreadable", spec_path.display()))?;
-                if existing != spec {
-                    bail!(
-                        "{} holds another landscape ({}); choose another --name or remove it",
-                        dir.display(),
-                        spec_path.display()
-                    );
-                }
-            }
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", spec_path.display())),
+    let bytes = serde_json::to_vec_pretty(spec)?;
+    if !lossbench_core::files::create_new_atomically(&dir.join("spec.json"), &bytes)? {
+        check_existing(dir, spec)?;
     }
+    Ok(())
+}
 
-    let points = grid(&spec);
-    let blocks: Vec<&[Point]> = points.chunks(spec.block).collect();
+/// Computes this worker's missing blocks of the landscape `r` asks for.
+pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
+    let run_folder = RunFolder::open(&r.run)?;
+    // Beside other landscapes of the run, never beside a training attempt (which prunes the
+    // checkpoints read here).
+    let _lock = crate::folder_lock::lock(&r.run, Mode::Shared, "trainer landscape", dist)?;
+    let config = &run_folder.config;
+    let store = run_folder.store(r.data.as_deref())?;
+    let spec = plan(r, config, &store)?;
+    let name = r
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(r, spec.epoch));
+    let dir = folder(&r.run, &name);
+    check_existing(&dir, &spec)?;
     let (task, tasks) = r.task;
-    let workers = tasks * dist.world_size;
-    let me = task * dist.world_size + dist.rank;
-    let block_path = |b: usize| blocks_dir.join(format!("block-{b:05}.parquet"));
-    let mine: Vec<usize> = (0..blocks.len()).filter(|b| b % workers == me).collect();
+    let worker = Worker {
+        index: task * dist.world_size + dist.rank,
+        count: tasks * dist.world_size,
+        writes_shared: dist.is_root() && task == 0,
+    };
+    let device = crate::device::resolve(r.device.unwrap_or(config.run.device), dist.local_rank)?;
+    dist.set_compute_threads(r.threads.unwrap_or(config.run.threads));
+    let setup = Setup {
+        spec: &spec,
+        config,
+        store: &store,
+        device,
+        dir: &dir,
+        name: &name,
+    };
+    match spec.kind {
+        LandscapeKind::Spectrum => spectral::run(&setup, &worker),
+        _ => grid_blocks(&setup, &worker),
+    }
+}
+
+/// Which share of the work this process does.
+pub struct Worker {
+    /// This worker's number, of `count` (array tasks x MPI ranks).
+    pub index: usize,
+    pub count: usize,
+    /// Writes what is written once (the directions).
+    pub writes_shared: bool,
+}
+
+/// Everything a landscape's computation needs.
+pub struct Setup<'a> {
+    pub spec: &'a Spec,
+    pub config: &'a Config,
+    pub store: &'a Store,
+    pub device: tch::Device,
+    pub dir: &'a Path,
+    pub name: &'a str,
+}
+
+impl Setup<'_> {
+    fn evaluator(&self) -> Result<Evaluator> {
+        Evaluator::new(
+            self.config,
+            self.spec,
+            self.device,
+            self.store,
+            self.config.train.loader_threads,
+        )
+    }
+}
+
+/// The grid kinds: this worker's missing blocks of points.
+fn grid_blocks(s: &Setup, worker: &Worker) -> Result<Outcome> {
+    let points = grid::grid(s.spec);
+    let blocks: Vec<&[grid::Point]> = points.chunks(s.spec.block).collect();
+    let block_path = |b: usize| s.dir.join("blocks").join(format!("block-{b:05}.parquet"));
+    let mine: Vec<usize> = (0..blocks.len())
+        .filter(|b| b % worker.count == worker.index)
+        .collect();
     let todo: Vec<usize> = mine
         .iter()
         .copied()
         .filter(|&b| !block_path(b).is_file())
         .collect();
     let outcome = Outcome {
-        folder: dir.clone(),
+        folder: s.dir.to_path_buf(),
         blocks: blocks.len(),
         computed: todo.len(),
         already_done: mine.len() - todo.len(),
@@ -602,270 +489,27 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
     if todo.is_empty() {
         return Ok(outcome);
     }
-
-    let device = crate::device::resolve(r.device.unwrap_or(config.run.device), dist.local_rank)?;
-    dist.set_compute_threads(r.threads.unwrap_or(config.run.threads));
-    let eval = Evaluator::new(config, &spec, device, &store, config.train.loader_threads)?;
-    let base = checkpoint_values(&r.run, epoch, &eval)?;
+    let eval = s.evaluator()?;
+    let base = grid::checkpoint_values(&s.spec.run, s.spec.epoch, &eval)?;
     let landscape = Landscape {
-        spec: &spec,
+        spec: s.spec,
         eval: &eval,
         base,
-        name: &name,
+        name: s.name,
         dirs: None,
         end: None,
     };
-    let landscape = landscape.prepare(&dir, dist.is_root() && task == 0)?;
-    let progress = lossbench_core::progress::bar_if(dist.is_root(), todo.len() as u64, "blocks");
+    // Everything read: only now is the folder made.
+    create(s.dir, s.spec)?;
+    let landscape = landscape.prepare(s.dir, worker.writes_shared)?;
+    let progress =
+        lossbench_core::progress::bar_if(worker.writes_shared, todo.len() as u64, "blocks");
     for b in todo {
         let rows = landscape.block(blocks[b])?;
-        lossbench_core::tables::write_parquet(&block_path(b), &block_schema(), &[rows])?;
+        lossbench_core::tables::write_parquet(&block_path(b), &rows::schema(), &[rows])?;
         progress.inc(1);
         tracing::info!(block = b, of = blocks.len(), "landscape block written");
     }
     progress.finish_and_clear();
     Ok(outcome)
-}
-
-/// The variables of a checkpoint on the evaluation device, in the evaluator's order.
-fn checkpoint_values(run: &Path, epoch: Option<u32>, eval: &Evaluator) -> Result<Vec<Tensor>> {
-    let Some(epoch) = epoch else {
-        return Ok(Vec::new());
-    };
-    let c = checkpoint::at_epoch(run, epoch)?;
-    checkpoint::copy_into(&eval.vars, &c.model, &c.dir)?;
-    Ok(eval.vars.iter().map(|(_, t)| t.detach().copy()).collect())
-}
-
-/// A landscape being computed: the spec, the evaluator, the centre and its directions (or the
-/// other end).
-struct Landscape<'a> {
-    spec: &'a Spec,
-    eval: &'a Evaluator,
-    base: Vec<Tensor>,
-    name: &'a str,
-    /// `1d` / `2d`: one or two directions, per variable (zero for buffers).
-    dirs: Option<Vec<Vec<Tensor>>>,
-    /// `interp`: the other checkpoint's variables.
-    end: Option<Vec<Tensor>>,
-}
-
-impl<'a> Landscape<'a> {
-    /// Draws the directions (seeded: the same on every worker and every rerun) and saves them
-    /// once beside the blocks, or loads the other end.
-    fn prepare(mut self, dir: &Path, writer: bool) -> Result<Landscape<'a>> {
-        let spec = self.spec;
-        match spec.kind {
-            LandscapeKind::OneD | LandscapeKind::TwoD => {
-                let count = if spec.kind == LandscapeKind::OneD {
-                    1
-                } else {
-                    2
-                };
-                let trainable: Vec<(String, Tensor)> = self
-                    .eval
-                    .vars
-                    .iter()
-                    .zip(&self.base)
-                    .filter(|((_, v), _)| v.requires_grad())
-                    .map(|((n, _), b)| (n.clone(), b.to_device(Device::Cpu)))
-                    .collect();
-                let drawn = directions::draw(&trainable, spec.seed, count, spec.include_bias_bn);
-                let path = dir.join("directions.safetensors");
-                if writer && !path.is_file() {
-                    let named: Vec<(String, Tensor)> = drawn
-                        .iter()
-                        .enumerate()
-                        .flat_map(|(k, d)| {
-                            d.iter()
-                                .map(move |(n, t)| (format!("d{}/{n}", k + 1), t.shallow_clone()))
-                        })
-                        .collect();
-                    // A temporary name of this writer's own: other tasks may save the same
-                    // directions at the same moment.
-                    let tmp = lossbench_core::files::temp_path(&path);
-                    Tensor::write_safetensors(&named, &tmp)
-                        .with_context(|| format!("writing {}", tmp.display()))?;
-                    lossbench_core::files::commit(&tmp, &path)?;
-                }
-                // Per variable in the evaluator's order: the direction, or zero for buffers.
-                let per_var = |d: &directions::Direction| -> Vec<Tensor> {
-                    self.eval
-                        .vars
-                        .iter()
-                        .map(|(n, v)| {
-                            d.iter().find(|(m, _)| m == n).map_or_else(
-                                || v.zeros_like(),
-                                |(_, t)| t.to_device(self.eval.device),
-                            )
-                        })
-                        .collect()
-                };
-                self.dirs = Some(drawn.iter().map(per_var).collect());
-            }
-            LandscapeKind::Interp => {
-                let (run, epoch) = spec.to.as_ref().expect("interp has an end");
-                self.end = Some(checkpoint_values(run, Some(*epoch), self.eval)?);
-                // checkpoint_values set the model to the end: nothing else reads it before a point sets it.
-            }
-            LandscapeKind::Sharpness => {}
-        }
-        Ok(self)
-    }
-
-    /// The rows of one block: every quantity at every point.
-    fn block(&self, points: &[Point]) -> Result<RecordBatch> {
-        let spec = self.spec;
-        let mut rows: Vec<(Point, String, f64)> = Vec::new();
-        for &p in points {
-            let values = match spec.kind {
-                LandscapeKind::Sharpness => {
-                    // Loading the checkpoint sets the model's variables to it.
-                    checkpoint_values(&spec.run, p.epoch, self.eval)?;
-                    let e = self.sharpness();
-                    if !e.converged {
-                        tracing::warn!(
-                            epoch = p.epoch,
-                            iterations = e.iterations,
-                            "power iteration did not converge (raise --iterations)"
-                        );
-                    }
-                    vec![
-                        ("lambda_max".to_string(), e.value),
-                        ("power_iterations".to_string(), e.iterations as f64),
-                        (
-                            "power_converged".to_string(),
-                            f64::from(u8::from(e.converged)),
-                        ),
-                    ]
-                }
-                _ => {
-                    self.eval.set(&self.weights_at(p));
-                    self.eval
-                        .quantities(spec.train_rows.len(), spec.val_rows.len())?
-                }
-            };
-            rows.extend(values.into_iter().map(|(q, v)| (p, q, v)));
-        }
-        let other = spec
-            .to
-            .as_ref()
-            .map(|(r, e)| format!("{}@{e}", r.display()))
-            .unwrap_or_default();
-        let n = rows.len();
-        let columns: Vec<(&str, ArrayRef)> = vec![
-            (
-                "name",
-                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                    self.name, n,
-                ))),
-            ),
-            (
-                "kind",
-                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                    spec.kind.name(),
-                    n,
-                ))),
-            ),
-            (
-                "checkpoint",
-                Arc::new(UInt32Array::from_iter(
-                    rows.iter().map(|(p, _, _)| p.epoch.or(spec.epoch)),
-                )),
-            ),
-            (
-                "other",
-                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                    other.as_str(),
-                    n,
-                ))),
-            ),
-            (
-                "direction_seed",
-                Arc::new(UInt64Array::from_iter_values(std::iter::repeat_n(
-                    spec.seed, n,
-                ))),
-            ),
-            (
-                "point",
-                Arc::new(UInt32Array::from_iter_values(
-                    rows.iter().map(|(p, _, _)| p.index as u32),
-                )),
-            ),
-            (
-                "alpha",
-                Arc::new(Float64Array::from_iter(
-                    rows.iter().map(|(p, _, _)| p.alpha),
-                )),
-            ),
-            (
-                "beta",
-                Arc::new(Float64Array::from_iter(rows.iter().map(|(p, _, _)| p.beta))),
-            ),
-            (
-                "quantity",
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|(_, q, _)| q.as_str()),
-                )),
-            ),
-            (
-                "value",
-                Arc::new(Float64Array::from_iter_values(
-                    rows.iter().map(|(_, _, v)| *v),
-                )),
-            ),
-        ];
-        lossbench_core::schema::batch(&block_schema(), columns)
-    }
-
-    /// The variables at a grid point.
-    fn weights_at(&self, p: Point) -> Vec<Tensor> {
-        let (a, b) = (p.alpha.unwrap_or(0.0), p.beta.unwrap_or(0.0));
-        match (&self.dirs, &self.end) {
-            (Some(d), _) => (0..self.base.len())
-                .map(|i| {
-                    let mut w = &self.base[i] + &d[0][i] * a;
-                    if let Some(d2) = d.get(1) {
-                        w += &d2[i] * b;
-                    }
-                    w
-                })
-                .collect(),
-            (None, Some(end)) => self
-                .base
-                .iter()
-                .zip(end)
-                .map(|(s, e)| s * (1.0 - a) + e * a)
-                .collect(),
-            (None, None) => self.base.iter().map(Tensor::shallow_clone).collect(),
-        }
-    }
-
-    /// The dominant Hessian eigenvalue of the run's loss on the training subset.
-    fn sharpness(&self) -> hessian::Eigen {
-        let eval = self.eval;
-        let params: Vec<Tensor> = eval.vs.trainable_variables();
-        let rows = self.spec.train_rows.len();
-        let positions: Vec<usize> = (0..rows).collect();
-        let batches: Vec<Vec<usize>> = positions
-            .chunks(eval.batch)
-            .map(<[usize]>::to_vec)
-            .collect();
-        let batch_loss = |b: usize| -> Tensor {
-            let batch = eval.train.batch(&batches[b]);
-            let logits = eval
-                .model
-                .forward_t(&batch.inputs, eval.bn == BnMode::Batch);
-            // Each batch's mean, weighted by its share of the subset: their sum is the subset's loss.
-            eval.own.compute(&logits, &batch.targets) * (batches[b].len() as f64 / rows as f64)
-        };
-        hessian::dominant_eigenvalue(
-            &params,
-            batches.len(),
-            &batch_loss,
-            self.spec.seed,
-            self.spec.iterations,
-            self.spec.tolerance,
-        )
-    }
 }

@@ -39,6 +39,25 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The layer or block a variable belongs to (by its name): the units of the per-layer
+    /// Hessian spectrum (docs/landscape.md). K-Branch CNN: each conv and dense block of a
+    /// branch, the fusion block, the head; ResNet-50: the stem, each bottleneck block
+    /// (`layer3.2`), the classifier; VGG-16-BN: each conv with its BatchNorm (named by the
+    /// conv's index, `features.7`), each classifier layer.
+    pub fn unit(self, variable: &str) -> String {
+        let parts: Vec<&str> = variable.split('.').collect();
+        match self {
+            Arch::KBranch if parts[0].starts_with('b') && parts.len() > 2 => parts[..2].join("."),
+            Arch::KBranch => parts[0].to_string(),
+            Arch::ResNet50 if parts[0].starts_with("layer") && parts.len() > 2 => {
+                parts[..2].join(".")
+            }
+            Arch::ResNet50 if parts[0] == "fc" => "fc".into(),
+            Arch::ResNet50 => "stem".into(),
+            Arch::Vgg16 => vgg::unit(&parts),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Arch::KBranch => "kbranch",
@@ -175,6 +194,36 @@ impl Model {
 mod tests {
     use super::*;
     use tch::Device;
+
+    /// Every variable of each network falls in a unit, the units as docs/models.md names the
+    /// layers and blocks.
+    #[test]
+    fn variables_group_into_the_documented_units() {
+        let _rng = crate::torch_rng();
+        for (arch, count, some) in [
+            (
+                Arch::KBranch,
+                14,
+                ["b10m.conv1", "b60m.dense", "fusion", "head"],
+            ),
+            (Arch::ResNet50, 18, ["stem", "layer1.0", "layer4.2", "fc"]),
+            (
+                Arch::Vgg16,
+                16,
+                ["features.0", "features.3", "features.40", "classifier.6"],
+            ),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _model = Model::new(&vs.root(), arch, 1, Regularization::OFF);
+            let units: std::collections::BTreeSet<String> =
+                vs.variables().keys().map(|n| arch.unit(n)).collect();
+            assert_eq!(units.len(), count, "{arch:?}: {units:?}");
+            for u in some {
+                assert!(units.contains(u), "{arch:?}: {u} not in {units:?}");
+            }
+        }
+        assert_eq!(Arch::Vgg16.unit("features.4.running_mean"), "features.3");
+    }
 
     /// The deeper networks at their published sizes (without the 1000-class heads) and with
     /// every parameter named as torchvision names it.

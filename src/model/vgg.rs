@@ -62,6 +62,27 @@ fn linear(p: nn::Path, d_in: i64, d_out: i64) -> nn::Linear {
     nn::linear(p, d_in, d_out, config)
 }
 
+/// The unit of a variable named by `parts` (`features.8.weight`): its conv's index for the
+/// features (a conv at i, its BatchNorm at i + 1), the layer for the classifier.
+pub fn unit(parts: &[&str]) -> String {
+    let index: usize = parts.get(1).and_then(|i| i.parse().ok()).unwrap_or(0);
+    if parts[0] != "features" {
+        return parts[..2.min(parts.len())].join(".");
+    }
+    let mut at = 0;
+    let mut conv = 0;
+    for entry in FEATURES {
+        if at > index {
+            break;
+        }
+        if entry.is_some() {
+            conv = at;
+        }
+        at += if entry.is_some() { 3 } else { 1 };
+    }
+    format!("features.{conv}")
+}
+
 impl Vgg16 {
     pub fn new(p: &nn::Path, channels: i64) -> Self {
         let f = p / "features";

@@ -150,3 +150,36 @@ pub fn predictions(run: &Path) -> Predictions {
     }
     p
 }
+
+/// `trainer landscape --kind spectrum` arguments of a small spectrum of the run `run` on the CPU
+/// (4 training patches; a few Hessian-vector products per item), then `extra`.
+pub fn spectrum_args(run: &Path, name: &str, extra: &[&str]) -> Vec<String> {
+    let small = [
+        "landscape",
+        "--run",
+        run.to_str().unwrap(),
+        "--kind",
+        "spectrum",
+        "--name",
+        name,
+        "--train-patches",
+        "4",
+        "--val-patches",
+        "4",
+        "--batch",
+        "4",
+        "--device",
+        "cpu",
+        "--top-k",
+        "2",
+        "--lanczos-steps",
+        "5",
+        "--layer-steps",
+        "2",
+        "--trace-probes",
+        "10",
+        "--density-probes",
+        "2",
+    ];
+    small.iter().chain(extra).map(|s| s.to_string()).collect()
+}

@@ -448,3 +448,29 @@ def test_a_run_folder_of_an_earlier_version_merges_reports_and_compares(runs, tm
     assert "FL (focal)" in html and "focal: gamma=2" in html
     compared = json.loads(tool(BIN / "collector", "compare", "--results", out, "--a", "focal", "--b", "ce", "--resamples", "200", "--json"))
     assert [seed for seed, _ in compared["per_seed"]] == [1] and compared["unpaired"] == [2]
+
+
+def test_merge_and_report_refuse_mistakes_naming_them(runs, tmp_path):
+    """The usual mistakes with the collector, as a user makes them: each is an error naming the
+    cause, and a refused merge creates no output folder."""
+    out = tmp_path / "results"
+    merge(runs, out)
+
+    def refused(*args):
+        p = subprocess.run([BIN / "collector", *map(str, args)], capture_output=True, text=True)
+        assert p.returncode != 0, p.stdout
+        return p.stderr
+
+    report = ["report", "--results", out, "--out", tmp_path / "report"]
+    assert "--f1-threshold 1.5: an F1 lies in (0, 1]" in refused(*report, "--f1-threshold", "1.5")
+    assert "--lrp-epochs 0" in refused(*report, "--lrp-epochs", "0")
+    said = refused(*report, "--lrp-patch", "no-such-patch")
+    assert "no LRP snapshot of --lrp-patch no-such-patch" in said and "probe patches are" in said, said
+    (tmp_path / "empty").mkdir()
+    assert "holds no merged tables" in refused("report", "--results", tmp_path / "empty", "--out", tmp_path / "r2")
+    assert not (tmp_path / "r2").exists()
+    # --runs that does not exist, and --runs one level above the folder of runs.
+    said = refused("merge", "--runs", tmp_path / "nope", "--out", tmp_path / "m1")
+    assert "nope" in said and not (tmp_path / "m1").exists(), said
+    said = refused("merge", "--runs", runs.parent, "--out", tmp_path / "m2")
+    assert str(runs) in said and not (tmp_path / "m2").exists(), said

@@ -295,19 +295,29 @@ pub fn runs_table(runs: &[RunFolder]) -> Result<RecordBatch> {
 
 /// A Parquet file written by the trainer, with the run's columns put in front.
 pub fn with_run_columns(r: &RunFolder, source: &Path, table: Table) -> Result<Vec<RecordBatch>> {
+    let target = table.schema();
+    let own = &target.fields()[schema::run_columns().len()..];
     let mut out = Vec::new();
     for b in lossbench_core::tables::read_parquet(source, None)? {
-        let schema = b.schema();
         let mut columns = run_columns(r, b.num_rows());
-        columns.extend(
-            schema
-                .fields()
-                .iter()
-                .zip(b.columns())
-                .map(|(f, c)| (f.name().as_str(), c.clone())),
-        );
+        for field in own {
+            // A column files of earlier versions lack (nullable, added since) reads as nulls.
+            let column = match b.column_by_name(field.name()) {
+                Some(c) => c.clone(),
+                None if field.is_nullable() => {
+                    arrow_array::new_null_array(field.data_type(), b.num_rows())
+                }
+                None => anyhow::bail!(
+                    "{}: not a {} file (no column {})",
+                    source.display(),
+                    table.name(),
+                    field.name()
+                ),
+            };
+            columns.push((field.name().as_str(), column));
+        }
         out.push(
-            schema::batch(&table.schema(), columns)
+            schema::batch(&target, columns)
                 .with_context(|| format!("{}: not a {} file", source.display(), table.name()))?,
         );
     }

@@ -1,8 +1,9 @@
 //! Loss landscapes of an architecture's setups (docs/landscape.md): one quantity per chart,
 //! each setup's 1D slice as its change from the checkpoint (α = 0) since the setups' losses
 //! differ, 2D surfaces as filled contours on one colour scale with its colour bar, the
-//! interpolation curves and the sharpness per checkpoint; each caption names the checkpoint and
-//! the subsets' sizes (from the landscape's `spec.json` in the run folder).
+//! interpolation curves and the sharpness per checkpoint, the Hessian's spectrum
+//! ([`super::spectrum`]); each caption names the checkpoint and the subsets' sizes (from the
+//! landscape's `spec.json` in the run folder).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -19,17 +20,19 @@ use lossbench_core::schema::Table;
 use lossbench_core::tables::read_table;
 
 /// One landscape row, as the report uses it.
-struct Row {
-    run_id: String,
-    seed: u64,
-    setup: String,
+pub(super) struct Row {
+    pub run_id: String,
+    pub seed: u64,
+    pub setup: String,
     name: String,
     kind: String,
-    checkpoint: Option<u32>,
-    alpha: Option<f64>,
+    pub checkpoint: Option<u32>,
+    pub point: u32,
+    pub alpha: Option<f64>,
     beta: Option<f64>,
-    quantity: String,
-    value: f64,
+    pub unit: Option<String>,
+    pub quantity: String,
+    pub value: f64,
 }
 
 fn rows(results: &Path, setups: &Setups) -> Result<Vec<Row>> {
@@ -48,8 +51,11 @@ fn rows(results: &Path, setups: &Setups) -> Result<Vec<Row>> {
                 name: c.str("name", i)?,
                 kind: c.str("kind", i)?,
                 checkpoint: c.opt_u32("checkpoint", i)?,
+                point: c.u32("point", i)?,
                 alpha: c.f64("alpha", i)?,
                 beta: c.f64("beta", i)?,
+                // Null (and absent in tables of earlier versions) where the row is no unit's.
+                unit: c.opt_str("unit", i)?.filter(|u| !u.is_empty()),
                 quantity: c.str("quantity", i)?,
                 value: c.f64("value", i)?.unwrap_or(f64::NAN),
             });
@@ -73,7 +79,7 @@ fn first_per_run<'a>(rows: &'a [Row], kind: &str) -> Vec<&'a Row> {
 }
 
 /// What the landscapes of `chosen` were computed on: checkpoint epochs and subset sizes.
-fn caption(chosen: &[&Row], runs: &[RunRow]) -> String {
+pub(super) fn caption(chosen: &[&Row], runs: &[RunRow]) -> String {
     let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
     for r in chosen {
         let key = (r.run_id.clone(), r.name.clone());
@@ -111,7 +117,7 @@ fn caption(chosen: &[&Row], runs: &[RunRow]) -> String {
 
 /// Curve points over `x` of the rows of `quantity`, per setup (mean and band over its runs),
 /// each run's values minus its value at x = 0 when `relative`.
-fn points(
+pub(super) fn points(
     chosen: &[&Row],
     quantity: &str,
     panel: &str,
@@ -188,6 +194,7 @@ pub fn section(page: &mut Page, results: &Path, runs: &[RunRow], setups: &Setups
             &caption(&sharp, runs),
         );
     }
+    super::spectrum::section(page, &first_per_run(&rows, "spectrum"), runs, setups);
     Ok(())
 }
 

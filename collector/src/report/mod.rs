@@ -9,6 +9,7 @@ mod matrix;
 mod page;
 mod runs;
 mod setups;
+mod spectrum;
 mod study;
 mod vega;
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 /// Colours per setup (colour-blind safe: Okabe-Ito), the same setup the same colour in every
 /// chart of an architecture.
 pub const PALETTE: [&str; 8] = [
-    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
+    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442",
 ];
 
 /// One point of a curve: a setup's mean over its seeds at `x` in panel `panel`, with the band
@@ -158,6 +158,38 @@ fn panel_view(
         "height": 240,
         "data": {"values": points},
         "layer": layers
+    })
+}
+
+/// Grouped bars: per category (x, in `categories`' order) a bar per setup (its mean over its
+/// seeds, the seeds' range on hover), titled `x_title` and `y_title`. A point's `panel` is its
+/// category.
+pub fn bars(
+    points: &[Point],
+    categories: &[String],
+    order: &[String],
+    x_title: &str,
+    y_title: &str,
+) -> Value {
+    let colour = json!({"field": "setup", "type": "nominal", "title": "setup", "scale": colours(order), "sort": order});
+    json!({
+        "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
+        "width": 720,
+        "height": 240,
+        "data": {"values": points},
+        "mark": "bar",
+        "encoding": {
+            "x": {"field": "panel", "type": "nominal", "title": x_title, "sort": categories, "axis": {"labelAngle": -40}},
+            "xOffset": {"field": "setup", "sort": order},
+            "y": {"field": "mean", "type": "quantitative", "title": y_title},
+            "color": colour,
+            "tooltip": [
+                {"field": "setup"}, {"field": "panel", "title": x_title}, {"field": "mean", "format": ".4g"},
+                {"field": "low", "title": "lowest seed", "format": ".4g"},
+                {"field": "high", "title": "highest seed", "format": ".4g"}, {"field": "seeds"}
+            ]
+        },
+        "config": {"legend": {"orient": "bottom", "columns": 4, "labelLimit": 260}}
     })
 }
 
