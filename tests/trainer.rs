@@ -519,7 +519,12 @@ fn lrp_snapshots_follow_the_configured_probes_and_explain_draws_any_patch() {
         "ce",
         &data,
         &out,
-        &["--set", "lrp.patches=[\"nope\"]"],
+        &[
+            "--set",
+            "lrp.patches=[\"nope\"]",
+            "--set",
+            "train.batch_size=8",
+        ],
     ));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("lrp.patches"), "{err}");
@@ -635,7 +640,16 @@ fn a_resnet_run_stopped_and_resumed_equals_an_uninterrupted_one() {
             "asl",
             &data,
             &out,
-            &["--epochs", "3", "--run-id", "whole", "--resume", "auto"],
+            &[
+                "--epochs",
+                "3",
+                "--run-id",
+                "whole",
+                "--resume",
+                "auto",
+                "--set",
+                "train.batch_size=8",
+            ],
         ))
         .output()
         .unwrap();
