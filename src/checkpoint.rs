@@ -21,6 +21,12 @@ const MODEL: &str = "model.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const STATE: &str = "state.json";
 
+/// A best score read back: JSON has no −∞ (a mid-epoch checkpoint of the first epoch has no
+/// best yet) and serde_json writes it as null.
+fn score_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NEG_INFINITY))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Epochs completed.
@@ -36,7 +42,8 @@ pub struct State {
     pub best_epoch: u32,
     /// The best epoch's validation metric (the run's `selection.metric`, signed so that higher
     /// is better; checkpoints written before selection metrics hold the F1 sample average).
-    #[serde(alias = "best_f1")]
+    /// Before any epoch has been validated it is −∞, which JSON writes as null.
+    #[serde(alias = "best_f1", deserialize_with = "score_or_null")]
     pub best_score: f64,
     /// CRC-32 of `model.safetensors` and `optimizer.safetensors`.
     pub crc32: [u32; 2],
@@ -335,6 +342,24 @@ mod tests {
             crc32: [0, 0],
             fingerprint: None,
         }
+    }
+
+    /// A mid-epoch checkpoint of the first epoch has no best score yet (−∞, null in JSON): it
+    /// reads back as −∞.
+    #[test]
+    fn a_state_without_a_best_score_yet_reads_back() {
+        let mut s = state(0, 0);
+        s.best_score = f64::NEG_INFINITY;
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("\"best_score\":null"), "{text}");
+        let back: State = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.best_score, f64::NEG_INFINITY);
+        assert_eq!(
+            serde_json::from_str::<State>(&serde_json::to_string(&state(1, 1)).unwrap())
+                .unwrap()
+                .best_score,
+            0.5
+        );
     }
 
     #[test]
