@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{landscape_args, spectrum_args, store, tensors, train_args};
+use common::{landscape_args, spectrum_args, store, tensors, train_args, trainer};
 
 fn records(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("epochs.jsonl"))
@@ -15,6 +15,18 @@ fn records(run: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// `trainer ARGS` on two MPI ranks of this machine (as root, as CI runs), rank 0 logging at info.
+fn on_two_ranks(args: &[String]) -> std::process::Output {
+    Command::new("mpirun")
+        .args(["-np", "2", "--oversubscribe", env!("CARGO_BIN_EXE_trainer")])
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -60,22 +72,13 @@ fn equivalence(arch: &str, loss: &str) {
             .concat(),
         )
     };
-    let one = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args("one", 2))
-        .output()
-        .unwrap();
+    let one = trainer(&args("one", 2));
     assert!(
         one.status.success(),
         "{}",
         String::from_utf8_lossy(&one.stderr)
     );
-    let two = Command::new("mpirun")
-        .args(["-np", "2", "--oversubscribe", env!("CARGO_BIN_EXE_trainer")])
-        .args(args("two", 1))
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .output()
-        .unwrap();
+    let two = on_two_ranks(&args("two", 1));
     let log = String::from_utf8_lossy(&two.stderr);
     assert!(two.status.success(), "{log}");
     assert!(
@@ -160,10 +163,7 @@ fn two_ranks_share_a_landscapes_points() {
         "--set",
         "lrp.every=0",
     ];
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(train_args("ce", &data, &out, &sets))
-        .output()
-        .unwrap();
+    let o = trainer(&train_args("ce", &data, &out, &sets));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let run = out.join("ce-seed0");
     // One compute thread per process in both: libtorch's float reductions depend on the
@@ -180,22 +180,13 @@ fn two_ranks_share_a_landscapes_points() {
     let spectrum = |name: &str| spectrum_args(&run, name, &["--threads", "1"]);
     type Args<'a> = &'a dyn Fn(&str) -> Vec<String>;
     for (kind, args) in [("2d", &grid as Args), ("spectrum", &spectrum)] {
-        let one = Command::new(env!("CARGO_BIN_EXE_trainer"))
-            .args(args(&format!("{kind}-one")))
-            .output()
-            .unwrap();
+        let one = trainer(&args(&format!("{kind}-one")));
         assert!(
             one.status.success(),
             "{}",
             String::from_utf8_lossy(&one.stderr)
         );
-        let two = Command::new("mpirun")
-            .args(["-np", "2", "--oversubscribe", env!("CARGO_BIN_EXE_trainer")])
-            .args(args(&format!("{kind}-two")))
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-            .output()
-            .unwrap();
+        let two = on_two_ranks(&args(&format!("{kind}-two")));
         assert!(
             two.status.success(),
             "{}",
@@ -265,14 +256,7 @@ fn two_ranks_on_a_node_hold_one_copy_of_resident_data() {
         "--set",
         "data.resident=\"host\"",
     ];
-    let two = Command::new("mpirun")
-        .args(["-np", "2", "--oversubscribe", env!("CARGO_BIN_EXE_trainer")])
-        .args(train_args("ce", &data, &out, &sets))
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
+    let two = on_two_ranks(&train_args("ce", &data, &out, &sets));
     let log = String::from_utf8_lossy(&two.stderr);
     assert!(two.status.success(), "{log}");
     let info: serde_json::Value =

@@ -14,36 +14,20 @@ work/bench/metrics.md.
 import json
 import os
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import (average_precision_score, coverage_error, label_ranking_average_precision_score,
                              label_ranking_loss, roc_auc_score)
 
-ROOT = Path(__file__).resolve().parents[2]
-WORK = ROOT / "work" / "bench"
-DATA_PREP = str(ROOT / "target" / "release" / "data-prep")
-TRAINER = str(ROOT / "target" / "release" / "trainer")
+from demo_setting import DEMO_EPOCHS, DEMO_FLAGS, DEMO_PATCHES, ROOT, TRAINER, WORK, Report, demo_store, run
+
 EXAMPLE = str(ROOT / "target" / "release" / "examples" / "ranking_cost")
-DEMO_PATCHES, DEMO_EPOCHS = 2000, 3
-DEMO_FLAGS = ["--set", "train.batch_size=32", "--set", "train.lr=1e-3"]
 VAL_PATCHES, ROUNDS = 123_723, 3
 
 
-def run(cmd, env=None) -> subprocess.CompletedProcess:
-    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, cmd[:3]))} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return p
-
-
 def demo_epochs(say):
-    store = WORK / "demo-store.zarr"
-    if not store.exists():
-        run([DATA_PREP, "synth", "--patches", DEMO_PATCHES, "--seed", 1, "--format", "v1", "--out", WORK / "demo-archive"])
-        run([DATA_PREP, "convert", "--archive", WORK / "demo-archive", "--out", store])
+    store = demo_store()
     out = WORK / "metrics-runs"
     env = dict(os.environ, RUST_LOG="info,lossbench::train=debug")
     p = run([TRAINER, "--log-format", "json", "train", "--config", ROOT / "jobs" / "ce.toml", "--data", store, "--out", out,
@@ -106,17 +90,12 @@ def full_split(say):
 
 
 def main():
-    WORK.mkdir(parents=True, exist_ok=True)
-    lines = []
-
-    def say(text=""):
-        print(text, flush=True)
-        lines.append(text)
+    say = Report("metrics.md")
 
     say("## Ranking metrics\n")
     demo_epochs(say)
     full_split(say)
-    (WORK / "metrics.md").write_text("\n".join(lines) + "\n")
+    say.save()
 
 
 if __name__ == "__main__":

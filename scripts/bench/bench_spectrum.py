@@ -19,23 +19,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parents[2]
-WORK = ROOT / "work" / "bench"
-DATA_PREP = str(ROOT / "target" / "release" / "data-prep")
-TRAINER = str(ROOT / "target" / "release" / "trainer")
-DEMO_PATCHES, DEMO_EPOCHS = 2000, 3
-DEMO_FLAGS = ["--set", "train.batch_size=32", "--set", "train.lr=1e-3"]
+from demo_setting import DEMO_EPOCHS, DEMO_FLAGS, DEMO_PATCHES, ROOT, TRAINER, WORK, Report, demo_store, run
+
 LOSSES = ["ce", "sparsemax"]
 PROBES = 100
 SPECTRUM = ["--train-patches", "32", "--val-patches", "32", "--batch", "32", "--device", "cpu", "--top-k", "5",
             "--lanczos-steps", "40", "--layer-steps", "10", "--trace-probes", str(PROBES), "--trace-tolerance", "1e-9", "--density-probes", "2"]
-
-
-def run(cmd) -> subprocess.CompletedProcess:
-    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, cmd[:3]))} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return p
 
 
 def rss_mib(pid) -> float:
@@ -91,17 +80,9 @@ def summary(folder: Path, epoch: int) -> dict:
 
 
 def main():
-    WORK.mkdir(parents=True, exist_ok=True)
-    lines = []
+    say = Report("spectrum.md")
 
-    def say(text=""):
-        print(text, flush=True)
-        lines.append(text)
-
-    store = WORK / "demo-store.zarr"
-    if not store.exists():
-        run([DATA_PREP, "synth", "--patches", DEMO_PATCHES, "--seed", 1, "--format", "v1", "--out", WORK / "demo-archive"])
-        run([DATA_PREP, "convert", "--archive", WORK / "demo-archive", "--out", store])
+    store = demo_store()
     say("## Hessian spectrum\n")
     say(f"`trainer landscape --kind spectrum --epoch {DEMO_EPOCHS} {' '.join(SPECTRUM)}` on the demo's runs "
         f"({DEMO_PATCHES} synthetic patches, {DEMO_EPOCHS} epochs, {' '.join(DEMO_FLAGS)}).\n")
@@ -128,7 +109,7 @@ def main():
     for loss, s in spectra.items():
         say(f"| {loss} | {', '.join(f'{v:.3g}' for v in s['eigenvalues'])} | {s['trace']:.4g} ± {s['trace_se']:.2g} | "
             f"{s['negative_mass']:.3f} | {s['largest_layer']} |")
-    (WORK / "spectrum.md").write_text("\n".join(lines) + "\n")
+    say.save()
 
 
 if __name__ == "__main__":

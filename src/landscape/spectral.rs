@@ -268,16 +268,17 @@ impl Work<'_> {
     fn compute(&self, item: Item, epoch: u32) -> Result<Vec<Row>> {
         let at = Some(epoch);
         let stem = item.stem(epoch);
+        // The top eigenvalues' and each density probe's run: over the whole network.
+        let whole_lanczos = || {
+            self.lanczos(
+                &stem,
+                &self.start(item, epoch),
+                self.spectrum.lanczos_steps,
+                None,
+            )
+        };
         Ok(match item {
-            Item::Top => {
-                let run = self.lanczos(
-                    &stem,
-                    &self.start(item, epoch),
-                    self.spectrum.lanczos_steps,
-                    None,
-                )?;
-                self.top_rows(&run, at)?
-            }
+            Item::Top => self.top_rows(&whole_lanczos()?, at)?,
             Item::Trace(j) => {
                 let ranges: Vec<Vec<Range<i64>>> =
                     self.units.iter().map(|(_, r)| r.clone()).collect();
@@ -290,12 +291,7 @@ impl Work<'_> {
                 rows
             }
             Item::Density(j) => {
-                let run = self.lanczos(
-                    &stem,
-                    &self.start(item, epoch),
-                    self.spectrum.lanczos_steps,
-                    None,
-                )?;
+                let run = whole_lanczos()?;
                 spectrum::quadrature(&run.coefficients)
                     .into_iter()
                     .map(|(node, weight)| {

@@ -88,12 +88,17 @@ def inputs(store: Path, rows):
     return x, torch.from_numpy(train["labels"][rows].astype(np.float32))
 
 
-def test_landscape_losses_and_directions_agree_with_pytorch(tmp_path):
+def one_epoch_ce_run(tmp_path: Path) -> Path:
+    """A synthetic store of 60 patches in tmp_path and a CE run of one epoch on it: its folder."""
     run("synth", "--patches", "60", "--seed", "5", "--out", str(tmp_path / "archive"))
     run("convert", "--archive", str(tmp_path / "archive"), "--out", str(tmp_path / "store.zarr"))
     tool(BIN / "trainer", "train", "--config", ROOT / "jobs" / "ce.toml", "--data", tmp_path / "store.zarr", "--out", tmp_path / "runs",
          "--epochs", "1", "--device", "cpu", "--set", "train.batch_size=8", "--set", "lrp.every=0")
-    run_dir = tmp_path / "runs" / "ce-seed0"
+    return tmp_path / "runs" / "ce-seed0"
+
+
+def test_landscape_losses_and_directions_agree_with_pytorch(tmp_path):
+    run_dir = one_epoch_ce_run(tmp_path)
     tool(BIN / "trainer", "landscape", "--run", run_dir, "--kind", "2d", "--points", "3", "--seed", "4", "--name", "check",
          "--train-patches", "16", "--val-patches", "8", "--batch", "8", "--device", "cpu")
     folder = run_dir / "landscape" / "check"

@@ -16,8 +16,8 @@ from pyhessian import hessian
 from safetensors.numpy import load_file
 from torch import nn
 
-from conftest import ROOT, run, tool
-from test_landscape_torch import KBranch, inputs
+from conftest import ROOT, tool
+from test_landscape_torch import KBranch, inputs, one_epoch_ce_run
 
 BIN = ROOT / "target" / "release"
 PROBES = 30
@@ -35,11 +35,7 @@ class OnTuple(nn.Module):
 
 
 def test_spectrum_agrees_with_pyhessian(tmp_path):
-    run("synth", "--patches", "60", "--seed", "5", "--out", str(tmp_path / "archive"))
-    run("convert", "--archive", str(tmp_path / "archive"), "--out", str(tmp_path / "store.zarr"))
-    tool(BIN / "trainer", "train", "--config", ROOT / "jobs" / "ce.toml", "--data", tmp_path / "store.zarr", "--out", tmp_path / "runs",
-         "--epochs", "1", "--device", "cpu", "--set", "train.batch_size=8", "--set", "lrp.every=0")
-    run_dir = tmp_path / "runs" / "ce-seed0"
+    run_dir = one_epoch_ce_run(tmp_path)
     # One batch of the whole subset: PyHessian's Hessian of one batch is the same function.
     tool(BIN / "trainer", "landscape", "--run", run_dir, "--kind", "spectrum", "--name", "check",
          "--train-patches", "8", "--val-patches", "8", "--batch", "8", "--device", "cpu",
