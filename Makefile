@@ -142,14 +142,15 @@ fuzz: deps
 	  $(CARGO) test --release --locked --workspace $(FEATURES) --test fuzz
 	$(PY) scripts/fuzz_table.py $(WORK)/fuzz/report.jsonl | tee $(WORK)/fuzz/report.md
 
-# The chaos suite (tests/python/test_chaos.py, docs/reliability.md) with CHAOS_TRIALS trials per
+# The chaos suites (tests/python/test_chaos.py on one node, test_chaos_cluster.py for full disks,
+# failing ranks, two nodes and flock that lies; docs/reliability.md) with CHAOS_TRIALS trials per
 # random scenario instead of the tests' 3, on the real single-node SLURM and OpenMPI; the table
 # goes to work/chaos/report.md.
 CHAOS_TRIALS ?= 20
 chaos: deps build
 	@mkdir -p $(WORK)/chaos && rm -f $(WORK)/chaos/report.jsonl
 	CHAOS_TRIALS=$(CHAOS_TRIALS) CHAOS_REPORT=$(abspath $(WORK)/chaos/report.jsonl) \
-	  $(VENV)/bin/pytest -q tests/python/test_chaos.py
+	  $(VENV)/bin/pytest -q tests/python/test_chaos.py tests/python/test_chaos_cluster.py
 	$(PY) scripts/chaos_table.py $(WORK)/chaos/report.jsonl | tee $(WORK)/chaos/report.md
 
 clean:

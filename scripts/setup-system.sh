@@ -20,6 +20,9 @@ command -v munged >/dev/null || missing+=(munge)
 command -v slurmctld >/dev/null || missing+=(slurmctld)
 command -v slurmd >/dev/null || missing+=(slurmd)
 command -v sbatch >/dev/null || missing+=(slurm-client)
+# The chaos suite's second "node" on a file system whose flock is local to each mount (FUSE).
+command -v bindfs >/dev/null || missing+=(bindfs)
+command -v fusermount >/dev/null || command -v fusermount3 >/dev/null || missing+=(fuse3)
 # Headless Chromium renders the collector's report in its test; DejaVu gives it a font.
 command -v chromium >/dev/null || missing+=(chromium)
 [[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)

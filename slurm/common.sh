@@ -43,17 +43,17 @@ lb_job_shape() {
   return 0
 }
 
-# Prints who holds a run folder's lock (a trainer training it) and succeeds, or fails when no
-# one holds it (docs/cluster.md, "Runs held by running jobs").
+# Whether a run folder is held (docs/cluster.md, "Runs held by running jobs"), as
+# `collector holder` judges its lease lock (it holds without flock, across nodes): prints the
+# holder and returns 0 when a live trainer writes it, 3 when only landscapes or explanations
+# use it, 1 when it is free, 2 when it cannot be told (the message on stderr).
 lb_run_held() {
-  local lock="$1/.lock"
-  [[ -f "$lock" ]] || return 1
-  flock -n "$lock" true 2>/dev/null && return 1
-  if flock -n -s "$lock" true 2>/dev/null; then
-    echo "landscapes or explanations reading it"
-    return 0
-  fi
-  local holder
-  holder=$(tr -d '{}"' < "$lock" | sed 's/,/, /g')
-  echo "${holder:-a process that did not say who it is}"
+  local out rc=0
+  out=$("$COLLECTOR" holder "$1" 2>&1) || rc=$?
+  case "$rc" in
+    0 | 3) echo "$out" ;;
+    1) ;;
+    *) echo "cannot tell whether $1 is held: $out" >&2 ;;
+  esac
+  return "$rc"
 }

@@ -14,7 +14,10 @@
 # job's shape (slurm/common.sh), and submits the collector behind the array. Each array task is
 # one run; a task whose run another job is training by then (a second sweep submitted while
 # the first runs) leaves it to that job. Before the time limit SLURM signals the task (--signal
-# below); the trainer checkpoints and exits 75, and the task requeues itself and resumes.
+# below); the trainer checkpoints and exits 75, and the task requeues itself and resumes. A
+# `scancel` (SIGTERM) checkpoints too but is never requeued; a trainer stopped by a full disk
+# or quota is requeued held, to be released once space is free; any other failure fails the
+# task, visibly.
 # docs/cluster.md has the details.
 #
 # Environment (defaults in brackets):
@@ -57,6 +60,7 @@ export LOSSES SEEDS ARCHS DATA OUT RESULTS REPORT JOBS LOGS
 # Exit codes of the trainer (docs/training.md, "Exit codes").
 EXIT_BUSY=73
 EXIT_REQUEUE=75
+EXIT_IN_USE=76
 
 run_finished() { [[ -f "$OUT/$1/test_metrics.json" ]]; }
 
@@ -65,24 +69,32 @@ run_id_of() { if [[ "$2" == kbranch ]]; then echo "$1-seed$3"; else echo "$1-$2-
 
 plan() {
   [[ -x "$TRAINER" ]] || { echo "sweep: no trainer at $TRAINER (build it: make build)" >&2; exit 1; }
+  [[ -x "$COLLECTOR" ]] || { echo "sweep: no collector at $COLLECTOR (build it: make build)" >&2; exit 1; }
   [[ -d "$DATA" ]] || { echo "sweep: no store at $DATA (set DATA)" >&2; exit 1; }
   for loss in $LOSSES; do
     [[ -f "$JOBS/$loss.toml" ]] || { echo "sweep: no job config $JOBS/$loss.toml (LOSSES=\"$LOSSES\")" >&2; exit 1; }
   done
   mkdir -p "$OUT/.sweep" "$LOGS"
-  local plan_file="$OUT/.sweep/plan-${SLURM_JOB_ID:-$$}.txt" n=0 finished=0 held=0 id holder
+  local plan_file="$OUT/.sweep/plan-${SLURM_JOB_ID:-$$}.txt" n=0 finished=0 held=0 in_use=0 id holder rc
   : > "$plan_file"
   for arch in $ARCHS; do
     case "$arch" in kbranch | resnet50 | vgg16) ;; *) echo "sweep: unknown architecture $arch (ARCHS=\"$ARCHS\")" >&2; exit 1 ;; esac
     for loss in $LOSSES; do
       for seed in $SEEDS; do
         id=$(run_id_of "$loss" "$arch" "$seed")
+        rc=0
         if run_finished "$id"; then
           finished=$((finished + 1))
           lb_log "skipping $id: finished"
-        elif holder=$(lb_run_held "$OUT/$id"); then
+          continue
+        fi
+        holder=$(lb_run_held "$OUT/$id") || rc=$?
+        if ((rc == 0)); then
           held=$((held + 1))
           lb_log "skipping $id: held by $holder"
+        elif ((rc == 3)); then
+          in_use=$((in_use + 1))
+          lb_log "NOT planned: $id is in use by landscapes or explanations ($holder); submit the sweep again once they end"
         else
           echo "$loss $arch $seed" >> "$plan_file"
           n=$((n + 1))
@@ -90,7 +102,7 @@ plan() {
       done
     done
   done
-  lb_log "$n run(s) to train or resume, $finished finished, $held being trained by running jobs; plan in $plan_file"
+  lb_log "$n run(s) to train or resume, $finished finished, $held being trained by running jobs, $in_use in use by landscapes or explanations (not planned); plan in $plan_file"
 
   lb_job_shape
   # shellcheck disable=SC2206
@@ -130,23 +142,47 @@ train_task() {
     --seed "$seed" --data "$DATA" --out "$OUT" --run-id "$run_id" "${epochs[@]}" --resume auto \
     --set "model.arch=\"$arch\"" --log-format json "${train_args[@]}" &
   local step=$!
-  # The time-limit signal (and scancel --signal) reaches this script: pass it to the ranks,
-  # which finish their step, checkpoint and exit 75.
-  trap 'lb_log "signal: asking the trainer to checkpoint"; kill -USR1 "$step" 2>/dev/null || true' USR1 TERM
+  # The time-limit warning (--signal=B:USR1@300 above, or `scancel --signal=USR1`) and a
+  # cancellation or preemption (SIGTERM) reach this script: pass them to the ranks, which finish
+  # their step, checkpoint and exit 75. Which one came decides what follows (below).
+  lb_signal=""
+  trap 'lb_signal=USR1; lb_log "time-limit signal: asking the trainer to checkpoint"; kill -USR1 "$step" 2>/dev/null || true' USR1
+  trap 'lb_signal=TERM; lb_log "SIGTERM (scancel or preemption): asking the trainer to checkpoint"; kill -TERM "$step" 2>/dev/null || true' TERM
   local rc=0
   while true; do
     wait "$step" && rc=0 || rc=$?
     kill -0 "$step" 2>/dev/null || break # wait returned for a trapped signal: keep waiting
   done
   trap - USR1 TERM
+  local task="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
   case "$rc" in
     0) lb_log "$run_id finished" ;;
     "$EXIT_REQUEUE")
-      lb_log "$run_id checkpointed before the time limit: requeueing"
-      scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" || lb_log "requeue refused (already requeued?)"
+      case "$lb_signal" in
+        USR1)
+          lb_log "$run_id checkpointed before the time limit: requeueing"
+          scontrol requeue "$task" || lb_log "requeue refused (already requeued?)"
+          ;;
+        TERM)
+          # A user's scancel must not bring the task back; a preemption with
+          # PreemptMode=REQUEUE is requeued by SLURM itself.
+          lb_log "$run_id checkpointed after SIGTERM (scancel or preemption): not requeued by this script; resume it with sbatch slurm/sweep.sh"
+          ;;
+        *)
+          # Stopped by itself: out of disk space or quota, the newest checkpoint intact.
+          local why
+          why=$(sed -n 's/.*"reason": *"\(.*\)".*/\1/p' "$OUT/$run_id/run.json" 2>/dev/null | tail -n 1)
+          lb_log "$run_id stopped without a signal (${why:-see its log}): requeued and HELD; free space, then: scontrol release $task"
+          scontrol requeuehold "$task" || { lb_log "requeuehold refused"; return "$rc"; }
+          ;;
+      esac
       ;;
     "$EXIT_BUSY") lb_log "$run_id is being trained by another job: left to it" ;;
-    *) lb_log "$run_id failed with exit code $rc"; return "$rc" ;;
+    "$EXIT_IN_USE")
+      lb_log "$run_id FAILED: in use by landscapes or explanations (exit $rc); train it again once they end"
+      return "$rc"
+      ;;
+    *) lb_log "$run_id FAILED with exit code $rc (docs/training.md, \"Exit codes\"); its run.json says why"; return "$rc" ;;
   esac
 }
 

@@ -47,6 +47,10 @@ pub struct State {
     pub best_score: f64,
     /// CRC-32 of `model.safetensors` and `optimizer.safetensors`.
     pub crc32: [u32; 2],
+    /// Their sizes in bytes: a checkpoint whose files have other sizes is damaged, which is
+    /// told without reading them (absent in checkpoints written before sizes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<[u64; 2]>,
     /// The configuration that produced it (absent in checkpoints written before fingerprints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<crate::resume::Fingerprint>,
@@ -106,7 +110,12 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         .with_context(|| format!("syncing {}", path.display()))
 }
 
-/// Writes the checkpoint of `state.epoch` atomically, then prunes old ones.
+/// Suffix of a checkpoint being written.
+const TMP: &str = ".tmp";
+
+/// Writes the checkpoint of `state.epoch` atomically, then prunes old ones. A failed write
+/// (a full disk) removes what it wrote, so that the space is free again and the previous
+/// checkpoints are as they were.
 pub fn save(
     run: &Path,
     model: &[(String, Tensor)],
@@ -116,32 +125,106 @@ pub fn save(
 ) -> Result<()> {
     let root = run.join(DIR);
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    remove_unfinished(&root)?;
     let at = (state.epoch, state.steps_into_next);
-    let final_dir = position_dir(run, at);
-    let tmp = root.join(format!("{}.tmp", dir_name(at)));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    let tmp = root.join(format!("{}{TMP}", dir_name(at)));
+    let written = write_dir(&tmp, model, optimizer, &mut state);
+    let committed = written.and_then(|()| commit(&root, &tmp, &position_dir(run, at)));
+    if let Err(e) = committed {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    prune(run, keep_last, state.best_epoch)
+}
+
+/// Removes checkpoints left unfinished by a writer that was killed (only the run folder's lock
+/// holder writes here, so none is being written).
+fn remove_unfinished(root: &Path) -> Result<()> {
+    let entries = fs::read_dir(root).with_context(|| format!("listing {}", root.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.ends_with(TMP) {
+            let path = entry.path();
+            match path.is_dir() {
+                true => fs::remove_dir_all(&path),
+                false => fs::remove_file(&path),
+            }
+            .with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the tensors and `state.json` (with their checksums and sizes) into the new folder
+/// `tmp`, synced.
+fn write_dir(
+    tmp: &Path,
+    model: &[(String, Tensor)],
+    optimizer: &[(String, Tensor)],
+    state: &mut State,
+) -> Result<()> {
+    fs::create_dir(tmp).with_context(|| format!("creating {}", tmp.display()))?;
     write_tensors(&tmp.join(MODEL), model)?;
     write_tensors(&tmp.join(OPTIMIZER), optimizer)?;
-    let crc = |file: &str| -> Result<u32> {
+    let crc = |file: &str| -> Result<(u32, u64)> {
         let path = tmp.join(file);
-        Ok(crc32fast::hash(
-            &fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-        ))
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok((crc32fast::hash(&bytes), bytes.len() as u64))
     };
-    state.crc32 = [crc(MODEL)?, crc(OPTIMIZER)?];
-    lossbench_core::files::write_atomically(&tmp.join(STATE), &serde_json::to_vec_pretty(&state)?)?;
-    sync_dir(&tmp)?;
+    let ((m_crc, m_len), (o_crc, o_len)) = (crc(MODEL)?, crc(OPTIMIZER)?);
+    state.crc32 = [m_crc, o_crc];
+    state.bytes = Some([m_len, o_len]);
+    lossbench_core::files::write_atomically(&tmp.join(STATE), &serde_json::to_vec_pretty(state)?)?;
+    sync_dir(tmp)
+}
+
+/// Puts the finished `tmp` at `final_dir`. A checkpoint already there (a position written
+/// again) is exchanged with it in one step where the file system can, else moved aside first
+/// to `<name>.replaced`, which [`recover`] puts back if a kill came between the two renames:
+/// at no moment is there no checkpoint of that position.
+fn commit(root: &Path, tmp: &Path, final_dir: &Path) -> Result<()> {
+    let what = || format!("renaming {} to {}", tmp.display(), final_dir.display());
     if final_dir.exists() {
-        fs::remove_dir_all(&final_dir)
-            .with_context(|| format!("removing {}", final_dir.display()))?;
+        if lossbench_core::files::exchange(tmp, final_dir).with_context(what)? {
+            sync_dir(root)?;
+            return fs::remove_dir_all(tmp).with_context(|| format!("removing {}", tmp.display()));
+        }
+        let aside = replaced(final_dir);
+        fs::rename(final_dir, &aside).with_context(what)?;
+        fs::rename(tmp, final_dir).with_context(what)?;
+        sync_dir(root)?;
+        return fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()));
     }
-    fs::rename(&tmp, &final_dir)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
-    sync_dir(&root)?;
-    prune(run, keep_last, state.best_epoch)
+    fs::rename(tmp, final_dir).with_context(what)?;
+    sync_dir(root)
+}
+
+fn replaced(dir: &Path) -> PathBuf {
+    lossbench_core::layout::sibling(dir, ".replaced")
+}
+
+/// Puts back a checkpoint moved aside by a write of its position that was killed before it
+/// renamed the new one in ([`commit`] without an exchange); called by the run folder's lock
+/// holder before it looks for a checkpoint to resume.
+pub fn recover(run: &Path) -> Result<()> {
+    let root = run.join(DIR);
+    let Ok(entries) = fs::read_dir(&root) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(original) = name.strip_suffix(".replaced") {
+            let back = root.join(original);
+            if back.exists() {
+                fs::remove_dir_all(entry.path())
+            } else {
+                tracing::warn!(checkpoint = %back.display(), "putting back a checkpoint an interrupted write had moved aside");
+                fs::rename(entry.path(), &back)
+            }
+            .with_context(|| format!("recovering {}", back.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Completed checkpoints' positions, newest first.
@@ -177,14 +260,45 @@ pub fn exists(run: &Path) -> Result<bool> {
     Ok(!positions(run)?.is_empty())
 }
 
+/// Removes the checkpoints beyond the newest `keep_last` whole ones (damaged ones do not count:
+/// they are removed, never kept in a good one's place), keeping the best epoch's.
 fn prune(run: &Path, keep_last: usize, best_epoch: u32) -> Result<()> {
-    for (i, at) in positions(run)?.into_iter().enumerate() {
-        if i >= keep_last && at != (best_epoch, 0) {
-            let dir = position_dir(run, at);
-            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    let mut newer_whole = 0;
+    for at in positions(run)? {
+        let dir = position_dir(run, at);
+        let whole = is_whole(&dir);
+        if whole {
+            newer_whole += 1;
+            if newer_whole <= keep_last || at == (best_epoch, 0) {
+                continue;
+            }
         }
+        if !whole {
+            tracing::warn!(checkpoint = %dir.display(), "removing a damaged checkpoint");
+        }
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(())
+}
+
+/// Whether a checkpoint folder is whole, told without reading its tensors: `state.json` reads,
+/// and its tensor files are there with the sizes it records. A failure to look (an I/O error)
+/// counts as whole: only what is known to be damaged is removed.
+fn is_whole(dir: &Path) -> bool {
+    let state: State = match fs::read(dir.join(STATE)) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(_) => return false,
+        },
+        Err(e) => return e.kind() != ErrorKind::NotFound,
+    };
+    [MODEL, OPTIMIZER]
+        .iter()
+        .enumerate()
+        .all(|(i, file)| match fs::metadata(dir.join(file)) {
+            Ok(m) => state.bytes.is_none_or(|b| b[i] == m.len()),
+            Err(e) => e.kind() != ErrorKind::NotFound,
+        })
 }
 
 /// Why a checkpoint could not be loaded.
@@ -340,6 +454,7 @@ mod tests {
             best_epoch,
             best_score: 0.5,
             crc32: [0, 0],
+            bytes: None,
             fingerprint: None,
         }
     }
@@ -413,6 +528,71 @@ mod tests {
         fs::remove_file(epoch_dir(run.path(), 4).join(STATE)).unwrap();
         assert_eq!(latest(run.path()).unwrap().unwrap().state.epoch, 2);
         assert_eq!(at_epoch(run.path(), 2).unwrap().state.best_epoch, 2);
+    }
+
+    /// A damaged checkpoint (a torn file) takes no `keep_last` slot: pruning removes it and keeps
+    /// the good ones; a position written again keeps one checkpoint of it at every moment, and a
+    /// checkpoint moved aside by a write killed halfway is put back; a failed write (a folder
+    /// where a file goes, as a full disk fails it) leaves nothing behind.
+    #[test]
+    fn damaged_ones_never_displace_good_ones_and_rewrites_lose_nothing() {
+        let run = tempfile::tempdir().unwrap();
+        let save_at = |epoch: u32, value: f32| {
+            save(
+                run.path(),
+                &tensors(value),
+                &tensors(0.0),
+                state(epoch, 1),
+                2,
+            )
+            .unwrap()
+        };
+        save_at(1, 1.0);
+        save_at(2, 2.0);
+        // Epoch 2's model is torn (a disk that lost its tail): keep_last 2 then keeps 3 and 1
+        // (also the best); 2 is removed as damaged instead of displacing 1.
+        let torn = epoch_dir(run.path(), 2).join(MODEL);
+        let bytes = fs::read(&torn).unwrap();
+        fs::write(&torn, &bytes[..bytes.len() / 2]).unwrap();
+        save_at(3, 3.0);
+        assert_eq!(positions(run.path()).unwrap(), vec![(3, 0), (1, 0)]);
+        // Writing epoch 3 again: the new one replaces it.
+        save_at(3, 4.0);
+        let a = |l: &Loaded| {
+            l.model
+                .iter()
+                .find(|(n, _)| n == "a")
+                .unwrap()
+                .1
+                .double_value(&[0])
+        };
+        assert_eq!(a(&latest(run.path()).unwrap().unwrap()), 4.0);
+        // A write killed between moving the old one aside and renaming the new one in.
+        let root = run.path().join(DIR);
+        fs::rename(
+            epoch_dir(run.path(), 3),
+            replaced(&epoch_dir(run.path(), 3)),
+        )
+        .unwrap();
+        assert_eq!(latest(run.path()).unwrap().unwrap().state.epoch, 1);
+        recover(run.path()).unwrap();
+        assert_eq!(a(&latest(run.path()).unwrap().unwrap()), 4.0);
+        // What a write killed halfway left (the chaos suite fills the disk for a failed one).
+        let left = root.join("epoch-0004.tmp");
+        fs::create_dir_all(&left).unwrap();
+        fs::write(left.join(MODEL), b"half").unwrap();
+        save(run.path(), &tensors(5.0), &tensors(0.0), state(4, 1), 2).unwrap();
+        assert_eq!(positions(run.path()).unwrap(), vec![(4, 0), (3, 0), (1, 0)]);
+        let names: Vec<String> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.contains(".tmp") && !n.contains(".replaced")),
+            "{names:?}"
+        );
     }
 
     /// A checkpoint that cannot be read (here: a folder where a file should be, which reading

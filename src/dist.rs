@@ -6,6 +6,8 @@
 //! the identity. The training loop is written once against [`Dist`] and is the same code in
 //! both cases.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{Result, bail};
 use tch::{Device, Tensor};
 
@@ -16,8 +18,60 @@ pub struct Dist {
     /// Rank among the processes on this node (one GPU each).
     pub local_rank: usize,
     pub local_size: usize,
+    /// The exit code of a failure ([`Dist::agree`] tells every rank).
+    classify: Classify,
     #[cfg(feature = "mpi")]
     mpi: Option<mpi_world::World>,
+}
+
+/// An error's exit code (the binary's table: the trainer's is `crate::exit`).
+pub type Classify = fn(&anyhow::Error) -> u8;
+
+/// Another rank failed at a point where the ranks agree on their outcome; this one stops with
+/// it, with the same exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("rank {rank} failed: {message} (every rank stops with exit code {code})")]
+pub struct PeerFailed {
+    pub rank: usize,
+    pub code: u8,
+    /// The failing rank's error (its first [`PEER_MESSAGE_BYTES`] bytes).
+    pub message: String,
+}
+
+/// Bytes of a failing rank's error message the other ranks learn ([`Dist::agree`]).
+pub const PEER_MESSAGE_BYTES: usize = 1024;
+
+/// Set once a failure was agreed between the ranks ([`Dist::agree`]): every rank knows it and
+/// leaves, so MPI may end normally. A failure that was not agreed may have left other ranks in
+/// a collective call: [`abort`] ends them all.
+static FAILURE_AGREED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the ranks agreed on the failure this process is ending with.
+pub fn failure_agreed() -> bool {
+    FAILURE_AGREED.load(Ordering::SeqCst)
+}
+
+/// Ends MPI normally at the end of the process (every rank calls it): after success, or after
+/// a failure every rank knows of, once every rank has said what it had to (a rank that left
+/// first would make the launcher end the others, rank 0 perhaps before it recorded the failure
+/// or printed its error). Without MPI, nothing.
+pub fn finalize() {
+    #[cfg(feature = "mpi")]
+    mpi_world::finalize();
+}
+
+/// Ends every rank of the job at once with `code` (`MPI_Abort`): for a failure on this rank
+/// the others may not know of, which would otherwise leave them waiting in a collective call
+/// until the job's time limit. Without MPI (or a world of one), exits with `code`.
+pub fn abort(code: u8) -> ! {
+    #[cfg(feature = "mpi")]
+    mpi_world::abort(code);
+    #[allow(unreachable_code)]
+    std::process::exit(i32::from(code))
+}
+
+fn unclassified(_: &anyhow::Error) -> u8 {
+    1
 }
 
 /// A launcher's task count from the environment (srun's step size, or mpirun's world size).
@@ -38,6 +92,7 @@ impl Dist {
             world_size: 1,
             local_rank: 0,
             local_size: 1,
+            classify: unclassified,
             #[cfg(feature = "mpi")]
             mpi: None,
         }
@@ -47,11 +102,17 @@ impl Dist {
     /// of several independent copies: a launcher that started N tasks that do not see each other
     /// (an MPI the trainer was not built for, or `srun --mpi` with the wrong plugin) would
     /// otherwise train N identical runs that overwrite each other's files.
-    pub fn init() -> Result<Self> {
+    pub fn init(classify: Classify) -> Result<Self> {
         #[cfg(feature = "mpi")]
-        let dist = mpi_world::World::init()?;
+        let dist = Dist {
+            classify,
+            ..mpi_world::World::init()?
+        };
         #[cfg(not(feature = "mpi"))]
-        let dist = Dist::single();
+        let dist = Dist {
+            classify,
+            ..Dist::single()
+        };
         if let Some((tasks, var)) = launcher_tasks()
             && tasks != dist.world_size
         {
@@ -129,27 +190,65 @@ impl Dist {
         }
     }
 
+    /// Every rank's outcome of a part that may fail on some ranks only (rank 0's writes, each
+    /// rank's loading): on every rank `Ok` if all succeeded, else the error: its own, or
+    /// [`PeerFailed`] naming the lowest failing rank and its exit code. Every rank must call it
+    /// at the same point; after a failure, every rank knows it ([`failure_agreed`]).
+    pub fn agree<T>(&self, result: Result<T>) -> Result<T> {
+        let code = match &result {
+            Ok(_) => 0,
+            Err(e) => (self.classify)(e).max(1),
+        };
+        let Some((rank, code)) = self.first_failure(code) else {
+            return result;
+        };
+        FAILURE_AGREED.store(true, Ordering::SeqCst);
+        let mine = match &result {
+            Err(e) if self.rank == rank => format!("{e:#}"),
+            _ => String::new(),
+        };
+        let message = self.text_of(rank, &mine);
+        result.and_then(|_| {
+            Err(PeerFailed {
+                rank,
+                code,
+                message,
+            }
+            .into())
+        })
+    }
+
+    /// Rank `from`'s `text` (up to [`PEER_MESSAGE_BYTES`] bytes), on every rank.
+    fn text_of(&self, from: usize, text: &str) -> String {
+        let mut bytes = vec![0u64; PEER_MESSAGE_BYTES];
+        if self.rank == from {
+            for (b, &t) in bytes.iter_mut().zip(text.as_bytes()) {
+                *b = u64::from(t);
+            }
+        }
+        self.sum_u64(&mut bytes);
+        let bytes: Vec<u8> = bytes
+            .iter()
+            .take_while(|&&b| b != 0)
+            .map(|&b| b as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The lowest rank passing a non-zero `code`, and its code (every rank must call this).
+    fn first_failure(&self, code: u8) -> Option<(usize, u8)> {
+        let mut codes = vec![0u64; self.world_size];
+        codes[self.rank] = u64::from(code);
+        self.sum_u64(&mut codes);
+        let rank = codes.iter().position(|&c| c != 0)?;
+        Some((rank, codes[rank] as u8))
+    }
+
     /// Whether any rank passes `true`.
     pub fn any(&self, flag: bool) -> bool {
         let mut v = [u64::from(flag)];
         self.sum_u64(&mut v);
         v[0] > 0
-    }
-
-    /// The ranks that pass `true` (every rank must call this).
-    pub fn ranks_with(&self, flag: bool) -> Vec<usize> {
-        let mut v = vec![0u64; self.world_size];
-        v[self.rank] = u64::from(flag);
-        self.sum_u64(&mut v);
-        (0..self.world_size).filter(|&r| v[r] > 0).collect()
-    }
-
-    /// Rank 0's `values`, on every rank (the others' are replaced).
-    pub fn broadcast_f64(&self, values: &mut [f64]) {
-        if !self.is_root() {
-            values.iter_mut().for_each(|v| *v = 0.0);
-        }
-        self.sum_f64(values);
     }
 
     /// The value of this node's first rank (local rank 0), on every rank of the node.
@@ -166,14 +265,6 @@ impl Dist {
         #[cfg(feature = "mpi")]
         if let Some(w) = &self.mpi {
             w.node_barrier();
-        }
-    }
-
-    /// Waits until every rank reaches this point.
-    pub fn barrier(&self) {
-        #[cfg(feature = "mpi")]
-        if let Some(w) = &self.mpi {
-            w.barrier();
         }
     }
 
@@ -291,6 +382,7 @@ impl GradientBuckets {
 #[cfg(feature = "mpi")]
 mod mpi_world {
     use std::cell::RefCell;
+    use std::sync::Mutex;
 
     use anyhow::{Context, Result};
     use mpi::collective::SystemOperation;
@@ -300,7 +392,26 @@ mod mpi_world {
 
     use super::Dist;
 
-    /// MPI state; dropping it finalizes MPI.
+    /// MPI's environment: initialised once, finalised by [`finalize`] at the end of the
+    /// process, never by a drop (a rank that fails alone must not finalise while the others
+    /// wait for it: it aborts them instead).
+    static UNIVERSE: Mutex<Option<Universe>> = Mutex::new(None);
+
+    pub fn finalize() {
+        let universe = UNIVERSE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(u) = &universe {
+            u.world().barrier();
+        }
+        drop(universe);
+    }
+
+    pub fn abort(code: u8) {
+        if mpi::environment::is_initialized() && !mpi::environment::is_finalized() {
+            SimpleCommunicator::world().abort(i32::from(code));
+        }
+    }
+
+    /// The communicators of this process (freed when dropped, before [`finalize`]).
     pub struct World {
         world: SimpleCommunicator,
         /// The ranks of this node (sharing memory).
@@ -308,7 +419,6 @@ mod mpi_world {
         /// Receive buffers of [`World::sum_overlapped`], kept between steps: the gradients are
         /// tens of MB, reduced every step.
         received: RefCell<Vec<Vec<f32>>>,
-        _universe: Universe,
     }
 
     impl World {
@@ -324,14 +434,14 @@ mod mpi_world {
                 world_size: world.size() as usize,
                 local_rank: node.rank() as usize,
                 local_size: node.size() as usize,
-                mpi: None,
+                ..Dist::single()
             };
+            *UNIVERSE.lock().unwrap_or_else(|e| e.into_inner()) = Some(universe);
             Ok(Dist {
                 mpi: Some(World {
                     world,
                     node,
                     received: RefCell::new(Vec::new()),
-                    _universe: universe,
                 }),
                 ..dist
             })
@@ -371,10 +481,6 @@ mod mpi_world {
             for (b, s) in buffers.iter_mut().zip(sums.iter_mut()) {
                 std::mem::swap(b, s);
             }
-        }
-
-        pub fn barrier(&self) {
-            self.world.barrier();
         }
 
         pub fn node_broadcast(&self, mut value: u64) -> u64 {
@@ -420,6 +526,5 @@ mod tests {
             b.iter_mut().for_each(|x| *x = i as f32 + 1.0)
         });
         assert_eq!(buffers, [vec![1.0; 3], vec![2.0; 2]]);
-        d.barrier();
     }
 }

@@ -102,12 +102,11 @@ impl Evaluator<'_> {
             let mut flags = [u64::from(stop()), u64::from(done.is_err())];
             self.dist.sum_u64(&mut flags);
             if flags[1] > 0 {
-                done?;
-                anyhow::bail!(
-                    "{}: another rank failed {} (its error is in its log)",
-                    self.context.run,
-                    self.context.doing
-                );
+                // Every rank learns the failing rank's error and exit code.
+                let mine =
+                    done.with_context(|| format!("{}: {}", self.context.run, self.context.doing));
+                self.dist.agree(mine)?;
+                anyhow::bail!("{}: a rank failed {}", self.context.run, self.context.doing);
             }
             if flags[0] > 0 {
                 return Ok(None);

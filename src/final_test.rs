@@ -14,8 +14,9 @@ use lossbench_core::records::{self, TestOutcome, Tuned};
 /// Evaluates the test split; `None` when a stop was requested during it (the resumed attempt
 /// tests again).
 pub fn test(run: &mut Run, stop: &Stop) -> Result<Option<TestOutcome>> {
-    let best = checkpoint::at_epoch(&run.dir, run.progress.best_epoch)?;
-    run.net.restore(&best.model, &best.dir)?;
+    let best = checkpoint::at_epoch(&run.dir, run.progress.best_epoch)
+        .and_then(|best| run.net.restore(&best.model, &best.dir));
+    run.dist.agree(best)?;
     let split = run.data.test.clone();
     let evaluator = crate::train::evaluator(run, "testing".into());
     let Some(e) =
@@ -24,7 +25,7 @@ pub fn test(run: &mut Run, stop: &Stop) -> Result<Option<TestOutcome>> {
         return Ok(None);
     };
     // Test labels and pixels must come from the store the run trained on.
-    run.store.check_unchanged()?;
+    run.dist.agree(run.store.check_unchanged())?;
     let Some(tuned) = tuned(run, &e.logits, &split.labels, stop)? else {
         return Ok(None);
     };
@@ -35,9 +36,22 @@ pub fn test(run: &mut Run, stop: &Stop) -> Result<Option<TestOutcome>> {
         ranking: Some(e.ranking(&split)),
         tuned: Some(tuned),
     };
-    if !run.dist.is_root() {
-        return Ok(Some(outcome));
-    }
+    let written = match run.dist.is_root() {
+        true => write_results(run, &split, &e, &outcome),
+        false => Ok(()),
+    };
+    run.dist.agree(written)?;
+    Ok(Some(outcome))
+}
+
+/// Rank 0 writes the test predictions and `test_metrics.json`.
+fn write_results(
+    run: &Run,
+    split: &lossbench_core::store::SplitData,
+    e: &crate::eval::Evaluation,
+    outcome: &TestOutcome,
+) -> Result<()> {
+    run.lock_held()?;
     let predictions = run.dir.join(lossbench_core::predictions::FILE);
     lossbench_core::predictions::write(
         &predictions,
@@ -46,9 +60,8 @@ pub fn test(run: &mut Run, stop: &Stop) -> Result<Option<TestOutcome>> {
         &e.logits,
         &e.decisions,
     )?;
-    let json = serde_json::to_vec_pretty(&outcome)?;
-    lossbench_core::files::write_atomically(&run.dir.join(records::TEST_FILE), &json)?;
-    Ok(Some(outcome))
+    let json = serde_json::to_vec_pretty(outcome)?;
+    lossbench_core::files::write_atomically(&run.dir.join(records::TEST_FILE), &json)
 }
 
 /// The test scores decided by per-class thresholds tuned on the validation split (evaluated

@@ -1,13 +1,15 @@
-//! The lock of a run folder (`<run>/.lock`, [`lossbench_core::lock`]): a trainer training the
-//! run holds it exclusively, a landscape or an explanation writing into it holds it shared. A
-//! second trainer on a run that is being trained exits at once with [`RunBusy`] (exit code 73)
-//! and touches nothing; so does a landscape while the run trains (its checkpoints are pruned as
-//! it trains).
+//! The lock of a run folder (`<run>/.lock`, [`lossbench_core::lock`]: a lease file that holds on
+//! cluster file systems without `flock`): a trainer training the run holds it exclusively, a
+//! landscape or an explanation writing into it holds it shared. Refusals are told apart, each
+//! with its exit code ([`crate::exit`]): another live trainer holds the run ([`RunBusy`], 73:
+//! leave it to that one), landscapes or explanations use it ([`RunInUse`], 76: try again when
+//! they end), the lock cannot be created at all ([`RunFolderUnwritable`], 74: a permission, a
+//! read-only or full file system). In each case nothing was changed.
 
 use std::fs;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::dist::Dist;
 use lossbench_core::lock::{Lock, LockError, Mode, try_lock};
@@ -15,46 +17,69 @@ use lossbench_core::lock::{Lock, LockError, Mode, try_lock};
 /// The lock file in a run folder.
 pub const FILE: &str = ".lock";
 
-/// The run folder is held by another process; nothing was changed.
+/// The run folder is held by another live process writing it; nothing was changed.
 #[derive(Debug, thiserror::Error)]
-#[error("run folder {dir} is busy: {source}; nothing was changed")]
+#[error("run folder {dir} is busy: {holder}; nothing was changed")]
 pub struct RunBusy {
     pub dir: String,
+    /// Who holds it (the lock's refusal).
+    pub holder: LockError,
+}
+
+/// A trainer found the run folder used by landscapes or explanations (they read its
+/// checkpoints, which training prunes); nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "run folder {dir} is in use: {holders}; nothing was changed. Train it again once they have \
+     ended"
+)]
+pub struct RunInUse {
+    pub dir: String,
+    pub holders: LockError,
+}
+
+/// The run folder or its lock cannot be created (permissions, a read-only or full file system).
+#[derive(Debug, thiserror::Error)]
+#[error("run folder {dir} cannot be locked")]
+pub struct RunFolderUnwritable {
+    pub dir: String,
     #[source]
-    pub source: LockError,
+    pub source: anyhow::Error,
 }
 
 /// Locks the run folder `dir` (created if missing) for `purpose`. Exclusive: rank 0 holds it
 /// (the other ranks never write run files); shared: every process holds its own. The ranks
-/// agree, so that a refusal ends all of them. `None` where the file system has no locks.
+/// agree, so that a refusal ends all of them with the same exit code.
 pub fn lock(dir: &Path, mode: Mode, purpose: &str, dist: &Dist) -> Result<Option<Lock>> {
     let mine = if mode == Mode::Shared || dist.is_root() {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("creating run folder {}", dir.display()))?;
-        match try_lock(&dir.join(FILE), mode, purpose) {
-            Ok(lock) => Ok(Some(lock)),
-            Err(e @ LockError::Unsupported { .. }) => {
-                tracing::warn!("{e}: two trainers on this run folder would not be told apart");
-                Ok(None)
-            }
-            Err(source) => Err(RunBusy {
-                dir: dir.display().to_string(),
-                source,
-            }),
-        }
+        lock_here(dir, mode, purpose).map(Some)
     } else {
         Ok(None)
     };
-    if dist.any(mine.is_err()) {
-        mine?;
-        // Every rank exits as busy (73); the rank that was refused names the holder.
-        let path = dir.join(FILE);
-        let source = LockError::Held { path, holder: None };
-        return Err(RunBusy {
-            dir: dir.display().to_string(),
-            source,
+    dist.agree(mine)
+}
+
+fn lock_here(dir: &Path, mode: Mode, purpose: &str) -> Result<Lock> {
+    let shown = dir.display().to_string();
+    let unwritable = |source: anyhow::Error| RunFolderUnwritable {
+        dir: shown.clone(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(|e| unwritable(e.into()))?;
+    match try_lock(&dir.join(FILE), mode, purpose) {
+        Ok(lock) => Ok(lock),
+        Err(e @ LockError::Held { .. }) if e.held_by_writer() || mode == Mode::Shared => {
+            Err(RunBusy {
+                dir: shown,
+                holder: e,
+            }
+            .into())
         }
-        .into());
+        Err(e @ LockError::Held { .. }) => Err(RunInUse {
+            dir: shown,
+            holders: e,
+        }
+        .into()),
+        Err(e) => Err(unwritable(e.into()).into()),
     }
-    Ok(mine.expect("checked above"))
 }

@@ -11,6 +11,7 @@ pub mod data;
 pub mod device;
 pub mod dist;
 pub mod eval;
+pub mod exit;
 pub mod explain;
 pub mod failure;
 pub mod final_test;

@@ -54,8 +54,8 @@ pub struct StepDone {
 pub enum StepFailure {
     /// This rank caught a libtorch error.
     Here(Caught),
-    /// Another rank did (its message is in its log).
-    Elsewhere { ranks: Vec<usize> },
+    /// Another rank failed; this one did not.
+    Elsewhere,
     /// Reading the batch failed.
     Data(anyhow::Error),
 }
@@ -155,9 +155,7 @@ impl Stepper {
         if shared[2] > 0.0 {
             return Err(match local {
                 Err(e) => e,
-                Ok(_) => StepFailure::Elsewhere {
-                    ranks: dist.ranks_with(failed),
-                },
+                Ok(_) => StepFailure::Elsewhere,
             });
         }
         let (_, bn_sum) = local.expect("no rank failed");
@@ -256,16 +254,18 @@ impl Stepper {
 }
 
 impl StepFailure {
-    /// The error a rank reports, with the run and step it happened at.
-    pub fn into_error(self, context: &crate::failure::Context) -> anyhow::Error {
-        match self {
-            StepFailure::Here(caught) => context.error(caught),
-            StepFailure::Elsewhere { ranks } => anyhow!(
-                "{}: rank(s) {ranks:?} failed {} (their error is in their log)",
-                context.run,
-                context.doing
-            ),
-            StepFailure::Data(e) => e.context(format!("{}: {}", context.run, context.doing)),
+    /// The error every rank reports, agreed between them ([`Dist::agree`]): the failing rank's
+    /// own, with the run and step it happened at; [`crate::dist::PeerFailed`] with its message
+    /// on the others. Every rank of a failed step calls it.
+    pub fn agreed(self, dist: &Dist, context: &crate::failure::Context) -> anyhow::Error {
+        let mine = match self {
+            StepFailure::Here(caught) => Err(context.error(caught)),
+            StepFailure::Data(e) => Err(e.context(format!("{}: {}", context.run, context.doing))),
+            StepFailure::Elsewhere => Ok(()),
+        };
+        match dist.agree(mine) {
+            Err(e) => e,
+            Ok(()) => anyhow!("{}: a rank failed {}", context.run, context.doing),
         }
     }
 }

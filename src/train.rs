@@ -54,11 +54,11 @@ enum EpochEnd {
 /// after it; stops early, with a checkpoint, when `stop` asks, and ends training when the
 /// selection metric has not improved for `selection.patience` epochs.
 pub fn train(run: &mut Run, stop: &Stop) -> Result<Ending> {
-    let mut file = if run.dist.is_root() {
-        Some(open_records(run)?)
-    } else {
-        None
+    let opened = match run.dist.is_root() {
+        true => open_records(run).map(Some),
+        false => Ok(None),
     };
+    let mut file = run.dist.agree(opened)?;
     let mut records = Vec::new();
     // A run that stopped early and was interrupted while testing resumes to its test.
     let last = run.progress.start_epoch - 1;
@@ -119,19 +119,28 @@ pub fn train(run: &mut Run, stop: &Stop) -> Result<Ending> {
 }
 
 /// After validation: the record appended, the LRP snapshot, the best epoch, the checkpoint.
+/// Rank 0 writes; every write's outcome is agreed, so that a failure there (a full disk, a lost
+/// lock) ends every rank at once instead of leaving them in the next step's all-reduce.
 fn finish_epoch(run: &mut Run, file: Option<&mut fs::File>, record: &EpochRecord) -> Result<()> {
-    // Nothing of an epoch is recorded when the store changed under it.
-    run.store.check_unchanged()?;
-    if let Some(file) = file {
-        append_record(run, file, record)?;
-    }
+    // Nothing of an epoch is recorded when the store changed under it, or when another trainer
+    // took the run folder over.
+    run.dist.agree(run.store.check_unchanged())?;
+    run.check_lock()?;
+    let appended = match file {
+        Some(file) => append_record(run, file, record),
+        None => Ok(()),
+    };
+    run.dist.agree(appended)?;
     log_epoch(record);
     let (epoch, every) = (record.epoch, run.config.lrp.every);
-    if run.dist.is_root() && every > 0 && epoch.is_multiple_of(every) {
+    let snapshot = if run.dist.is_root() && every > 0 && epoch.is_multiple_of(every) {
         let (r, lrp) = (&*run, &run.config.lrp);
         r.probes
-            .snapshot(&r.net, &r.loss, &r.data.loading.norm, lrp, &r.dir, epoch)?;
-    }
+            .snapshot(&r.net, &r.loss, &r.data.loading.norm, lrp, &r.dir, epoch)
+    } else {
+        Ok(())
+    };
+    run.dist.agree(snapshot)?;
     let score = run.config.selection.metric.score(record);
     if score > run.progress.best_score {
         run.progress.best_score = score;
@@ -196,7 +205,7 @@ fn train_epoch(run: &mut Run, epoch: u32, stop: &Stop, steps_taken: &mut u64) ->
         let done = r
             .stepper
             .step(&r.net, &r.loss, &r.dist, step, &mut batches, wants_stop);
-        let done = done.map_err(|f| f.into_error(&step_context(run, epoch, s, micro)))?;
+        let done = done.map_err(|f| f.agreed(&run.dist, &step_context(run, epoch, s, micro)))?;
         // The summed loss is every rank's: all of them stop here together.
         if !done.loss_sum.is_finite() {
             bail!(
@@ -380,16 +389,17 @@ fn log_epoch(record: &EpochRecord) {
     );
 }
 
-/// Rank 0 writes the checkpoint; every rank waits for it, so any may read it next.
+/// Rank 0 writes the checkpoint; every rank learns its outcome (and so waits for it, so any
+/// may read it next).
 fn save_checkpoint(
     run: &Run,
     epoch: u32,
     steps_into_next: u64,
     partial_loss_sum: f64,
 ) -> Result<()> {
+    run.check_lock()?;
     if !run.dist.is_root() {
-        run.dist.barrier();
-        return Ok(());
+        return run.dist.agree(Ok(()));
     }
     let p = &run.progress;
     let state = checkpoint::State {
@@ -400,6 +410,7 @@ fn save_checkpoint(
         best_epoch: p.best_epoch,
         best_score: p.best_score,
         crc32: [0, 0],
+        bytes: None,
         fingerprint: Some(run.fingerprint.clone()),
     };
     let (model, optimizer) = (run.net.named_variables(), run.stepper.adam.state());
@@ -410,8 +421,7 @@ fn save_checkpoint(
         state,
         run.config.checkpoint.keep_last,
     );
-    run.dist.barrier();
-    saved
+    run.dist.agree(saved)
 }
 
 /// Records of epochs before `start_epoch` survive a resume; later ones (an epoch recorded but

@@ -105,6 +105,7 @@ fn checkpoints() {
         best_epoch: 1,
         best_score: 0.5,
         crc32: [0, 0],
+        bytes: None,
         fingerprint: Some(lossbench::resume::Fingerprint {
             config: "0123456789abcdef".into(),
             micro_batches: 1,

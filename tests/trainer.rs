@@ -843,6 +843,33 @@ fn out_of_memory_names_the_step_and_leaves_the_checkpoint() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Memory running out while the run is set up (VGG-16-BN's 138 M weights under the same
+    // limit): exit 71 too, and run.json records it (the attempt had begun).
+    let vgg = [
+        "--set",
+        "model.arch=\"vgg16\"",
+        "--set",
+        "train.batch_size=2",
+        "--epochs",
+        "1",
+    ];
+    let o = Command::new("prlimit")
+        .env("MALLOC_ARENA_MAX", "1")
+        .arg(format!("--as={}", (small + 300 * 1024) * 1024))
+        .arg(env!("CARGO_BIN_EXE_trainer"))
+        .args(train_args("ce", &data, &out, &vgg))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(71), "{:?}: {err}", o.status);
+    assert!(
+        err.contains("out of memory building the network and its optimizer"),
+        "{err}"
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("ce-vgg16-seed0/run.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["status"], "failed", "{info}");
 }
 
 /// Early stopping on validation macro mAP with patience 1: training ends at the first epoch

@@ -76,18 +76,58 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Who holds the lock of a run folder, a results folder or a store (docs/reliability.md):
+    /// prints the live holder; exit 0 when a live writer holds it, 3 when only live readers do,
+    /// 1 when it is free, 2 when it cannot be told. For scripts (slurm/sweep.sh).
+    Holder {
+        /// A run folder, a results folder (their `.lock`), or a store (`<store>.lock`).
+        path: PathBuf,
+    },
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// `collector holder`'s exit codes.
+const HELD_BY_WRITER: u8 = 0;
+const FREE: u8 = 1;
+const HELD_BY_READERS: u8 = 3;
+
+const UNKNOWN: u8 = 2;
+
+fn holder(path: &std::path::Path) -> ExitCode {
+    let lock = if path.join("zarr.json").is_file() {
+        lossbench_core::store::lock_path(path)
+    } else {
+        path.join(".lock")
+    };
+    let code = match lossbench_core::lock::inspect(&lock) {
+        Err(e) => {
+            eprintln!("error: cannot tell who holds {}: {e}", lock.display());
+            UNKNOWN
+        }
+        Ok(None) => FREE,
+        Ok(Some(held)) => {
+            println!("{held}");
+            if held.held_by_writer() {
+                HELD_BY_WRITER
+            } else {
+                HELD_BY_READERS
+            }
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Merge { runs, out } => {
             let s = merge::merge(&runs, &out)?;
             println!(
-                "merged {} run(s) into {}: {} file(s) written, {} unchanged, {} torn record line(s) skipped",
+                "merged {} run(s) into {}: {} file(s) written, {} unchanged, {} of runs that are \
+                 gone removed, {} torn record line(s) skipped",
                 s.runs,
                 out.display(),
                 s.written,
                 s.unchanged,
+                s.removed,
                 s.skipped_lines
             );
         }
@@ -125,12 +165,13 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", c.text());
             }
         }
+        Command::Holder { path } => return Ok(holder(&path)),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, "info");
-    logging::exit_code(run(cli).map(|()| ExitCode::SUCCESS))
+    logging::exit_code(run(cli))
 }

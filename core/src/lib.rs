@@ -15,6 +15,7 @@
 pub mod config_digest;
 pub mod files;
 pub mod heatmaps;
+pub mod host;
 pub mod images;
 pub mod labels;
 pub mod layout;

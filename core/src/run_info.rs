@@ -216,8 +216,8 @@ impl RunInfo {
         }
         let (ms, text) = now();
         attempts.push(Attempt {
-            host: crate::lock::host_name(),
-            slurm_job: crate::lock::slurm_job(),
+            host: crate::host::host_name(),
+            slurm_job: crate::host::slurm_job(),
             world_size: start.world_size,
             device: start.device,
             data: start.data,
@@ -246,6 +246,14 @@ impl RunInfo {
         };
         info.write(dir)?;
         Ok(info)
+    }
+
+    /// Records where the current attempt's data lives, once it is loaded.
+    pub fn placed(&mut self, dir: &Path, data: Vec<DataPlacement>) -> Result<()> {
+        if let Some(a) = self.attempts.last_mut() {
+            a.data = data;
+        }
+        self.write(dir)
     }
 
     /// Records the end of the current attempt, and why.

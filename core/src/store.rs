@@ -21,7 +21,7 @@ type Fs = FilesystemStore;
 const READ_HANDLE_CACHE: usize = 512;
 
 /// A finished store, opened for reading. While it is open, this process holds a shared lock on
-/// the store's `zarr.json` ([`crate::lock`]): `data-prep convert --overwrite` refuses to
+/// the store ([`lock_path`], [`crate::lock`]): `data-prep convert --overwrite` refuses to
 /// replace a store that is being read, unless forced.
 pub struct Store {
     pub path: PathBuf,
@@ -101,6 +101,9 @@ impl Store {
                 path.display()
             );
         }
+        // Locked before anything is read: a conversion that replaces the store holds the lock
+        // exclusively from its start to the replacement.
+        let reading = read_lock(path)?;
         // Random reads hit the same shard files over and over: keep them open.
         let mut fs_options = FilesystemStoreOptions::default();
         fs_options.file_handle_cache_size(READ_HANDLE_CACHE);
@@ -125,7 +128,6 @@ impl Store {
         attrs.validate().map_err(|e| {
             anyhow::anyhow!("{}: inconsistent store attributes: {e}", path.display())
         })?;
-        let reading = read_lock(path)?;
         Ok(Store {
             path: path.to_path_buf(),
             attrs,
@@ -184,25 +186,32 @@ impl Store {
     }
 }
 
-/// The shared lock of a reader on the store's `zarr.json`; none where the file system has no
-/// locks (with a warning).
+/// The lock of the store at `path`: `<store>.lock` beside it (never a file of the store), held
+/// shared by readers and exclusively by `data-prep convert` while it builds the store.
+pub fn lock_path(path: &Path) -> PathBuf {
+    crate::layout::sibling(path, ".lock")
+}
+
+/// The shared lock of a reader; none where the lock cannot be created (a read-only folder
+/// beside the store), with a note in the log.
 fn read_lock(path: &Path) -> Result<Option<crate::lock::Lock>> {
     use crate::lock::{LockError, Mode, try_lock};
-    match try_lock(&path.join("zarr.json"), Mode::Shared, "reading the store") {
+    match try_lock(&lock_path(path), Mode::Shared, "reading the store") {
         Ok(lock) => Ok(Some(lock)),
-        Err(LockError::Held { holder, .. }) => bail!(
-            "{} is being replaced ({}); open it again once that has finished",
-            path.display(),
-            holder.map_or("by data-prep".to_string(), |h| h.to_string())
+        Err(LockError::Held {
+            holder: Some(holder),
+            why,
+            ..
+        }) => bail!(
+            "{} is being replaced by {holder} ({why}); the old store is intact: open it again \
+             once that has finished",
+            path.display()
         ),
-        Err(e @ LockError::Unsupported { .. }) => {
-            tracing::warn!(
-                "{e}: `data-prep convert --overwrite` cannot see that this process reads it"
+        Err(e) => {
+            tracing::info!(
+                "{e}: reading the store without a lock (`data-prep convert --overwrite` cannot \
+                 see this reader)"
             );
-            Ok(None)
-        }
-        Err(e @ LockError::Io { .. }) => {
-            tracing::debug!("{e}: reading the store without a lock");
             Ok(None)
         }
     }

@@ -71,49 +71,44 @@ pub fn convert(opts: &ConvertOptions) -> Result<Outcome> {
     if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    let lock_path = sibling(&opts.out, ".lock");
-    let lock = fs::File::create(&lock_path)
-        .with_context(|| format!("creating {}", lock_path.display()))?;
-    lock.try_lock().map_err(|_| {
-        anyhow!(
-            "another data-prep is writing {} (lock {} is held)",
-            opts.out.display(),
-            lock_path.display()
-        )
-    })?;
-    // Fail before hours of work rather than at the end; checked again when replacing.
-    drop(lock_readers_out(opts)?);
-    // The lock file stays: removing it would let a second writer lock a new file while the
-    // first still holds the old one.
-    convert_locked(opts)
+    let lock = lock_store(opts)?;
+    restore_interrupted_replacement(&opts.out)?;
+    convert_locked(opts, &lock)
 }
 
-/// With `--overwrite`, the exclusive lock on the existing store's `zarr.json`, which its readers
-/// hold shared (lossbench_core::lock): refused while any process reads the store, unless
-/// `--force`.
-fn lock_readers_out(opts: &ConvertOptions) -> Result<Option<lossbench_core::lock::Lock>> {
-    use lossbench_core::lock::{LockError, Mode, try_lock};
-    let root = opts.out.join("zarr.json");
-    if opts.force || !root.is_file() {
-        return Ok(None);
-    }
-    match try_lock(&root, Mode::Exclusive, "data-prep convert --overwrite") {
-        Ok(lock) => Ok(Some(lock)),
-        Err(LockError::Held { .. }) => bail!(
-            "{} is being read (by a trainer, a landscape, an explanation or a report): replacing it \
-             now would mix its old labels with the new pixels in their results; wait until they \
-             end, convert into another folder, or pass --force",
+/// The store's lock (`<out>.lock`, [`lossbench_core::store::lock_path`]) held exclusively for
+/// the whole conversion: a second data-prep writing the same store is refused, and so is an
+/// existing store's replacement while processes read it (unless `--force`); readers that start
+/// meanwhile are told the store is being replaced. The lock lives in its own file: the old
+/// store's bytes stay as they are until the new one replaces it by renames.
+fn lock_store(opts: &ConvertOptions) -> Result<lossbench_core::lock::Lock> {
+    use lossbench_core::lock::{LockError, Mode, try_lock, try_lock_past_readers};
+    let path = lossbench_core::store::lock_path(&opts.out);
+    let purpose = if opts.overwrite {
+        "data-prep convert --overwrite"
+    } else {
+        "data-prep convert"
+    };
+    let taken = if opts.force {
+        try_lock_past_readers(&path, purpose)
+    } else {
+        try_lock(&path, Mode::Exclusive, purpose)
+    };
+    taken.map_err(|e| match e {
+        LockError::Held {
+            holder: Some(h), ..
+        } => anyhow!("another data-prep is writing {}: {h}", opts.out.display()),
+        LockError::Held { .. } => anyhow!(
+            "{} is being read (by a trainer, a landscape, an explanation or a report): replacing \
+             it now would mix its old labels with the new pixels in their results; wait until \
+             they end, convert into another folder, or pass --force. {e}",
             opts.out.display()
         ),
-        Err(e @ LockError::Unsupported { .. }) => {
-            tracing::warn!("{e}: cannot tell whether processes read the store");
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
+        e => anyhow::Error::new(e).context(format!("locking {}", opts.out.display())),
+    })
 }
 
-fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
+fn convert_locked(opts: &ConvertOptions, lock: &lossbench_core::lock::Lock) -> Result<Outcome> {
     let packing = if opts.archive.is_file() {
         let packing = Packing::of(&opts.archive).with_context(|| {
             format!(
@@ -142,9 +137,9 @@ fn convert_locked(opts: &ConvertOptions) -> Result<Outcome> {
         let _ = fs::remove_dir_all(&partial);
     }
     let outcome = result?;
-    let readers_out = lock_readers_out(opts)?;
+    // Replaced only by the holder of the lock (never after another node took it over).
+    lock.check()?;
     finalize(&partial, &opts.out)?;
-    drop(readers_out);
     Ok(outcome)
 }
 
@@ -921,18 +916,27 @@ fn bad_input_message(rejects: &[Reject], stopped_at_first: bool) -> String {
     msg
 }
 
-/// Replaces `out` by the finished `partial` with renames only, so a reader sees the old store
-/// or the new one, never a mix; the old one is removed afterwards.
 /// A random 128-bit id, as 32 hex digits.
 fn new_store_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// Replaces `out` by the finished `partial`: the two folders' names exchanged in one step where
+/// the file system can (a reader or a kill sees the old store or the new one, never neither),
+/// else the old store moved aside to `<out>.old` and the new one renamed in (a kill between the
+/// two renames is repaired by the next conversion, [`restore_interrupted_replacement`]); the old
+/// one is removed afterwards.
 fn finalize(partial: &Path, out: &Path) -> Result<()> {
     fs::File::open(partial)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("syncing {}", partial.display()))?;
-    if out.exists() {
+    let swapped = out.exists()
+        && lossbench_core::files::exchange(partial, out)
+            .with_context(|| format!("exchanging {} and {}", partial.display(), out.display()))?;
+    if swapped {
+        // `partial` now names the old store.
+        fs::remove_dir_all(partial).with_context(|| format!("removing {}", partial.display()))?;
+    } else if out.exists() {
         let old = sibling(out, ".old");
         if old.exists() {
             fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
@@ -944,6 +948,18 @@ fn finalize(partial: &Path, out: &Path) -> Result<()> {
     } else {
         fs::rename(partial, out)
             .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
+    }
+    lossbench_core::files::sync_parent(out)
+}
+
+/// After a conversion killed between moving the old store aside and renaming the new one in
+/// (file systems without an exchange): the old store is renamed back.
+fn restore_interrupted_replacement(out: &Path) -> Result<()> {
+    let old = sibling(out, ".old");
+    if !out.exists() && old.join("zarr.json").is_file() {
+        tracing::warn!(store = %out.display(), "restoring the store a killed conversion had moved aside");
+        fs::rename(&old, out)
+            .with_context(|| format!("renaming {} back to {}", old.display(), out.display()))?;
     }
     Ok(())
 }

@@ -8,23 +8,15 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use lossbench::config::{self, DeviceChoice};
-use lossbench::dist::Dist;
-use lossbench::failure::{Internal, OutOfMemory};
-use lossbench::folder_lock::RunBusy;
-use lossbench::resume::ConfigChanged;
+use lossbench::dist::{self, Dist};
+use lossbench::exit;
 use lossbench::run::Run;
-use lossbench::stop::{EXIT_REQUEUE, Stop};
+use lossbench::stop::Stop;
 use lossbench::train::Ending;
 use lossbench_core::logging::{self, LogFormat};
 use lossbench_core::ranking::Ranking;
 use lossbench_core::records::{EpochRecord, TestOutcome};
-use lossbench_core::run_info::{Identity, RunInfo, Start, Status};
-
-/// Exit codes besides 0, 1 (an error) and [`EXIT_REQUEUE`] (docs/training.md, "Exit codes").
-const EXIT_INTERNAL: u8 = 70;
-const EXIT_OUT_OF_MEMORY: u8 = 71;
-const EXIT_BUSY: u8 = 73;
-const EXIT_CONFIG_CHANGED: u8 = 78;
+use lossbench_core::run_info::Status;
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -212,47 +204,33 @@ fn run(cli: Cli, dist: Dist, stop: Option<Stop>) -> Result<ExitCode> {
 }
 
 /// `trainer train`: sets the run up, trains and tests it, and records each attempt's start,
-/// end and reason in `run.json` (rank 0).
+/// end and reason in `run.json` (rank 0; a failure while setting up is recorded by
+/// [`Run::open`]).
 fn train(a: TrainArgs, dist: Dist, stop: Stop) -> Result<ExitCode> {
     let config = a.job.load()?;
     let mut run = Run::open(config, a.resume == Resume::Auto, dist)?;
-    let mut info = if run.dist.is_root() {
-        let c = &run.config;
-        let id = Identity {
-            run_id: c.run_id(),
-            loss: c.loss.name().into(),
-            seed: c.run.seed,
-            code_revision: env!("LOSSBENCH_REVISION").into(),
-        };
-        let start = Start {
-            world_size: run.dist.world_size,
-            device: lossbench::device::name(run.net.device),
-            data: run.data.placements.clone(),
-            store_id: run.fingerprint.store.clone(),
-            config_changes: run.changes.clone(),
-        };
-        for change in &run.changes {
-            tracing::info!(%change, "configuration changed on resume");
-        }
-        Some(RunInfo::begin(&run.dir, id, start)?)
-    } else {
-        None
-    };
     // A libtorch error outside the places that catch their own is still this run's failure.
     let outcome = lossbench::failure::catch(|| train_and_test(&mut run, &stop))
         .unwrap_or_else(|caught| Err(anyhow::anyhow!("internal error: {}", caught.message())));
-    if let Some(info) = &mut info {
-        let (status, reason) = match &outcome {
-            Ok(Outcome::Stopped) => (Status::Stopped, Some(stop.reason())),
-            Ok(Outcome::Finished { early_stop }) => (Status::Finished, early_stop.clone()),
-            Err(e) => (Status::Failed, Some(format!("{e:#}"))),
-        };
-        info.end(&run.dir, status, reason)?;
+    let (status, reason) = match &outcome {
+        Ok(Outcome::Stopped) => (Status::Stopped, Some(stop.reason())),
+        Ok(Outcome::Finished { early_stop }) => (Status::Finished, early_stop.clone()),
+        Err(e) => (Status::Failed, Some(format!("{e:#}"))),
+    };
+    let recorded = run.record_end(status, reason);
+    match (outcome, recorded) {
+        (Err(e), Err(w)) => {
+            tracing::error!("recording the failure in run.json: {w:#}");
+            Err(e)
+        }
+        (outcome, recorded) => {
+            recorded?;
+            Ok(match outcome? {
+                Outcome::Stopped => ExitCode::from(exit::REQUEUE),
+                Outcome::Finished { .. } => ExitCode::SUCCESS,
+            })
+        }
     }
-    Ok(match outcome? {
-        Outcome::Stopped => ExitCode::from(EXIT_REQUEUE),
-        Outcome::Finished { .. } => ExitCode::SUCCESS,
-    })
 }
 
 /// How an attempt ended, short of failing.
@@ -352,23 +330,6 @@ fn print_summary(run: &Run, records: &[EpochRecord], test: &TestOutcome, early_s
     println!("results in {}", run.dir.display());
 }
 
-/// The documented exit code of a failure (docs/training.md, "Exit codes").
-fn exit_code(e: &anyhow::Error) -> ExitCode {
-    let is = |f: &dyn Fn(&(dyn std::error::Error + 'static)) -> bool| e.chain().any(f);
-    let code = if is(&|c| c.is::<RunBusy>()) {
-        EXIT_BUSY
-    } else if is(&|c| c.is::<ConfigChanged>()) {
-        EXIT_CONFIG_CHANGED
-    } else if is(&|c| c.is::<OutOfMemory>()) {
-        EXIT_OUT_OF_MEMORY
-    } else if is(&|c| c.is::<Internal>()) || e.to_string().starts_with("internal error") {
-        EXIT_INTERNAL
-    } else {
-        1
-    };
-    ExitCode::from(code)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     lossbench::failure::install_hook();
@@ -382,18 +343,38 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    let dist = match Dist::init() {
+    let dist = match Dist::init(exit::code) {
         Ok(d) => d,
         Err(e) => return logging::exit_code(Err(e)),
     };
     logging::init(cli.log_format, if dist.is_root() { "info" } else { "warn" });
+    let world = dist.world_size;
     let result = lossbench::failure::catch(|| run(cli, dist, stop))
         .unwrap_or_else(|caught| Err(anyhow::anyhow!("internal error: {}", caught.message())));
     match result {
-        Ok(code) => code,
+        Ok(code) => {
+            dist::finalize();
+            code
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
-            exit_code(&e)
+            let code = exit::code(&e);
+            if exit::is_out_of_space(&e) {
+                eprintln!(
+                    "the disk or the quota is full: the newest checkpoint is intact; free space, \
+                     then resume with --resume auto (exit {code})"
+                );
+            }
+            // A failure the other ranks do not know of leaves them in a collective call until
+            // the job's time limit: end them all now.
+            if world > 1 && !dist::failure_agreed() {
+                eprintln!(
+                    "error: this rank failed alone: aborting every rank (MPI_Abort, exit {code})"
+                );
+                dist::abort(code);
+            }
+            dist::finalize();
+            ExitCode::from(code)
         }
     }
 }

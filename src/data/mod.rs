@@ -2,6 +2,7 @@
 //! from the store by loader threads ([`stream`]) or gathered from splits decoded once into host
 //! or device memory ([`resident`]). Both give the same batches, bit for bit on the CPU.
 
+pub mod mapping;
 pub mod resident;
 pub mod shared;
 pub mod splits;

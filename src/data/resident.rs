@@ -27,7 +27,7 @@ const LOAD_CHUNK: usize = 2048;
 const DEVICE_RESERVE_SHARE: f64 = 0.25;
 const DEVICE_RESERVE_MIN: u64 = 16 << 30;
 /// Share of the available host memory `auto` lets resident splits take.
-const HOST_SHARE: f64 = 0.8;
+pub(super) const HOST_SHARE: f64 = 0.8;
 
 pub(super) fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
@@ -142,7 +142,7 @@ pub struct ResidentSplit {
     pub bytes: u64,
     /// The node's shared copy the tensors above are views of, when the ranks of a node share
     /// one (declared last: dropped after them).
-    pub shared: Option<super::shared::Mapping>,
+    pub shared: Option<super::mapping::Mapping>,
 }
 
 /// Decodes band group `g` of patches `rows` of `split` on `pool`, a chunk of patches at a time,

@@ -1,104 +1,46 @@
 //! One host copy of a resident split per node (docs/training.md, "Resident data"): with several
 //! ranks on a node and `data.resident` placing a split in host memory, the node's first rank
-//! decodes it once into a file in `/dev/shm`, every rank of the node maps that file read-only,
-//! and the file's name is removed as soon as all have mapped it. The memory is then freed by
-//! the kernel when the last rank exits, however it exits; a file left by a job killed between
-//! creating and removing it is removed by the next start on the node (its creator no longer
-//! runs). N ranks on a node thus hold one copy instead of N.
+//! decodes it once into an **unnamed** file (`O_TMPFILE`) in the node's shared-memory folder
+//! (`/dev/shm`, or `LOSSBENCH_SHM`), the other ranks of the node open it through
+//! `/proc/<pid>/fd/<fd>` and every rank maps it read-only. The file never has a name, so the
+//! kernel frees it when the last rank unmaps it or dies, however it dies (a SIGKILL while it is
+//! written included): nothing is ever left in the node's tmpfs. Its space is reserved first
+//! (`fallocate`), and a write that runs out of space (`ENOSPC`) is not a failure: the caller
+//! falls back ([`super::splits`]). N ranks on a node thus hold one copy instead of N.
 
 use std::fs;
 use std::io::{BufWriter, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use tch::{Device, Kind, Tensor};
+use tch::Kind;
 
 use super::Normalizer;
-use super::resident::Placement;
-use super::resident::{ResidentSplit, decode_group, gib, labels_of, loader_pool};
+use super::mapping::Mapping;
+use super::resident::{Placement, ResidentSplit, decode_group, gib, labels_of, loader_pool};
 use crate::dist::Dist;
 use lossbench_core::labels::NUM_CLASSES;
 use lossbench_core::layout::BAND_GROUPS;
 use lossbench_core::store::SplitData;
 
-const SHM: &str = "/dev/shm";
+/// Prefix of the named files older versions left in the shared-memory folder.
 const PREFIX: &str = "lossbench-";
 
-/// A file mapped read-only into this process; unmapped on drop.
-pub struct Mapping {
-    address: *mut libc::c_void,
-    len: usize,
+/// The node's shared-memory folder: `LOSSBENCH_SHM`, else `/dev/shm`.
+pub fn folder() -> PathBuf {
+    std::env::var_os("LOSSBENCH_SHM")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from)
 }
 
-// SAFETY: the mapping is read-only and lives until dropped; tensors viewing it only read.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: the address and length mmap returned.
-        unsafe { libc::munmap(self.address, self.len) };
-    }
-}
-
-impl Mapping {
-    fn open(path: &Path) -> Result<Mapping> {
-        let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let len = file.metadata()?.len() as usize;
-        // SAFETY: a fresh shared read-only mapping of a whole file this process opened.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            bail!(
-                "mapping {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(Mapping { address, len })
-    }
-
-    /// A tensor of `shape` and `kind` viewing the bytes at `offset` (no copy).
-    fn view(&self, offset: usize, shape: &[i64], kind: Kind) -> Tensor {
-        let bytes: i64 = shape.iter().product::<i64>() * kind.elt_size_in_bytes() as i64;
-        assert!(
-            offset + bytes as usize <= self.len,
-            "a view inside the mapping"
-        );
-        // SAFETY: the bytes lie inside the mapping, which outlives the tensor (ResidentSplit
-        // drops its tensors before its mapping); libtorch only reads them.
-        unsafe {
-            let data = (self.address as *const u8).add(offset);
-            Tensor::from_blob(data, shape, &[], kind, Device::Cpu)
-        }
-    }
-
-    /// This process's proportional share of the mapping's resident memory (PSS), in bytes.
-    pub fn pss(&self) -> Option<u64> {
-        let smaps = fs::read_to_string("/proc/self/smaps").ok()?;
-        let start = format!("{:x}-", self.address as usize);
-        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
-        lines.next()?;
-        let pss = lines.find(|l| l.starts_with("Pss:"))?;
-        Some(pss.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-    }
-}
-
-/// Removes `lossbench-*` files of `/dev/shm` whose creator (the pid in their name) no longer
-/// runs: left by a job killed before it could remove them.
-fn remove_stale() {
-    let Ok(entries) = fs::read_dir(SHM) else {
+/// Removes `lossbench-*` files an older version left in the shared-memory folder when killed
+/// (it named its copies): their creator's pid (in the name) no longer runs on this node.
+fn remove_left_by_older_versions(folder: &Path) {
+    let Ok(entries) = fs::read_dir(folder) else {
         return;
     };
     for e in entries.flatten() {
@@ -107,112 +49,158 @@ fn remove_stale() {
             .strip_prefix(PREFIX)
             .and_then(|r| r.split('-').next()?.parse::<u32>().ok());
         if let Some(pid) = pid
-            && !Path::new(&format!("/proc/{pid}")).exists()
+            && !lossbench_core::host::process_runs(pid)
         {
             let _ = fs::remove_file(e.path());
         }
     }
 }
 
-/// The shared file's name: the node's first rank's pid, the store and the split.
-fn file_name(creator: u64, store: &str, split: &SplitData) -> PathBuf {
-    let store: String = store
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(16)
-        .collect();
-    Path::new(SHM).join(format!("{PREFIX}{creator}-{store}-{}", split.split))
+/// Whether an I/O failure is a full file system (a tmpfs at its size limit).
+fn out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
-/// Free bytes of `/dev/shm`.
-fn shm_free() -> Option<u64> {
-    let path = std::ffi::CString::new(SHM).ok()?;
-    // SAFETY: statvfs fills the struct it is given.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0).then(|| st.f_bavail * st.f_frsize)
+/// Why the node's first rank made no shared copy.
+enum NotMade {
+    /// No room or no unnamed files in the folder: the caller falls back (a warning says why).
+    Fallback(String),
+    /// Reading the store failed: the run's error.
+    Failed(anyhow::Error),
 }
 
-/// Writes the split's band groups (int16) and labels (f32), one after the other, to `path`.
-fn write_file(split: &SplitData, rows: &[usize], threads: usize, path: &Path) -> Result<()> {
-    let tmp = lossbench_core::files::temp_path(path);
+/// Creates the unnamed file in `folder`, reserves `bytes` and writes the split's band groups
+/// (int16) then its labels (f32).
+fn create(
+    split: &SplitData,
+    threads: usize,
+    bytes: u64,
+    folder: &Path,
+) -> Result<fs::File, NotMade> {
+    let fallback = |what: &str, e: std::io::Error| {
+        NotMade::Fallback(format!("{what} in {}: {e}", folder.display()))
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(folder)
+        .map_err(|e| fallback("cannot create an unnamed file", e))?;
+    // SAFETY: fallocate on a descriptor this File owns.
+    let reserved = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
+    if reserved != 0 {
+        let e = std::io::Error::from_raw_os_error(reserved);
+        return Err(fallback(&format!("cannot reserve {}", gib(bytes)), e));
+    }
+    let rows: Vec<usize> = (0..split.len).collect();
     let written = (|| -> Result<()> {
-        let mut out = BufWriter::with_capacity(1 << 22, fs::File::create(&tmp)?);
+        let mut out = BufWriter::with_capacity(1 << 22, &file);
         let pool = loader_pool(threads)?;
         for g in 0..BAND_GROUPS.len() {
-            decode_group(split, rows, g, &pool, |_, values| {
+            decode_group(split, &rows, g, &pool, |_, values| {
                 values
                     .iter()
                     .try_for_each(|v| out.write_all(&v.to_le_bytes()))?;
                 Ok(())
             })?;
         }
-        for l in labels_of(split, rows) {
+        for l in labels_of(split, &rows) {
             out.write_all(&l.to_le_bytes())?;
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        out.flush()?;
         Ok(())
     })();
-    written
-        .and_then(|()| Ok(fs::rename(&tmp, path)?))
-        .with_context(|| format!("writing the node's shared copy {}", path.display()))
-        .inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
+    match written {
+        Ok(()) => Ok(file),
+        Err(e) => match e.downcast_ref::<std::io::Error>() {
+            Some(io) if out_of_space(io) => Err(NotMade::Fallback(format!(
+                "writing {} in {}: {io}",
+                gib(bytes),
+                folder.display()
+            ))),
+            _ => Err(NotMade::Failed(e.context(format!(
+                "writing the node's shared copy of the {} split",
+                split.split
+            )))),
+        },
+    }
 }
 
 /// The split in host memory shared by the ranks of this node (see the module docs), or `None`
-/// when `/dev/shm` cannot hold it (the caller then loads a private copy).
+/// when this rank has no shared copy (the node's folder cannot hold it, or this rank cannot
+/// open it): the caller then falls back.
 pub fn load(
     split: Arc<SplitData>,
     norm: &Normalizer,
-    compute: Device,
+    compute: tch::Device,
     threads: usize,
     dist: &Dist,
-    store: &str,
 ) -> Result<Option<ResidentSplit>> {
     let started = Instant::now();
-    let rows: Vec<usize> = (0..split.len).collect();
     let bytes = split.len as u64 * super::resident::BYTES_PER_PATCH;
-    let creator = dist.node_broadcast_u64(u64::from(std::process::id()));
-    let path = file_name(creator, store, &split);
+    let folder = folder();
     let made = if dist.local_rank == 0 {
-        remove_stale();
-        match shm_free() {
-            Some(free) if free > bytes => write_file(&split, &rows, threads, &path).map(|()| true),
-            free => {
-                let free = free.map_or("unknown".into(), gib);
-                tracing::warn!(
-                    needs = gib(bytes),
-                    free,
-                    "{SHM} cannot hold the {} split: each rank holds its own copy",
-                    split.split
-                );
-                Ok(false)
-            }
-        }
+        remove_left_by_older_versions(&folder);
+        Some(create(&split, threads, bytes, &folder))
     } else {
-        Ok(true)
+        None
     };
-    // Every rank of the node learns whether the file is there (a failure to write it is
-    // rank 0's error; the others report that).
+    // The node learns the outcome: 3 + the descriptor when made, 0 to fall back, 2 failed.
     let status = dist.node_broadcast_u64(match &made {
-        Ok(true) => 1,
-        Ok(false) => 0,
-        Err(_) => 2,
+        Some(Ok(file)) => 3 + file.as_raw_fd() as u64,
+        Some(Err(NotMade::Fallback(why))) => {
+            tracing::warn!(
+                needs = gib(bytes),
+                "no shared copy of the {} split: {why}",
+                split.split
+            );
+            0
+        }
+        Some(Err(NotMade::Failed(_))) => 2,
+        None => 0,
     });
-    match (status, made) {
-        (2, Err(e)) => return Err(e),
-        (2, _) => bail!("the node's first rank could not write {}", path.display()),
+    let creator = dist.node_broadcast_u64(u64::from(std::process::id()));
+    let made = match (status, made) {
+        (2, Some(Err(NotMade::Failed(e)))) => return Err(e),
+        (2, _) => bail!(
+            "the node's first rank could not write the shared copy of the {} split (its error \
+             is in its log)",
+            split.split
+        ),
         (0, _) => return Ok(None),
-        _ => {}
-    }
-    let mapping = Mapping::open(&path);
+        (_, made) => made,
+    };
+    let fd = status - 3;
+    let path = PathBuf::from(format!("/proc/{creator}/fd/{fd}"));
+    let mapped = match &made {
+        Some(Ok(file)) => Mapping::of(file, &path),
+        _ => fs::File::open(&path)
+            .with_context(|| format!("opening the node's shared copy {}", path.display()))
+            .and_then(|file| Mapping::of(&file, &path)),
+    };
+    // The creator keeps its descriptor open until every rank of the node has its mapping.
     dist.node_barrier();
-    if dist.local_rank == 0 {
-        // Every rank has it mapped: the name can go, the memory stays until the last unmaps.
-        let _ = fs::remove_file(&path);
+    drop(made);
+    match mapped {
+        Ok(mapping) => Ok(Some(views(split, mapping, norm, compute, dist, started))),
+        Err(e) => {
+            let split = split.split;
+            tracing::warn!("no shared copy of the {split} split on this rank: {e:#}");
+            Ok(None)
+        }
     }
-    let mapping = mapping?;
+}
+
+/// The split's tensors as views of the node's mapped copy.
+fn views(
+    split: Arc<SplitData>,
+    mapping: Mapping,
+    norm: &Normalizer,
+    compute: tch::Device,
+    dist: &Dist,
+    started: Instant,
+) -> ResidentSplit {
     let n = split.len as i64;
     let mut offset = 0;
     let mut groups = Vec::new();
@@ -231,5 +219,5 @@ pub fn load(
         pss_mib = pss.map(|p| p / (1 << 20)), seconds = format!("{:.1}", r.load_s),
         "resident in host memory, one copy shared by the node's ranks"
     );
-    Ok(Some(r))
+    r
 }

@@ -12,6 +12,7 @@ use super::resident::{self, Budget, Placement};
 use super::{Loading, Normalizer, ResidentSplit, Source};
 use crate::config::Config;
 use crate::dist::Dist;
+use crate::failure;
 use crate::steps::MIN_MICRO_BATCH;
 use lossbench_core::layout::Split;
 use lossbench_core::run_info::DataPlacement;
@@ -49,9 +50,20 @@ fn open_split(store: &Store, split: Split) -> Result<Arc<SplitData>> {
 }
 
 impl Splits {
-    pub fn open(store: &Store, config: &Config, device: Device, dist: &Dist) -> Result<Splits> {
-        let [train, val, test] = Split::ALL.map(|s| open_split(store, s));
-        let (train, val, test) = (train?, val?, test?);
+    /// The splits of `store` placed as `config` says; `guard` names what a caught libtorch
+    /// failure (memory running out while loading) was doing.
+    pub fn open(
+        store: &Store,
+        config: &Config,
+        device: Device,
+        dist: &Dist,
+        guard: &failure::Context,
+    ) -> Result<Splits> {
+        let opened = (|| {
+            let [train, val, test] = Split::ALL.map(|s| open_split(store, s));
+            Ok((train?, val?, test?))
+        })();
+        let (train, val, test) = dist.agree(opened)?;
         if train.len < MIN_MICRO_BATCH {
             bail!(
                 "{}: the training split has {} patch(es); BatchNorm needs at least {} per batch",
@@ -61,9 +73,7 @@ impl Splits {
             );
         }
         let norm = Arc::new(Normalizer::from_store(&store.attrs)?);
-        let store_id = store.attrs.identity();
-        let (mut sources, placements) =
-            place(config, (device, dist), &norm, [train, val], &store_id)?;
+        let (mut sources, placements) = place(config, (device, dist), &norm, [train, val], guard)?;
         let val = sources.pop().expect("two sources");
         let train = sources.pop().expect("two sources");
         let t = &config.train;
@@ -110,67 +120,57 @@ impl Splits {
     }
 }
 
-/// Puts the training and validation splits where `data.resident` says. The ranks of a run
-/// agree on the plan (rank 0's): each computing its own from a memory figure that moves would
-/// let them disagree.
+/// Memory for resident splits that every rank has: each rank's host and GPU figures gathered,
+/// the smallest taken, so that the plan fits the tightest rank (another GPU of the job may have
+/// less free memory than rank 0's).
+fn smallest_budget(device: Device, dist: &Dist) -> Budget {
+    let gpu = match device {
+        Device::Cuda(i) => crate::device::gpu_memory(i),
+        _ => None,
+    };
+    let host = crate::device::host_available();
+    let mut all = vec![0u64; 3 * dist.world_size];
+    let mine = &mut all[3 * dist.rank..3 * dist.rank + 3];
+    // u64::MAX for "unknown": the others' figures decide.
+    mine[0] = host.unwrap_or(u64::MAX);
+    mine[1] = gpu.map_or(u64::MAX, |g| g.0);
+    mine[2] = gpu.map_or(u64::MAX, |g| g.1);
+    // Summed over ranks, each slot holds its rank's figures (the others add zeros).
+    dist.sum_u64(&mut all);
+    let least = |k: usize| {
+        let v = all.chunks(3).map(|c| c[k]).min().unwrap_or(u64::MAX);
+        (v != u64::MAX).then_some(v)
+    };
+    Budget {
+        host_available: least(0),
+        gpu: least(1).zip(least(2)),
+    }
+}
+
+/// Puts the training and validation splits where `data.resident` says, by one plan every rank
+/// computes from the same figures ([`smallest_budget`]); every split's loading is agreed, so a
+/// rank that fails to load (memory running out on its GPU or host) ends every rank.
 fn place(
     config: &Config,
     (device, dist): (Device, &Dist),
     norm: &Normalizer,
     splits: [Arc<SplitData>; 2],
-    store_id: &str,
+    guard: &failure::Context,
 ) -> Result<(Vec<Source>, Vec<DataPlacement>)> {
-    let budget = Budget {
-        host_available: crate::device::host_available(),
-        gpu: match device {
-            Device::Cuda(i) => crate::device::gpu_memory(i),
-            _ => None,
-        },
-    };
+    let budget = smallest_budget(device, dist);
     let lens: Vec<usize> = splits.iter().map(|s| s.len).collect();
-    let planned = resident::plan(config.data.resident, device, &lens, budget);
-    const CODES: [Placement; 3] = [Placement::Stream, Placement::Host, Placement::Device];
-    let mut code: Vec<f64> = match &planned {
-        Ok(p) => p
-            .iter()
-            .map(|p| CODES.iter().position(|c| c == p).unwrap_or(0) as f64)
-            .collect(),
-        Err(_) => vec![-1.0; lens.len()],
-    };
-    dist.broadcast_f64(&mut code);
-    let plan: Vec<Placement> = match (planned, dist.is_root()) {
-        (Err(e), true) => return Err(e),
-        _ if code.iter().any(|&c| c < 0.0) => bail!("rank 0 could not place the data"),
-        _ => code.iter().map(|&c| CODES[c as usize]).collect(),
-    };
+    let plan = dist.agree(resident::plan(config.data.resident, device, &lens, budget))?;
     let mut sources = Vec::new();
     let mut placements = Vec::new();
     for (split, placement) in splits.into_iter().zip(plan) {
         let name = split.split.to_string();
         let threads = config.train.loader_threads;
-        let (source, load_s, bytes, shared) = match placement {
-            Placement::Stream => (Source::Stream(split), 0.0, 0, false),
-            // The ranks of a node share one host copy when /dev/shm can hold it.
-            Placement::Host if dist.local_size > 1 => {
-                let r = match super::shared::load(
-                    split.clone(),
-                    norm,
-                    device,
-                    threads,
-                    dist,
-                    store_id,
-                )? {
-                    Some(r) => r,
-                    None => ResidentSplit::load(split, norm, placement, device, threads)?,
-                };
-                let (load_s, bytes, shared) = (r.load_s, r.bytes, r.shared.is_some());
-                (Source::Resident(Rc::new(r)), load_s, bytes, shared)
-            }
-            placement => {
-                let r = ResidentSplit::load(split, norm, placement, device, threads)?;
-                let (load_s, bytes) = (r.load_s, r.bytes);
-                (Source::Resident(Rc::new(r)), load_s, bytes, false)
-            }
+        let loaded = failure::catch(|| load_split(split, placement, norm, (device, dist), threads))
+            .unwrap_or_else(|caught| Err(guard.error(caught)));
+        let (source, placement, shared) = dist.agree(loaded)?;
+        let (load_s, bytes) = match &source {
+            Source::Resident(r) => (r.load_s, r.bytes),
+            Source::Stream(_) => (0.0, 0),
         };
         placements.push(DataPlacement {
             split: name,
@@ -182,4 +182,45 @@ fn place(
         sources.push(source);
     }
     Ok((sources, placements))
+}
+
+/// One split where the plan says: with several ranks on the node, in host memory as one shared
+/// copy per node; without one (the shared-memory folder too small), as a private copy per rank
+/// if the node's memory holds one for each of its ranks, else streamed. Returns the source, its
+/// placement and whether it is shared.
+fn load_split(
+    split: Arc<SplitData>,
+    placement: Placement,
+    norm: &Normalizer,
+    (device, dist): (Device, &Dist),
+    threads: usize,
+) -> Result<(Source, Placement, bool)> {
+    let resident = |r: ResidentSplit| Source::Resident(Rc::new(r));
+    match placement {
+        Placement::Stream => Ok((Source::Stream(split), placement, false)),
+        Placement::Host if dist.local_size > 1 => {
+            if let Some(r) = super::shared::load(split.clone(), norm, device, threads, dist)? {
+                return Ok((resident(r), placement, true));
+            }
+            let bytes = split.len as u64 * resident::BYTES_PER_PATCH;
+            let node = bytes * dist.local_size as u64;
+            let fits = crate::device::host_available()
+                .is_none_or(|a| node as f64 <= a as f64 * resident::HOST_SHARE);
+            if fits {
+                tracing::warn!(split = %split.split, "each rank of the node holds its own copy");
+                let r = ResidentSplit::load(split, norm, placement, device, threads)?;
+                Ok((resident(r), placement, false))
+            } else {
+                tracing::warn!(
+                    split = %split.split, copies = dist.local_size, each = resident::gib(bytes),
+                    "one copy per rank would not fit the node's memory: streamed from the store"
+                );
+                Ok((Source::Stream(split), Placement::Stream, false))
+            }
+        }
+        placement => {
+            let r = ResidentSplit::load(split, norm, placement, device, threads)?;
+            Ok((resident(r), placement, false))
+        }
+    }
 }

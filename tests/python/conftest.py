@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = ROOT / "target" / "release"
+# LOSSBENCH_BIN runs the tests against other builds (an older version's, to reproduce a defect).
+BIN = Path(os.environ.get("LOSSBENCH_BIN") or ROOT / "target" / "release")
 CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
 # mpirun as root, as CI runs.
 MPI_ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 
 
 def data_prep_bin() -> str:
-    path = os.environ.get("LOSSBENCH_DATA_PREP", str(ROOT / "target" / "release" / "data-prep"))
+    path = os.environ.get("LOSSBENCH_DATA_PREP", str(BIN / "data-prep"))
     assert Path(path).is_file(), f"data-prep binary not found at {path}: run `make build`"
     return path
 
@@ -70,3 +71,17 @@ def wait_until(condition, what: str, timeout: float = 300):
     while not condition():
         assert time.time() - start < timeout, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def chaos_store(tmp_path_factory) -> Path:
+    """The chaos suites' store (tests/python/chaos_kit.py)."""
+    import chaos_kit
+    return chaos_kit.make_store(tmp_path_factory.mktemp("chaos"))
+
+
+@pytest.fixture(scope="session")
+def chaos_reference(chaos_store, tmp_path_factory) -> dict:
+    """The chaos suites' undisturbed 2-rank runs of ce and focal."""
+    import chaos_kit
+    return chaos_kit.make_reference(chaos_store, tmp_path_factory.mktemp("reference"))

@@ -50,21 +50,38 @@ pub struct Summary {
     pub unchanged: usize,
     /// Record lines skipped as torn or invalid.
     pub skipped_lines: usize,
+    /// Files of runs whose folders are gone, removed.
+    pub removed: usize,
+}
+
+/// Removes an output file; one already gone is fine.
+fn remove_output(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
 }
 
 /// Locks a results folder: `merge` exclusively, readers shared; waits (saying so) for a
-/// holder of the other kind.
+/// holder of the other kind. A lock that cannot be created (a read-only results folder, for a
+/// reader) leaves a reader unprotected, with a note; a merge needs it.
 pub fn lock_results(out: &Path, mode: Mode, purpose: &str) -> Result<Option<Lock>> {
     use lossbench_core::lock::{LockError, lock_waiting};
     let waiting = |e: &LockError| tracing::info!("waiting: {e}");
     match lock_waiting(&out.join(LOCK_FILE), mode, purpose, waiting) {
         Ok(lock) => Ok(Some(lock)),
-        Err(e @ LockError::Unsupported { .. }) => {
-            tracing::warn!("{e}: merges into this folder are not kept apart");
+        Err(e @ LockError::Io { .. }) if mode == Mode::Shared => {
+            tracing::info!("{e}: reading without a lock");
             Ok(None)
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A run folder's path as the manifest records it.
+fn absolute(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// Size and modification time of an input file.
@@ -97,12 +114,33 @@ struct Manifest {
     schemas: String,
     /// Output file (relative to the results folder) → fingerprints of its inputs.
     files: BTreeMap<String, String>,
+    /// Output file → the run folder it was made from (absent for the tables of all runs, and
+    /// in manifests written before it).
+    #[serde(default)]
+    sources: BTreeMap<String, PathBuf>,
 }
+
+/// The run's input files whose fingerprints are taken before the run is read: a file that
+/// changes while a merge reads it is then seen as changed by the next merge, never recorded
+/// as read in a state it was not read in.
+const RUN_INPUTS: [&str; 5] = [
+    "config.toml",
+    run_info::FILE,
+    records::EPOCHS_FILE,
+    records::TEST_FILE,
+    lossbench_core::predictions::FILE,
+];
 
 struct Writer<'a> {
     out: &'a Path,
     manifest: Manifest,
     summary: Summary,
+    /// Fingerprints taken before reading ([`RUN_INPUTS`]), by path.
+    stamps: BTreeMap<PathBuf, String>,
+    /// Output files this merge wrote or found unchanged.
+    touched: std::collections::BTreeSet<String>,
+    /// The run folder whose files are being written.
+    source: Option<PathBuf>,
 }
 
 impl Writer<'_> {
@@ -118,10 +156,20 @@ impl Writer<'_> {
         let key = format!("{}/{name}.parquet", table.name());
         let stamp: Vec<String> = inputs
             .iter()
-            .map(|p| fingerprint(p).unwrap_or_else(|| "-".into()))
+            .map(|p| {
+                let taken = self.stamps.get(*p).cloned();
+                taken
+                    .or_else(|| fingerprint(p))
+                    .unwrap_or_else(|| "-".into())
+            })
             .collect();
         let stamp = stamp.join(",");
         let path = self.out.join(&key);
+        self.touched.insert(key.clone());
+        match &self.source {
+            Some(dir) => self.manifest.sources.insert(key.clone(), dir.clone()),
+            None => self.manifest.sources.remove(&key),
+        };
         if self.manifest.files.get(&key) == Some(&stamp) && path.is_file() {
             self.summary.unchanged += 1;
             return Ok(());
@@ -130,8 +178,33 @@ impl Writer<'_> {
         if batches.iter().map(RecordBatch::num_rows).sum::<usize>() > 0 {
             write_parquet(&path, &table.schema(), &batches)?;
             self.summary.written += 1;
+        } else {
+            remove_output(&path)?;
         }
         self.manifest.files.insert(key, stamp);
+        Ok(())
+    }
+
+    /// Removes the files of runs that are gone (their folder deleted, to redo them, say) and
+    /// files of merged runs that this merge no longer makes (snapshots of epochs a redone run
+    /// has not reached); files of runs that still exist but were not merged this time stay.
+    fn remove_vanished(&mut self, merged: &[PathBuf]) -> Result<()> {
+        let vanished: Vec<String> = self
+            .manifest
+            .sources
+            .iter()
+            .filter(|(key, dir)| {
+                !self.touched.contains(*key)
+                    && (merged.contains(dir) || !dir.join("config.toml").is_file())
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in vanished {
+            remove_output(&self.out.join(&key))?;
+            self.manifest.files.remove(&key);
+            self.manifest.sources.remove(&key);
+            self.summary.removed += 1;
+        }
         Ok(())
     }
 
@@ -223,13 +296,23 @@ pub fn merge(roots: &[PathBuf], out: &Path) -> Result<Summary> {
         out,
         manifest,
         summary: Summary::default(),
+        stamps: BTreeMap::new(),
+        touched: Default::default(),
+        source: None,
     };
     let mut runs = Vec::new();
-    for dir in dirs {
-        let r = folder::read_run(&dir, &mut w.summary.skipped_lines)?;
+    for dir in &dirs {
+        for file in RUN_INPUTS {
+            let path = dir.join(file);
+            let stamp = fingerprint(&path).unwrap_or_else(|| "-".into());
+            w.stamps.insert(path, stamp);
+        }
+        let r = folder::read_run(dir, &mut w.summary.skipped_lines)?;
+        w.source = Some(absolute(dir));
         w.run(&r)?;
         runs.push(r);
     }
+    w.source = None;
     let inputs: Vec<PathBuf> = runs
         .iter()
         .flat_map(|r| {
@@ -249,6 +332,8 @@ pub fn merge(roots: &[PathBuf], out: &Path) -> Result<Summary> {
     w.file(Table::TestSummary, "test_summary", &inputs, || {
         Ok(vec![summary::test_summary_table(&runs)?])
     })?;
+    let merged: Vec<PathBuf> = dirs.iter().map(|d| absolute(d)).collect();
+    w.remove_vanished(&merged)?;
     w.summary.runs = runs.len();
     lossbench_core::files::write_atomically(
         &manifest_path,
