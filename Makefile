@@ -132,6 +132,8 @@ bench: deps deps-torch build
 	$(PY) scripts/bench/bench_mpi.py
 	$(PY) scripts/bench/bench_metrics.py
 	$(PY) scripts/bench/bench_spectrum.py
+	$(PY) scripts/bench/bench_statistics.py
+	$(PY) scripts/bench/bench_convert_scale.py
 
 # The bad-input campaigns of the tests (fuzzing/, */tests/fuzz.rs) at FUZZ_CASES inputs each
 # instead of the tests' 10,000; the table goes to work/fuzz/report.md (docs/benchmarks.md).

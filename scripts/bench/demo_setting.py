@@ -2,6 +2,7 @@
 use it: paths, the demo's store (made once under work/bench), its training flags, running a
 binary, and a Markdown report printed as it grows and saved at the end."""
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +27,19 @@ def demo_store() -> Path:
         run([DATA_PREP, "synth", "--patches", DEMO_PATCHES, "--seed", 1, "--format", "v1", "--out", WORK / "demo-archive"])
         run([DATA_PREP, "convert", "--archive", WORK / "demo-archive", "--out", store])
     return store
+
+
+def measure(cmd) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one command, measured in a child of its own."""
+    code = ("import resource,subprocess,sys,time;t=time.perf_counter();"
+            "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
+            "s=time.perf_counter()-t;"
+            "sys.exit(p.stderr) if p.returncode else print(s, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code, *map(str, cmd)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{cmd[1]} failed:\n{out.stderr[-2000:]}")
+    seconds, kib = out.stdout.split()
+    return float(seconds), int(kib) / 1024
 
 
 class Report:

@@ -133,11 +133,7 @@ fn load<'r>(
 
 fn side(loaded: &Loaded) -> Side {
     let first = loaded.runs[0].0;
-    let values: Vec<[f64; 4]> = loaded
-        .runs
-        .iter()
-        .map(|(_, s)| s.values(&vec![1; s.patches()]))
-        .collect();
+    let values: Vec<[f64; 4]> = loaded.runs.iter().map(|(_, s)| s.observed()).collect();
     let summaries = Metric::ALL
         .iter()
         .enumerate()
@@ -217,16 +213,14 @@ pub fn compare(
             la.runs.iter().map(|(r, _)| r.seed).collect::<Vec<_>>()
         );
     }
-    let per_seed = pairs
-        .iter()
-        .map(|p| {
-            (
-                p.seed,
-                bootstrap::compare(std::slice::from_ref(p), resamples, seed),
-            )
-        })
-        .collect();
-    let pooled = (pairs.len() > 1).then(|| bootstrap::compare(&pairs, resamples, seed));
+    // Every seed pair alone, then pooled: one pass over the resamples for all of them.
+    let mut comparisons: Vec<&[Pair]> = pairs.chunks(1).collect();
+    if pairs.len() > 1 {
+        comparisons.push(&pairs);
+    }
+    let mut differences = bootstrap::compare_all(&comparisons, resamples, seed);
+    let pooled = (pairs.len() > 1).then(|| differences.pop().expect("the pooled comparison"));
+    let per_seed = pairs.iter().map(|p| p.seed).zip(differences).collect();
     Ok(Comparison {
         a: side(&la),
         b: side(&lb),

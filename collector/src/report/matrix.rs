@@ -39,14 +39,9 @@ fn load(results: &Path, runs: &[RunRow], setups: &Setups) -> Result<Loaded> {
     Ok(out)
 }
 
-/// The pooled comparison of two setups over their shared seeds, `None` without one.
-fn compare(
-    a: &BTreeMap<u64, Scored>,
-    b: &BTreeMap<u64, Scored>,
-    resamples: usize,
-) -> Option<Vec<Difference>> {
-    let pairs: Vec<Pair> = a
-        .iter()
+/// The seed pairs of two setups: the seeds both have.
+fn pairs<'a>(a: &'a BTreeMap<u64, Scored>, b: &'a BTreeMap<u64, Scored>) -> Vec<Pair<'a>> {
+    a.iter()
         .filter_map(|(seed, sa)| {
             b.get(seed).map(|sb| Pair {
                 seed: *seed,
@@ -54,8 +49,7 @@ fn compare(
                 b: sb,
             })
         })
-        .collect();
-    (!pairs.is_empty()).then(|| bootstrap::compare(&pairs, resamples, 0))
+        .collect()
 }
 
 pub fn section(
@@ -76,14 +70,23 @@ pub fn section(
         page.note("Fewer than two setups have finished runs: nothing to compare yet.");
         return Ok(());
     }
-    let mut cells: BTreeMap<(usize, usize), Vec<Difference>> = BTreeMap::new();
+    // Every two setups with a shared seed, compared in one pass over the resamples (each run
+    // scored once per resample, however many comparisons it is in).
+    let mut cells_of = Vec::new();
+    let mut comparisons = Vec::new();
     for i in 0..order.len() {
         for j in i + 1..order.len() {
-            if let Some(d) = compare(&loaded[order[i]], &loaded[order[j]], resamples) {
-                cells.insert((i, j), d);
+            let p = pairs(&loaded[order[i]], &loaded[order[j]]);
+            if !p.is_empty() {
+                cells_of.push((i, j));
+                comparisons.push(p);
             }
         }
     }
+    let slices: Vec<&[Pair]> = comparisons.iter().map(Vec::as_slice).collect();
+    let compared = bootstrap::compare_all(&slices, resamples, 0);
+    let cells: BTreeMap<(usize, usize), Vec<Difference>> =
+        cells_of.into_iter().zip(compared).collect();
     for metric in [Metric::MapMacro, Metric::MicroF1] {
         page.raw(&matrix(&order, &cells, metric));
     }
