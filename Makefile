@@ -15,7 +15,7 @@ FEATURES := --features lossbench/mpi
 
 export LOSSBENCH_DATA_PREP := $(abspath $(DATA_PREP))
 
-.PHONY: all deps deps-torch build lint test test-rust test-python demo demo-beyond bench fuzz chaos clean gpu-bundle
+.PHONY: all deps deps-torch build lint test test-rust test-python demo demo-beyond demo-tune bench fuzz chaos clean gpu-bundle
 
 all: build
 
@@ -42,7 +42,7 @@ lint:
 	python3 scripts/house.py --check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --workspace $(FEATURES) --all-targets -- -D warnings
-	LIBTORCH=/nonexistent $(CARGO) build --release --locked -p collector
+	LIBTORCH=/nonexistent $(CARGO) build --release --locked -p collector -p tuner
 
 test-rust:
 	$(CARGO) test --release --locked --workspace $(FEATURES)
@@ -125,6 +125,20 @@ demo-beyond: deps build
 	target/release/collector report --results $(BEYOND)/results --out $(BEYOND)/report
 	@echo; echo "tables: $(BEYOND)/results/<table>/*.parquet; report: $(BEYOND)/report/index.html"
 
+# A fair comparison in small (docs/tuning.md): three losses tuned with the same small budget by
+# successive halving on a small synthetic store, their best configurations and defaults trained
+# and tested over two seeds, the tables and the report's tuning section.
+TUNE_DEMO := $(WORK)/demo-tune
+demo-tune: deps build
+	@rm -rf $(TUNE_DEMO) && mkdir -p $(TUNE_DEMO)
+	$(DATA_PREP) synth --patches 800 --seed 3 --format v1 --out $(TUNE_DEMO)/archive
+	$(DATA_PREP) convert --archive $(TUNE_DEMO)/archive --out $(TUNE_DEMO)/store.zarr
+	target/release/tune run jobs/tune-demo.toml
+	target/release/tune show jobs/tune-demo.toml
+	target/release/collector merge --runs $(TUNE_DEMO)/study/trials $(TUNE_DEMO)/study/final --out $(TUNE_DEMO)/results
+	target/release/collector report --results $(TUNE_DEMO)/results --out $(TUNE_DEMO)/report
+	@echo; echo "trials: $(TUNE_DEMO)/results/trials/*.parquet; report (its tuning section): $(TUNE_DEMO)/report/index.html"
+
 # docs/benchmarks.md: each measurement beside its peer in the same run; tables in work/bench/*.md.
 bench: deps deps-torch build
 	scripts/bench-data-prep.sh
@@ -133,6 +147,7 @@ bench: deps deps-torch build
 	$(PY) scripts/bench/bench_metrics.py
 	$(PY) scripts/bench/bench_spectrum.py
 	$(PY) scripts/bench/bench_statistics.py
+	$(PY) scripts/bench/bench_tensorboard.py
 	$(PY) scripts/bench/bench_convert_scale.py
 
 # The bad-input campaigns of the tests (fuzzing/, */tests/fuzz.rs) at FUZZ_CASES inputs each

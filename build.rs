@@ -1,7 +1,8 @@
 //! Lets the trainer find libtorch at run time without LD_LIBRARY_PATH (an rpath to LIBTORCH's
 //! lib folder), and keeps libtorch_cuda linked when the libtorch has it: nothing calls it
 //! directly, so `--as-needed` would drop it and CUDA would look unavailable. Also records the
-//! code revision (git) that each run folder names, so results say what code made them.
+//! code revision (git) that each run folder names, so results say what code made them, and
+//! compiles TensorBoard's vendored event protocol buffers (src/tensorboard/proto/SOURCE.md).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,6 +31,7 @@ fn main() {
         None => "unknown".to_string(),
     };
     println!("cargo:rustc-env=LOSSBENCH_REVISION={revision}");
+    compile_tensorboard_protos();
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
         return;
@@ -39,4 +41,16 @@ fn main() {
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
+}
+
+/// TensorBoard's `event.proto` and what it imports, compiled by protox (no `protoc` needed) into
+/// prost types in `$OUT_DIR/tensorboard.rs`.
+fn compile_tensorboard_protos() {
+    let root = PathBuf::from("src/tensorboard/proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+    let event = "tensorboard/compat/proto/event.proto";
+    let descriptors = protox::compile([event], [&root]).expect("TensorBoard's protos compile");
+    prost_build::Config::new()
+        .compile_fds(descriptors)
+        .expect("prost generates TensorBoard's message types");
 }

@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Crate folder → crate name as other crates import it.
 CRATES = {"core": "lossbench_core", "data-prep": "data_prep", "collector": "collector", ".": "lossbench",
-          "fuzzing": "fuzzing"}
-BINARIES = {"data-prep", "collector", "."}
+          "tuner": "tuner", "fuzzing": "fuzzing"}
+BINARIES = {"data-prep", "collector", ".", "tuner"}
 MAX_FUNCTION_LINES = 80
 
 

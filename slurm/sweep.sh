@@ -113,6 +113,8 @@ plan() {
     array_id=$(sbatch --parsable --array="0-$((n - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}" "${lb_shape[@]}" "${extra[@]}" \
       --job-name=lossbench-train --output="$LOGS/%A_%a.out" --export=ALL,SWEEP_PLAN="$plan_file" "$script")
     array_id=${array_id%%;*}
+    # Which array runs this plan: `collector status` maps line i to task <array>_<i>.
+    echo "$array_id" > "${plan_file%.txt}.array"
     lb_log "submitted array job $array_id (tasks 0-$((n - 1))); logs: $LOGS/${array_id}_<task>.out"
     dependency=(--dependency="afterany:$array_id")
   fi
@@ -171,7 +173,7 @@ train_task() {
         *)
           # Stopped by itself: out of disk space or quota, the newest checkpoint intact.
           local why
-          why=$(sed -n 's/.*"reason": *"\(.*\)".*/\1/p' "$OUT/$run_id/run.json" 2>/dev/null | tail -n 1)
+          why=$(sed -n 's/.*"reason": *"\(.*\)".*/\1/p' "$OUT/$run_id/run.json" 2>/dev/null | tail -n 1 || true)
           lb_log "$run_id stopped without a signal (${why:-see its log}): requeued and HELD; free space, then: scontrol release $task"
           scontrol requeuehold "$task" || { lb_log "requeuehold refused"; return "$rc"; }
           ;;

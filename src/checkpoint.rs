@@ -379,6 +379,14 @@ pub fn latest(run: &Path) -> Result<Option<Loaded>> {
     Ok(None)
 }
 
+/// The optimizer step a kept checkpoint of `epoch` was written at (its `state.json` alone).
+pub fn optimizer_step(run: &Path, epoch: u32) -> Option<i64> {
+    let bytes = fs::read(epoch_dir(run, epoch).join(STATE)).ok()?;
+    serde_json::from_slice::<State>(&bytes)
+        .ok()
+        .map(|s| s.optimizer_step)
+}
+
 /// The checkpoint of a given epoch (e.g. the best one), verified.
 pub fn at_epoch(run: &Path, epoch: u32) -> Result<Loaded> {
     let dir = epoch_dir(run, epoch);

@@ -25,6 +25,9 @@ pub struct Config {
     /// The best epoch and early stopping (docs/training.md, "Training recipes").
     #[serde(default)]
     pub selection: Selection,
+    /// TensorBoard event files (docs/training.md, "Watching a run").
+    #[serde(default)]
+    pub tensorboard: TensorboardSection,
     /// Where the path keys were set (`run.data` → `jobs/base.toml:7`), for messages.
     #[serde(skip)]
     pub sources: BTreeMap<String, String>,
@@ -142,6 +145,20 @@ pub struct LrpSection {
     pub composite: crate::lrp::Composite,
     /// ε of the epsilon rule.
     pub epsilon: f64,
+}
+
+/// TensorBoard event files of the run (`<run>/tensorboard/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorboardSection {
+    /// A point of the training curves every this many optimizer steps; 0 writes no event files.
+    pub every: u64,
+}
+
+impl Default for TensorboardSection {
+    fn default() -> Self {
+        TensorboardSection { every: 10 }
+    }
 }
 
 /// Where a key's value came from.
@@ -648,7 +665,8 @@ mod tests {
         for entry in std::fs::read_dir(jobs()).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_stem().unwrap().to_string_lossy().to_string();
-            if name == "base" {
+            // The base layer, and tuning studies (docs/tuning.md), are not jobs.
+            if name == "base" || name.starts_with("tune") {
                 continue;
             }
             let c = load(&path, vec![]).unwrap();

@@ -218,6 +218,16 @@ impl Dist {
         })
     }
 
+    /// A result every rank reaches alike at the same point, from values they share (the summed
+    /// loss of a step): a failure is agreed without a collective, so that rank 0 records it
+    /// and no rank aborts the others before it has.
+    pub fn together<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            FAILURE_AGREED.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
     /// Rank `from`'s `text` (up to [`PEER_MESSAGE_BYTES`] bytes), on every rank.
     fn text_of(&self, from: usize, text: &str) -> String {
         let mut bytes = vec![0u64; PEER_MESSAGE_BYTES];

@@ -2,12 +2,11 @@
 //! job that ran it, so that a SLURM script can tell "requeue", "leave it to the other job" and
 //! "fail visibly" apart. Every rank of a run exits with the same code ([`crate::dist::Dist::agree`]).
 
-use std::io::ErrorKind;
-
 use crate::dist::PeerFailed;
 use crate::failure::{Internal, OutOfMemory};
 use crate::folder_lock::{RunBusy, RunFolderUnwritable, RunInUse};
 use crate::resume::ConfigChanged;
+use lossbench_core::files::{is_out_of_space, is_refused_write};
 use lossbench_core::lock::LockError;
 
 /// An error (bad config, missing store, a store replaced under the run, ...).
@@ -28,32 +27,6 @@ pub const REQUEUE: u8 = crate::stop::EXIT_REQUEUE;
 pub const IN_USE: u8 = 76;
 /// `--resume auto` with a configuration that may not continue the run.
 pub const CONFIG_CHANGED: u8 = 78;
-
-/// Whether the error comes from a full disk or an exceeded quota (an I/O error in its chain,
-/// or libtorch's message of one).
-pub fn is_out_of_space(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        let io = c.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            io.kind() == ErrorKind::StorageFull
-                || io.kind() == ErrorKind::QuotaExceeded
-                || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-        });
-        let text = c.to_string();
-        io || text.contains("No space left on device") || text.contains("Disk quota exceeded")
-    })
-}
-
-/// Whether the error comes from a write the file system refuses (a permission, read-only).
-pub fn is_refused_write(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.raw_os_error(),
-                Some(libc::EROFS | libc::EACCES | libc::EPERM)
-            )
-        }) || c.to_string().contains("Read-only file system")
-    })
-}
 
 /// The exit code of a trainer's failure.
 pub fn code(e: &anyhow::Error) -> u8 {

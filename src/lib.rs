@@ -30,6 +30,7 @@ pub mod snapshot;
 pub mod step;
 pub mod steps;
 pub mod stop;
+pub mod tensorboard;
 pub mod train;
 
 /// Torch's random generator is global: unit tests that seed it must not interleave. A test that

@@ -207,7 +207,7 @@ impl Run {
             Err(e) => {
                 if let Some(info) = &mut info {
                     let reason = Some(format!("{e:#}"));
-                    if crate::exit::is_out_of_space(&e) {
+                    if lossbench_core::files::is_out_of_space(&e) {
                         let _ = std::fs::remove_file(dir.join(RESERVE));
                     }
                     if let Err(w) = info.end(&dir, Status::Failed, reason) {
@@ -356,7 +356,10 @@ impl Run {
             return Ok(());
         };
         let recorded = info.end(&self.dir, status, reason.clone());
-        if recorded.as_ref().is_err_and(crate::exit::is_out_of_space) {
+        if recorded
+            .as_ref()
+            .is_err_and(lossbench_core::files::is_out_of_space)
+        {
             let _ = std::fs::remove_file(self.dir.join(RESERVE));
             return info.end(&self.dir, status, reason);
         }

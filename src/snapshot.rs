@@ -15,6 +15,7 @@ use crate::data::Normalizer;
 use crate::losses::Loss;
 use crate::lrp::{Explainer, Patches, explain_patches, pick_probes};
 use crate::network::Network;
+use lossbench_core::heatmaps::HeatmapRow;
 use lossbench_core::store::SplitData;
 
 /// The patches every snapshot explains: their split and indices in it.
@@ -54,7 +55,7 @@ impl Probes {
         )
     }
 
-    /// Writes `<run>/lrp/epoch-NNNN.parquet` of the network's current weights.
+    /// Writes `<run>/lrp/epoch-NNNN.parquet` of the network's current weights; returns its rows.
     pub fn snapshot(
         &self,
         net: &Network,
@@ -63,9 +64,9 @@ impl Probes {
         lrp: &LrpSection,
         run: &Path,
         epoch: u32,
-    ) -> Result<()> {
+    ) -> Result<Vec<HeatmapRow>> {
         if self.indices.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let started = Instant::now();
         let (split, indices) = (&self.split, &self.indices);
@@ -95,6 +96,6 @@ impl Probes {
         lossbench_core::heatmaps::write(&dir.join(format!("epoch-{epoch:04}.parquet")), &rows)?;
         let seconds = format!("{:.1}", started.elapsed().as_secs_f64());
         tracing::info!(epoch, maps = rows.len(), seconds, "LRP snapshot written");
-        Ok(())
+        Ok(rows)
     }
 }

@@ -28,16 +28,19 @@ fn monotonic_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-/// A request to stop, by signal or step count.
+/// A request to stop, by signal, step count or epoch.
 pub struct Stop {
     /// The signal received (0: none).
     signal: Arc<AtomicUsize>,
     after_steps: Option<u64>,
+    /// Stop after this epoch's checkpoint, before the next epoch or the test (a tuning trial's
+    /// rung, docs/tuning.md).
+    after_epoch: Option<u32>,
 }
 
 impl Stop {
     /// Catches SIGTERM and SIGUSR1 from now on (their default action would kill the process).
-    pub fn install(after_steps: Option<u64>) -> Result<Stop> {
+    pub fn install(after_steps: Option<u64>, after_epoch: Option<u32>) -> Result<Stop> {
         let signal = Arc::new(AtomicUsize::new(0));
         for s in [SIGTERM, SIGUSR1] {
             signal_hook::flag::register_usize(s, signal.clone(), s as usize)?;
@@ -56,6 +59,7 @@ impl Stop {
         Ok(Stop {
             signal,
             after_steps,
+            after_epoch,
         })
     }
 
@@ -65,12 +69,18 @@ impl Stop {
             || self.after_steps.is_some_and(|n| steps_taken >= n)
     }
 
+    /// Whether training stops once epoch `epoch` is checkpointed (the same on every rank).
+    pub fn after_epoch(&self, epoch: u32) -> bool {
+        self.after_epoch.is_some_and(|n| epoch >= n)
+    }
+
     /// Why, as `run.json` records it: the signal and how long stopping took, or the step count.
     pub fn reason(&self) -> String {
         match self.signal.load(Ordering::SeqCst) as i32 {
-            0 => match self.after_steps {
-                Some(n) => format!("--stop-after-steps {n}"),
-                None => "another rank was signalled".into(),
+            0 => match (self.after_steps, self.after_epoch) {
+                (Some(n), _) => format!("--stop-after-steps {n}"),
+                (None, Some(n)) => format!("--stop-after-epoch {n}"),
+                (None, None) => "another rank was signalled".into(),
             },
             s => {
                 let name = if s == SIGTERM { "SIGTERM" } else { "SIGUSR1" };

@@ -13,7 +13,7 @@ use std::fs;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::checkpoint;
 use crate::eval::{Evaluation, Evaluator};
@@ -22,6 +22,7 @@ use crate::run::Run;
 use crate::step::{At, Step};
 use crate::steps::EpochPlan;
 use crate::stop::Stop;
+use crate::tensorboard::curves::Curves;
 use lossbench_core::records::{self, EpochRecord, StepTimes};
 
 /// How a call to [`train`] ended.
@@ -54,31 +55,39 @@ enum EpochEnd {
 /// after it; stops early, with a checkpoint, when `stop` asks, and ends training when the
 /// selection metric has not improved for `selection.patience` epochs.
 pub fn train(run: &mut Run, stop: &Stop) -> Result<Ending> {
-    let opened = match run.dist.is_root() {
-        true => open_records(run).map(Some),
-        false => Ok(None),
-    };
-    let mut file = run.dist.agree(opened)?;
+    let (mut file, mut curves) = open_outputs(run)?;
     let mut records = Vec::new();
-    // A run that stopped early and was interrupted while testing resumes to its test.
+    // A run that stopped early and was interrupted while testing resumes to its test; one
+    // stopped after its rung epoch stays stopped.
     let last = run.progress.start_epoch - 1;
-    if run.progress.skip_steps == 0
-        && last > 0
-        && let Some(why) = early_stop(run, last)
-    {
-        return Ok(Ending::Finished {
-            records,
-            early_stop: Some(why),
-        });
+    if run.progress.skip_steps == 0 && last > 0 {
+        match ends_after(run, stop, last, None) {
+            Some(End::Early(why)) => {
+                return Ok(Ending::Finished {
+                    records,
+                    early_stop: Some(why),
+                });
+            }
+            Some(End::Stop) => {
+                return Ok(Ending::Stopped {
+                    epoch: last + 1,
+                    steps_into_epoch: 0,
+                });
+            }
+            None => {}
+        }
     }
     let mut steps_taken = 0;
     for epoch in run.progress.start_epoch..=run.config.train.epochs {
         let started = Instant::now();
-        let trained = train_epoch(run, epoch, stop, &mut steps_taken);
+        if let Some(c) = curves.as_mut() {
+            c.epoch_started();
+        }
+        let trained = train_epoch(run, epoch, stop, &mut steps_taken, curves.as_mut());
         let trained = match blame_a_replaced_store(run, trained)? {
             EpochEnd::Done(trained) => trained,
             EpochEnd::Stopped { steps, loss_sum } => {
-                save_checkpoint(run, epoch - 1, steps, loss_sum)?;
+                save_checkpoint(run, epoch - 1, steps, loss_sum, curves.as_mut())?;
                 return Ok(Ending::Stopped {
                     epoch,
                     steps_into_epoch: steps,
@@ -87,29 +96,36 @@ pub fn train(run: &mut Run, stop: &Stop) -> Result<Ending> {
         };
         let validated = blame_a_replaced_store(run, validate(run, epoch, stop, steps_taken))?;
         let Some(val) = validated else {
-            save_checkpoint(run, epoch - 1, trained.steps, trained.loss_sum)?;
+            save_checkpoint(
+                run,
+                epoch - 1,
+                trained.steps,
+                trained.loss_sum,
+                curves.as_mut(),
+            )?;
             return Ok(Ending::Stopped {
                 epoch,
                 steps_into_epoch: trained.steps,
             });
         };
         let record = epoch_record(run, epoch, &trained, &val, started.elapsed());
-        finish_epoch(run, file.as_mut(), &record)?;
+        finish_epoch(run, file.as_mut(), curves.as_mut(), &record)?;
         records.push(record);
-        if let Some(why) = early_stop(run, epoch) {
-            tracing::info!("{why}");
-            return Ok(Ending::Finished {
-                records,
-                early_stop: Some(why),
-            });
-        }
-        // The ranks agree here too: a signal that reached one rank after the epoch's last
-        // step must not let the others start the next epoch.
-        if run.dist.any(stop.requested(steps_taken)) && epoch < run.config.train.epochs {
-            return Ok(Ending::Stopped {
-                epoch: epoch + 1,
-                steps_into_epoch: 0,
-            });
+        match ends_after(run, stop, epoch, Some(steps_taken)) {
+            Some(End::Early(why)) => {
+                tracing::info!("{why}");
+                return Ok(Ending::Finished {
+                    records,
+                    early_stop: Some(why),
+                });
+            }
+            Some(End::Stop) => {
+                return Ok(Ending::Stopped {
+                    epoch: epoch + 1,
+                    steps_into_epoch: 0,
+                });
+            }
+            None => {}
         }
     }
     Ok(Ending::Finished {
@@ -121,7 +137,12 @@ pub fn train(run: &mut Run, stop: &Stop) -> Result<Ending> {
 /// After validation: the record appended, the LRP snapshot, the best epoch, the checkpoint.
 /// Rank 0 writes; every write's outcome is agreed, so that a failure there (a full disk, a lost
 /// lock) ends every rank at once instead of leaving them in the next step's all-reduce.
-fn finish_epoch(run: &mut Run, file: Option<&mut fs::File>, record: &EpochRecord) -> Result<()> {
+fn finish_epoch(
+    run: &mut Run,
+    file: Option<&mut fs::File>,
+    mut curves: Option<&mut Curves>,
+    record: &EpochRecord,
+) -> Result<()> {
     // Nothing of an epoch is recorded when the store changed under it, or when another trainer
     // took the run folder over.
     run.dist.agree(run.store.check_unchanged())?;
@@ -132,21 +153,76 @@ fn finish_epoch(run: &mut Run, file: Option<&mut fs::File>, record: &EpochRecord
     };
     run.dist.agree(appended)?;
     log_epoch(record);
+    let step = run.stepper.adam.step;
+    if let Some(c) = curves.as_deref_mut() {
+        c.epoch(step, record);
+    }
     let (epoch, every) = (record.epoch, run.config.lrp.every);
     let snapshot = if run.dist.is_root() && every > 0 && epoch.is_multiple_of(every) {
         let (r, lrp) = (&*run, &run.config.lrp);
         r.probes
             .snapshot(&r.net, &r.loss, &r.data.loading.norm, lrp, &r.dir, epoch)
     } else {
-        Ok(())
+        Ok(Vec::new())
     };
-    run.dist.agree(snapshot)?;
+    let rows = run.dist.agree(snapshot)?;
+    if let Some(c) = curves.as_deref_mut() {
+        c.heatmaps(step, &rows);
+    }
     let score = run.config.selection.metric.score(record);
     if score > run.progress.best_score {
         run.progress.best_score = score;
         run.progress.best_epoch = epoch;
     }
-    save_checkpoint(run, epoch, 0, 0.0)
+    save_checkpoint(run, epoch, 0, 0.0, curves)
+}
+
+/// Rank 0's records file and TensorBoard curves (agreed: every rank learns a failure).
+fn open_outputs(run: &Run) -> Result<(Option<fs::File>, Option<Curves>)> {
+    let opened = match run.dist.is_root() {
+        true => open_records(run).map(Some),
+        false => Ok(None),
+    };
+    let file = run.dist.agree(opened)?;
+    let curves = match run.dist.is_root() {
+        true => open_curves(run),
+        false => Ok(None),
+    };
+    Ok((file, run.dist.agree(curves)?))
+}
+
+/// The run's TensorBoard curves from the step its checkpoint reached (rank 0).
+fn open_curves(run: &Run) -> Result<Option<Curves>> {
+    let path = run.dir.join("config.toml");
+    let config =
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (every, start) = (run.config.tensorboard.every, run.stepper.adam.step);
+    Curves::open(&run.dir, every, start, &config)
+}
+
+/// Why training ends after an epoch.
+enum End {
+    /// A stop: after a tuning trial's rung epoch (`--stop-after-epoch`, the last one too: no
+    /// test), or asked by a signal.
+    Stop,
+    /// Early stopping, and why.
+    Early(String),
+}
+
+/// Whether training ends after `epoch` (checkpointed). `steps_taken` is this attempt's steps,
+/// `None` before its first epoch: a signal is asked about only after an epoch it trained (the
+/// ranks agree, so that a signal that reached one rank after the epoch's last step does not let
+/// the others start the next).
+fn ends_after(run: &Run, stop: &Stop, epoch: u32, steps_taken: Option<u64>) -> Option<End> {
+    if stop.after_epoch(epoch) {
+        return Some(End::Stop);
+    }
+    if let Some(why) = early_stop(run, epoch) {
+        return Some(End::Early(why));
+    }
+    let more = epoch < run.config.train.epochs;
+    let asked = steps_taken.is_some_and(|n| run.dist.any(stop.requested(n)) && more);
+    asked.then_some(End::Stop)
 }
 
 /// Why training ends after `epoch`: the selection metric has not improved for
@@ -175,7 +251,13 @@ fn blame_a_replaced_store<T>(run: &Run, result: Result<T>) -> Result<T> {
 }
 
 /// Trains one epoch (from step `skip_steps` on, after a mid-epoch stop).
-fn train_epoch(run: &mut Run, epoch: u32, stop: &Stop, steps_taken: &mut u64) -> Result<EpochEnd> {
+fn train_epoch(
+    run: &mut Run,
+    epoch: u32,
+    stop: &Stop,
+    steps_taken: &mut u64,
+    mut curves: Option<&mut Curves>,
+) -> Result<EpochEnd> {
     let plan = epoch_plan(run, epoch);
     let skip = std::mem::take(&mut run.progress.skip_steps) as usize;
     let mut loss_sum = std::mem::take(&mut run.progress.partial_loss_sum);
@@ -206,19 +288,18 @@ fn train_epoch(run: &mut Run, epoch: u32, stop: &Stop, steps_taken: &mut u64) ->
             .stepper
             .step(&r.net, &r.loss, &r.dist, step, &mut batches, wants_stop);
         let done = done.map_err(|f| f.agreed(&run.dist, &step_context(run, epoch, s, micro)))?;
-        // The summed loss is every rank's: all of them stop here together.
-        if !done.loss_sum.is_finite() {
-            bail!(
-                "epoch {epoch}, step {}: the training loss is {} (training diverged); nothing of \
-                 this epoch is checkpointed, a smaller train.lr may help",
-                s + 1,
-                done.loss_sum
-            );
-        }
+        run.dist.together(check_finite(epoch, s, done.loss_sum))?;
         allreduce += done.allreduce;
         loss_sum += done.loss_sum;
         *steps_taken += 1;
-        log_step(run, epoch, s, &done);
+        log_step(
+            run,
+            epoch,
+            s,
+            &done,
+            curves.as_deref_mut(),
+            batches.waited(),
+        );
         progress.inc(1);
         // Every rank sees the same flag: a signal delivered to one rank stops them all, after
         // the epoch's last step too (its validation is then the resumed attempt's).
@@ -249,6 +330,18 @@ fn train_epoch(run: &mut Run, epoch: u32, stop: &Stop, steps_taken: &mut u64) ->
     }))
 }
 
+/// A step's summed loss must be finite; it is every rank's, so all of them stop here together.
+fn check_finite(epoch: u32, index: usize, loss_sum: f64) -> Result<()> {
+    if !loss_sum.is_finite() {
+        bail!(
+            "epoch {epoch}, step {}: the training loss is {loss_sum} (training diverged); nothing \
+             of this epoch is checkpointed, a smaller train.lr may help",
+            index + 1
+        );
+    }
+    Ok(())
+}
+
 /// The steps of `epoch` and this rank's share of them.
 fn epoch_plan(run: &Run, epoch: u32) -> EpochPlan {
     let t = &run.config.train;
@@ -264,13 +357,25 @@ fn epoch_plan(run: &Run, epoch: u32) -> EpochPlan {
     )
 }
 
-fn log_step(run: &Run, epoch: u32, index: usize, done: &crate::step::StepDone) {
-    if run.stepper.adam.step == 1 {
+/// The step in the log, and in the TensorBoard curves; `waited` is the epoch's data wait so far.
+fn log_step(
+    run: &Run,
+    epoch: u32,
+    index: usize,
+    done: &crate::step::StepDone,
+    curves: Option<&mut Curves>,
+    waited: Duration,
+) {
+    let adam = &run.stepper.adam;
+    if adam.step == 1 {
         // The benchmark times launch → this line (docs/benchmarks.md).
         tracing::info!("first optimizer step done");
     }
     let loss = done.loss_sum / done.patches as f64;
     tracing::debug!(epoch, step = index + 1, loss, "step done");
+    if let Some(c) = curves {
+        c.step(adam.step, loss, adam.lr, done.patches, waited);
+    }
 }
 
 /// What a step was doing, for the message of a libtorch error caught in it.
@@ -302,14 +407,16 @@ fn validate(run: &Run, epoch: u32, stop: &Stop, steps_taken: u64) -> Result<Opti
     else {
         return Ok(None);
     };
-    if !val.loss.is_finite() {
-        bail!(
+    let finite = match val.loss.is_finite() {
+        true => Ok(Some(val)),
+        false => Err(anyhow!(
             "epoch {epoch}: the validation loss is {} (weights or BatchNorm statistics are not \
              finite); the epoch is not checkpointed",
             val.loss
-        );
-    }
-    Ok(Some(val))
+        )),
+    };
+    // The loss is summed over the ranks: every rank fails here alike.
+    run.dist.together(finite)
 }
 
 /// An evaluator of the run's network, forward passes of one micro-batch's size.
@@ -396,6 +503,7 @@ fn save_checkpoint(
     epoch: u32,
     steps_into_next: u64,
     partial_loss_sum: f64,
+    curves: Option<&mut Curves>,
 ) -> Result<()> {
     run.check_lock()?;
     if !run.dist.is_root() {
@@ -413,6 +521,9 @@ fn save_checkpoint(
         bytes: None,
         fingerprint: Some(run.fingerprint.clone()),
     };
+    if let Some(c) = curves {
+        c.checkpoint();
+    }
     let (model, optimizer) = (run.net.named_variables(), run.stepper.adam.state());
     let saved = checkpoint::save(
         &run.dir,

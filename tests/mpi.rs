@@ -307,3 +307,42 @@ fn two_ranks_on_a_node_hold_one_copy_of_resident_data() {
         "the shared copy's name is left in /dev/shm"
     );
 }
+
+/// A run that diverges on two ranks (every rank sees the summed NaN loss at the same step)
+/// fails together: no rank aborts the others (MPI_Abort) before rank 0 has recorded why in
+/// run.json. Three attempts, since the abort raced rank 0's record.
+#[test]
+fn two_ranks_that_diverge_record_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = store(tmp.path());
+    for attempt in 0..3 {
+        let out = tmp.path().join(format!("runs{attempt}"));
+        let sets = [
+            "--set",
+            "train.lr=1e30",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "run.threads=1",
+            "--set",
+            "train.loader_threads=1",
+            "--set",
+            "lrp.every=0",
+            "--epochs",
+            "1",
+        ];
+        let done = on_two_ranks(&train_args("ce", &data, &out, &sets));
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(1), "attempt {attempt}: {stderr}");
+        assert!(!stderr.contains("MPI_Abort"), "attempt {attempt}: {stderr}");
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("ce-seed0/run.json")).unwrap())
+                .unwrap();
+        assert_eq!(info["status"], "failed", "attempt {attempt}: {info}");
+        let reason = info["attempts"][0]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("training diverged"),
+            "attempt {attempt}: {info}"
+        );
+    }
+}

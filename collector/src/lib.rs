@@ -8,3 +8,4 @@ pub mod merge;
 pub mod report;
 pub mod results;
 pub mod stats;
+pub mod status;

@@ -76,6 +76,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A sweep on one screen: one line per run (state, epoch, metrics, speed, time left, SLURM
+    /// job and node, why a run failed), totals at the bottom (docs/cluster.md).
+    Status {
+        /// Run folders, or folders holding run folders (a sweep's OUT). Repeatable.
+        #[arg(required = true, num_args = 1..)]
+        runs: Vec<PathBuf>,
+        /// Redraw every SECONDS until interrupted.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<f64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Who holds the lock of a run folder, a results folder or a store (docs/reliability.md):
     /// prints the live holder; exit 0 when a live writer holds it, 3 when only live readers do,
     /// 1 when it is free, 2 when it cannot be told. For scripts (slurm/sweep.sh).
@@ -166,6 +179,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Holder { path } => return Ok(holder(&path)),
+        Command::Status { runs, watch, json } => loop {
+            let board = collector::status::board(&runs)?;
+            let text = match json {
+                true => serde_json::to_string_pretty(&board)? + "\n",
+                false => board.text(),
+            };
+            match watch {
+                // Clear the screen and draw it again.
+                Some(seconds) => {
+                    print!("\x1b[2J\x1b[H{text}");
+                    std::thread::sleep(std::time::Duration::from_secs_f64(seconds.max(0.5)));
+                }
+                None => {
+                    print!("{text}");
+                    break;
+                }
+            }
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

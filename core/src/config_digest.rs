@@ -6,8 +6,8 @@ use sha2::{Digest, Sha256};
 
 /// Keys that change how a run is executed, not what it computes (docs/training.md, "Resuming
 /// with another configuration"): where its folder is, the device, threads, loaders, where the
-/// data is held, how many checkpoints are kept.
-pub const OPERATIONAL: [&str; 8] = [
+/// data is held, how many checkpoints are kept, how often TensorBoard's curves get a point.
+pub const OPERATIONAL: [&str; 9] = [
     "run.out",
     "run.device",
     "run.threads",
@@ -16,6 +16,7 @@ pub const OPERATIONAL: [&str; 8] = [
     "data.resident",
     "checkpoint.keep_last",
     "lrp.every",
+    "tensorboard.every",
 ];
 
 /// Keys added after run folders were first written, with their defaults (as TOML): at its

@@ -160,6 +160,32 @@ fn temporary_owner(name: &str) -> Option<(u32, &str)> {
     Some((pid, fields.next()?))
 }
 
+/// Whether the error comes from a full disk or an exceeded quota (an I/O error in its chain,
+/// or libtorch's message of one).
+pub fn is_out_of_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let io = c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull
+                || io.kind() == std::io::ErrorKind::QuotaExceeded
+                || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        });
+        let text = c.to_string();
+        io || text.contains("No space left on device") || text.contains("Disk quota exceeded")
+    })
+}
+
+/// Whether the error comes from a write the file system refuses (a permission, read-only).
+pub fn is_refused_write(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.raw_os_error(),
+                Some(libc::EROFS | libc::EACCES | libc::EPERM)
+            )
+        }) || c.to_string().contains("Read-only file system")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,4 +33,5 @@ pub mod splitmix;
 pub mod store;
 pub mod tables;
 pub mod thresholds;
+pub mod trial;
 pub mod untrusted;

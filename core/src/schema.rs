@@ -136,10 +136,11 @@ pub enum Table {
     Lrp,
     Landscape,
     TestSummary,
+    Trials,
 }
 
 impl Table {
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Runs,
         Table::Epochs,
         Table::ClassMetrics,
@@ -148,6 +149,7 @@ impl Table {
         Table::Lrp,
         Table::Landscape,
         Table::TestSummary,
+        Table::Trials,
     ];
 
     /// The table's folder name under a results folder.
@@ -161,6 +163,7 @@ impl Table {
             Table::Lrp => "lrp",
             Table::Landscape => "landscape",
             Table::TestSummary => "test_summary",
+            Table::Trials => "trials",
         }
     }
 
@@ -168,7 +171,7 @@ impl Table {
     pub fn schema(self) -> SchemaRef {
         let mut fields = match self {
             // One row per run, or per setup (runs of one config but their seeds).
-            Table::Runs | Table::TestSummary => Vec::new(),
+            Table::Runs | Table::TestSummary | Table::Trials => Vec::new(),
             _ => run_columns(),
         };
         fields.extend(match self {
@@ -180,6 +183,7 @@ impl Table {
             Table::Lrp => lrp_snapshot(),
             Table::Landscape => landscape_block(),
             Table::TestSummary => test_summary(),
+            Table::Trials => trials(),
         });
         Arc::new(Schema::new(fields))
     }
@@ -204,6 +208,29 @@ fn runs() -> Vec<Field> {
         f64_null("wall_s"),
         utf8("folder"),
         utf8("data"),
+    ]);
+    fields
+}
+
+/// Tuning trials (docs/tuning.md): one row per rung a trial reached (one with null rung,
+/// epoch and value for a trial that reached none yet).
+fn trials() -> Vec<Field> {
+    let mut fields = run_columns();
+    fields.extend([
+        field("trial", DataType::UInt32, false),
+        utf8("params"),
+        utf8("status"),
+        field("rung", DataType::UInt32, true),
+        field("epoch", DataType::UInt32, true),
+        utf8("metric"),
+        f64_null("value"),
+        field("pruned_at", DataType::UInt32, true),
+        field("best", DataType::Boolean, false),
+        field("worker", DataType::Utf8, true),
+        field("host", DataType::Utf8, true),
+        field("slurm_job", DataType::Utf8, true),
+        field("seconds", DataType::Float64, false),
+        field("reason", DataType::Utf8, true),
     ]);
     fields
 }

@@ -90,6 +90,10 @@ struct TrainArgs {
     /// attempt: a deterministic interruption for tests and checks.
     #[arg(long, value_name = "N")]
     stop_after_steps: Option<u64>,
+    /// Stop after epoch N's checkpoint (exit 75), before the next epoch or the test: a tuning
+    /// trial's rung (docs/tuning.md). `--resume auto` continues it.
+    #[arg(long, value_name = "N")]
+    stop_after_epoch: Option<u32>,
 }
 
 #[derive(Args)]
@@ -337,7 +341,7 @@ fn main() -> ExitCode {
     // run's set-up can take minutes): a signal then stops the run at its first step, with a
     // checkpoint, instead of killing one rank.
     let stop = match &cli.command {
-        Command::Train(a) => match Stop::install(a.stop_after_steps) {
+        Command::Train(a) => match Stop::install(a.stop_after_steps, a.stop_after_epoch) {
             Ok(stop) => Some(stop),
             Err(e) => return logging::exit_code(Err(e)),
         },
@@ -359,7 +363,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             let code = exit::code(&e);
-            if exit::is_out_of_space(&e) {
+            if lossbench_core::files::is_out_of_space(&e) {
                 eprintln!(
                     "the disk or the quota is full: the newest checkpoint is intact; free space, \
                      then resume with --resume auto (exit {code})"

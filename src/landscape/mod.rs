@@ -23,6 +23,7 @@ pub mod hessian;
 mod rows;
 pub mod spectral;
 pub mod spectrum;
+mod tensorboard;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -430,10 +431,16 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
         dir: &dir,
         name: &name,
     };
-    match spec.kind {
+    let outcome = match spec.kind {
         LandscapeKind::Spectrum => spectral::run(&setup, &worker),
         _ => grid_blocks(&setup, &worker),
+    }?;
+    // The worker that finds the landscape complete plots it in the run's TensorBoard.
+    let blocks = lossbench_core::tables::table_files(&dir.join("blocks"))?;
+    if config.tensorboard.every > 0 && blocks.len() == outcome.blocks {
+        tensorboard::write(&r.run, &name, &blocks)?;
     }
+    Ok(outcome)
 }
 
 /// Which share of the work this process does.

@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -129,3 +130,23 @@ def landscape_rows(run_dir: Path) -> list:
     return sorted((r["point"], r["quantity"], r["value"]) for r in rows)
 
 
+@contextmanager
+def tmpfs(path: Path, size: str):
+    """A tmpfs of `size` mounted at `path` (a disk that fills up), unmounted afterwards."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def resize(path: Path, size: str, *options: str):
+    subprocess.run(["mount", "-o", ",".join(["remount", f"size={size}", *options]), str(path)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Takes every free byte of the file system of `folder`."""
+    filler = folder / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "status=none"], check=False)
+    return filler

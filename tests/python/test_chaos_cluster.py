@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 import chaos_kit as kit
-from chaos_kit import (BUSY, COLLECTOR, DATA_PREP, HANG, REQUEUE, SWEEP, TRAIN_ARGS, TRAINER, folder_bytes,
-                       landscape_cmd, landscape_rows, outcome_of, rank_pids, report, tables, train_cmd)
+from chaos_kit import (BUSY, COLLECTOR, DATA_PREP, HANG, REQUEUE, SWEEP, TRAIN_ARGS, TRAINER, fill, folder_bytes,
+                       landscape_cmd, landscape_rows, outcome_of, rank_pids, report, resize, tables, tmpfs,
+                       train_cmd)
 from conftest import MPI_ENV, ROOT, jobs_left, run, wait_until
 
 TRIALS, RNG = kit.TRIALS, kit.RNG
@@ -38,21 +39,6 @@ def store(chaos_store) -> Path:
 @pytest.fixture(scope="module")
 def reference(chaos_reference) -> dict:
     return chaos_reference
-
-
-@contextmanager
-def tmpfs(path: Path, size: str):
-    """A tmpfs of `size` mounted at `path` (a disk that fills up), unmounted afterwards."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def resize(path: Path, size: str, *options: str):
-    subprocess.run(["mount", "-o", ",".join(["remount", f"size={size}", *options]), str(path)], check=True)
 
 
 @contextmanager
@@ -160,13 +146,6 @@ def test_convert_overwrite_killed_at_any_moment_leaves_the_old_store_whole(store
 
 
 # ---- full disks ------------------------------------------------------------------------------
-
-def fill(folder: Path) -> Path:
-    """Takes every free byte of the file system of `folder`."""
-    filler = folder / "filler"
-    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "status=none"], check=False)
-    return filler
-
 
 def test_a_full_disk_at_any_moment_ends_every_rank_and_the_run_resumes_exact(store, reference, tmp_path):
     """The run folder's file system fills at a random moment of a 2-rank run (the quota of a
@@ -496,51 +475,79 @@ def test_a_run_finishing_during_a_merge_is_merged_next_time_and_deleted_runs_lea
 
 # ---- SLURM: scancel is not a time limit; a full disk is held -------------------------------
 
+def status(env, out: Path) -> dict:
+    """`collector status OUT --json`: run id → its line."""
+    done = subprocess.run([str(COLLECTOR), "status", str(out), "--json"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return {line["run_id"]: line for line in json.loads(done.stdout)["lines"]}
+
+
 def test_scancel_is_never_requeued_and_a_full_disk_is_held(cluster, store, tmp_path):
     """On the real SLURM: `scancel` of a training task (SIGTERM) checkpoints and ends it, never
     requeued, the run not counted as done; a task whose run folder's disk fills is requeued
     *held* (never a silent loop), saying why and how to release it, and finishes once space is
-    back and it is released."""
+    back and it is released. A third task fails on purpose (its job diverges). `collector status`
+    shows each as it is: running with its epoch, job and node; stopped, held and failed with why
+    and the log to read; finished."""
     env = cluster
+    jobs = tmp_path / "jobs"
+    shutil.copytree(ROOT / "jobs", jobs)
+    (jobs / "broken.toml").write_text('base = "base.toml"\n\n[loss]\nname = "ce"\n\n[train]\nlr = 1e30\n')
     with tmpfs(tmp_path / "disk", "1g") as disk:
         out = disk / "runs"
         out.mkdir()
         logs = tmp_path / "logs"
-        job_env = dict(env, LOSSES="ce focal", SEEDS="0", DATA=str(store), OUT=str(out), EPOCHS="2", LOGS=str(logs),
-                       RESULTS=str(tmp_path / "results"), REPORT=str(tmp_path / "report"),
-                       TRAIN_ARGS=" ".join(TRAIN_ARGS[2:-2]))
+        # The diverging job first: it fails in seconds, before the disk is filled.
+        job_env = dict(env, LOSSES="broken ce focal", SEEDS="0", DATA=str(store), OUT=str(out), EPOCHS="2",
+                       LOGS=str(logs), JOBS=str(jobs), RESULTS=str(tmp_path / "results"),
+                       REPORT=str(tmp_path / "report"), TRAIN_ARGS=" ".join(TRAIN_ARGS[2:-2]))
         plan = subprocess.run(["sbatch", "--parsable", "--wait", "--ntasks=2", f"--output={tmp_path}/plan.out",
                                str(SWEEP)], env=job_env, capture_output=True, text=True, timeout=HANG)
         assert plan.returncode == 0, plan.stderr
         array = re.search(r"submitted array job (\d+)", (tmp_path / "plan.out").read_text()).group(1)
         ce, focal = out / "ce-seed0", out / "focal-seed0"
-        wait_until(lambda: (ce / "epochs.jsonl").exists() and (focal / "run.json").exists(), "both tasks to train",
+        wait_until(lambda: (ce / "run.json").exists() and (focal / "run.json").exists(), "both tasks to train",
                    timeout=HANG)
+        wait_until(lambda: all(status(env, out)[r]["state"] == "running" and status(env, out)[r]["epoch"] >= 1
+                               for r in ("ce-seed0", "focal-seed0")), "both runs' first epoch on the board",
+                   timeout=HANG)
+        board = status(env, out)
+        running = [b for b in board.values() if b["state"] == "running"]
+        assert all(b["slurm_job"].startswith(f"{array}_") and b["node"] and b["epochs"] == 2 for b in running), board
         time.sleep(RNG.uniform(0.0, 2.0))
-        subprocess.run(["scancel", f"{array}_0"], env=env, check=True)
+        subprocess.run(["scancel", f"{array}_1"], env=env, check=True)
+        wait_until(lambda: status(env, out)["ce-seed0"]["state"] == "stopped", "the cancelled run", timeout=60)
         filler = fill(disk)
-        wait_until(lambda: "HELD" in (logs / f"{array}_1.out").read_text(), "the full disk's hold", timeout=HANG)
+        wait_until(lambda: "HELD" in (logs / f"{array}_2.out").read_text(), "the full disk's hold", timeout=HANG)
 
         def state() -> str:
-            return subprocess.run(["squeue", "-h", "-j", f"{array}_1", "-o", "%T %r"], env=env, capture_output=True,
+            return subprocess.run(["squeue", "-h", "-j", f"{array}_2", "-o", "%T %r"], env=env, capture_output=True,
                                   text=True).stdout
 
         wait_until(lambda: state().startswith("PENDING"), "the task to be pending", timeout=60)
         assert "held" in state().lower(), state()
+        board = status(env, out)
+        assert board["focal-seed0"]["state"] == "held" and "No space left" in board["focal-seed0"]["reason"], board
+        assert board["focal-seed0"]["log"].endswith(f"{array}_2.out"), board
+        broken = status(env, out)["broken-seed0"]
+        assert broken["state"] == "failed" and "diverged" in broken["reason"] and Path(broken["log"]).is_file(), broken
         filler.unlink()
-        subprocess.run(["scontrol", "release", f"{array}_1"], env=env, check=True)
+        subprocess.run(["scontrol", "release", f"{array}_2"], env=env, check=True)
         wait_until(lambda: not jobs_left(env), "the released task and the collector", timeout=600)
         time.sleep(12)  # past cred_expire: a requeued task would be pending or running again
-        log0 = (logs / f"{array}_0.out").read_text()
+        log0 = (logs / f"{array}_1.out").read_text()
         assert "SIGTERM (scancel or preemption)" in log0 and "not requeued" in log0, log0
-        states = subprocess.run(["squeue", "-h", "-t", "all", "-j", f"{array}_0", "-o", "%T"], env=env,
+        states = subprocess.run(["squeue", "-h", "-t", "all", "-j", f"{array}_1", "-o", "%T"], env=env,
                                 capture_output=True, text=True).stdout
         assert "CANCELLED" in states and "PENDING" not in states and "RUNNING" not in states, states
-        assert run_json(ce)["status"] in ("stopped", "failed"), run_json(ce)
+        assert run_json(ce)["status"] == "stopped", run_json(ce)
         assert not (ce / "test_metrics.json").exists()
-        assert (focal / "test_metrics.json").exists(), (logs / f"{array}_1.out").read_text()
+        assert (focal / "test_metrics.json").exists(), (logs / f"{array}_2.out").read_text()
+        board = status(env, out)
+        assert {r: b["state"] for r, b in board.items()} == {"ce-seed0": "stopped", "focal-seed0": "finished",
+                                                             "broken-seed0": "failed"}, board
         wait_until(lambda: not jobs_left(env) or all("CANCELLED" in j or "COMPLETED" in j for j in jobs_left(env)),
                    "the collector", timeout=300)
-    report("scancel and a full disk on SLURM", 1, "scancel of a training task; the run folder's disk filled under "
-           "another", "cancelled: not requeued, not done; full disk: requeued held, finishes once released",
-           {"as expected": 2})
+    report("scancel, a full disk and a failure on SLURM", 1, "scancel of a training task; the run folder's disk "
+           "filled under another; a third diverges", "cancelled: not requeued, not done; full disk: requeued held, "
+           "finishes once released; collector status shows each with why and its log", {"as expected": 3})

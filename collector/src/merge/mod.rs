@@ -16,9 +16,10 @@
 //! line is skipped with a warning naming the file and line.
 
 mod discover;
-mod folder;
+pub(crate) mod folder;
 mod rows;
 mod summary;
+mod trials;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -185,6 +186,27 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// The `trials` table of the runs with a `trial.json` (tuning trials, docs/tuning.md).
+    fn trials(&mut self, runs: &[folder::RunFolder]) -> Result<()> {
+        let trial_files: Vec<PathBuf> = runs
+            .iter()
+            .map(|r| r.dir.join(lossbench_core::trial::FILE))
+            .filter(|p| p.is_file())
+            .collect();
+        let inputs: Vec<&Path> = trial_files.iter().map(PathBuf::as_path).collect();
+        self.file(Table::Trials, "trials", &inputs, || {
+            let mut found = Vec::new();
+            for r in runs {
+                if let Some(t) = lossbench_core::trial::Trial::read(&r.dir)? {
+                    found.push((r, t));
+                }
+            }
+            let first = trial_files.first().and_then(|f| f.parent()?.parent());
+            let metric = first.map_or("map_macro".into(), trials::study_metric);
+            Ok(vec![trials::trials_table(&found, &metric)?])
+        })
+    }
+
     /// Removes the files of runs that are gone (their folder deleted, to redo them, say) and
     /// files of merged runs that this merge no longer makes (snapshots of epochs a redone run
     /// has not reached); files of runs that still exist but were not merged this time stay.
@@ -332,6 +354,7 @@ pub fn merge(roots: &[PathBuf], out: &Path) -> Result<Summary> {
     w.file(Table::TestSummary, "test_summary", &inputs, || {
         Ok(vec![summary::test_summary_table(&runs)?])
     })?;
+    w.trials(&runs)?;
     let merged: Vec<PathBuf> = dirs.iter().map(|d| absolute(d)).collect();
     w.remove_vanished(&merged)?;
     w.summary.runs = runs.len();

@@ -90,6 +90,18 @@ pub fn section(
     for metric in [Metric::MapMacro, Metric::MicroF1] {
         page.raw(&matrix(&order, &cells, metric));
     }
+    let waiting: Vec<&str> = runs
+        .iter()
+        .filter(|r| r.status != "finished" && setups.of_run(&r.run_id).is_some())
+        .map(|r| r.run_id.as_str())
+        .collect();
+    if !waiting.is_empty() {
+        page.note(&format!(
+            "Over finished runs only: {} run(s) of these setups are missing until they finish ({}).",
+            waiting.len(),
+            waiting.join(", ")
+        ));
+    }
     page.note(&format!(
         "Row − column on the test split, mean over the seeds both have, with the 95% interval of a paired bootstrap \
          over the test patches that also resamples the seeds ({resamples} resamples, seed 0; docs/results.md, \

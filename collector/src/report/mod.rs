@@ -11,7 +11,10 @@ mod runs;
 mod setups;
 mod spectrum;
 mod study;
+mod tuning;
 mod vega;
+
+pub use setups::natural_key;
 
 use std::path::{Path, PathBuf};
 
@@ -78,14 +81,15 @@ pub fn render(results: &Path, out: &Path, opts: &Options) -> Result<PathBuf> {
     for arch in setups::archs(&runs) {
         let setups = Setups::of(&runs, &arch);
         page.heading(2, &arch_title(&arch));
-        study::test_table(&mut page, results, &setups)?;
+        study::test_table(&mut page, results, &runs, &setups)?;
         matrix::section(&mut page, results, &runs, &setups, opts.resamples)?;
         study::threshold_effect(&mut page, results, &setups)?;
-        study::curves(&mut page, results, &setups, opts.f1_threshold)?;
+        study::curves(&mut page, results, &runs, &setups, opts.f1_threshold)?;
         study::classes(&mut page, results, &setups)?;
         lrp::section(&mut page, results, &setups, opts, &stores)?;
         landscape::section(&mut page, results, &runs, &setups)?;
     }
+    tuning::section(&mut page, results, &runs, opts.resamples)?;
     page.raw(&runs::table(&runs));
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let path = out.join("index.html");

@@ -12,6 +12,7 @@ use super::page::{Page, escape};
 use super::setups::Setups;
 use super::vega::{self, Point, Reference};
 use crate::columns::Columns;
+use crate::results::RunRow;
 use crate::stats::{SeedSummary, summarise};
 use lossbench_core::labels::BEN19;
 use lossbench_core::schema::Table;
@@ -82,10 +83,19 @@ fn summary_cell(s: &SeedSummary, best: bool) -> String {
 }
 
 /// Table 6.1's layout with the threshold-free metrics: one column per setup.
-pub fn test_table(page: &mut Page, results: &Path, setups: &Setups) -> Result<()> {
+pub fn test_table(page: &mut Page, results: &Path, runs: &[RunRow], setups: &Setups) -> Result<()> {
     let columns: Vec<&str> = TEST_ROWS.iter().map(|r| r.1).collect();
     let values = test_values(results, setups, &columns)?;
     page.heading(3, "Test metrics (Table 6.1 layout, with average precision)");
+    let untested = unfinished_labels(runs, setups);
+    if !untested.is_empty() {
+        let list: Vec<&str> = untested.values().map(String::as_str).collect();
+        page.note(&format!(
+            "Finished runs only (n = their number): {} run(s) have no test yet: {}.",
+            list.len(),
+            list.join("; ")
+        ));
+    }
     let order: Vec<&String> = setups
         .order
         .iter()
@@ -192,7 +202,30 @@ pub fn threshold_effect(page: &mut Page, results: &Path, setups: &Setups) -> Res
 }
 
 /// Validation curves per epoch: F1 (sample), macro mAP and loss, mean and band over seeds.
-pub fn curves(page: &mut Page, results: &Path, setups: &Setups, f1_threshold: f64) -> Result<()> {
+/// Labels of the setups' runs that have not finished (still training, stopped or failed): each
+/// drawn as a curve of its own, never averaged with the finished seeds as if it were complete.
+fn unfinished_labels(runs: &[RunRow], setups: &Setups) -> BTreeMap<String, String> {
+    runs.iter()
+        .filter(|r| r.status != "finished")
+        .filter_map(|r| {
+            let setup = setups.of_run(&r.run_id)?;
+            let label = format!(
+                "{setup} · seed {} ({}, epoch {}/{})",
+                r.seed, r.status, r.epochs_done, r.epochs_planned
+            );
+            Some((r.run_id.clone(), label))
+        })
+        .collect()
+}
+
+pub fn curves(
+    page: &mut Page,
+    results: &Path,
+    runs: &[RunRow],
+    setups: &Setups,
+    f1_threshold: f64,
+) -> Result<()> {
+    let unfinished = unfinished_labels(runs, setups);
     const PANELS: [(&str, &str); 3] = [
         ("validation F1 (sample)", "samples_f1"),
         ("validation mAP (macro)", "map_macro"),
@@ -206,14 +239,16 @@ pub fn curves(page: &mut Page, results: &Path, setups: &Setups, f1_threshold: f6
             if c.str("split", i)? != "validation" {
                 continue;
             }
-            let Some(setup) = setups.of_run(&c.str("run_id", i)?) else {
+            let run_id = c.str("run_id", i)?;
+            let Some(setup) = setups.of_run(&run_id) else {
                 continue;
             };
+            let series = unfinished.get(&run_id).map_or(setup, String::as_str);
             let epoch = c.u32("epoch", i)?;
             for (k, (_, col)) in PANELS.iter().enumerate() {
                 if let Some(v) = c.f64(col, i)? {
                     values
-                        .entry((setup.to_string(), k, epoch))
+                        .entry((series.to_string(), k, epoch))
                         .or_default()
                         .push(v);
                 }
@@ -238,10 +273,22 @@ pub fn curves(page: &mut Page, results: &Path, setups: &Setups, f1_threshold: f6
         label: format!("F1 = {f1_threshold} (--f1-threshold)"),
     };
     let panels: Vec<&str> = PANELS.iter().map(|p| p.0).collect();
+    let mut order = setups.order.clone();
+    order.extend(unfinished.values().cloned());
+    let mut caption = "Mean over the finished seeds (line) and the range from the lowest to the highest \
+         (band); each panel's y axis fits its data. Hover for values, click a legend entry to show one \
+         setup, drag or scroll to zoom the epochs."
+        .to_string();
+    if !unfinished.is_empty() {
+        caption += &format!(
+            " {} run(s) that have not finished (training, stopped or failed) are drawn alone, \
+             labelled with their state and epoch, and left out of their setup's mean.",
+            unfinished.len()
+        );
+    }
     page.chart(
-        vega::curves(&points, &[reference], &panels, &setups.order, "epoch"),
-        "Mean over seeds (line) and the range from the lowest to the highest seed (band); each panel's y axis \
-         fits its data. Hover for values, click a legend entry to show one setup, drag or scroll to zoom the epochs.",
+        vega::curves(&points, &[reference], &panels, &order, "epoch"),
+        &caption,
     );
     first_epochs(page, &points, &setups.order, f1_threshold);
     Ok(())

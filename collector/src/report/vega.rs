@@ -235,3 +235,45 @@ mod tests {
         assert_eq!(spec["params"][0]["views"], json!(["lines_0", "lines_1"]));
     }
 }
+
+/// One dot of a scatter: a series' `y` at `x` in panel `panel`, with a hover label.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dot {
+    pub series: String,
+    pub panel: String,
+    pub x: f64,
+    pub y: f64,
+    pub label: String,
+}
+
+/// Scatter plots, one panel per parameter (a log x axis where the values span more than a
+/// factor of 20, all positive: learning rates), series coloured as the setups are.
+pub fn dots(points: &[Dot], panels: &[&str], order: &[String], y_title: &str) -> Value {
+    let views: Vec<Value> = panels
+        .iter()
+        .map(|panel| {
+            let mine: Vec<&Dot> = points.iter().filter(|p| p.panel == *panel).collect();
+            let (lo, hi) = mine.iter().fold((f64::INFINITY, 0f64), |(a, b), p| (a.min(p.x), b.max(p.x)));
+            let scale = if lo > 0.0 && hi / lo > 20.0 { json!({"type": "log"}) } else { json!({"zero": false}) };
+            json!({
+                "width": 330,
+                "height": 220,
+                "data": {"values": mine},
+                "mark": {"type": "point", "filled": true, "opacity": 0.8},
+                "encoding": {
+                    "x": {"field": "x", "type": "quantitative", "title": panel, "scale": scale},
+                    "y": {"field": "y", "type": "quantitative", "title": y_title, "scale": {"zero": false}},
+                    "color": {"field": "series", "type": "nominal", "title": "loss", "scale": colours(order), "sort": order},
+                    "tooltip": [{"field": "label", "title": "trial"}, {"field": "x", "title": panel, "format": ".4g"},
+                                {"field": "y", "title": y_title, "format": ".4g"}]
+                }
+            })
+        })
+        .collect();
+    json!({
+        "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
+        "concat": views,
+        "columns": 3,
+        "config": {"legend": {"orient": "bottom", "columns": 4, "labelLimit": 260}}
+    })
+}
