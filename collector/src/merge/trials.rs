@@ -14,11 +14,11 @@ use arrow_array::{
 use lossbench_core::schema::Table;
 use lossbench_core::trial::{Report, Trial, TrialStatus};
 
-use super::folder::RunFolder;
+use super::folder::Run;
 
 /// Each loss's best trial (run id), as the tuner picks it: the highest rung reached, then the
 /// highest value there.
-fn best_of<'a>(trials: &'a [(&RunFolder, Trial)]) -> BTreeMap<&'a str, &'a str> {
+fn best_of<'a>(trials: &'a [(&Run, Trial)]) -> BTreeMap<&'a str, &'a str> {
     let mut best: BTreeMap<&str, (&str, (u32, f64))> = BTreeMap::new();
     for (r, t) in trials
         .iter()
@@ -48,11 +48,14 @@ fn params_json(t: &Trial) -> String {
     serde_json::Value::Object(json).to_string()
 }
 
+/// One row of the table: a trial's run folder, the trial and one of its reports (none for a
+/// trial without any).
+type Row<'a> = (&'a Run, &'a Trial, Option<&'a Report>);
+
 /// The trials table of `trials` (each trial's run folder and trial), with the study's metric.
-pub fn trials_table(trials: &[(&RunFolder, Trial)], metric: &str) -> Result<RecordBatch> {
+pub fn trials_table(trials: &[(&Run, Trial)], metric: &str) -> Result<RecordBatch> {
     let best = best_of(trials);
-    // One row per report, or one for a trial without any.
-    let rows: Vec<(&RunFolder, &Trial, Option<&Report>)> = trials
+    let rows: Vec<Row> = trials
         .iter()
         .flat_map(|(run, t)| {
             let first = t.reports.is_empty().then_some(None);
@@ -62,59 +65,37 @@ pub fn trials_table(trials: &[(&RunFolder, Trial)], metric: &str) -> Result<Reco
                 .map(move |r| (*run, t, r))
         })
         .collect();
-    let text = |f: &dyn Fn(&Trial, &RunFolder) -> String| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|(run, t, _)| f(t, run)),
-        ))
+    let text = |f: &dyn Fn(&Row) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
     };
     let maybe = |f: &dyn Fn(&Trial) -> Option<String>| -> ArrayRef {
         Arc::new(StringArray::from_iter(rows.iter().map(|(_, t, _)| f(t))))
     };
-    let params = |t: &Trial, _: &RunFolder| params_json(t);
+    let count = |f: &dyn Fn(&Row) -> Option<u32>| -> ArrayRef {
+        Arc::new(UInt32Array::from_iter(rows.iter().map(f)))
+    };
+    let real = |f: &dyn Fn(&Row) -> Option<f64>| -> ArrayRef {
+        Arc::new(Float64Array::from_iter(rows.iter().map(f)))
+    };
     let columns: Vec<(&str, ArrayRef)> = vec![
-        ("run_id", text(&|_, run| run.run_id.clone())),
-        ("job", text(&|_, run| run.job.clone())),
-        ("loss", text(&|t, _| t.loss.clone())),
-        ("arch", text(&|_, run| run.arch.clone())),
+        ("run_id", text(&|(run, _, _)| run.run_id.clone())),
+        ("job", text(&|(run, _, _)| run.job.clone())),
+        ("loss", text(&|(_, t, _)| t.loss.clone())),
+        ("arch", text(&|(run, _, _)| run.arch.clone())),
         (
             "seed",
             Arc::new(UInt64Array::from_iter_values(
                 rows.iter().map(|(run, _, _)| run.seed),
             )),
         ),
-        (
-            "trial",
-            Arc::new(UInt32Array::from_iter_values(
-                rows.iter().map(|(_, t, _)| t.index),
-            )),
-        ),
-        ("params", text(&params)),
-        ("status", text(&|t, _| t.status.name().to_string())),
-        (
-            "rung",
-            Arc::new(UInt32Array::from_iter(
-                rows.iter().map(|(_, _, r)| r.map(|r| r.rung)),
-            )),
-        ),
-        (
-            "epoch",
-            Arc::new(UInt32Array::from_iter(
-                rows.iter().map(|(_, _, r)| r.map(|r| r.epoch)),
-            )),
-        ),
-        ("metric", text(&|_, _| metric.to_string())),
-        (
-            "value",
-            Arc::new(Float64Array::from_iter(
-                rows.iter().map(|(_, _, r)| r.map(|r| r.value)),
-            )),
-        ),
-        (
-            "pruned_at",
-            Arc::new(UInt32Array::from_iter(
-                rows.iter().map(|(_, t, _)| t.pruned_at),
-            )),
-        ),
+        ("trial", count(&|(_, t, _)| Some(t.index))),
+        ("params", text(&|(_, t, _)| params_json(t))),
+        ("status", text(&|(_, t, _)| t.status.name().to_string())),
+        ("rung", count(&|(_, _, r)| r.map(|r| r.rung))),
+        ("epoch", count(&|(_, _, r)| r.map(|r| r.epoch))),
+        ("metric", text(&|_| metric.to_string())),
+        ("value", real(&|(_, _, r)| r.map(|r| r.value))),
+        ("pruned_at", count(&|(_, t, _)| t.pruned_at)),
         (
             "best",
             Arc::new(BooleanArray::from_iter(rows.iter().map(|(run, t, _)| {
@@ -124,24 +105,8 @@ pub fn trials_table(trials: &[(&RunFolder, Trial)], metric: &str) -> Result<Reco
         ("worker", maybe(&|t| t.worker.clone())),
         ("host", maybe(&|t| t.host.clone())),
         ("slurm_job", maybe(&|t| t.slurm_job.clone())),
-        (
-            "seconds",
-            Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|(_, t, _)| t.seconds),
-            )),
-        ),
+        ("seconds", real(&|(_, t, _)| Some(t.seconds))),
         ("reason", maybe(&|t| t.reason.clone())),
     ];
     lossbench_core::schema::batch(&Table::Trials.schema(), columns)
-}
-
-/// The metric a study selects on, from the `study.toml` the tuner copies into its folder (the
-/// trials folder's parent).
-pub fn study_metric(trials_dir: &std::path::Path) -> String {
-    let metric = trials_dir
-        .parent()
-        .and_then(|study| std::fs::read_to_string(study.join("study.toml")).ok())
-        .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
-        .and_then(|t| t.get("study")?.get("metric")?.as_str().map(str::to_string));
-    metric.unwrap_or_else(|| "map_macro".to_string())
 }
