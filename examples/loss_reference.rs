@@ -8,7 +8,8 @@
 //! the logits, in float64. W-CE weights, where the loss has them, are 1.
 
 use anyhow::{Context, Result};
-use lossbench::losses::{Loss, LossSpec};
+use lossbench::losses::Loss;
+use lossbench_core::config::LossSpec;
 use tch::Tensor;
 
 fn main() -> Result<()> {

@@ -9,8 +9,8 @@
 //! comparison), `combined` and the explained `logits`.
 
 use anyhow::{Context, Result};
-use lossbench::lrp::{Composite, Explainer};
-use lossbench::model::Arch;
+use lossbench::lrp::Explainer;
+use lossbench_core::config::{Arch, Composite};
 use tch::Tensor;
 
 fn main() -> Result<()> {
@@ -38,7 +38,7 @@ fn main() -> Result<()> {
     let explainer = Explainer::with_precision(
         &weights,
         arch,
-        composite.parse::<Composite>()?,
+        composite.parse::<Composite>().map_err(anyhow::Error::msg)?,
         epsilon.parse()?,
         precision,
     )?;

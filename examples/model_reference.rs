@@ -8,7 +8,8 @@
 //! by its (torchvision) name; LOGITS gets `logits` `[N, 19]`.
 
 use anyhow::{Context, Result};
-use lossbench::model::{Arch, Model, Regularization};
+use lossbench::model::{Model, Regularization};
+use lossbench_core::config::Arch;
 use tch::{Device, Tensor, nn};
 
 fn main() -> Result<()> {

@@ -11,7 +11,7 @@
 
 use anyhow::{Context, Result};
 use lossbench::optim::Adam;
-use lossbench::recipe::{OptimizerKind, Schedule};
+use lossbench_core::config::recipe::{OptimizerKind, Schedule};
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 

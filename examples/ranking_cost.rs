@@ -10,7 +10,8 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use lossbench_core::{ranking, thresholds};
+use lossbench::thresholds;
+use lossbench_core::ranking;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

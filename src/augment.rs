@@ -1,12 +1,12 @@
-//! Augmentation (`[train.augment]`, crate::recipe::Augment): each patch of a training batch is
+//! Augmentation (`[train.augment]`, lossbench_core::config::recipe::Augment): each patch of a training batch is
 //! flipped and rotated by a transform drawn from (seed, epoch, patch) alone, the same for its
 //! three band groups, each at its native resolution (the groups are square). A resumed run and
 //! every rank therefore draw the same transforms.
 
 use tch::Tensor;
 
-use crate::recipe::Augment;
 use crate::steps::stream_seed;
+use lossbench_core::config::recipe::Augment;
 
 /// A patch's transform: rotation by `rotate` × 90° (anticlockwise), then the flips.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -379,6 +379,21 @@ pub fn latest(run: &Path) -> Result<Option<Loaded>> {
     Ok(None)
 }
 
+/// The best epoch so far of `run`, as its newest checkpoint records it.
+pub fn best_epoch(run: &Path) -> Result<u32> {
+    Ok(latest(run)?
+        .with_context(|| format!("{}: no checkpoint", run.display()))?
+        .state
+        .best_epoch)
+}
+
+/// The store identity the newest checkpoint of `run` was made on, if it records one.
+pub fn recorded_store(run: &Path) -> Result<Option<String>> {
+    Ok(latest(run)?
+        .and_then(|c| c.state.fingerprint)
+        .map(|f| f.store))
+}
+
 /// The optimizer step a kept checkpoint of `epoch` was written at (its `state.json` alone).
 pub fn optimizer_step(run: &Path, epoch: u32) -> Option<i64> {
     let bytes = fs::read(epoch_dir(run, epoch).join(STATE)).ok()?;

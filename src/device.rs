@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 use tch::Device;
 
-use crate::config::DeviceChoice;
+use lossbench_core::config::DeviceChoice;
 
 /// The compute device; each rank on a node takes its own GPU (`local_rank` modulo the GPUs it
 /// sees, so `CUDA_VISIBLE_DEVICES` set per task by SLURM also works). Asking for CUDA where

@@ -48,7 +48,7 @@ pub fn code(e: &anyhow::Error) -> u8 {
         REQUEUE
     } else if is(&|c| c.is::<RunFolderUnwritable>()) || is_refused_write(e) {
         UNWRITABLE
-    } else if is(&|c| c.is::<Internal>()) || e.to_string().starts_with("internal error") {
+    } else if is(&|c| c.is::<Internal>()) {
         INTERNAL
     } else {
         ERROR
@@ -73,5 +73,20 @@ mod tests {
         });
         assert_eq!(code(&peer), 71);
         assert_eq!(code(&anyhow::anyhow!("bad config")), ERROR);
+    }
+
+    /// A panic caught around an attempt is an internal error by its type, whatever its
+    /// message says and whatever context is added on the way up.
+    #[test]
+    fn a_caught_panic_is_internal_by_its_type() {
+        let caught = crate::failure::Caught::Internal("index out of range".into());
+        let e = caught
+            .internal("runs/ce-seed0", "training or testing")
+            .context("trainer train");
+        assert_eq!(code(&e), INTERNAL);
+        assert_eq!(
+            code(&anyhow::anyhow!("internal error: a message alone")),
+            ERROR
+        );
     }
 }

@@ -5,16 +5,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use tch::Tensor;
 
 use crate::checkpoint;
 use crate::data::{Normalizer, read_batch};
 use crate::dist::Dist;
-use crate::lrp::{Composite, Explainer, Patches, explain_patches};
-use crate::run_folder::RunFolder;
+use crate::lrp::Explainer;
+use lossbench_core::config::Composite;
 use lossbench_core::heatmaps::HeatmapRow;
-use lossbench_core::labels::{BEN19, ben19_index};
+use lossbench_core::labels::{BEN19, NUM_CLASSES, ben19_index};
 use lossbench_core::layout::Split;
 use lossbench_core::lock::Mode;
+use lossbench_core::run_folder::RunFolder;
 use lossbench_core::store::SplitData;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -76,10 +78,13 @@ pub fn explain(req: &Request, dist: &Dist) -> Result<(usize, u32)> {
     let config = &folder.config;
     let epoch = match req.epoch {
         Some(e) => e,
-        None => folder.best_epoch()?,
+        None => checkpoint::best_epoch(&folder.dir)?,
     };
     let weights = checkpoint::at_epoch(&req.run, epoch)?.model;
-    let store = folder.store(req.data.as_deref())?;
+    let store = folder.store(
+        req.data.as_deref(),
+        checkpoint::recorded_store(&folder.dir)?,
+    )?;
     let classes = class_indices(&req.classes)?;
     let info = &store.attrs.splits[&Split::Train];
     let lrp = (
@@ -181,4 +186,83 @@ fn write(out: &Path, rows: &[HeatmapRow]) -> Result<()> {
         fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
     }
     lossbench_core::heatmaps::write(&out.join("heatmaps.parquet"), rows)
+}
+
+/// Patches to explain: model inputs (one row each), names, and their true and predicted labels
+/// (row-major `[B, 19]` 0/1).
+pub struct Patches<'a> {
+    pub inputs: &'a [Tensor; 3],
+    pub names: &'a [String],
+    pub truth: &'a [u8],
+    pub predicted: &'a [u8],
+}
+
+/// Explains patches for their true and predicted classes, or for `classes` when given.
+pub fn explain_patches(
+    explainer: &Explainer,
+    patches: &Patches,
+    classes: Option<&[usize]>,
+    epoch: u32,
+    with_bands: bool,
+) -> Result<Vec<HeatmapRow>> {
+    let Patches {
+        inputs,
+        names,
+        truth,
+        predicted,
+    } = *patches;
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    for row in 0..names.len() {
+        let at = |v: &[u8], c: usize| v[row * NUM_CLASSES + c] == 1;
+        for c in 0..NUM_CLASSES {
+            let wanted = match classes {
+                Some(list) => list.contains(&c),
+                None => at(truth, c) || at(predicted, c),
+            };
+            if wanted {
+                pairs.push((row, c));
+            }
+        }
+    }
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = Tensor::from_slice(&pairs.iter().map(|&(r, _)| r as i64).collect::<Vec<_>>());
+    let selected = [
+        inputs[0].index_select(0, &rows),
+        inputs[1].index_select(0, &rows),
+        inputs[2].index_select(0, &rows),
+    ];
+    let maps = explainer.explain(
+        &selected,
+        &pairs.iter().map(|&(_, c)| c as i64).collect::<Vec<_>>(),
+    )?;
+    let flat =
+        |t: &Tensor| Vec::<f32>::try_from(t.reshape([-1])).context("reading a relevance map");
+    pairs
+        .iter()
+        .zip(maps)
+        .map(|(&(row, c), h)| {
+            let bands = if with_bands {
+                let mut all = Vec::with_capacity(lossbench_core::layout::VALUES_PER_PATCH);
+                for b in &h.bands {
+                    all.extend(flat(b)?);
+                }
+                Some(all)
+            } else {
+                None
+            };
+            Ok(HeatmapRow {
+                epoch,
+                patch: names[row].clone(),
+                class_index: c as u8,
+                is_true: truth[row * NUM_CLASSES + c] == 1,
+                is_predicted: predicted[row * NUM_CLASSES + c] == 1,
+                logit: h.logit,
+                map: flat(&h.combined)?,
+                band_totals: h.band_totals,
+                bands,
+            })
+        })
+        .collect()
 }

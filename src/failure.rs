@@ -48,6 +48,16 @@ pub enum Caught {
 }
 
 impl Caught {
+    /// A panic or libtorch error caught outside the places that catch their own: an
+    /// [`Internal`] failure of `run` while `doing` (e.g. `training or testing`).
+    pub fn internal(&self, run: &str, doing: &str) -> anyhow::Error {
+        anyhow::Error::new(Internal {
+            run: run.to_string(),
+            doing: doing.to_string(),
+            message: self.message().to_string(),
+        })
+    }
+
     pub fn message(&self) -> &str {
         match self {
             Caught::OutOfMemory(m) | Caught::Internal(m) => m,

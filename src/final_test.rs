@@ -71,8 +71,8 @@ fn tuned(run: &Run, test: &[f32], truth: &[u8], stop: &Stop) -> Result<Option<Tu
     let Some(val) = evaluator.evaluate(&run.data.val, false, &|| stop.requested(0))? else {
         return Ok(None);
     };
-    let thresholds = lossbench_core::thresholds::tune(&val.logits, &run.data.val.split().labels);
-    let metrics = lossbench_core::thresholds::metrics(test, truth, &thresholds);
+    let thresholds = crate::thresholds::tune(&val.logits, &run.data.val.split().labels);
+    let metrics = crate::thresholds::metrics(test, truth, &thresholds);
     let thresholds = thresholds
         .into_iter()
         .map(|t| t.is_finite().then_some(t))

@@ -3,10 +3,10 @@
 //! formats it writes are defined in `lossbench-core`, which data-prep (the store's writer) and
 //! the collector (the run folders' reader) use too (docs/architecture.md).
 
+pub mod attempt;
 pub mod augment;
 pub mod bench;
 pub mod checkpoint;
-pub mod config;
 pub mod data;
 pub mod device;
 pub mod dist;
@@ -22,15 +22,14 @@ pub mod lrp;
 pub mod model;
 pub mod network;
 pub mod optim;
-pub mod recipe;
 pub mod resume;
 pub mod run;
-pub mod run_folder;
 pub mod snapshot;
 pub mod step;
 pub mod steps;
 pub mod stop;
 pub mod tensorboard;
+pub mod thresholds;
 pub mod train;
 
 /// Torch's random generator is global: unit tests that seed it must not interleave. A test that

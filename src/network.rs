@@ -6,7 +6,8 @@ use anyhow::Result;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use crate::model::{Arch, Model, Regularization};
+use crate::model::{Model, Regularization};
+use lossbench_core::config::Arch;
 
 pub struct Network {
     pub vs: VarStore,

@@ -3,7 +3,7 @@
 //! bias-corrected moments of the gradient g + λ p, where λ is the parameter's L2 weight decay
 //! (Adam: the conv weights'); AdamW first shrinks every parameter, p ← p · (1 − lr · wd), and
 //! adds nothing to the gradient (decoupled weight decay, as `torch.optim.AdamW`). The learning
-//! rate is set before each step by the schedule (crate::recipe).
+//! rate is set before each step by the schedule (lossbench_core::config::recipe).
 
 use tch::{Kind, Tensor};
 

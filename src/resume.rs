@@ -6,21 +6,20 @@
 //! that differ (old → new, from the run folder's `config.toml`).
 //!
 //! What may change, and is recorded per attempt in `run.json`: the operational keys
-//! ([`lossbench_core::config_digest::OPERATIONAL`]: folders, device, threads, loaders, data
+//! ([`lossbench_core::config::digest::OPERATIONAL`]: folders, device, threads, loaders, data
 //! residency, checkpoints kept, LRP snapshot frequency), `run.data` (a moved or copied store
 //! with the same identity), `train.epochs` (to extend a run, never below the epochs done) and
 //! `train.accumulate` with the world size as long as their product stays.
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
-use crate::recipe::Decay;
-use lossbench_core::config_digest::{OPERATIONAL, digest, flatten};
+use lossbench_core::config::digest::{
+    CHECKED_APART_ON_RESUME, OPERATIONAL, digest, flatten, resume_exclusions,
+};
+use lossbench_core::config::recipe::Decay;
+use lossbench_core::config::{Config, keys};
+use lossbench_core::run_folder::RunFolder;
 use lossbench_core::run_info::ConfigChange;
-
-/// The keys a resume may change besides the operational ones; each is checked on its own (the
-/// folder's name `run.run_id` is the run's by construction: it names the folder resumed).
-const CHECKED_APART: [&str; 4] = ["run.data", "run.run_id", "train.epochs", "train.accumulate"];
 
 /// What a checkpoint records of the configuration that produced it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,15 +32,10 @@ pub struct Fingerprint {
     pub store: String,
 }
 
-/// The config as a TOML table.
-pub fn table(config: &Config) -> toml::Table {
-    toml::Table::try_from(config).expect("a config serialises to a table")
-}
-
 impl Fingerprint {
     pub fn of(config: &Config, world_size: usize, store: &str) -> Fingerprint {
         Fingerprint {
-            config: digest(&table(config), &digest_exclusions()),
+            config: digest(&config.table(), &resume_exclusions()),
             micro_batches: world_size * config.train.accumulate,
             store: store.to_string(),
         }
@@ -83,48 +77,21 @@ pub struct ConfigChanged {
     pub reasons: Vec<String>,
 }
 
-/// A run folder's `config.toml`: as written, and read back as a config by this version (keys
-/// added since it was written take their defaults, which keep the old behaviour).
-pub struct OldConfig {
-    pub written: toml::Table,
-    pub normalised: toml::Table,
+/// Whether `old`'s configuration is the one a checkpoint with digest `recorded` was made
+/// with (written by this version, or by one before keys were added).
+fn made(old: &RunFolder, recorded: &str) -> bool {
+    let without = resume_exclusions();
+    [&old.written, &old.config.table()]
+        .iter()
+        .any(|t| digest(t, &without) == recorded)
 }
 
-impl OldConfig {
-    /// `None` when `text` is not TOML.
-    pub fn parse(text: &str) -> Option<OldConfig> {
-        let written: toml::Table = toml::from_str(text).ok()?;
-        let normalised = toml::from_str::<Config>(text)
-            .map(|c| table(&c))
-            .unwrap_or_else(|_| written.clone());
-        Some(OldConfig {
-            written,
-            normalised,
-        })
-    }
-
-    /// Whether this is the configuration a checkpoint with digest `recorded` was made with
-    /// (written by this version or by one before keys were added).
-    fn made(&self, recorded: &str) -> bool {
-        let without = digest_exclusions();
-        [&self.written, &self.normalised]
-            .iter()
-            .any(|t| digest(t, &without) == recorded)
-    }
-}
-
-fn digest_exclusions() -> Vec<&'static str> {
-    let mut without: Vec<&str> = OPERATIONAL.to_vec();
-    without.extend(CHECKED_APART);
-    without
-}
-
-/// Checks a resume of a checkpoint made with `recorded` (and `old`, the run's `config.toml`,
-/// when readable) by `new` on `world_size` ranks with the store `store`, `epochs_done` epochs
+/// Checks a resume of a checkpoint made with `recorded` (and `old`, the run folder, when its
+/// `config.toml` is readable) by `new` on `world_size` ranks with the store `store`, `epochs_done` epochs
 /// done. Returns the changes it allows; refuses anything else, listing the reasons.
 pub fn check(
     recorded: Option<&Fingerprint>,
-    old: Option<&OldConfig>,
+    old: Option<&RunFolder>,
     new: &Config,
     world_size: usize,
     store: &str,
@@ -132,17 +99,17 @@ pub fn check(
 ) -> Result<Vec<ConfigChange>, Vec<String>> {
     let now = Fingerprint::of(new, world_size, store);
     let changes = old
-        .map(|o| changes(&o.normalised, &table(new)))
+        .map(|o| changes(&o.config.table(), &new.table()))
         .unwrap_or_default();
     let allowed = |c: &ConfigChange| {
-        OPERATIONAL.contains(&c.key.as_str()) || CHECKED_APART.contains(&c.key.as_str())
+        OPERATIONAL.contains(&c.key.as_str()) || CHECKED_APART_ON_RESUME.contains(&c.key.as_str())
     };
     let mut reasons: Vec<String> = changes
         .iter()
         .filter(|c| !allowed(c))
         .map(ConfigChange::to_string)
         .collect();
-    let epochs_changed = changes.iter().find(|c| c.key == "train.epochs");
+    let epochs_changed = changes.iter().find(|c| c.key == keys::EPOCHS);
     if let Some(c) = epochs_changed
         && new.train.schedule.decay == Decay::Cosine
     {
@@ -153,7 +120,7 @@ pub fn check(
     }
     match recorded {
         Some(r) => {
-            let explained = old.is_some_and(|o| o.made(&r.config));
+            let explained = old.is_some_and(|o| made(o, &r.config));
             if r.config != now.config && reasons.is_empty() && !explained {
                 reasons.push(format!(
                     "the configuration digest {} differs from the checkpoint's {} (the run's config.toml does not show how)",
@@ -207,15 +174,15 @@ mod tests {
                 (
                     k.to_string(),
                     v.clone(),
-                    crate::config::Origin::Flag("--set"),
+                    lossbench_core::config::Origin::Flag("--set"),
                 )
             })
             .collect();
-        crate::config::load(&jobs, overrides).unwrap()
+        lossbench_core::config::load(&jobs, overrides).unwrap()
     }
 
-    fn old_of(c: &Config) -> OldConfig {
-        OldConfig::parse(&toml::to_string(c).unwrap()).unwrap()
+    fn old_of(c: &Config) -> RunFolder {
+        RunFolder::of(std::path::Path::new("/runs/focal-seed0"), c.table()).unwrap()
     }
 
     #[test]
@@ -261,7 +228,7 @@ mod tests {
     #[test]
     fn a_config_written_before_new_keys_resumes() {
         let base = config(&[]);
-        let mut written = table(&base);
+        let mut written = base.table();
         let train = written["train"].as_table_mut().unwrap();
         for key in [
             "optimizer",
@@ -279,13 +246,14 @@ mod tests {
             .remove("drop_path")
             .unwrap();
         let recorded = Fingerprint {
-            config: digest(&written, &digest_exclusions()),
+            config: digest(&written, &resume_exclusions()),
             micro_batches: 1,
             store: "s1".into(),
         };
-        // Added keys at their defaults digest as if absent (lossbench_core::config_digest).
+        // Added keys at their defaults digest as if absent (lossbench_core::config::digest).
         assert_eq!(recorded, Fingerprint::of(&base, 1, "s1"));
-        let old = OldConfig::parse(&toml::to_string(&written).unwrap()).unwrap();
+        let old =
+            RunFolder::of(std::path::Path::new("/runs/focal-seed0"), written.clone()).unwrap();
         assert_eq!(
             check(Some(&recorded), Some(&old), &base, 1, "s1", 2),
             Ok(vec![])

@@ -10,7 +10,6 @@ use anyhow::{Context, Result, bail};
 use tch::Device;
 
 use crate::checkpoint;
-use crate::config::Config;
 use crate::data::Splits;
 use crate::dist::Dist;
 use crate::failure;
@@ -21,8 +20,10 @@ use crate::resume::{self, ConfigChanged, Fingerprint};
 use crate::snapshot::Probes;
 use crate::step::Stepper;
 use crate::steps::MIN_MICRO_BATCH;
+use lossbench_core::config::{Config, keys};
 use lossbench_core::layout::Split;
 use lossbench_core::lock::{Lock, Mode};
+use lossbench_core::run_folder::RunFolder;
 use lossbench_core::run_info::{ConfigChange, Identity, RunInfo, Start, Status};
 use lossbench_core::store::Store;
 
@@ -230,7 +231,7 @@ impl Run {
                 format!(
                     "run.data = {} (from {})",
                     config.run.data.display(),
-                    config.source("run.data")
+                    config.source(keys::DATA)
                 )
             })?;
             check_batch(config, &store)?;
@@ -397,10 +398,7 @@ impl Run {
         world: usize,
         store: &str,
     ) -> Result<Vec<ConfigChange>> {
-        let path = dir.join("config.toml");
-        let old = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| resume::OldConfig::parse(&t));
+        let old = RunFolder::open(dir).ok();
         let done = c.state.epoch;
         resume::check(
             c.state.fingerprint.as_ref(),
@@ -439,6 +437,7 @@ impl Run {
                  of the store:\n# {w:?}\n"
             ));
         }
-        lossbench_core::files::write_atomically(&self.dir.join("config.toml"), text.as_bytes())
+        let path = self.dir.join(lossbench_core::run_folder::CONFIG_FILE);
+        lossbench_core::files::write_atomically(&path, text.as_bytes())
     }
 }

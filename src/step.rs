@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use tch::Tensor;
 
-use crate::config::TrainSection;
 use crate::data::Batches;
 use crate::dist::{Dist, GradientBuckets};
 use crate::failure::{self, Caught};
 use crate::losses::Loss;
 use crate::network::Network;
 use crate::optim::Adam;
-use crate::recipe::{Augment, OptimizerKind, Schedule};
 use crate::steps::stream_seed;
+use lossbench_core::config::TrainSection;
+use lossbench_core::config::recipe::{Augment, OptimizerKind, Schedule};
 
 /// Where a step is: for seeding dropout and for messages.
 #[derive(Debug, Clone, Copy)]

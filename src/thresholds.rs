@@ -4,9 +4,9 @@
 //! own. Telling the two rules' results apart separates what a loss does to the ranking of
 //! scores from where it puts its decision boundary.
 
-use crate::labels::NUM_CLASSES;
-use crate::metrics::{Counts, Metrics};
-use crate::ranking::descending;
+use lossbench_core::labels::NUM_CLASSES;
+use lossbench_core::metrics::{Counts, Metrics};
+use lossbench_core::ranking::descending;
 
 /// The threshold of one class: a patch is predicted positive when its score is at least it.
 /// Scanning the distinct scores from the highest, the first one reaching the best F1; a class

@@ -193,7 +193,7 @@ fn open_outputs(run: &Run) -> Result<(Option<fs::File>, Option<Curves>)> {
 
 /// The run's TensorBoard curves from the step its checkpoint reached (rank 0).
 fn open_curves(run: &Run) -> Result<Option<Curves>> {
-    let path = run.dir.join("config.toml");
+    let path = run.dir.join(lossbench_core::run_folder::CONFIG_FILE);
     let config =
         fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let (every, start) = (run.config.tensorboard.every, run.stepper.adam.step);

@@ -9,7 +9,8 @@ mod common;
 use std::path::Path;
 
 use fuzzing::{Outcome, campaign, cases};
-use lossbench::{checkpoint, config};
+use lossbench::checkpoint;
+use lossbench_core::config;
 use tch::{Device, Kind, Tensor};
 
 #[global_allocator]

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::merge::folder::{self, RunFolder};
+use crate::merge::folder::{self, Run};
 use lossbench_core::records::EpochRecord;
 use lossbench_core::run_info::Status;
 
@@ -158,7 +158,7 @@ fn now_ms() -> i64 {
 }
 
 /// The state of a run that has a folder, with its reason.
-fn state_of(r: &RunFolder, held: bool, slurm: &Slurm) -> (State, Option<String>) {
+fn state_of(r: &Run, held: bool, slurm: &Slurm) -> (State, Option<String>) {
     if r.test.is_some() {
         return (State::Finished, None);
     }
@@ -192,7 +192,7 @@ fn state_of(r: &RunFolder, held: bool, slurm: &Slurm) -> (State, Option<String>)
 }
 
 /// The board line of a run folder.
-fn line_of(r: &RunFolder, slurm: &Slurm, logs: &Path) -> Line {
+fn line_of(r: &Run, slurm: &Slurm, logs: &Path) -> Line {
     let held = lossbench_core::lock::inspect(&r.dir.join(".lock"))
         .ok()
         .flatten()

@@ -21,13 +21,18 @@ use lossbench_core::{predictions, schema, tables};
 #[global_allocator]
 static HEAP: fuzzing::PeakAlloc = fuzzing::PeakAlloc;
 
-const CONFIG: &str = "[run]\nseed = 1\njob = \"ce\"\ndata = \"store.zarr\"\n[train]\nepochs = 2\n[model]\narch = \"kbranch\"\n[loss]\nname = \"ce\"\n";
+/// A run folder's config as the trainer writes it.
+fn config() -> String {
+    include_str!("../../tests/data/old-run/focal-seed1/config.toml")
+        .replace("job = \"focal\"", "job = \"ce\"")
+        .replace("name = \"focal\"\ngamma = 2.0", "name = \"ce\"")
+}
 
 /// A finished two-epoch run folder as the trainer leaves it, every file the collector reads.
 fn run_folder(root: &Path) -> PathBuf {
     let dir = root.join("ce-seed1");
     std::fs::create_dir_all(dir.join("lrp")).unwrap();
-    std::fs::write(dir.join("config.toml"), CONFIG).unwrap();
+    std::fs::write(dir.join("config.toml"), config()).unwrap();
     let mut counts = Counts::default();
     let truth = [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     counts.add(

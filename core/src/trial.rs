@@ -10,6 +10,31 @@ use serde::{Deserialize, Serialize};
 
 pub const FILE: &str = "trial.json";
 
+/// The copy of the study file a study folder keeps: the folder belongs to that study.
+pub const STUDY_FILE: &str = "study.toml";
+
+/// The validation metric a study selects on when its file names none.
+pub const DEFAULT_METRIC: &str = "map_macro";
+
+/// The metric the study whose trials lie in `trials_dir` selects on: `study.metric` of the
+/// study file its folder (the one above) keeps.
+pub fn study_metric(trials_dir: &Path) -> String {
+    #[derive(Deserialize)]
+    struct Copy {
+        study: Section,
+    }
+    #[derive(Deserialize)]
+    struct Section {
+        metric: Option<String>,
+    }
+    trials_dir
+        .parent()
+        .and_then(|study| std::fs::read_to_string(study.join(STUDY_FILE)).ok())
+        .and_then(|text| toml::from_str::<Copy>(&text).ok())
+        .and_then(|c| c.study.metric)
+        .unwrap_or_else(|| DEFAULT_METRIC.to_string())
+}
+
 /// Where a trial stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

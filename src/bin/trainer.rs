@@ -7,16 +7,13 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use lossbench::config::{self, DeviceChoice};
+use lossbench::attempt::{self, Outcome};
 use lossbench::dist::{self, Dist};
 use lossbench::exit;
 use lossbench::run::Run;
 use lossbench::stop::Stop;
-use lossbench::train::Ending;
+use lossbench_core::config::{self, DeviceChoice, Flag};
 use lossbench_core::logging::{self, LogFormat};
-use lossbench_core::ranking::Ranking;
-use lossbench_core::records::{EpochRecord, TestOutcome};
-use lossbench_core::run_info::Status;
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -114,43 +111,19 @@ struct BenchArgs {
 
 impl JobArgs {
     fn overrides(&self) -> Result<config::Overrides> {
-        use config::Origin::Flag;
-        let path = |p: &PathBuf| toml::Value::String(p.display().to_string());
-        let mut o: config::Overrides = Vec::new();
-        if let Some(v) = self.seed {
-            o.push((
-                "run.seed".into(),
-                toml::Value::Integer(v as i64),
-                Flag("--seed"),
-            ));
-        }
-        if let Some(v) = &self.data {
-            o.push(("run.data".into(), path(v), Flag("--data")));
-        }
-        if let Some(v) = &self.out {
-            o.push(("run.out".into(), path(v), Flag("--out")));
-        }
-        if let Some(v) = self.epochs {
-            o.push((
-                "train.epochs".into(),
-                toml::Value::Integer(v as i64),
-                Flag("--epochs"),
-            ));
-        }
-        if let Some(v) = self.device {
-            o.push((
-                "run.device".into(),
-                toml::Value::try_from(v)?,
-                Flag("--device"),
-            ));
-        }
-        if let Some(v) = &self.run_id {
-            o.push((
-                "run.run_id".into(),
-                toml::Value::String(v.clone()),
-                Flag("--run-id"),
-            ));
-        }
+        let flags = [
+            self.seed.map(Flag::Seed),
+            self.data.clone().map(Flag::Data),
+            self.out.clone().map(Flag::Out),
+            self.epochs.map(Flag::Epochs),
+            self.device.map(Flag::Device),
+            self.run_id.clone().map(Flag::RunId),
+        ];
+        let mut o: config::Overrides = flags
+            .into_iter()
+            .flatten()
+            .map(Flag::into_override)
+            .collect();
         for item in &self.set {
             o.push(config::parse_override(item)?);
         }
@@ -207,131 +180,15 @@ fn run(cli: Cli, dist: Dist, stop: Option<Stop>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `trainer train`: sets the run up, trains and tests it, and records each attempt's start,
-/// end and reason in `run.json` (rank 0; a failure while setting up is recorded by
-/// [`Run::open`]).
+/// `trainer train`: one attempt ([`attempt::run`]); a stopped attempt exits for requeueing.
 fn train(a: TrainArgs, dist: Dist, stop: Stop) -> Result<ExitCode> {
     let config = a.job.load()?;
-    let mut run = Run::open(config, a.resume == Resume::Auto, dist)?;
-    // A libtorch error outside the places that catch their own is still this run's failure.
-    let outcome = lossbench::failure::catch(|| train_and_test(&mut run, &stop))
-        .unwrap_or_else(|caught| Err(anyhow::anyhow!("internal error: {}", caught.message())));
-    let (status, reason) = match &outcome {
-        Ok(Outcome::Stopped) => (Status::Stopped, Some(stop.reason())),
-        Ok(Outcome::Finished { early_stop }) => (Status::Finished, early_stop.clone()),
-        Err(e) => (Status::Failed, Some(format!("{e:#}"))),
-    };
-    let recorded = run.record_end(status, reason);
-    match (outcome, recorded) {
-        (Err(e), Err(w)) => {
-            tracing::error!("recording the failure in run.json: {w:#}");
-            Err(e)
-        }
-        (outcome, recorded) => {
-            recorded?;
-            Ok(match outcome? {
-                Outcome::Stopped => ExitCode::from(exit::REQUEUE),
-                Outcome::Finished { .. } => ExitCode::SUCCESS,
-            })
-        }
-    }
-}
-
-/// How an attempt ended, short of failing.
-enum Outcome {
-    /// Trained and tested; why training stopped before its last epoch, if it did.
-    Finished { early_stop: Option<String> },
-    /// A stop was requested: checkpointed, to be resumed.
-    Stopped,
-}
-
-/// Trains the remaining epochs, then tests; prints a summary on rank 0.
-fn train_and_test(run: &mut Run, stop: &Stop) -> Result<Outcome> {
-    let root = run.dist.is_root();
-    tracing::info!(
-        run = %run.dir.display(), loss = %run.loss, arch = run.net.model.arch().name(),
-        from_epoch = run.progress.start_epoch, ranks = run.dist.world_size,
-        device = lossbench::device::name(run.net.device), "training"
-    );
-    let ending = lossbench::train::train(run, stop)?;
-    run.data.log_memory(run.dist.rank);
-    let (records, early_stop) = match ending {
-        Ending::Finished {
-            records,
-            early_stop,
-        } => (records, early_stop),
-        Ending::Stopped {
-            epoch,
-            steps_into_epoch,
-        } => {
-            if root {
-                println!(
-                    "stopped at epoch {epoch}, step {steps_into_epoch} ({}); checkpointed in {}; \
-                     rerun with --resume auto to continue",
-                    stop.reason(),
-                    run.dir.display()
-                );
-            }
-            return Ok(Outcome::Stopped);
-        }
-    };
-    let Some(test) = lossbench::final_test::test(run, stop)? else {
-        if root {
-            println!(
-                "stopped while testing ({}); rerun with --resume auto",
-                stop.reason()
-            );
-        }
-        return Ok(Outcome::Stopped);
-    };
-    if root {
-        print_summary(run, &records, &test, early_stop.as_deref());
-    }
-    Ok(Outcome::Finished { early_stop })
-}
-
-fn print_summary(run: &Run, records: &[EpochRecord], test: &TestOutcome, early_stop: Option<&str>) {
-    println!(
-        "{:>5} {:>11} {:>9} {:>13} {:>10} {:>10} {:>8}",
-        "epoch", "train loss", "val loss", "val F1 sample", "F1 micro", "mAP macro", "img/s"
-    );
-    let map = |r: Option<&Ranking>| r.and_then(|r| r.map_macro).unwrap_or(f64::NAN);
-    for r in records {
-        println!(
-            "{:>5} {:>11.4} {:>9.4} {:>13.4} {:>10.4} {:>10.4} {:>8.0}",
-            r.epoch,
-            r.train_loss,
-            r.val_loss,
-            r.val.samples.f1,
-            r.val.micro.f1,
-            map(r.val_ranking.as_ref()),
-            r.images_per_s
-        );
-    }
-    if let Some(why) = early_stop {
-        println!("{why}");
-    }
-    let m = &test.metrics;
-    println!(
-        "test (weights of epoch {}): mAP macro {:.4}; F1 micro {:.4}, macro {:.4}, sample {:.4}; \
-         precision sample {:.4}, recall sample {:.4}",
-        test.best_epoch,
-        map(test.ranking.as_ref()),
-        m.micro.f1,
-        m.macro_avg.f1,
-        m.samples.f1,
-        m.samples.precision,
-        m.samples.recall
-    );
-    if let Some(t) = &test.tuned {
-        let m = &t.metrics;
-        println!(
-            "  with per-class thresholds tuned on validation: F1 micro {:.4}, macro {:.4}, \
-             sample {:.4}",
-            m.micro.f1, m.macro_avg.f1, m.samples.f1
-        );
-    }
-    println!("results in {}", run.dir.display());
+    Ok(
+        match attempt::run(config, a.resume == Resume::Auto, dist, &stop)? {
+            Outcome::Stopped => ExitCode::from(exit::REQUEUE),
+            Outcome::Finished { .. } => ExitCode::SUCCESS,
+        },
+    )
 }
 
 fn main() -> ExitCode {
@@ -354,7 +211,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, if dist.is_root() { "info" } else { "warn" });
     let world = dist.world_size;
     let result = lossbench::failure::catch(|| run(cli, dist, stop))
-        .unwrap_or_else(|caught| Err(anyhow::anyhow!("internal error: {}", caught.message())));
+        .unwrap_or_else(|caught| Err(caught.internal("trainer", "outside a run")));
     match result {
         Ok(code) => {
             dist::finalize();

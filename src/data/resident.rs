@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::{Batch, Normalizer};
-use crate::config::Residency;
+use lossbench_core::config::Residency;
 use lossbench_core::labels::NUM_CLASSES;
 use lossbench_core::layout::{BAND_GROUPS, VALUES_PER_PATCH};
 pub use lossbench_core::run_info::Placement;

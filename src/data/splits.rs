@@ -10,10 +10,10 @@ use tch::Device;
 
 use super::resident::{self, Budget, Placement};
 use super::{Loading, Normalizer, ResidentSplit, Source};
-use crate::config::Config;
 use crate::dist::Dist;
 use crate::failure;
 use crate::steps::MIN_MICRO_BATCH;
+use lossbench_core::config::Config;
 use lossbench_core::layout::Split;
 use lossbench_core::run_info::DataPlacement;
 use lossbench_core::store::{SplitData, Store};

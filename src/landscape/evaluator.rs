@@ -1,21 +1,24 @@
 //! What a landscape evaluates: the run's network on seeded subsets of training and validation
 //! patches held in memory, the run's loss and every loss of the study, dropout off, BatchNorm
 //! as the spec says; the quantities at the current weights, and Hessian-vector products of the
-//! training loss ([`super::hessian`]).
+//! training loss ([`super::hessian`]) on flat vectors ([`Flat`]).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use super::spectrum::Flat;
 use super::{BnMode, Spec};
-use crate::config::Config;
+use crate::checkpoint;
 use crate::data::resident::Placement;
 use crate::data::{Normalizer, ResidentSplit};
-use crate::losses::{Loss, LossSpec, STUDY_LOSSES, SingleLoss};
-use crate::model::{Model, Regularization};
+use crate::losses::Loss;
+use crate::model::Regularization;
+use crate::network::Network;
+use lossbench_core::config::Config;
+use lossbench_core::config::loss::STUDY_LOSSES;
+use lossbench_core::config::{LossSpec, SingleLoss};
 use lossbench_core::layout::Split;
 use lossbench_core::metrics::Counts;
 use lossbench_core::store::Store;
@@ -23,9 +26,8 @@ use lossbench_core::store::Store;
 /// The evaluation set-up: the network, the subsets in memory, the losses.
 pub struct Evaluator {
     pub device: Device,
-    /// Owns the variables `vars` and the model share.
-    _store: VarStore,
-    pub model: Model,
+    /// The run's network, dropout off (its BatchNorm as the spec says).
+    pub net: Network,
     /// Every variable, by name (sorted): the model's, to overwrite at each point.
     pub vars: Vec<(String, Tensor)>,
     pub train: ResidentSplit,
@@ -76,20 +78,17 @@ impl Evaluator {
             load(Split::Validation, &spec.val_rows)?,
         );
         // Dropout off; BatchNorm per the spec.
-        let mut vs = VarStore::new(Device::Cpu);
-        let model = Model::new(
-            &vs.root(),
+        let net = Network::new(
             config.model.arch,
             config.run.seed,
             Regularization::OFF,
+            device,
+            false,
         );
-        vs.set_device(device);
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let vars = net.named_variables();
         Ok(Evaluator {
             device,
-            _store: vs,
-            model,
+            net,
             vars,
             train,
             val,
@@ -111,13 +110,28 @@ impl Evaluator {
         });
     }
 
+    /// Sets every variable to a checkpoint's of the run folder `run` (none: leaves them) and
+    /// returns copies of them, in the order of `vars`.
+    pub fn checkpoint(&self, run: &Path, epoch: Option<u32>) -> Result<Vec<Tensor>> {
+        let Some(epoch) = epoch else {
+            return Ok(Vec::new());
+        };
+        let c = checkpoint::at_epoch(run, epoch)?;
+        self.net.restore(&c.model, &c.dir)?;
+        Ok(self.vars.iter().map(|(_, t)| t.detach().copy()).collect())
+    }
+
     fn logits(&self, data: &ResidentSplit, rows: usize, grad: bool) -> Vec<(Tensor, Tensor)> {
         let positions: Vec<usize> = (0..rows).collect();
         positions
             .chunks(self.batch)
             .map(|idx| {
                 let b = data.batch(idx);
-                let run = || self.model.forward_t(&b.inputs, self.bn == BnMode::Batch);
+                let run = || {
+                    self.net
+                        .model
+                        .forward_t(&b.inputs, self.bn == BnMode::Batch)
+                };
                 let logits = if grad { run() } else { tch::no_grad(run) };
                 (logits, b.targets)
             })
@@ -181,6 +195,7 @@ impl Evaluator {
     fn batch_loss(&self, batches: &[Vec<usize>], b: usize) -> Tensor {
         let batch = self.train.batch(&batches[b]);
         let logits = self
+            .net
             .model
             .forward_t(&batch.inputs, self.bn == BnMode::Batch);
         self.own.compute(&logits, &batch.targets) * (batches[b].len() as f64 / self.rows as f64)
@@ -229,5 +244,50 @@ impl Evaluator {
             iterations,
             tolerance,
         )
+    }
+}
+
+/// The parameters as one flat vector and back.
+pub struct Flat {
+    sizes: Vec<i64>,
+    shapes: Vec<Vec<i64>>,
+    pub len: i64,
+}
+
+impl Flat {
+    pub fn of(params: &[Tensor]) -> Flat {
+        let shapes: Vec<Vec<i64>> = params.iter().map(Tensor::size).collect();
+        let sizes: Vec<i64> = shapes.iter().map(|s| s.iter().product()).collect();
+        Flat {
+            len: sizes.iter().sum(),
+            sizes,
+            shapes,
+        }
+    }
+
+    /// Views of a flat vector shaped as the parameters.
+    pub fn split(&self, v: &Tensor) -> Vec<Tensor> {
+        v.split_with_sizes(&self.sizes, 0)
+            .into_iter()
+            .zip(&self.shapes)
+            .map(|(t, s)| t.view(s.as_slice()))
+            .collect()
+    }
+
+    pub fn join(&self, parts: &[Tensor]) -> Tensor {
+        let flat: Vec<Tensor> = parts.iter().map(|t| t.reshape([-1])).collect();
+        Tensor::cat(&flat, 0)
+    }
+
+    /// The range of each parameter in the flat vector.
+    pub fn ranges(&self) -> Vec<std::ops::Range<i64>> {
+        let mut start = 0;
+        self.sizes
+            .iter()
+            .map(|&n| {
+                start += n;
+                start - n..start
+            })
+            .collect()
     }
 }

@@ -6,109 +6,43 @@
 //! - `sharpness`: the dominant Hessian eigenvalue of the training loss at each checkpoint the
 //!   run kept ([`hessian`]);
 //! - `spectrum`: the Hessian's top eigenvalues, trace, eigenvalue density and per-layer values
-//!   at each checkpoint ([`spectral`], [`spectrum`]).
+//!   at each checkpoint ([`spectrum`]).
 //!
 //! Each is evaluated on a fixed, seeded subset of training patches (the run's loss and every
 //! loss of the study, on the same logits) and of validation patches (F1 sample, micro, macro,
 //! with the run's decision rule), dropout off, BatchNorm in eval mode (or with each batch's
 //! statistics) ([`evaluator`]). The work comes in blocks (grid points; for `spectrum`, probes
-//! and layers); each block is written atomically to `<run>/landscape/<name>/blocks/`, blocks are
-//! shared out over MPI ranks and SLURM array tasks, and a rerun computes only the missing ones.
-//! Nothing is written before the landscape is known to be computable (its checkpoints exist).
+//! and layers), computed by one loop ([`blocks`]) whose clients are [`grid`] and [`spectrum`]:
+//! each block is written atomically to `<run>/landscape/<name>/blocks/`, blocks are shared out
+//! over MPI ranks and SLURM array tasks, and a rerun computes only the missing ones. Nothing is
+//! written before the landscape is known to be computable (its checkpoints exist).
 
+mod blocks;
 pub mod directions;
 mod evaluator;
 mod grid;
 pub mod hessian;
 mod rows;
-pub mod spectral;
+mod spec;
 pub mod spectrum;
 mod tensorboard;
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+
+pub use spec::{Axes, BnMode, KindSpec, LandscapeKind, Spec};
 
 use crate::checkpoint;
-use crate::config::{self, Config};
 use crate::dist::Dist;
-use crate::model::Arch;
-use crate::run_folder::RunFolder;
 use crate::steps::epoch_order;
 use evaluator::Evaluator;
-use grid::Landscape;
+use lossbench_core::config::Arch;
+use lossbench_core::config::{self, Config};
 use lossbench_core::layout::Split;
 use lossbench_core::lock::Mode;
+use lossbench_core::run_folder::RunFolder;
 use lossbench_core::store::Store;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LandscapeKind {
-    #[value(name = "1d")]
-    #[serde(rename = "1d")]
-    OneD,
-    #[value(name = "2d")]
-    #[serde(rename = "2d")]
-    TwoD,
-    Interp,
-    Sharpness,
-    /// The Hessian's top eigenvalues, trace, eigenvalue density and per-layer values.
-    Spectrum,
-}
-
-impl LandscapeKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            LandscapeKind::OneD => "1d",
-            LandscapeKind::TwoD => "2d",
-            LandscapeKind::Interp => "interp",
-            LandscapeKind::Sharpness => "sharpness",
-            LandscapeKind::Spectrum => "spectrum",
-        }
-    }
-}
-
-/// How BatchNorm normalises at a grid point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BnMode {
-    /// The checkpoint's running statistics (as at validation).
-    Eval,
-    /// Each evaluation batch's own statistics, recomputed at every point.
-    Batch,
-}
-
-/// Everything that defines a landscape; stored as `spec.json` and checked on a rerun.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Spec {
-    pub kind: LandscapeKind,
-    /// The run folder and its checkpoint (for `interp`, the start).
-    pub run: PathBuf,
-    pub epoch: Option<u32>,
-    /// `interp`'s end: a run folder and its epoch.
-    pub to: Option<(PathBuf, u32)>,
-    pub seed: u64,
-    /// α (and β) from, to, points per axis; `interp`: t.
-    pub range: (f64, f64),
-    pub points: usize,
-    pub include_bias_bn: bool,
-    pub bn: BnMode,
-    /// Rows of the training and validation splits in the subsets.
-    pub train_rows: Vec<usize>,
-    pub val_rows: Vec<usize>,
-    pub batch: usize,
-    /// Points per block; `sharpness`: the checkpoint epochs, one per block.
-    pub block: usize,
-    pub epochs: Vec<u32>,
-    pub iterations: usize,
-    pub tolerance: f64,
-    pub data: PathBuf,
-    /// `spectrum`: what it computes (absent in the specs of the other kinds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spectrum: Option<spectral::SpectrumSpec>,
-}
 
 /// What `trainer landscape` is asked: its command-line flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -161,7 +95,7 @@ pub struct Request {
     #[arg(long, default_value_t = 50)]
     pub iterations: usize,
     #[command(flatten)]
-    pub spectrum: spectral::SpectrumArgs,
+    pub spectrum: spectrum::SpectrumArgs,
     /// The landscape's folder name under <run>/landscape/ (default from kind, epoch and seed).
     #[arg(long)]
     pub name: Option<String>,
@@ -238,8 +172,10 @@ fn default_name(r: &Request, epoch: Option<u32>) -> String {
     }
 }
 
+/// The best epoch of the run folder `run` (an error names a folder that is not one).
 fn best_epoch(run: &Path) -> Result<u32> {
-    RunFolder::open(run)?.best_epoch()
+    RunFolder::open(run)?;
+    checkpoint::best_epoch(run)
 }
 
 /// The seeded subset: the first `n` rows of a permutation of the split (in row order).
@@ -318,86 +254,68 @@ fn plan(r: &Request, config: &Config, store: &Store) -> Result<Spec> {
     let train_len = store.attrs.splits[&Split::Train].patches as usize;
     let val_len = store.attrs.splits[&Split::Validation].patches as usize;
     let patches = default_patches(config.model.arch);
-    let spec = Spec {
-        kind,
-        // Canonical: `runs/x`, `./runs/x` and the absolute path ask for the same landscape.
-        run: canonical(&r.run),
-        epoch,
-        to,
-        seed: r.seed,
-        range: r
-            .range
-            .unwrap_or(if interp { (-0.5, 1.5) } else { (-1.0, 1.0) }),
-        points: r.points.unwrap_or(if interp { 41 } else { 51 }),
-        include_bias_bn: r.include_bias_bn,
-        bn: r.bn,
-        train_rows: subset(train_len, r.train_patches.unwrap_or(patches), r.seed, 0),
-        val_rows: subset(val_len, r.val_patches.unwrap_or(patches), r.seed, 1),
-        batch: r.batch,
-        block: if kind == LandscapeKind::Sharpness {
-            1
-        } else {
-            r.block
-        },
-        epochs,
-        iterations: r.iterations,
-        tolerance: 1e-3,
-        data: canonical(&store.path),
-        spectrum: (kind == LandscapeKind::Spectrum)
-            .then(|| r.spectrum.spec())
-            .transpose()?,
-    };
-    if spec.points == 0
-        || spec.block == 0
-        || spec.batch == 0
-        || spec.train_rows.is_empty()
-        || spec.val_rows.is_empty()
-    {
+    let range = r
+        .range
+        .unwrap_or(if interp { (-0.5, 1.5) } else { (-1.0, 1.0) });
+    let points = r.points.unwrap_or(if interp { 41 } else { 51 });
+    let (train_rows, val_rows) = (
+        subset(train_len, r.train_patches.unwrap_or(patches), r.seed, 0),
+        subset(val_len, r.val_patches.unwrap_or(patches), r.seed, 1),
+    );
+    if points == 0 || r.block == 0 || r.batch == 0 || train_rows.is_empty() || val_rows.is_empty() {
         bail!("--points, --block, --batch, --train-patches and --val-patches must be at least 1");
     }
-    if !(spec.range.0.is_finite() && spec.range.1.is_finite() && spec.range.0 < spec.range.1) {
+    if !(range.0.is_finite() && range.1.is_finite() && range.0 < range.1) {
         bail!(
             "--range {}:{}: expected FROM:TO with FROM < TO",
-            spec.range.0,
-            spec.range.1
+            range.0,
+            range.1
         );
     }
-    Ok(spec)
-}
-
-/// Refuses a folder holding another landscape.
-fn check_existing(dir: &Path, spec: &Spec) -> Result<()> {
-    let path = dir.join("spec.json");
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    let axes = || -> Result<Axes> {
+        Ok(Axes {
+            epoch: epoch.context("a grid has a checkpoint")?,
+            range,
+            points,
+            block: r.block,
+        })
     };
-    let existing: Spec = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{}: unreadable", path.display()))?;
-    if existing != *spec {
-        bail!(
-            "{} holds another landscape ({}); choose another --name or remove it",
-            dir.display(),
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-/// Creates the landscape's folder with its spec (whoever comes first; the others check theirs
-/// against it) and removes temporary files of workers killed mid-write.
-fn create(dir: &Path, spec: &Spec) -> Result<()> {
-    let blocks = dir.join("blocks");
-    fs::create_dir_all(&blocks).with_context(|| format!("creating {}", blocks.display()))?;
-    for folder in [dir, &blocks] {
-        lossbench_core::files::remove_stale_temporaries(folder);
-    }
-    let bytes = serde_json::to_vec_pretty(spec)?;
-    if !lossbench_core::files::create_new_atomically(&dir.join("spec.json"), &bytes)? {
-        check_existing(dir, spec)?;
-    }
-    Ok(())
+    let include_bias_bn = r.include_bias_bn;
+    let of = match kind {
+        LandscapeKind::OneD => KindSpec::OneD {
+            axes: axes()?,
+            include_bias_bn,
+        },
+        LandscapeKind::TwoD => KindSpec::TwoD {
+            axes: axes()?,
+            include_bias_bn,
+        },
+        LandscapeKind::Interp => KindSpec::Interp {
+            axes: axes()?,
+            to: to.context("interp has an end")?,
+        },
+        LandscapeKind::Sharpness => KindSpec::Sharpness {
+            epochs,
+            iterations: r.iterations,
+            tolerance: 1e-3,
+        },
+        LandscapeKind::Spectrum => KindSpec::Spectrum {
+            epochs,
+            include_bias_bn,
+            spectrum: r.spectrum.spec()?,
+        },
+    };
+    Ok(Spec {
+        of,
+        // Canonical: `runs/x`, `./runs/x` and the absolute path ask for the same landscape.
+        run: canonical(&r.run),
+        seed: r.seed,
+        bn: r.bn,
+        train_rows,
+        val_rows,
+        batch: r.batch,
+        data: canonical(&store.path),
+    })
 }
 
 /// Computes this worker's missing blocks of the landscape `r` asks for.
@@ -407,14 +325,14 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
     // checkpoints read here).
     let _lock = crate::folder_lock::lock(&r.run, Mode::Shared, "trainer landscape", dist)?;
     let config = &run_folder.config;
-    let store = run_folder.store(r.data.as_deref())?;
+    let store = run_folder.store(r.data.as_deref(), checkpoint::recorded_store(&r.run)?)?;
     let spec = plan(r, config, &store)?;
     let name = r
         .name
         .clone()
-        .unwrap_or_else(|| default_name(r, spec.epoch));
+        .unwrap_or_else(|| default_name(r, spec.centre().or(r.epoch)));
     let dir = folder(&r.run, &name);
-    check_existing(&dir, &spec)?;
+    blocks::check_existing(&dir, &spec)?;
     let (task, tasks) = r.task;
     let worker = Worker {
         index: task * dist.world_size + dist.rank,
@@ -431,9 +349,14 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
         dir: &dir,
         name: &name,
     };
-    let outcome = match spec.kind {
-        LandscapeKind::Spectrum => spectral::run(&setup, &worker),
-        _ => grid_blocks(&setup, &worker),
+    let outcome = match spec.kind() {
+        LandscapeKind::Spectrum => spectrum::run(&setup, &worker),
+        _ => blocks::run(
+            &dir,
+            &spec,
+            &worker,
+            &mut grid::Grid::new(&setup, worker.writes_shared),
+        ),
     }?;
     // The worker that finds the landscape complete plots it in the run's TensorBoard.
     let blocks = lossbench_core::tables::table_files(&dir.join("blocks"))?;
@@ -472,51 +395,4 @@ impl Setup<'_> {
             self.config.train.loader_threads,
         )
     }
-}
-
-/// The grid kinds: this worker's missing blocks of points.
-fn grid_blocks(s: &Setup, worker: &Worker) -> Result<Outcome> {
-    let points = grid::grid(s.spec);
-    let blocks: Vec<&[grid::Point]> = points.chunks(s.spec.block).collect();
-    let block_path = |b: usize| s.dir.join("blocks").join(format!("block-{b:05}.parquet"));
-    let mine: Vec<usize> = (0..blocks.len())
-        .filter(|b| b % worker.count == worker.index)
-        .collect();
-    let todo: Vec<usize> = mine
-        .iter()
-        .copied()
-        .filter(|&b| !block_path(b).is_file())
-        .collect();
-    let outcome = Outcome {
-        folder: s.dir.to_path_buf(),
-        blocks: blocks.len(),
-        computed: todo.len(),
-        already_done: mine.len() - todo.len(),
-    };
-    if todo.is_empty() {
-        return Ok(outcome);
-    }
-    let eval = s.evaluator()?;
-    let base = grid::checkpoint_values(&s.spec.run, s.spec.epoch, &eval)?;
-    let landscape = Landscape {
-        spec: s.spec,
-        eval: &eval,
-        base,
-        name: s.name,
-        dirs: None,
-        end: None,
-    };
-    // Everything read: only now is the folder made.
-    create(s.dir, s.spec)?;
-    let landscape = landscape.prepare(s.dir, worker.writes_shared)?;
-    let progress =
-        lossbench_core::progress::bar_if(worker.writes_shared, todo.len() as u64, "blocks");
-    for b in todo {
-        let rows = landscape.block(blocks[b])?;
-        lossbench_core::tables::write_parquet(&block_path(b), &rows::schema(), &[rows])?;
-        progress.inc(1);
-        tracing::info!(block = b, of = blocks.len(), "landscape block written");
-    }
-    progress.finish_and_clear();
-    Ok(outcome)
 }

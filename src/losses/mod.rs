@@ -11,7 +11,6 @@ mod huber;
 mod poly1;
 mod ranking;
 mod sparsemax;
-mod spec;
 mod wce;
 mod zlpr;
 
@@ -19,24 +18,9 @@ use std::fmt;
 
 use tch::{Kind, Tensor};
 
+use lossbench_core::config::{LossSpec, SingleLoss};
 pub use sparsemax::sparsemax;
-pub use spec::{LossSpec, Mix, MixPart, SingleLoss};
 pub use wce::positive_weights;
-
-/// The published study's seven losses, by config name (a landscape evaluates all of them).
-pub const STUDY_LOSSES: [&str; 7] = [
-    "ce",
-    "wce",
-    "focal",
-    "hamming",
-    "huber",
-    "sparsemax",
-    "ranking",
-];
-
-/// The losses built on binary cross-entropy, whose targets label smoothing may soften
-/// (`train.label_smoothing`).
-pub const SMOOTHABLE: [&str; 5] = ["ce", "wce", "focal", "weighted_focal", "poly1"];
 
 /// A loss ready to compute: its spec with what the data determines (W-CE's weights).
 #[derive(Debug, Clone, PartialEq)]
@@ -243,26 +227,12 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every loss a config can name.
-    pub const ALL: [&str; 11] = [
-        "ce",
-        "wce",
-        "focal",
-        "hamming",
-        "huber",
-        "sparsemax",
-        "ranking",
-        "asl",
-        "zlpr",
-        "poly1",
-        "weighted_focal",
-    ];
+    use lossbench_core::config::{Mix, MixPart};
 
     #[test]
     fn every_loss_is_nonnegative_finite_and_differentiable() {
         let (z, y) = testing::inputs(1, 6);
-        for name in ALL {
+        for name in lossbench_core::config::loss::NAMES {
             let loss = Loss::with_defaults(name).unwrap();
             assert_eq!(loss.name(), name);
             let value = loss.compute(&z, &y).double_value(&[]);

@@ -8,51 +8,25 @@
 //! (zennit's Norm rule), and each conv / dense layer applies its composite's rule, computed as
 //! zennit does: the gradient of the rule's modified layer, weighted by relevance over the
 //! stabilised modified output. The networks: [`kbranch`], [`resnet`], [`vgg`].
+//!
+//! This is the rules engine alone: which patches a snapshot explains is
+//! [`crate::snapshot`]'s choice, and explaining chosen patches for their classes
+//! ([`crate::explain::explain_patches`]) is `explain`'s.
 
 mod kbranch;
 mod resnet;
 mod vgg;
 
-use std::str::FromStr;
-
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+
 use tch::{Kind, Tensor};
 
-use crate::model::{Arch, BN_EPS, STACKED_SIDE, stack_bands};
-use lossbench_core::heatmaps::HeatmapRow;
-use lossbench_core::labels::NUM_CLASSES;
+use crate::model::{BN_EPS, STACKED_SIDE, stack_bands};
+use lossbench_core::config::{Arch, Composite};
 use lossbench_core::layout::{BAND_GROUPS, FULL_SIDE};
 
 /// zennit's stabiliser for every rule but ε: the denominator moves away from zero by this much.
 const STABILIZER: f64 = 1e-6;
-
-/// Which rule each layer gets.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Composite {
-    /// zennit's EpsilonPlusFlat: flat on each branch's first conv, z+ on the other convs,
-    /// ε on the dense layers.
-    EpsilonPlusFlat,
-    /// ε on every layer.
-    Epsilon,
-    /// α1-β0 (the same as z+) on every layer.
-    Alpha1Beta0,
-}
-
-impl FromStr for Composite {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "epsilon-plus-flat" => Composite::EpsilonPlusFlat,
-            "epsilon" => Composite::Epsilon,
-            "alpha1-beta0" => Composite::Alpha1Beta0,
-            other => {
-                bail!("unknown LRP composite {other:?} (epsilon-plus-flat, epsilon, alpha1-beta0)")
-            }
-        })
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Rule {
@@ -448,116 +422,6 @@ fn heatmaps(logits: &Tensor, bands: &[Tensor; 3]) -> Result<Vec<Heatmap>> {
         .collect()
 }
 
-/// The default probe set: `count` patches of a split (row-major `[N, 19]` labels) such that
-/// rare classes are covered: for each class from the rarest up, the first patch carrying it
-/// unless one already chosen does; then the first patches not chosen yet. Deterministic.
-pub fn pick_probes(labels: &[u8], count: usize) -> Vec<usize> {
-    let n = labels.len() / NUM_CLASSES;
-    let carries = |i: usize, c: usize| labels[i * NUM_CLASSES + c] == 1;
-    let mut frequency: Vec<(usize, usize)> = (0..NUM_CLASSES)
-        .map(|c| ((0..n).filter(|&i| carries(i, c)).count(), c))
-        .filter(|&(k, _)| k > 0)
-        .collect();
-    frequency.sort();
-    let mut chosen: Vec<usize> = Vec::new();
-    for (_, c) in frequency {
-        if chosen.len() == count {
-            break;
-        }
-        if !chosen.iter().any(|&i| carries(i, c))
-            && let Some(i) = (0..n).find(|&i| carries(i, c) && !chosen.contains(&i))
-        {
-            chosen.push(i);
-        }
-    }
-    chosen.extend(
-        (0..n)
-            .filter(|i| !chosen.contains(i))
-            .take(count.saturating_sub(chosen.len()))
-            .collect::<Vec<_>>(),
-    );
-    chosen
-}
-
-/// Patches to explain: model inputs (one row each), names, and their true and predicted labels
-/// (row-major `[B, 19]` 0/1).
-pub struct Patches<'a> {
-    pub inputs: &'a [Tensor; 3],
-    pub names: &'a [String],
-    pub truth: &'a [u8],
-    pub predicted: &'a [u8],
-}
-
-/// Explains patches for their true and predicted classes, or for `classes` when given.
-pub fn explain_patches(
-    explainer: &Explainer,
-    patches: &Patches,
-    classes: Option<&[usize]>,
-    epoch: u32,
-    with_bands: bool,
-) -> Result<Vec<HeatmapRow>> {
-    let Patches {
-        inputs,
-        names,
-        truth,
-        predicted,
-    } = *patches;
-    let mut pairs: Vec<(usize, usize)> = Vec::new();
-    for row in 0..names.len() {
-        let at = |v: &[u8], c: usize| v[row * NUM_CLASSES + c] == 1;
-        for c in 0..NUM_CLASSES {
-            let wanted = match classes {
-                Some(list) => list.contains(&c),
-                None => at(truth, c) || at(predicted, c),
-            };
-            if wanted {
-                pairs.push((row, c));
-            }
-        }
-    }
-    if pairs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = Tensor::from_slice(&pairs.iter().map(|&(r, _)| r as i64).collect::<Vec<_>>());
-    let selected = [
-        inputs[0].index_select(0, &rows),
-        inputs[1].index_select(0, &rows),
-        inputs[2].index_select(0, &rows),
-    ];
-    let maps = explainer.explain(
-        &selected,
-        &pairs.iter().map(|&(_, c)| c as i64).collect::<Vec<_>>(),
-    )?;
-    let flat =
-        |t: &Tensor| Vec::<f32>::try_from(t.reshape([-1])).context("reading a relevance map");
-    pairs
-        .iter()
-        .zip(maps)
-        .map(|(&(row, c), h)| {
-            let bands = if with_bands {
-                let mut all = Vec::with_capacity(lossbench_core::layout::VALUES_PER_PATCH);
-                for b in &h.bands {
-                    all.extend(flat(b)?);
-                }
-                Some(all)
-            } else {
-                None
-            };
-            Ok(HeatmapRow {
-                epoch,
-                patch: names[row].clone(),
-                class_index: c as u8,
-                is_true: truth[row * NUM_CLASSES + c] == 1,
-                is_predicted: predicted[row * NUM_CLASSES + c] == 1,
-                logit: h.logit,
-                map: flat(&h.combined)?,
-                band_totals: h.band_totals,
-                bands,
-            })
-        })
-        .collect()
-}
-
 /// Each pixel's value spread evenly over the `f`x`f` block of finer pixels it covers.
 fn spread(map: &Tensor, f: i64) -> Tensor {
     if f == 1 {
@@ -676,18 +540,6 @@ mod tests {
                 / expected.abs().max().double_value(&[]).max(1.0);
             assert!(err < 1e-4, "{arch:?}: folded logits differ by {err}");
         }
-    }
-
-    #[test]
-    fn probes_cover_rare_classes_first() {
-        // Four patches; class 2 is carried by patch 3 only, class 1 by patches 1 and 2.
-        let mut labels = vec![0u8; 4 * NUM_CLASSES];
-        for (patch, class) in [(0, 0), (1, 0), (1, 1), (2, 1), (3, 0), (3, 2)] {
-            labels[patch * NUM_CLASSES + class] = 1;
-        }
-        assert_eq!(pick_probes(&labels, 2), vec![3, 1]);
-        assert_eq!(pick_probes(&labels, 4), vec![3, 1, 0, 2]);
-        assert_eq!(pick_probes(&labels, 9).len(), 4);
     }
 
     #[test]

@@ -224,7 +224,8 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
-    use crate::model::{Arch, Model, Regularization};
+    use crate::model::{Model, Regularization};
+    use lossbench_core::config::Arch;
 
     fn inputs(batch: i64) -> [Tensor; 3] {
         tch::manual_seed(99);

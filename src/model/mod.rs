@@ -9,7 +9,6 @@ pub mod kbranch;
 pub mod resnet;
 pub mod vgg;
 
-use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Kind, Tensor};
 
@@ -17,7 +16,8 @@ pub use kbranch::KBranch;
 pub use resnet::ResNet50;
 pub use vgg::Vgg16;
 
-use crate::recipe::Dropout;
+use lossbench_core::config::Arch;
+use lossbench_core::config::recipe::Dropout;
 use lossbench_core::layout::BAND_GROUPS;
 
 /// BatchNorm's ε (tch's and PyTorch's default).
@@ -27,43 +27,20 @@ pub const STACKED_CHANNELS: i64 = 12;
 /// The side the 20 m and 60 m bands are upsampled to for the stacked networks.
 pub const STACKED_SIDE: i64 = BAND_GROUPS[0].side as i64;
 
-/// `model.arch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    #[serde(rename = "kbranch")]
-    KBranch,
-    #[serde(rename = "resnet50")]
-    ResNet50,
-    Vgg16,
-}
-
-impl Arch {
-    /// The layer or block a variable belongs to (by its name): the units of the per-layer
-    /// Hessian spectrum (docs/landscape.md). K-Branch CNN: each conv and dense block of a
-    /// branch, the fusion block, the head; ResNet-50: the stem, each bottleneck block
-    /// (`layer3.2`), the classifier; VGG-16-BN: each conv with its BatchNorm (named by the
-    /// conv's index, `features.7`), each classifier layer.
-    pub fn unit(self, variable: &str) -> String {
-        let parts: Vec<&str> = variable.split('.').collect();
-        match self {
-            Arch::KBranch if parts[0].starts_with('b') && parts.len() > 2 => parts[..2].join("."),
-            Arch::KBranch => parts[0].to_string(),
-            Arch::ResNet50 if parts[0].starts_with("layer") && parts.len() > 2 => {
-                parts[..2].join(".")
-            }
-            Arch::ResNet50 if parts[0] == "fc" => "fc".into(),
-            Arch::ResNet50 => "stem".into(),
-            Arch::Vgg16 => vgg::unit(&parts),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::KBranch => "kbranch",
-            Arch::ResNet50 => "resnet50",
-            Arch::Vgg16 => "vgg16",
-        }
+/// The layer or block a variable belongs to (by its name): the units of the per-layer Hessian
+/// spectrum (docs/landscape.md). K-Branch CNN: each conv and dense block of a branch, the
+/// fusion block, the head; ResNet-50: the stem, each bottleneck block (`layer3.2`), the
+/// classifier; VGG-16-BN: each conv with its BatchNorm (named by the conv's index,
+/// `features.7`), each classifier layer.
+pub fn unit(arch: Arch, variable: &str) -> String {
+    let parts: Vec<&str> = variable.split('.').collect();
+    match arch {
+        Arch::KBranch if parts[0].starts_with('b') && parts.len() > 2 => parts[..2].join("."),
+        Arch::KBranch => parts[0].to_string(),
+        Arch::ResNet50 if parts[0].starts_with("layer") && parts.len() > 2 => parts[..2].join("."),
+        Arch::ResNet50 if parts[0] == "fc" => "fc".into(),
+        Arch::ResNet50 => "stem".into(),
+        Arch::Vgg16 => vgg::unit(&parts),
     }
 }
 
@@ -86,7 +63,7 @@ pub enum Model {
     Vgg16 { net: Box<Vgg16>, dropout: f64 },
 }
 
-/// `model.dropout` and `model.drop_path` (crate::recipe::Dropout).
+/// `model.dropout` and `model.drop_path` (lossbench_core::config::recipe::Dropout).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Regularization {
     pub dropout: Dropout,
@@ -216,13 +193,13 @@ mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let _model = Model::new(&vs.root(), arch, 1, Regularization::OFF);
             let units: std::collections::BTreeSet<String> =
-                vs.variables().keys().map(|n| arch.unit(n)).collect();
+                vs.variables().keys().map(|n| unit(arch, n)).collect();
             assert_eq!(units.len(), count, "{arch:?}: {units:?}");
             for u in some {
                 assert!(units.contains(u), "{arch:?}: {u} not in {units:?}");
             }
         }
-        assert_eq!(Arch::Vgg16.unit("features.4.running_mean"), "features.3");
+        assert_eq!(unit(Arch::Vgg16, "features.4.running_mean"), "features.3");
     }
 
     /// The deeper networks at their published sizes (without the 1000-class heads) and with

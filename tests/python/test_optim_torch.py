@@ -1,4 +1,4 @@
-"""Adam / AdamW and the learning-rate schedules (src/optim.rs, src/recipe.rs) against PyTorch:
+"""Adam / AdamW and the learning-rate schedules (src/optim.rs, core/src/config/recipe.rs) against PyTorch:
 the same starting parameter and gradients give the same learning rate at every step as
 `LinearLR` → `CosineAnnealingLR` / `StepLR` (chained by `SequentialLR`), and the same parameter
 after every step as `torch.optim.AdamW` (decoupled weight decay) and `torch.optim.Adam` (L2 added

@@ -169,11 +169,22 @@ def test_a_full_disk_stops_the_worker_and_fails_no_trial(store, alone, tmp_path)
 
 
 def test_the_study_refuses_what_is_unfair_or_not_its_own(store, tmp_path):
-    """Selecting on a test metric is refused (the test split stays out of the search); a
-    different study file into a study's folder is refused."""
+    """Selecting on a test metric is refused (the test split stays out of the search); a recipe
+    key the trainer does not know, or a search space whose edge it refuses, is refused before
+    any trial (checked against each loss's job config); a different study file into a study's
+    folder is refused."""
     bad = study_file(tmp_path / "bad", store, metric="test_map_macro")
     refused = subprocess.run([str(TUNE), "run", str(bad)], capture_output=True, text=True)
     assert refused.returncode == 1 and "trials never see the test split" in refused.stderr, refused.stderr
+    typo = study_file(tmp_path / "typo", store)
+    typo.write_text(typo.read_text().replace('"lrp.every" = 0', '"lrp.every" = 0\n"train.lrr" = 0.1'))
+    refused = subprocess.run([str(TUNE), "run", str(typo)], capture_output=True, text=True)
+    assert refused.returncode == 1 and 'recipe."train.lrr" = 0.1' in refused.stderr, refused.stderr
+    edge = study_file(tmp_path / "edge", store)
+    edge.write_text(edge.read_text().replace("low = 0.0, high = 5.0", "low = -1.0, high = 5.0"))
+    refused = subprocess.run([str(TUNE), "run", str(edge)], capture_output=True, text=True)
+    assert refused.returncode == 1 and 'losses.focal."loss.gamma" = -1.0' in refused.stderr, refused.stderr
+    assert not (tmp_path / "typo" / "study").exists() and not (tmp_path / "edge" / "study").exists()
     first = study_file(tmp_path / "a", store, out=str(tmp_path / "shared"))
     tool(TUNE, "out", first)
     (tmp_path / "shared").mkdir()

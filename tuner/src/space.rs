@@ -87,6 +87,17 @@ impl Param {
         }
     }
 
+    /// Its extreme values: a range's ends, every choice.
+    pub fn edges(&self) -> Vec<toml::Value> {
+        match self {
+            Param::Range { .. } => {
+                let (low, high) = self.bounds().expect("a range has bounds");
+                [low, high].map(|x| self.value(Point::Real(x))).into()
+            }
+            Param::Choice { choices } => choices.clone(),
+        }
+    }
+
     /// A range that is not one, or no choices: an error saying why.
     pub fn check(&self) -> Result<(), String> {
         match self {

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use lossbench_core::config::{self, Origin, keys};
+
 use crate::asha::Halving;
 use crate::sampler::Sampler;
 use crate::space::Space;
@@ -57,7 +59,7 @@ mod defaults {
         4
     }
     pub fn metric() -> String {
-        "map_macro".into()
+        lossbench_core::trial::DEFAULT_METRIC.into()
     }
     pub fn seeds() -> u64 {
         3
@@ -211,12 +213,45 @@ impl Study {
                 }
             }
         }
-        if let Some(key) = self.recipe.keys().find(|k| k.starts_with("loss.")) {
+        let loss_key = |k: &String| k.split('.').next() == Some(keys::LOSS_SECTION);
+        if let Some(key) = self.recipe.keys().find(|k| loss_key(k)) {
             return Err((
                 format!("recipe.\"{key}\""),
                 "a loss parameter cannot be shared by every loss; tune it in [losses.<loss>]"
                     .into(),
             ));
+        }
+        self.check_against_jobs()
+    }
+
+    /// Each loss's job config with the recipe and its search space at its edges (every
+    /// range's low ends together, then its high ends; each choice) must be a config the
+    /// trainer accepts: a key it does not know, or a value it refuses, is this file's error
+    /// now rather than every trial's failure later.
+    fn check_against_jobs(&self) -> Result<(), (String, String)> {
+        let named = |table: &str, key: &str, value: &toml::Value| {
+            let origin = Origin::Named(format!("{table}.\"{key}\" = {value}"));
+            (key.to_string(), value.clone(), origin)
+        };
+        for (loss, space) in &self.losses {
+            let edges: Vec<(&String, Vec<toml::Value>)> =
+                space.iter().map(|(k, p)| (k, p.edges())).collect();
+            let most = edges.iter().map(|(_, e)| e.len()).max().unwrap_or(1);
+            for i in 0..most {
+                let mut overrides: Vec<_> = self
+                    .recipe
+                    .iter()
+                    .map(|(k, v)| named("recipe", k, v))
+                    .collect();
+                let table = format!("losses.{loss}");
+                overrides.extend(
+                    edges
+                        .iter()
+                        .map(|(k, e)| named(&table, k, &e[i.min(e.len() - 1)])),
+                );
+                let job = self.jobs.join(format!("{loss}.toml"));
+                config::load(&job, overrides).map_err(|e| (table.clone(), e.to_string()))?;
+            }
         }
         Ok(())
     }
@@ -249,7 +284,7 @@ impl Study {
     pub fn claim_folder(&self) -> Result<()> {
         let out = &self.section.out;
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let copy = out.join("study.toml");
+        let copy = out.join(lossbench_core::trial::STUDY_FILE);
         if lossbench_core::files::create_new_atomically(&copy, self.text.as_bytes())? {
             return Ok(());
         }

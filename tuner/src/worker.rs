@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use lossbench_core::config::keys;
 use lossbench_core::lock::{self, Lock, Mode};
 use lossbench_core::records::{self, EpochRecord};
 use lossbench_core::trial::{Report, Trial, TrialStatus};
@@ -265,8 +266,8 @@ fn train(study: &Study, trainer: &Path, signals: &Signals, a: &RunArgs) -> Resul
             "--resume",
             "auto",
         ])
-        .args(["--set", &format!("train.epochs={}", study.asha.max_epochs)])
-        .args(["--set", &set("run.job", &toml::Value::String(a.job.into()))]);
+        .args(["--epochs", &study.asha.max_epochs.to_string()])
+        .args(["--set", &set(keys::JOB, &toml::Value::String(a.job.into()))]);
     for (k, v) in study.recipe.iter().chain(a.params.iter()) {
         cmd.args(["--set", &set(k, v)]);
     }
@@ -274,7 +275,7 @@ fn train(study: &Study, trainer: &Path, signals: &Signals, a: &RunArgs) -> Resul
         // Successive halving is the trials' early stopping; the trainer's own would end a
         // trial before its rung and test it.
         cmd.args(["--stop-after-epoch", &until.to_string()])
-            .args(["--set", "selection.patience=0"]);
+            .args(["--set", &format!("{}=0", keys::PATIENCE)]);
     }
     let mut child = cmd
         .spawn()

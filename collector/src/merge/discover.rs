@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-fn is_run(dir: &Path) -> bool {
-    dir.join("config.toml").is_file()
-}
+use lossbench_core::run_folder::is_run_folder as is_run;
 
 /// The sub-folders of `dir`, sorted.
 fn subfolders(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -1,16 +1,17 @@
-//! What the collector reads of one run folder: its resolved config (job, loss and parameters,
-//! network, seed, store), `run.json`, its complete epoch records and its test outcome.
+//! What the collector merges of one run folder, read through the one reader of run folders
+//! ([`lossbench_core::run_folder`]): the columns its configuration gives every table, its
+//! setup's digest, `run.json`, its complete epoch records and its test outcome.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use lossbench_core::records::{self, EpochRecord, TestOutcome};
+use lossbench_core::records::{EpochRecord, TestOutcome};
+use lossbench_core::run_folder::RunFolder;
 use lossbench_core::run_info::{self, RunInfo};
 
-/// What the collector knows of one run folder.
-pub struct RunFolder {
+/// One run folder, as merged.
+pub struct Run {
     pub dir: PathBuf,
     pub run_id: String,
     /// The job (the config file's name), the loss (`mix` for a mix), the network.
@@ -31,84 +32,43 @@ pub struct RunFolder {
 
 /// Reads a run folder; record lines that do not parse are counted into `skipped` and named
 /// in warnings.
-pub fn read_run(dir: &Path, skipped: &mut usize) -> Result<RunFolder> {
-    let config_path = dir.join("config.toml");
-    let text = fs::read_to_string(&config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let config: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
-    let get = |section: &str, key: &str| config.get(section).and_then(|s| s.get(key)).cloned();
-    let text_of =
-        |section: &str, key: &str| get(section, key).and_then(|v| v.as_str().map(str::to_string));
-    let loss_table = config
-        .get("loss")
-        .and_then(toml::Value::as_table)
-        .with_context(|| format!("{}: no [loss] table", config_path.display()))?;
-    let loss = match (
-        loss_table.get("name").and_then(toml::Value::as_str),
-        loss_table.contains_key("mix"),
-    ) {
-        (Some(name), _) => name.to_string(),
-        (None, true) => "mix".to_string(),
-        (None, false) => anyhow::bail!("{}: [loss] names no loss", config_path.display()),
-    };
-    let loss_params = serde_json::to_string(loss_table)?;
-    // Runs written before jobs and architectures were recorded: the loss's job, the K-Branch CNN.
-    let job = text_of("run", "job")
-        .filter(|j| !j.is_empty())
-        .unwrap_or_else(|| loss.clone());
-    let arch = text_of("model", "arch").unwrap_or_else(|| "kbranch".to_string());
-    // Absolute, also for folders of earlier versions that recorded it as typed.
-    let data = lossbench_core::paths::recorded(dir, &config, "data")
-        .map(|r| r.path.display().to_string())
-        .unwrap_or_default();
-    let seed = get("run", "seed")
-        .and_then(|v| v.as_integer())
-        .with_context(|| format!("{}: no integer run.seed", config_path.display()))?
-        as u64;
-    let planned_epochs = get("train", "epochs")
-        .and_then(|v| v.as_integer())
-        .unwrap_or(0) as u64;
-    let run_id = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+pub fn read_run(dir: &Path, skipped: &mut usize) -> Result<Run> {
+    let folder = RunFolder::open(dir)?;
+    let c = &folder.config;
     // run.json only describes the attempts: a damaged one is reported and the run still merged.
-    let info = run_info::read(dir).unwrap_or_else(|e| {
+    let info = folder.info().unwrap_or_else(|e| {
         tracing::warn!("{e:#}; the run's status and attempts are unknown");
         None
     });
+    let data = c.run.data.display().to_string();
     // The store's identity where an attempt recorded it, else its path.
     let store = info
         .as_ref()
         .and_then(|i| i.attempts.iter().rev().find_map(|a| a.store_id.clone()))
         .unwrap_or_else(|| data.clone());
-    let epochs_path = dir.join(records::EPOCHS_FILE);
-    let read = records::read_epochs(&epochs_path)?;
+    let read = folder.epochs()?;
     for line in &read.skipped_lines {
-        tracing::warn!(file = %epochs_path.display(), line, "skipping a torn or invalid record");
+        tracing::warn!(run = %dir.display(), line, "skipping a torn or invalid record");
     }
     *skipped += read.skipped_lines.len();
-    let records = read.records.into_iter().map(|(r, _)| r).collect();
-    let test = records::read_test(&dir.join(records::TEST_FILE))?;
-    Ok(RunFolder {
+    Ok(Run {
         dir: dir.to_path_buf(),
-        run_id,
-        job,
-        loss,
-        arch,
-        loss_params,
+        job: c.run.job.clone(),
+        loss: c.loss.name().to_string(),
+        arch: c.model.arch.name().to_string(),
+        loss_params: serde_json::to_string(&c.loss)?,
         data,
-        seed,
-        planned_epochs,
-        config_hash: lossbench_core::config_digest::setup_digest(&config, &store),
+        seed: c.run.seed,
+        planned_epochs: u64::from(c.train.epochs),
+        config_hash: lossbench_core::config::digest::setup_digest(&folder.written, &store),
         info,
-        records,
-        test,
+        records: read.records.into_iter().map(|(r, _)| r).collect(),
+        test: folder.test()?,
+        run_id: folder.run_id,
     })
 }
 
-impl RunFolder {
+impl Run {
     /// The best epoch so far: highest validation F1 (sample average), the first of ties.
     pub fn best_epoch(&self) -> Option<u32> {
         self.records
@@ -132,6 +92,7 @@ impl RunFolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn record(epoch: u32, f1: f64) -> EpochRecord {
         let mut val = lossbench_core::metrics::Counts::default().metrics();
@@ -160,7 +121,7 @@ mod tests {
         .unwrap();
         let c: toml::Table =
             toml::from_str("[run]\nseed = 1\nout = \"a\"\n[loss]\nname = \"focal\"").unwrap();
-        let hash = |t: &toml::Table| lossbench_core::config_digest::setup_digest(t, "store-1");
+        let hash = |t: &toml::Table| lossbench_core::config::digest::setup_digest(t, "store-1");
         assert_eq!(hash(&a), hash(&b));
         assert_ne!(hash(&a), hash(&c));
         assert_eq!(hash(&a).len(), 16);
@@ -172,18 +133,20 @@ mod tests {
         assert_eq!(hash(&a), hash(&moved));
         assert_ne!(
             hash(&a),
-            lossbench_core::config_digest::setup_digest(&a, "store-2")
+            lossbench_core::config::digest::setup_digest(&a, "store-2")
         );
     }
 
     #[test]
     fn a_run_folder_keeps_its_complete_records_only() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(
-            dir.path().join("config.toml"),
-            "[run]\nseed = 4\n[train]\nepochs = 9\n[loss]\nname = \"huber\"\n",
-        )
-        .unwrap();
+        // A run folder's config as the trainer writes it, of another job.
+        let config = include_str!("../../../tests/data/old-run/focal-seed1/config.toml")
+            .replace("seed = 1", "seed = 4")
+            .replace("epochs = 2", "epochs = 9")
+            .replace("job = \"focal\"", "job = \"huber\"")
+            .replace("name = \"focal\"\ngamma = 2.0", "name = \"huber\"");
+        fs::write(dir.path().join("config.toml"), config).unwrap();
         let record = |epoch: u32, f1: f64| serde_json::to_string(&record(epoch, f1)).unwrap();
         let text = format!(
             "{}\n{}\n{}\n{{\"epoch\": 4, \"tra",

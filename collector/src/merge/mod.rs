@@ -31,9 +31,11 @@ use serde::{Deserialize, Serialize};
 
 use lossbench_core::lock::{Lock, Mode};
 use lossbench_core::records;
+use lossbench_core::run_folder;
 use lossbench_core::run_info;
 use lossbench_core::schema::Table;
 use lossbench_core::tables::write_parquet;
+use lossbench_core::trial;
 
 pub use discover::discover;
 
@@ -125,7 +127,7 @@ struct Manifest {
 /// changes while a merge reads it is then seen as changed by the next merge, never recorded
 /// as read in a state it was not read in.
 const RUN_INPUTS: [&str; 5] = [
-    "config.toml",
+    lossbench_core::run_folder::CONFIG_FILE,
     run_info::FILE,
     records::EPOCHS_FILE,
     records::TEST_FILE,
@@ -187,22 +189,22 @@ impl Writer<'_> {
     }
 
     /// The `trials` table of the runs with a `trial.json` (tuning trials, docs/tuning.md).
-    fn trials(&mut self, runs: &[folder::RunFolder]) -> Result<()> {
+    fn trials(&mut self, runs: &[folder::Run]) -> Result<()> {
         let trial_files: Vec<PathBuf> = runs
             .iter()
-            .map(|r| r.dir.join(lossbench_core::trial::FILE))
+            .map(|r| r.dir.join(trial::FILE))
             .filter(|p| p.is_file())
             .collect();
         let inputs: Vec<&Path> = trial_files.iter().map(PathBuf::as_path).collect();
         self.file(Table::Trials, "trials", &inputs, || {
             let mut found = Vec::new();
             for r in runs {
-                if let Some(t) = lossbench_core::trial::Trial::read(&r.dir)? {
+                if let Some(t) = trial::Trial::read(&r.dir)? {
                     found.push((r, t));
                 }
             }
             let first = trial_files.first().and_then(|f| f.parent()?.parent());
-            let metric = first.map_or("map_macro".into(), trials::study_metric);
+            let metric = first.map_or(trial::DEFAULT_METRIC.into(), trial::study_metric);
             Ok(vec![trials::trials_table(&found, &metric)?])
         })
     }
@@ -217,7 +219,7 @@ impl Writer<'_> {
             .iter()
             .filter(|(key, dir)| {
                 !self.touched.contains(*key)
-                    && (merged.contains(dir) || !dir.join("config.toml").is_file())
+                    && (merged.contains(dir) || !lossbench_core::run_folder::is_run_folder(dir))
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -231,7 +233,7 @@ impl Writer<'_> {
     }
 
     /// Every table of one run folder but `runs`.
-    fn run(&mut self, r: &folder::RunFolder) -> Result<()> {
+    fn run(&mut self, r: &folder::Run) -> Result<()> {
         let dir = &r.dir;
         let (records, test) = (dir.join(records::EPOCHS_FILE), dir.join(records::TEST_FILE));
         self.file(Table::Epochs, &r.run_id, &[&records], || {
@@ -254,7 +256,7 @@ impl Writer<'_> {
         // Snapshots of epochs whose record is complete (a snapshot follows its record).
         let last = r.records.last().map_or(0, |e| e.epoch);
         for epoch in 1..=last {
-            let snapshot = dir.join("lrp").join(format!("epoch-{epoch:04}.parquet"));
+            let snapshot = run_folder::snapshot_file(dir, epoch);
             if snapshot.is_file() {
                 let name = format!("{}-epoch-{epoch:04}", r.run_id);
                 self.file(Table::Lrp, &name, &[&snapshot], || {
@@ -339,7 +341,7 @@ pub fn merge(roots: &[PathBuf], out: &Path) -> Result<Summary> {
         .iter()
         .flat_map(|r| {
             [
-                "config.toml",
+                lossbench_core::run_folder::CONFIG_FILE,
                 run_info::FILE,
                 records::EPOCHS_FILE,
                 records::TEST_FILE,

@@ -10,7 +10,7 @@ use arrow_array::{
     UInt32Array, UInt64Array,
 };
 
-use super::folder::RunFolder;
+use super::folder::Run;
 use lossbench_core::labels::BEN19;
 use lossbench_core::metrics::{ClassMetrics, Metrics, Prf};
 use lossbench_core::ranking::{ClassRanking, Ranking};
@@ -26,7 +26,7 @@ fn floats(values: impl Iterator<Item = Option<f64>>) -> ArrayRef {
 }
 
 /// run_id, job, loss, arch, seed: the first columns of every table, repeated over `n` rows.
-pub fn run_columns<'a>(r: &RunFolder, n: usize) -> Vec<(&'a str, ArrayRef)> {
+pub fn run_columns<'a>(r: &Run, n: usize) -> Vec<(&'a str, ArrayRef)> {
     vec![
         ("run_id", strings(std::iter::repeat_n(r.run_id.as_str(), n))),
         ("job", strings(std::iter::repeat_n(r.job.as_str(), n))),
@@ -98,7 +98,7 @@ fn batch(table: Table, columns: Vec<(&'static str, ArrayRef)>) -> Result<RecordB
 
 /// `epochs`: per epoch a `train` row (loss, speed, time breakdown) and a `validation` row
 /// (loss and metrics).
-pub fn epochs_table(r: &RunFolder) -> Result<RecordBatch> {
+pub fn epochs_table(r: &Run) -> Result<RecordBatch> {
     let rows: Vec<(&EpochRecord, bool)> = r
         .records
         .iter()
@@ -143,7 +143,7 @@ pub fn epochs_table(r: &RunFolder) -> Result<RecordBatch> {
 
 /// `class_metrics`: per validation epoch, and for the test split at the best epoch, one row
 /// per class.
-pub fn class_metrics_table(r: &RunFolder) -> Result<RecordBatch> {
+pub fn class_metrics_table(r: &Run) -> Result<RecordBatch> {
     let mut sets: Vec<(u32, &str, &Metrics, Option<&Ranking>)> = r
         .records
         .iter()
@@ -191,7 +191,7 @@ pub fn class_metrics_table(r: &RunFolder) -> Result<RecordBatch> {
     batch(Table::ClassMetrics, columns)
 }
 
-pub fn test_metrics_table(r: &RunFolder, t: &TestOutcome) -> Result<RecordBatch> {
+pub fn test_metrics_table(r: &Run, t: &TestOutcome) -> Result<RecordBatch> {
     let mut columns = run_columns(r, 1);
     columns.push((
         "best_epoch",
@@ -209,7 +209,7 @@ pub fn test_metrics_table(r: &RunFolder, t: &TestOutcome) -> Result<RecordBatch>
 
 /// What the `runs` table says of one run besides its folder's own fields.
 struct Summary<'a> {
-    r: &'a RunFolder,
+    r: &'a Run,
     status: &'static str,
     host: String,
     revision: String,
@@ -223,7 +223,7 @@ struct Summary<'a> {
 }
 
 impl<'a> Summary<'a> {
-    fn of(r: &'a RunFolder) -> Summary<'a> {
+    fn of(r: &'a Run) -> Summary<'a> {
         let attempts = r.attempts();
         let status = match &r.info {
             Some(i) => i.status.name(),
@@ -251,7 +251,7 @@ impl<'a> Summary<'a> {
     }
 }
 
-pub fn runs_table(runs: &[RunFolder]) -> Result<RecordBatch> {
+pub fn runs_table(runs: &[Run]) -> Result<RecordBatch> {
     let rows: Vec<Summary> = runs.iter().map(Summary::of).collect();
     let text = |f: for<'s> fn(&'s Summary<'s>) -> &'s str| strings(rows.iter().map(f));
     let u32s = |f: fn(&Summary) -> Option<u32>| -> ArrayRef {
@@ -294,7 +294,7 @@ pub fn runs_table(runs: &[RunFolder]) -> Result<RecordBatch> {
 }
 
 /// A Parquet file written by the trainer, with the run's columns put in front.
-pub fn with_run_columns(r: &RunFolder, source: &Path, table: Table) -> Result<Vec<RecordBatch>> {
+pub fn with_run_columns(r: &Run, source: &Path, table: Table) -> Result<Vec<RecordBatch>> {
     let target = table.schema();
     let own = &target.fields()[schema::run_columns().len()..];
     let mut out = Vec::new();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
 
-use super::folder::RunFolder;
+use super::folder::Run;
 use crate::stats::{SeedSummary, summarise};
 use lossbench_core::records::TestOutcome;
 use lossbench_core::schema::Table;
@@ -59,7 +59,7 @@ const METRICS: [(&str, Pick); 19] = [
 ];
 
 /// One row per (setup, metric) over the runs with a test outcome.
-pub fn test_summary_table(runs: &[RunFolder]) -> Result<RecordBatch> {
+pub fn test_summary_table(runs: &[Run]) -> Result<RecordBatch> {
     let mut setups: BTreeMap<(&str, &str, &str, &str), Vec<&TestOutcome>> = BTreeMap::new();
     for r in runs {
         if let Some(t) = &r.test {

@@ -9,7 +9,6 @@ mod matrix;
 mod page;
 mod runs;
 mod setups;
-mod spectrum;
 mod study;
 mod tuning;
 mod vega;

@@ -5,32 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use lossbench_core::config::Arch;
+use lossbench_core::config::loss::STUDY_TABLE;
+
 use crate::results::RunRow;
 
-/// The study's loss abbreviations and column order (docs/study.md, Table 6.1); its jobs carry
-/// the losses' names.
-const STUDY_ORDER: [(&str, &str); 7] = [
-    ("ce", "CE"),
-    ("focal", "FL"),
-    ("hamming", "HAL"),
-    ("huber", "HL"),
-    ("sparsemax", "SML"),
-    ("ranking", "RL"),
-    ("wce", "W-CE"),
-];
-
-/// Architectures in the order the report shows them, with their titles.
-const ARCHS: [(&str, &str); 3] = [
-    ("kbranch", "K-Branch CNN"),
-    ("resnet50", "ResNet-50"),
-    ("vgg16", "VGG-16-BN"),
-];
-
+/// An architecture's title, for a table's `arch` name.
 pub fn arch_title(arch: &str) -> String {
-    ARCHS
-        .iter()
-        .find(|(n, _)| *n == arch)
-        .map_or_else(|| arch.to_string(), |(_, t)| t.to_string())
+    Arch::named(arch).map_or_else(|| arch.to_string(), |a| a.title().to_string())
 }
 
 /// The architectures of `runs`, in the report's order.
@@ -42,17 +24,17 @@ pub fn archs(runs: &[RunRow]) -> Vec<String> {
         .into_iter()
         .collect();
     archs.sort_by_key(|a| {
-        ARCHS
+        Arch::ALL
             .iter()
-            .position(|(n, _)| n == a)
-            .unwrap_or(ARCHS.len())
+            .position(|k| k.name() == a)
+            .unwrap_or(Arch::ALL.len())
     });
     archs
 }
 
 /// A job's name in the report: the study's abbreviation first where it has one.
 fn job_label(job: &str) -> String {
-    STUDY_ORDER
+    STUDY_TABLE
         .iter()
         .find(|(n, _)| *n == job)
         .map_or_else(|| job.to_string(), |(_, l)| format!("{l} ({job})"))
@@ -87,10 +69,10 @@ impl Setups {
         let by_run: BTreeMap<String, String> =
             mine.iter().map(|r| (r.run_id.clone(), label(r))).collect();
         let rank = |r: &RunRow| {
-            STUDY_ORDER
+            STUDY_TABLE
                 .iter()
                 .position(|(n, _)| *n == r.job)
-                .unwrap_or(STUDY_ORDER.len())
+                .unwrap_or(STUDY_TABLE.len())
         };
         let mut ordered: Vec<(usize, String)> = mine.iter().map(|r| (rank(r), label(r))).collect();
         ordered.sort();

@@ -172,8 +172,8 @@ impl SelectMetric {
     }
 
     /// The metric of an epoch's record, signed so that higher is better.
-    pub fn score(self, r: &lossbench_core::records::EpochRecord) -> f64 {
-        let ranked = |f: fn(&lossbench_core::ranking::Ranking) -> Option<f64>| {
+    pub fn score(self, r: &crate::records::EpochRecord) -> f64 {
+        let ranked = |f: fn(&crate::ranking::Ranking) -> Option<f64>| {
             r.val_ranking
                 .as_ref()
                 .and_then(f)

@@ -1,5 +1,8 @@
 //! The landscape kinds of grid points (`1d`, `2d`, `interp`) and checkpoints (`sharpness`):
-//! each point's weights and quantities, one block of points at a time.
+//! each point's weights and quantities, one block of points at a time: a client of
+//! [`super::blocks`], block b being the points [b·block, (b+1)·block) of [`points::grid`].
+
+mod points;
 
 use std::path::Path;
 
@@ -7,95 +10,38 @@ use anyhow::{Context, Result};
 use arrow_array::RecordBatch;
 use tch::{Device, Tensor};
 
+use super::blocks::Client;
 use super::evaluator::Evaluator;
 use super::rows::{self, Row, Shared};
-use super::{LandscapeKind, Spec, directions};
-use crate::checkpoint;
-
-/// One point of the grid: its index and coordinates.
-#[derive(Debug, Clone, Copy)]
-pub struct Point {
-    pub index: usize,
-    pub alpha: Option<f64>,
-    pub beta: Option<f64>,
-    /// `sharpness`: the checkpoint's epoch.
-    pub epoch: Option<u32>,
-}
-
-fn linspace((from, to): (f64, f64), n: usize) -> Vec<f64> {
-    if n == 1 {
-        return vec![from];
-    }
-    (0..n)
-        .map(|i| from + (to - from) * i as f64 / (n - 1) as f64)
-        .collect()
-}
-
-pub fn grid(spec: &Spec) -> Vec<Point> {
-    let axis = linspace(spec.range, spec.points);
-    let point = |index, alpha, beta, epoch| Point {
-        index,
-        alpha,
-        beta,
-        epoch,
-    };
-    match spec.kind {
-        LandscapeKind::OneD | LandscapeKind::Interp => axis
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| point(i, Some(a), None, None))
-            .collect(),
-        LandscapeKind::TwoD => (0..spec.points * spec.points)
-            .map(|k| {
-                point(
-                    k,
-                    Some(axis[k / spec.points]),
-                    Some(axis[k % spec.points]),
-                    None,
-                )
-            })
-            .collect(),
-        // One point per checkpoint (a spectrum's work is not a grid: super::spectral).
-        LandscapeKind::Sharpness | LandscapeKind::Spectrum => spec
-            .epochs
-            .iter()
-            .enumerate()
-            .map(|(i, &e)| point(i, None, None, Some(e)))
-            .collect(),
-    }
-}
-
-/// The variables of a checkpoint on the evaluation device, in the evaluator's order.
-pub fn checkpoint_values(run: &Path, epoch: Option<u32>, eval: &Evaluator) -> Result<Vec<Tensor>> {
-    let Some(epoch) = epoch else {
-        return Ok(Vec::new());
-    };
-    let c = checkpoint::at_epoch(run, epoch)?;
-    checkpoint::copy_into(&eval.vars, &c.model, &c.dir)?;
-    Ok(eval.vars.iter().map(|(_, t)| t.detach().copy()).collect())
-}
+use super::{KindSpec, LandscapeKind, Setup, Spec, directions};
+use points::Point;
 
 /// A landscape being computed: the spec, the evaluator, the centre and its directions (or the
 /// other end).
-pub struct Landscape<'a> {
-    pub spec: &'a Spec,
-    pub eval: &'a Evaluator,
-    pub base: Vec<Tensor>,
-    pub name: &'a str,
+struct Landscape<'a> {
+    spec: &'a Spec,
+    eval: Evaluator,
+    base: Vec<Tensor>,
+    name: &'a str,
     /// `1d` / `2d`: one or two directions, per variable (zero for buffers).
-    pub dirs: Option<Vec<Vec<Tensor>>>,
+    dirs: Option<Vec<Vec<Tensor>>>,
     /// `interp`: the other checkpoint's variables.
-    pub end: Option<Vec<Tensor>>,
+    end: Option<Vec<Tensor>>,
 }
 
 impl<'a> Landscape<'a> {
     /// Draws the directions (seeded: the same on every worker and every rerun) and saves them
     /// once beside the blocks, or loads the other end.
-    pub fn prepare(mut self, dir: &Path, writer: bool) -> Result<Landscape<'a>> {
+    fn prepare(&mut self, dir: &Path, writer: bool) -> Result<()> {
         let spec = self.spec;
-        match spec.kind {
-            LandscapeKind::OneD | LandscapeKind::TwoD => {
-                let count = if spec.kind == LandscapeKind::OneD {
+        match &spec.of {
+            &KindSpec::OneD {
+                include_bias_bn, ..
+            }
+            | &KindSpec::TwoD {
+                include_bias_bn, ..
+            } => {
+                let count = if spec.kind() == LandscapeKind::OneD {
                     1
                 } else {
                     2
@@ -108,7 +54,7 @@ impl<'a> Landscape<'a> {
                     .filter(|((_, v), _)| v.requires_grad())
                     .map(|((n, _), b)| (n.clone(), b.to_device(Device::Cpu)))
                     .collect();
-                let drawn = directions::draw(&trainable, spec.seed, count, spec.include_bias_bn);
+                let drawn = directions::draw(&trainable, spec.seed, count, include_bias_bn);
                 let path = dir.join("directions.safetensors");
                 if writer && !path.is_file() {
                     let named: Vec<(String, Tensor)> = drawn
@@ -141,28 +87,31 @@ impl<'a> Landscape<'a> {
                 };
                 self.dirs = Some(drawn.iter().map(per_var).collect());
             }
-            LandscapeKind::Interp => {
-                let (run, epoch) = spec.to.as_ref().expect("interp has an end");
-                self.end = Some(checkpoint_values(run, Some(*epoch), self.eval)?);
-                // checkpoint_values set the model to the end: nothing else reads it before a point sets it.
+            KindSpec::Interp {
+                to: (run, epoch), ..
+            } => {
+                self.end = Some(self.eval.checkpoint(run, Some(*epoch))?);
+                // That set the model to the end: nothing else reads it before a point sets it.
             }
-            LandscapeKind::Sharpness | LandscapeKind::Spectrum => {}
+            KindSpec::Sharpness { .. } | KindSpec::Spectrum { .. } => {}
         }
-        Ok(self)
+        Ok(())
     }
 
     /// The rows of one block: every quantity at every point.
-    pub fn block(&self, points: &[Point]) -> Result<RecordBatch> {
+    fn block(&self, points: &[Point]) -> Result<RecordBatch> {
         let spec = self.spec;
         let mut out: Vec<Row> = Vec::new();
         for &p in points {
-            let values = match spec.kind {
-                LandscapeKind::Sharpness => {
+            let values = match spec.of {
+                KindSpec::Sharpness {
+                    iterations,
+                    tolerance,
+                    ..
+                } => {
                     // Loading the checkpoint sets the model's variables to it.
-                    checkpoint_values(&spec.run, p.epoch, self.eval)?;
-                    let e = self
-                        .eval
-                        .sharpness(spec.seed, spec.iterations, spec.tolerance);
+                    self.eval.checkpoint(&spec.run, p.epoch)?;
+                    let e = self.eval.sharpness(spec.seed, iterations, tolerance);
                     if !e.converged {
                         tracing::warn!(
                             epoch = p.epoch,
@@ -186,7 +135,7 @@ impl<'a> Landscape<'a> {
                 }
             };
             out.extend(values.into_iter().map(|(q, v)| Row {
-                checkpoint: p.epoch.or(spec.epoch),
+                checkpoint: p.epoch.or(spec.centre()),
                 point: p.index as u32,
                 alpha: p.alpha,
                 beta: p.beta,
@@ -195,14 +144,13 @@ impl<'a> Landscape<'a> {
                 value: v,
             }));
         }
-        let other = spec
-            .to
-            .as_ref()
-            .map(|(r, e)| format!("{}@{e}", r.display()))
-            .unwrap_or_default();
+        let other = match &spec.of {
+            KindSpec::Interp { to: (r, e), .. } => format!("{}@{e}", r.display()),
+            _ => String::new(),
+        };
         let shared = Shared {
             name: self.name,
-            kind: spec.kind.name(),
+            kind: spec.kind().name(),
             other: &other,
             seed: spec.seed,
         };
@@ -230,5 +178,72 @@ impl<'a> Landscape<'a> {
                 .collect(),
             (None, None) => self.base.iter().map(Tensor::shallow_clone).collect(),
         }
+    }
+}
+
+/// The grid kinds' client of the blocks loop: the landscape is set up with the first block
+/// this worker computes.
+pub struct Grid<'a> {
+    setup: &'a Setup<'a>,
+    points: Vec<Point>,
+    /// Writes the directions (once, beside the blocks).
+    writes_shared: bool,
+    landscape: Option<Landscape<'a>>,
+    prepared: bool,
+}
+
+impl<'a> Grid<'a> {
+    pub fn new(setup: &'a Setup<'a>, writes_shared: bool) -> Grid<'a> {
+        Grid {
+            setup,
+            points: points::grid(setup.spec),
+            writes_shared,
+            landscape: None,
+            prepared: false,
+        }
+    }
+
+    /// Points per block: a grid's `--block`, one checkpoint per block for `sharpness`.
+    fn block(&self) -> usize {
+        self.setup.spec.axes().map_or(1, |a| a.block)
+    }
+
+    fn chunk(&self, b: usize) -> &[Point] {
+        let block = self.block();
+        &self.points[b * block..((b + 1) * block).min(self.points.len())]
+    }
+}
+
+impl Client for Grid<'_> {
+    fn stems(&self) -> Vec<String> {
+        let blocks = self.points.len().div_ceil(self.block());
+        (0..blocks).map(|b| format!("block-{b:05}")).collect()
+    }
+
+    fn load(&mut self, _b: usize) -> Result<()> {
+        if self.landscape.is_none() {
+            let s = self.setup;
+            let eval = s.evaluator()?;
+            let base = eval.checkpoint(&s.spec.run, s.spec.centre())?;
+            self.landscape = Some(Landscape {
+                spec: s.spec,
+                eval,
+                base,
+                name: s.name,
+                dirs: None,
+                end: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn compute(&mut self, b: usize) -> Result<RecordBatch> {
+        let landscape = self.landscape.as_mut().context("a loaded landscape")?;
+        if !self.prepared {
+            landscape.prepare(self.setup.dir, self.writes_shared)?;
+            self.prepared = true;
+        }
+        let landscape = self.landscape.as_ref().context("a loaded landscape")?;
+        landscape.block(self.chunk(b))
     }
 }

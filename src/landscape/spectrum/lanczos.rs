@@ -1,5 +1,6 @@
-//! The Hessian's spectrum from Hessian-vector products (docs/landscape.md, "Spectrum"), on flat
-//! vectors (every trainable parameter in one 1-D tensor):
+//! The numerical methods of the Hessian's spectrum from Hessian-vector products
+//! (docs/landscape.md, "Spectrum"), on flat vectors (every trainable parameter in one 1-D
+//! tensor, [`crate::landscape::evaluator::Flat`]):
 //!
 //! - [`lanczos`]: m steps of Lanczos with full reorthogonalisation (each new vector is
 //!   orthogonalised against the whole basis, twice), whose tridiagonal matrix T gives the top
@@ -17,51 +18,6 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
-
-/// The parameters as one flat vector and back.
-pub struct Flat {
-    sizes: Vec<i64>,
-    shapes: Vec<Vec<i64>>,
-    pub len: i64,
-}
-
-impl Flat {
-    pub fn of(params: &[Tensor]) -> Flat {
-        let shapes: Vec<Vec<i64>> = params.iter().map(Tensor::size).collect();
-        let sizes: Vec<i64> = shapes.iter().map(|s| s.iter().product()).collect();
-        Flat {
-            len: sizes.iter().sum(),
-            sizes,
-            shapes,
-        }
-    }
-
-    /// Views of a flat vector shaped as the parameters.
-    pub fn split(&self, v: &Tensor) -> Vec<Tensor> {
-        v.split_with_sizes(&self.sizes, 0)
-            .into_iter()
-            .zip(&self.shapes)
-            .map(|(t, s)| t.view(s.as_slice()))
-            .collect()
-    }
-
-    pub fn join(&self, parts: &[Tensor]) -> Tensor {
-        let flat: Vec<Tensor> = parts.iter().map(|t| t.reshape([-1])).collect();
-        Tensor::cat(&flat, 0)
-    }
-
-    /// The range of each parameter in the flat vector.
-    pub fn ranges(&self) -> Vec<std::ops::Range<i64>> {
-        let mut start = 0;
-        self.sizes
-            .iter()
-            .map(|&n| {
-                start += n;
-                start - n..start
-            })
-            .collect()
-    }
-}
 
 /// A Rademacher vector (±1) of `len` values from the stream keyed `key`
 /// (lossbench_core::splitmix), on `device`.
@@ -280,6 +236,7 @@ pub fn probes_used(values: &[f64], min: usize, tolerance: f64) -> Option<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::landscape::evaluator::Flat;
 
     /// A tiny network (192 parameters, tanh, cross-entropy, float64), its Hessian-vector product
     /// on flat vectors, and its Hessian built explicitly.

@@ -2,10 +2,12 @@
 //! each setup's 1D slice as its change from the checkpoint (α = 0) since the setups' losses
 //! differ, 2D surfaces as filled contours on one colour scale with its colour bar, the
 //! interpolation curves and the sharpness per checkpoint, the Hessian's spectrum
-//! ([`super::spectrum`]); each caption names the checkpoint and the subsets' sizes (from the
+//! ([`spectrum`]); each caption names the checkpoint and the subsets' sizes (from the
 //! landscape's `spec.json` in the run folder).
 
-use std::collections::BTreeMap;
+mod rows;
+mod spectrum;
+
 use std::fmt::Write;
 use std::path::Path;
 
@@ -13,148 +15,11 @@ use anyhow::Result;
 
 use super::page::{Page, escape, png_img};
 use super::setups::Setups;
-use super::vega::{self, Point};
-use crate::columns::Columns;
+use super::vega;
 use crate::results::RunRow;
-use lossbench_core::schema::Table;
-use lossbench_core::tables::read_table;
+use rows::{Row, caption, first_per_run, points, rows};
 
-/// One landscape row, as the report uses it.
-pub(super) struct Row {
-    pub run_id: String,
-    pub seed: u64,
-    pub setup: String,
-    name: String,
-    kind: String,
-    pub checkpoint: Option<u32>,
-    pub point: u32,
-    pub alpha: Option<f64>,
-    beta: Option<f64>,
-    pub unit: Option<String>,
-    pub quantity: String,
-    pub value: f64,
-}
-
-fn rows(results: &Path, setups: &Setups) -> Result<Vec<Row>> {
-    let mut out = Vec::new();
-    for b in read_table(&results.join(Table::Landscape.name()), None)? {
-        let c = Columns::new("landscape", &b);
-        for i in 0..c.rows() {
-            let run_id = c.str("run_id", i)?;
-            let Some(setup) = setups.of_run(&run_id) else {
-                continue;
-            };
-            out.push(Row {
-                setup: setup.to_string(),
-                seed: c.u64("seed", i)?,
-                run_id,
-                name: c.str("name", i)?,
-                kind: c.str("kind", i)?,
-                checkpoint: c.opt_u32("checkpoint", i)?,
-                point: c.u32("point", i)?,
-                alpha: c.f64("alpha", i)?,
-                beta: c.f64("beta", i)?,
-                // Null (and absent in tables of earlier versions) where the row is no unit's.
-                unit: c.opt_str("unit", i)?.filter(|u| !u.is_empty()),
-                quantity: c.str("quantity", i)?,
-                value: c.f64("value", i)?.unwrap_or(f64::NAN),
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// Of one kind, per run: the rows of its first landscape by name.
-fn first_per_run<'a>(rows: &'a [Row], kind: &str) -> Vec<&'a Row> {
-    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.kind == kind) {
-        let e = first.entry(&r.run_id).or_insert(&r.name);
-        if r.name.as_str() < *e {
-            *e = &r.name;
-        }
-    }
-    rows.iter()
-        .filter(|r| r.kind == kind && first.get(r.run_id.as_str()) == Some(&r.name.as_str()))
-        .collect()
-}
-
-/// What the landscapes of `chosen` were computed on: checkpoint epochs and subset sizes.
-pub(super) fn caption(chosen: &[&Row], runs: &[RunRow]) -> String {
-    let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
-    for r in chosen {
-        let key = (r.run_id.clone(), r.name.clone());
-        if seen.contains_key(&key) {
-            continue;
-        }
-        let folder = runs
-            .iter()
-            .find(|x| x.run_id == r.run_id)
-            .map(|x| x.folder.as_str())
-            .unwrap_or("");
-        let spec = Path::new(folder)
-            .join("landscape")
-            .join(&r.name)
-            .join("spec.json");
-        let sizes = std::fs::read(&spec)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .map(|s| {
-                let n = |k: &str| s[k].as_array().map_or(0, Vec::len);
-                format!(
-                    "{} training / {} validation patches",
-                    n("train_rows"),
-                    n("val_rows")
-                )
-            })
-            .unwrap_or_else(|| "subsets unknown (spec.json not readable)".into());
-        let at = r
-            .checkpoint
-            .map_or(String::new(), |c| format!(" at epoch {c}"));
-        seen.insert(key, format!("{}{at}, {sizes}", r.run_id));
-    }
-    seen.into_values().collect::<Vec<_>>().join("; ")
-}
-
-/// Curve points over `x` of the rows of `quantity`, per setup (mean and band over its runs),
-/// each run's values minus its value at x = 0 when `relative`.
-pub(super) fn points(
-    chosen: &[&Row],
-    quantity: &str,
-    panel: &str,
-    x: fn(&Row) -> Option<f64>,
-    relative: bool,
-) -> Vec<Point> {
-    let mut at_zero: BTreeMap<&str, f64> = BTreeMap::new();
-    if relative {
-        for r in chosen
-            .iter()
-            .filter(|r| r.quantity == quantity && x(r) == Some(0.0))
-        {
-            at_zero.insert(&r.run_id, r.value);
-        }
-    }
-    let mut values: BTreeMap<(&str, i64), (f64, Vec<f64>)> = BTreeMap::new();
-    for r in chosen.iter().filter(|r| r.quantity == quantity) {
-        let Some(xv) = x(r) else { continue };
-        let base = if relative {
-            match at_zero.get(r.run_id.as_str()) {
-                Some(b) => *b,
-                None => continue,
-            }
-        } else {
-            0.0
-        };
-        let e = values
-            .entry((&r.setup, (xv * 1e9).round() as i64))
-            .or_insert((xv, Vec::new()));
-        e.1.push(r.value - base);
-    }
-    values
-        .into_iter()
-        .map(|((s, _), (xv, v))| Point::of(s, panel, xv, &v))
-        .collect()
-}
-
+/// The landscapes section of one architecture.
 pub fn section(page: &mut Page, results: &Path, runs: &[RunRow], setups: &Setups) -> Result<()> {
     let rows = rows(results, setups)?;
     page.heading(3, "Loss landscapes (docs/landscape.md)");
@@ -194,7 +59,7 @@ pub fn section(page: &mut Page, results: &Path, runs: &[RunRow], setups: &Setups
             &caption(&sharp, runs),
         );
     }
-    super::spectrum::section(page, &first_per_run(&rows, "spectrum"), runs, setups);
+    spectrum::section(page, &first_per_run(&rows, "spectrum"), runs, setups);
     Ok(())
 }
 

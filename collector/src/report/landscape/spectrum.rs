@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use super::landscape::{Row, caption, points};
-use super::page::Page;
-use super::setups::Setups;
-use super::vega::{self, Point};
+use super::rows::{Row, caption, points};
+use crate::report::page::Page;
+use crate::report::setups::Setups;
+use crate::report::vega::{self, Point};
 use crate::results::RunRow;
 
 const DENSITY: &str = "log10 eigenvalue density";
