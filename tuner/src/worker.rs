@@ -372,8 +372,15 @@ fn train_trial(
             t.worker = None;
         }
         // Stopped before its rung (a signal), or another trainer has it: left to whoever
-        // takes it next.
+        // takes it next. So is a trainer that ended otherwise while this worker was being
+        // stopped: a requeue or scancel signals every process of the job step, and the job's
+        // teardown (SLURM's PMIx server going away under MPI) may end it with any code; its
+        // newest checkpoint is intact and the next attempt resumes from it.
         (EXIT_REQUEUE | EXIT_BUSY, _) => t.worker = None,
+        (_, None) if signals.got().is_some() => {
+            tracing::info!(trial = %id, code, "the trainer ended while this worker stops");
+            t.worker = None;
+        }
         (code, _) => {
             let reason = lossbench_core::run_info::read(&run)
                 .ok()
