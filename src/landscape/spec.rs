@@ -8,14 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use super::spectrum::SpectrumSpec;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+/// What `--kind` asks for (in `spec.json`, the tag of [`KindSpec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LandscapeKind {
     #[value(name = "1d")]
-    #[serde(rename = "1d")]
     OneD,
     #[value(name = "2d")]
-    #[serde(rename = "2d")]
     TwoD,
     Interp,
     Sharpness,

@@ -429,7 +429,7 @@ mod tests {
             names.push((name, c.loss.name()));
         }
         // The study's seven are there, each job named after its loss.
-        for loss in loss::STUDY_LOSSES {
+        for &loss in loss::STUDY_LOSSES {
             assert!(
                 names.iter().any(|(n, l)| n == loss && *l == loss),
                 "{names:?}"
