@@ -25,6 +25,62 @@ pub fn snapshot_file(dir: &Path, epoch: u32) -> PathBuf {
         .join(format!("epoch-{epoch:04}.parquet"))
 }
 
+/// The folder of a run's landscapes, one folder per landscape (docs/landscape.md).
+const LANDSCAPE_DIR: &str = "landscape";
+/// What defines a landscape, beside its blocks (written by `trainer landscape`).
+pub const LANDSCAPE_SPEC_FILE: &str = "spec.json";
+/// The folder of a landscape's blocks, one Parquet file each.
+const BLOCKS_DIR: &str = "blocks";
+
+/// The landscape `name` of the run folder `dir`.
+pub fn landscape_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join(LANDSCAPE_DIR).join(name)
+}
+
+/// The folder of the blocks of the landscape in `landscape`.
+pub fn blocks_dir(landscape: &Path) -> PathBuf {
+    landscape.join(BLOCKS_DIR)
+}
+
+/// Each landscape of the run folder `dir`: its name and folder, in name order.
+pub fn landscapes(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let root = dir.join(LANDSCAPE_DIR);
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))? {
+        let path = entry
+            .with_context(|| format!("listing {}", root.display()))?
+            .path();
+        if path.is_dir() {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            out.push((name, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The sizes of the training and validation subsets a landscape was evaluated on, from its
+/// spec (the fields every kind's spec has).
+pub fn landscape_subsets(landscape: &Path) -> Result<(usize, usize)> {
+    #[derive(serde::Deserialize)]
+    struct Subsets {
+        train_rows: Vec<usize>,
+        val_rows: Vec<usize>,
+    }
+    let path = landscape.join(LANDSCAPE_SPEC_FILE);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let s: Subsets = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: unreadable", path.display()))?;
+    Ok((s.train_rows.len(), s.val_rows.len()))
+}
+
 /// A run folder and its configuration.
 #[derive(Debug, Clone)]
 pub struct RunFolder {
@@ -141,5 +197,32 @@ impl RunFolder {
             );
         }
         Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The collector finds a run's landscapes and their subsets as `trainer landscape` lays
+    /// them out, whatever else a kind's spec holds.
+    #[test]
+    fn landscapes_and_their_subsets_are_found_where_the_trainer_puts_them() {
+        let run = tempfile::tempdir().unwrap();
+        assert!(landscapes(run.path()).unwrap().is_empty());
+        for name in ["2d-epoch0002-seed0", "1d-epoch0002-seed0"] {
+            let dir = landscape_dir(run.path(), name);
+            std::fs::create_dir_all(blocks_dir(&dir)).unwrap();
+            let spec = r#"{"kind": "2d", "epoch": 2, "range": [-1.0, 1.0], "points": 5,
+                "block": 4, "include_bias_bn": false, "run": "/r", "seed": 0, "bn": "eval",
+                "train_rows": [3, 7, 9], "val_rows": [1, 2], "batch": 8, "data": "/s.zarr"}"#;
+            std::fs::write(dir.join(LANDSCAPE_SPEC_FILE), spec).unwrap();
+        }
+        let found = landscapes(run.path()).unwrap();
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["1d-epoch0002-seed0", "2d-epoch0002-seed0"]);
+        assert_eq!(landscape_subsets(&found[0].1).unwrap(), (3, 2));
+        let missing = landscape_subsets(&run.path().join("nothing")).unwrap_err();
+        assert!(format!("{missing:#}").contains("spec.json"), "{missing:#}");
     }
 }

@@ -11,9 +11,7 @@ use anyhow::{Context, Result, bail};
 use arrow_array::RecordBatch;
 
 use super::{Outcome, Spec, Worker, rows};
-
-/// The landscape's definition beside its blocks, checked on every rerun.
-const SPEC_FILE: &str = "spec.json";
+use lossbench_core::run_folder::{LANDSCAPE_SPEC_FILE as SPEC_FILE, blocks_dir};
 
 /// A landscape kind's work, as the loop sees it.
 pub trait Client {
@@ -36,7 +34,7 @@ pub trait Client {
 
 /// The file of the block `stem` of the landscape in `dir`.
 pub fn path(dir: &Path, stem: &str) -> PathBuf {
-    dir.join("blocks").join(format!("{stem}.parquet"))
+    blocks_dir(dir).join(format!("{stem}.parquet"))
 }
 
 /// Computes this worker's missing blocks of `client` into the landscape folder `dir`.
@@ -102,7 +100,7 @@ pub fn check_existing(dir: &Path, spec: &Spec) -> Result<()> {
 /// Creates the landscape's folder with its spec (whoever comes first; the others check theirs
 /// against it) and removes temporary files of workers killed mid-write.
 fn create(dir: &Path, spec: &Spec) -> Result<()> {
-    let blocks = dir.join("blocks");
+    let blocks = blocks_dir(dir);
     fs::create_dir_all(&blocks).with_context(|| format!("creating {}", blocks.display()))?;
     for folder in [dir, &blocks] {
         lossbench_core::files::remove_stale_temporaries(folder);

@@ -153,7 +153,7 @@ pub fn default_patches(arch: Arch) -> usize {
 
 /// Where a landscape lives: `<run>/landscape/<name>/`.
 pub fn folder(run: &Path, name: &str) -> PathBuf {
-    run.join("landscape").join(name)
+    lossbench_core::run_folder::landscape_dir(run, name)
 }
 
 fn default_name(r: &Request, epoch: Option<u32>) -> String {
@@ -359,7 +359,8 @@ pub fn run(r: &Request, dist: &Dist) -> Result<Outcome> {
         ),
     }?;
     // The worker that finds the landscape complete plots it in the run's TensorBoard.
-    let blocks = lossbench_core::tables::table_files(&dir.join("blocks"))?;
+    let blocks =
+        lossbench_core::tables::table_files(&lossbench_core::run_folder::blocks_dir(&dir))?;
     if config.tensorboard.every > 0 && blocks.len() == outcome.blocks {
         tensorboard::write(&r.run, &name, &blocks)?;
     }

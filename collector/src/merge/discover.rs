@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use lossbench_core::run_folder::is_run_folder as is_run;
+use lossbench_core::run_folder::{self, is_run_folder as is_run};
 
 /// The sub-folders of `dir`, sorted.
 fn subfolders(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -88,18 +88,9 @@ pub fn discover(roots: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// `<run>/landscape/<name>/blocks/*.parquet`: each landscape's name and block files, in order.
 pub fn landscape_blocks(run: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let root = run.join("landscape");
-    if !root.is_dir() {
-        return Ok(Vec::new());
-    }
     let mut out = Vec::new();
-    for folder in subfolders(&root)? {
-        let name = folder
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
-        for block in lossbench_core::tables::table_files(&folder.join("blocks"))? {
+    for (name, folder) in run_folder::landscapes(run)? {
+        for block in lossbench_core::tables::table_files(&run_folder::blocks_dir(&folder))? {
             out.push((name.clone(), block));
         }
     }

@@ -10,6 +10,7 @@ use crate::columns::Columns;
 use crate::report::setups::Setups;
 use crate::report::vega::Point;
 use crate::results::RunRow;
+use lossbench_core::run_folder;
 use lossbench_core::schema::Table;
 use lossbench_core::tables::read_table;
 
@@ -85,22 +86,14 @@ pub fn caption(chosen: &[&Row], runs: &[RunRow]) -> String {
             .find(|x| x.run_id == r.run_id)
             .map(|x| x.folder.as_str())
             .unwrap_or("");
-        let spec = Path::new(folder)
-            .join("landscape")
-            .join(&r.name)
-            .join("spec.json");
-        let sizes = std::fs::read(&spec)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .map(|s| {
-                let n = |k: &str| s[k].as_array().map_or(0, Vec::len);
-                format!(
-                    "{} training / {} validation patches",
-                    n("train_rows"),
-                    n("val_rows")
-                )
-            })
-            .unwrap_or_else(|| "subsets unknown (spec.json not readable)".into());
+        let landscape = run_folder::landscape_dir(Path::new(folder), &r.name);
+        let sizes = match run_folder::landscape_subsets(&landscape) {
+            Ok((train, val)) => format!("{train} training / {val} validation patches"),
+            Err(_) => format!(
+                "subsets unknown ({} not readable)",
+                run_folder::LANDSCAPE_SPEC_FILE
+            ),
+        };
         let at = r
             .checkpoint
             .map_or(String::new(), |c| format!(" at epoch {c}"));
