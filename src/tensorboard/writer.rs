@@ -91,15 +91,7 @@ impl EventWriter {
 
     /// Scalars of one step, as `(tag, value)`.
     pub fn scalars(&mut self, step: i64, values: &[(String, f64)]) -> Result<()> {
-        let values = values
-            .iter()
-            .map(|(tag, v)| summary::Value {
-                tag: tag.clone(),
-                value: Some(summary::value::Value::SimpleValue(*v as f32)),
-                ..Default::default()
-            })
-            .collect();
-        self.summary(step, values)
+        self.summary(step, scalar_values(values))
     }
 
     /// A PNG image of `width` x `height` RGB pixels.
@@ -183,14 +175,7 @@ pub fn encode_scalars(steps: &[(i64, Vec<(String, f64)>)]) -> Vec<u8> {
         what: Some(event::What::FileVersion("brain.Event:2".into())),
     }];
     for (step, values) in steps {
-        let value = values
-            .iter()
-            .map(|(tag, v)| summary::Value {
-                tag: tag.clone(),
-                value: Some(summary::value::Value::SimpleValue(*v as f32)),
-                ..Default::default()
-            })
-            .collect();
+        let value = scalar_values(values);
         events.push(proto::Event {
             wall_time: now(),
             step: *step,
@@ -256,4 +241,16 @@ pub fn drop_after(dir: &Path, last: i64) -> Result<usize> {
         lossbench_core::files::write_atomically(&path, &bytes)?;
     }
     Ok(dropped)
+}
+
+/// Scalars as TensorBoard's summary values (float32, as TensorBoard stores them).
+fn scalar_values(values: &[(String, f64)]) -> Vec<summary::Value> {
+    values
+        .iter()
+        .map(|(tag, v)| summary::Value {
+            tag: tag.clone(),
+            value: Some(summary::value::Value::SimpleValue(*v as f32)),
+            ..Default::default()
+        })
+        .collect()
 }

@@ -506,22 +506,7 @@ mod tests {
     /// A run whose decisions are right with probability `right` per (patch, class), its scores
     /// the decisions plus noise: a synthetic classifier of known quality.
     fn synthetic(n: usize, right: f64, stream: u64) -> Scored {
-        let unit = |j: u64| {
-            (mix(stream.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ j) >> 11) as f64 / (1u64 << 53) as f64
-        };
-        let truth: Vec<u8> = (0..n * NUM_CLASSES)
-            .map(|i| u8::from(mix(i as u64).is_multiple_of(4)))
-            .collect();
-        let decisions: Vec<u8> = truth
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| if unit(i as u64) < right { t } else { 1 - t })
-            .collect();
-        let scores: Vec<f32> = decisions
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| d as f32 + 0.5 * unit((i + n * NUM_CLASSES) as u64) as f32)
-            .collect();
+        let (truth, scores, decisions) = raw(n, right, stream, 4, false);
         Scored::new(truth, &scores, decisions)
     }
 
@@ -651,14 +636,15 @@ mod tests {
         }
     }
 
-    /// A synthetic run as its raw (truth, scores, decisions), scores rounded to tenths so that
-    /// many tie.
-    fn raw(n: usize, right: f64, stream: u64) -> Raw {
+    /// A synthetic run as its raw (truth, scores, decisions): a class carried by one (patch,
+    /// class) in `every`, decisions right with probability `right`, scores the decisions plus
+    /// noise, rounded to tenths when `tied` so that many tie.
+    fn raw(n: usize, right: f64, stream: u64, every: u64, tied: bool) -> Raw {
         let unit = |j: u64| {
             (mix(stream.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ j) >> 11) as f64 / (1u64 << 53) as f64
         };
         let truth: Vec<u8> = (0..n * NUM_CLASSES)
-            .map(|i| u8::from(mix(i as u64).is_multiple_of(5)))
+            .map(|i| u8::from(mix(i as u64).is_multiple_of(every)))
             .collect();
         let decisions: Vec<u8> = truth
             .iter()
@@ -669,7 +655,12 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &d)| {
-                ((d as f64 + unit((i + n * NUM_CLASSES) as u64)) * 10.0).round() as f32 / 10.0
+                let noise = unit((i + n * NUM_CLASSES) as u64);
+                if tied {
+                    ((d as f64 + noise) * 10.0).round() as f32 / 10.0
+                } else {
+                    d as f32 + 0.5 * noise as f32
+                }
             })
             .collect();
         (truth, scores, decisions)
@@ -679,7 +670,12 @@ mod tests {
     fn the_lanes_give_the_differences_of_the_definition_before_them() {
         let seed = 11;
         let runs: Vec<[Raw; 2]> = (0..3)
-            .map(|k| [raw(150, 0.8, 2 * k), raw(150, 0.75, 2 * k + 1)])
+            .map(|k| {
+                [
+                    raw(150, 0.8, 2 * k, 5, true),
+                    raw(150, 0.75, 2 * k + 1, 5, true),
+                ]
+            })
             .collect();
         let scored: Vec<[Scored; 2]> = runs
             .iter()
